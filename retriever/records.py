@@ -172,9 +172,11 @@ def parse_record(obj: Any, path: str = "<record>", line: int | None = None) -> R
                            dataset=dataset, row_links=links)
     if source is Source.KB:
         parent = f.string("parent", required=False) or None
-        return KbRecord(id=record_id, subject=f.string("subject", nonempty=True),
-                        predicate=f.string("predicate", nonempty=True),
-                        object=f.string("object", nonempty=True), dataset=dataset, parent=parent)
+        triple = (f.string("subject"), f.string("predicate"), f.string("object"))
+        if not any(part.strip() for part in triple):
+            raise f.error("subject", "a triple needs at least one non-empty field")
+        return KbRecord(id=record_id, subject=triple[0], predicate=triple[1], object=triple[2],
+                        dataset=dataset, parent=parent)
     pairs = f.list_of_string_lists("attributes") or ()
     for i, pair in enumerate(pairs):
         if len(pair) != 2:
