@@ -1,0 +1,62 @@
+"""The ``retriever`` command. Each command module registers its subcommands here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from retriever import __version__
+from retriever.errors import RetrieverError
+
+logger = logging.getLogger("retriever")
+
+#: Modules with a ``register(subparsers)`` function; each parser sets ``func=run(args) -> int``.
+COMMAND_MODULES = [
+    "retriever.cli.index_commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="retriever",
+        description="Heterogeneous knowledge retrieval: text, tables, KB triples and infoboxes in one "
+        "instruction-aware embedding space.",
+    )
+    parser.add_argument("--version", action="version", version=f"retriever {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose < 2:
+        for noisy in ("faiss.loader", "sentence_transformers", "transformers", "httpx", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    configure_logging(args.verbose, args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except RetrieverError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,52 @@
+"""The sample corpus shipped in the package, and its cached demo index."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from importlib import resources
+from pathlib import Path
+
+from retriever.encoder import Encoder
+from retriever.errors import RetrieverError
+from retriever.index import BuildConfig, Index, build_index
+from retriever.linearize import LINEARIZER_VERSION
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_CORPUS = "sample_corpus.jsonl.gz"
+SAMPLE_QUERIES = "sample_queries.jsonl"
+
+
+def data_file(name: str) -> Path:
+    """Path of a file in ``retriever/data`` (the package is installed unzipped)."""
+    return Path(str(resources.files("retriever") / "data" / name))
+
+
+def cache_dir() -> Path:
+    """Where derived artifacts are cached: ``$RETRIEVER_CACHE_DIR``, else ``~/.cache/retriever``."""
+    return Path(os.environ.get("RETRIEVER_CACHE_DIR") or Path.home() / ".cache" / "retriever")
+
+
+def sample_index_dir(encoder: Encoder) -> Path:
+    corpus = data_file(SAMPLE_CORPUS).read_bytes()
+    key = hashlib.sha256(corpus + encoder.checksum.encode() + LINEARIZER_VERSION.encode()).hexdigest()[:16]
+    return cache_dir() / "indexes" / f"sample-{key}"
+
+
+def ensure_sample_index(encoder: Encoder) -> Path:
+    """The sample index for this model, built on first use (about a minute on 2 cores) and cached.
+
+    A cached copy that fails its checks is rebuilt.
+    """
+    path = sample_index_dir(encoder)
+    if path.exists():
+        try:
+            Index.load(path, use_gpu=False)
+            return path
+        except RetrieverError as exc:
+            logger.warning("cached sample index %s is unusable (%s); rebuilding", path, exc)
+    logger.info("building the sample index at %s (first run only)", path)
+    build_index(BuildConfig(corpus=data_file(SAMPLE_CORPUS), out=path, overwrite=True), encoder)
+    return path
