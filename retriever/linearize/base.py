@@ -72,11 +72,16 @@ def pack_windows(prefix: str, pieces: Sequence[str], joiner: str, budget: Window
     windows = _greedy(pieces, piece_costs, join_cost, room)
     if len(windows) > 1:
         # Balance: aim every window at the mean size so the last one is not a scrap.
+        # The smallest room that still needs no more windows than the greedy pass.
         total = sum(piece_costs) + join_cost * (len(pieces) - 1)
-        target = min(room, -(-total // len(windows)) + max(piece_costs) // 4 + 1)
-        balanced = _greedy(pieces, piece_costs, join_cost, target)
-        if len(balanced) == len(windows):
-            windows = balanced
+        low, high = -(-total // len(windows)), room
+        while low < high:
+            mid = (low + high) // 2
+            if len(_greedy(pieces, piece_costs, join_cost, mid)) <= len(windows):
+                high = mid
+            else:
+                low = mid + 1
+        windows = _greedy(pieces, piece_costs, join_cost, low)
     return [prefix + joiner.join(w) for w in windows]
 
 
