@@ -163,7 +163,8 @@ class Encoder:
 
     @property
     def dimension(self) -> int:
-        dim = self.model.get_sentence_embedding_dimension()
+        getter = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        dim = getter()
         if dim is None:
             raise ModelError(f"{self.model_dir}: the model does not report its embedding dimension")
         return int(dim)

@@ -1,0 +1,33 @@
+# syntax=docker/dockerfile:1
+# CPU image by default. For a CUDA image: --build-arg TORCH_INDEX_URL= (empty: PyPI's CUDA torch).
+ARG PYTHON_VERSION=3.11
+
+FROM python:${PYTHON_VERSION}-slim AS build
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+RUN pip install --upgrade pip \
+ && if [ -n "$TORCH_INDEX_URL" ]; then pip install "torch==${TORCH_VERSION}" --index-url "$TORCH_INDEX_URL"; \
+    else pip install "torch==${TORCH_VERSION}"; fi
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY retriever ./retriever
+COPY protos ./protos
+RUN pip install .
+# Build the bundled sample index into the image so the first start needs no encoding.
+ENV RETRIEVER_CACHE_DIR=/var/cache/retriever
+RUN retriever -q demo --no-progress > /dev/null
+
+FROM python:${PYTHON_VERSION}-slim
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /var/cache/retriever /var/cache/retriever
+ENV PATH=/opt/venv/bin:$PATH \
+    RETRIEVER_CACHE_DIR=/var/cache/retriever \
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+RUN useradd --system --no-create-home retriever && chmod -R a+rX /var/cache/retriever
+USER retriever
+EXPOSE 50051
+ENTRYPOINT ["retriever"]
+CMD ["demo"]

@@ -1,0 +1,45 @@
+# Two entry points (README): `make demo` runs the main job, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A bare `torch` requirement pulls a multi-GB CUDA build. Without a GPU we install this CPU
+# build first (it satisfies the project's torch>=2.4). Override on other machines, e.g.
+#   make demo TORCH_SPEC="torch==2.13.0 --index-url <your CPU wheel index>"
+TORCH_SPEC ?= torch==2.13.0
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+
+.PHONY: install install-dev demo serve test test-all lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+ifneq ($(HAS_GPU),yes)
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+endif
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(BIN)/retriever demo
+
+test: install-dev
+	$(BIN)/python -m pytest
+
+test-all: install-dev
+	$(BIN)/python -m pytest -m "not gpu"
+
+lint: install-dev
+	$(BIN)/ruff check retriever tests benchmarks
+	$(BIN)/mypy retriever
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

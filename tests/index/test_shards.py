@@ -1,0 +1,117 @@
+"""Sharded search against an exact brute-force oracle on seeded data."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from retriever.index.shards import SearchParams, Shard, ShardedIndex, create_index, exact_topk, merge_topk
+
+SOURCES = ("text", "table", "kb", "infobox")
+SIZES = (700, 500, 300, 120)
+DIM = 32
+
+
+def normalized(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1234)
+    vectors = normalized(rng, sum(SIZES))
+    labels = np.repeat(np.arange(len(SOURCES)), SIZES)
+    return vectors, labels, normalized(rng, 50)
+
+
+def build(vectors: np.ndarray, factory: str) -> ShardedIndex:
+    shards, start = [], 0
+    for source, size in zip(SOURCES, SIZES):
+        index, used = create_index(DIM, factory, vectors[start:start + size])
+        shards.append(Shard(source, start, index, used, use_gpu=False))
+        start += size
+    sharded = ShardedIndex(shards)
+    sharded.set_params(SearchParams(nprobe=64, ef_search=256))
+    return sharded
+
+
+def oracle(vectors: np.ndarray, labels: np.ndarray, queries: np.ndarray, allowed: set[int], k: int):
+    ids = np.flatnonzero(np.isin(labels, sorted(allowed)))
+    sims = queries @ vectors[ids].T
+    out = []
+    for row in sims:
+        order = sorted(range(len(ids)), key=lambda j: (-row[j], ids[j]))[:k]
+        out.append((ids[order], row[order]))
+    return out
+
+
+FILTERS = [None, *([s] for s in SOURCES), ["table", "infobox"], ["text", "kb", "infobox"]]
+
+
+@pytest.mark.parametrize("sources", FILTERS, ids=lambda f: "+".join(f) if f else "all")
+@pytest.mark.parametrize("k", [1, 10, 150])
+def test_flat_filtered_search_equals_brute_force(data, sources, k) -> None:
+    vectors, labels, queries = data
+    index = build(vectors, "Flat")
+    scores, ids = index.search(queries, k, sources)
+    allowed = {SOURCES.index(s) for s in (sources or SOURCES)}
+    expected = oracle(vectors, labels, queries, allowed, k)
+    for got_ids, got_scores, (want_ids, want_scores) in zip(ids, scores, expected):
+        assert got_ids.tolist() == want_ids.tolist()
+        np.testing.assert_allclose(got_scores, want_scores, rtol=0, atol=1e-5)
+        assert np.all(np.isin(labels[got_ids], sorted(allowed)))
+
+
+def test_k_larger_than_a_filtered_source_pads_with_minus_one(data) -> None:
+    vectors, _, queries = data
+    scores, ids = build(vectors, "Flat").search(queries[:2], 200, ["infobox"])
+    assert ids.shape == (2, 120)
+    assert (ids >= sum(SIZES[:3])).all()
+
+
+@pytest.mark.parametrize(("factory", "min_recall"), [("HNSW32", 0.95), ("IVF16,Flat", 0.95)])
+def test_approximate_indexes_against_exact_oracle(data, factory, min_recall) -> None:
+    vectors, labels, queries = data
+    approx = build(vectors, factory)
+    for sources in FILTERS:
+        _, got = approx.search(queries, 10, sources)
+        allowed = {SOURCES.index(s) for s in (sources or SOURCES)}
+        want = oracle(vectors, labels, queries, allowed, 10)
+        recall = np.mean([len(set(g.tolist()) & set(w[0].tolist())) / 10 for g, w in zip(got, want)])
+        assert recall >= min_recall, (factory, sources, recall)
+        assert np.all(np.isin(labels[got[got >= 0]], sorted(allowed)))
+
+
+def test_untrainable_factory_falls_back_to_flat() -> None:
+    rng = np.random.default_rng(0)
+    index, used = create_index(DIM, "IVF4096,Flat", normalized(rng, 100))
+    assert used == "Flat"
+    assert index.ntotal == 100
+
+
+def test_exact_topk_breaks_ties_by_id() -> None:
+    vectors = np.array([[1, 0], [0, 1], [1, 0], [1, 0]], dtype=np.float32)
+    scores, ids = exact_topk(np.array([[1, 0]], dtype=np.float32), vectors, 3)
+    assert ids.tolist() == [[0, 2, 3]]
+    assert scores.tolist() == [[1.0, 1.0, 1.0]]
+
+
+def test_merge_topk_orders_across_shards() -> None:
+    a = (np.array([[0.9, 0.5]], np.float32), np.array([[3, 4]]))
+    b = (np.array([[0.7, -1.0]], np.float32), np.array([[10, -1]]))
+    scores, ids = merge_topk([a, b], 4)
+    assert ids.tolist() == [[3, 10, 4, -1]]
+    assert scores[0, :3].tolist() == pytest.approx([0.9, 0.7, 0.5])
+
+
+def test_all_filter_combinations_are_exact_on_flat(data) -> None:
+    vectors, labels, queries = data
+    index = build(vectors, "Flat")
+    for r in range(1, 5):
+        for combo in itertools.combinations(SOURCES, r):
+            _, ids = index.search(queries[:5], 7, list(combo))
+            want = oracle(vectors, labels, queries[:5], {SOURCES.index(s) for s in combo}, 7)
+            assert [row.tolist() for row in ids] == [w[0].tolist() for w in want]

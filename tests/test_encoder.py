@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retriever.encoder import BUNDLED_MODEL, Encoder, EncoderConfig, model_checksum
+from retriever.errors import ModelError
+from retriever.instructions import compose_query, default_prompts
+
+
+def test_bundled_model_loads_offline(encoder) -> None:
+    assert encoder.name == BUNDLED_MODEL
+    assert encoder.dimension == 384
+    assert encoder.device == "cpu"
+    assert len(encoder.checksum) == 64
+    assert encoder.prompts == default_prompts()
+
+
+def test_queries_are_instruction_plus_question(encoder) -> None:
+    instruction = "Given a question, retrieve relevant evidence that can answer the question from table sources:"
+    got = encoder.encode_queries(["who founded the club?"], instruction)
+    direct = encoder.model.encode([f"{instruction} who founded the club?"], normalize_embeddings=True)
+    np.testing.assert_allclose(got, direct, atol=1e-5)
+    plain = encoder.encode_queries(["who founded the club?"], None)
+    assert not np.allclose(got, plain, atol=1e-3)
+
+
+def test_documents_are_normalized_float32(encoder) -> None:
+    vectors = encoder.encode_documents(["a short text", "another, slightly longer text about tables"])
+    assert vectors.dtype == np.float32
+    assert vectors.shape == (2, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert encoder.encode_documents([]).shape == (0, 384)
+
+
+def test_count_tokens_matches_tokenizer(encoder) -> None:
+    assert encoder.count_tokens(["hello world", ""]) == [2, 0]
+
+
+def test_compose_query() -> None:
+    assert compose_query(None, " q ") == "q"
+    assert compose_query("retrieve from tables", "q") == "retrieve from tables: q"
+    assert compose_query("Find evidence:", "q") == "Find evidence: q"
+
+
+def test_model_directory_without_safetensors_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x02pickle")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelError, match="pickled weights .* are refused"):
+        Encoder(EncoderConfig(model=str(tmp_path)))
+
+
+def test_missing_model_directory(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="model directory not found"):
+        Encoder(EncoderConfig(model=str(tmp_path / "absent")))
+
+
+def test_checksum_sees_a_flipped_weight_bit(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 64)
+    before = model_checksum(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 63 + b"\x01")
+    assert model_checksum(tmp_path) != before
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        EncoderConfig(batch_size=0)
