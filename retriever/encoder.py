@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     AUTO = "auto"  # float16 on CUDA, float32 on CPU
     FLOAT32 = "float32"
     FLOAT16 = "float16"

@@ -21,7 +21,9 @@ SOURCE_NAMES: dict[Source, str] = {
     Source.INFOBOX: "infobox",
 }
 
-GENERAL_TEMPLATE = "Given a question, retrieve relevant evidence that can answer the question from all knowledge sources:"
+GENERAL_TEMPLATE = (
+    "Given a question, retrieve relevant evidence that can answer the question from all knowledge sources:"
+)
 SOURCE_TEMPLATE = "Given a question, retrieve relevant evidence that can answer the question from {source} sources:"
 DOMAIN_SUFFIX = " about {domain}"
 
@@ -85,7 +87,7 @@ def instruction_for(prompts: Mapping[str, str], sources: Iterable[Source] | None
 _SOURCE_PATTERNS: dict[Source, re.Pattern[str]] = {
     Source.TEXT: re.compile(r"\b(text|texts|textual|passages?|paragraphs?|documents?|articles?|prose)\b"),
     Source.TABLE: re.compile(r"\b(tables?|tabular|table rows?)\b"),
-    Source.KB: re.compile(r"\b(kb|kbs|knowledge[- ]bases?|knowledge[- ]graphs?|kg|triples?|facts? triples?|wikidata)\b"),
+    Source.KB: re.compile(r"\b(kb|kbs|knowledge[- ]bases?|knowledge[- ]graphs?|kg|triples?|wikidata)\b"),
     Source.INFOBOX: re.compile(r"\b(infobox(es)?|info[- ]box(es)?)\b"),
 }
 _ALL_SOURCES = re.compile(r"\b(all|every|any) (knowledge )?sources?\b")

@@ -12,9 +12,9 @@ import hashlib
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import orjson
 
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
 
 
-class Source(str, Enum):
+class Source(StrEnum):
     """The four kinds of evidence; the value is the ``source`` field of a record."""
 
     TEXT = "text"
@@ -85,7 +85,7 @@ class InfoboxRecord:
     source: Source = field(default=Source.INFOBOX, init=False)
 
 
-Record = Union[TextRecord, TableRecord, KbRecord, InfoboxRecord]
+Record = TextRecord | TableRecord | KbRecord | InfoboxRecord
 
 
 class _Fields:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from retriever.records import Source
 logger = logging.getLogger(__name__)
 
 
-class SourceResolution(str, Enum):
+class SourceResolution(StrEnum):
     """What to do when a query names no sources but its instruction does ("from tables").
 
     FILTER: resolve the named source types and filter on them exactly.

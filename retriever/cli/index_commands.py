@@ -10,7 +10,7 @@ from pathlib import Path
 from retriever.encoder import BUNDLED_MODEL, Encoder, EncoderConfig, Precision
 from retriever.index import BuildConfig, Index, Manifest, SearchParams, build_index
 from retriever.records import Source
-from retriever.searcher import Query, SearchResult, Searcher, SourceResolution
+from retriever.searcher import Query, Searcher, SearchResult, SourceResolution
 
 
 def add_encoder_args(parser: argparse.ArgumentParser, model_help: str) -> None:
@@ -141,7 +141,8 @@ def run_info(args: argparse.Namespace) -> int:
         return 0
     print(f"index        {args.index}")
     print(f"units        {manifest.total_units} ({', '.join(f'{k} {v}' for k, v in manifest.counts.items())})")
-    print(f"records      {sum(manifest.records.values())} ({', '.join(f'{k} {v}' for k, v in manifest.records.items())})")
+    per_source = ", ".join(f"{k} {v}" for k, v in manifest.records.items())
+    print(f"records      {sum(manifest.records.values())} ({per_source})")
     print(f"model        {manifest.model_name} (sha256 {manifest.model_checksum[:16]}…), {manifest.dimension}-d")
     print(f"index type   {manifest.factory}, {manifest.metric}; shards: "
           + ", ".join(f"{s.source}={s.factory}" for s in manifest.shards))
@@ -149,7 +150,8 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"corpus       {manifest.corpus_path} (sha256 {manifest.corpus_fingerprint[:16]}…)")
     print(f"built        {manifest.created} in {manifest.build_seconds:.1f}s; "
           f"{sum(f.bytes for f in manifest.files) / 1e6:.1f} MB")
-    print(f"prompts      {len(manifest.prompts)}: " + "; ".join(f"{k}={v!r}" for k, v in sorted(manifest.prompts.items())))
+    prompts = "; ".join(f"{k}={v!r}" for k, v in sorted(manifest.prompts.items()))
+    print(f"prompts      {len(manifest.prompts)}: {prompts}")
     return 0
 
 

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +113,7 @@ def build_index(config: BuildConfig, encoder: Encoder) -> BuildReport:
             records=dict(Counter(r.source.value for r in records)),
             shards=shards,
             files=files,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
             build_seconds=round(time.perf_counter() - started, 3),
         )
         write_json_atomic(staged / MANIFEST_NAME, manifest.to_json())

@@ -162,7 +162,9 @@ class ShardedIndex:
         for shard in self.shards.values():
             shard.set_params(params)
 
-    def search(self, queries: np.ndarray, k: int, sources: Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, sources: Iterable[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Exact filter: search only the shards of ``sources`` (all when None) and merge."""
         names = list(self.shards) if sources is None else [s for s in dict.fromkeys(sources) if s in self.shards]
         if not names:
