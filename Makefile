@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: install install-dev demo serve test test-all lint clean
+.PHONY: install install-dev demo serve test test-all test-faiss-cpu lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,3 +43,11 @@ lint: install-dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The index code must also work with faiss-cpu (where no faiss-gpu wheel exists): run the
+# FAISS-level tests in a small venv with faiss-cpu instead of faiss-gpu.
+FAISS_CPU_VENV ?= .venv-faiss-cpu
+test-faiss-cpu:
+	test -x $(FAISS_CPU_VENV)/bin/python || $(PYTHON) -m venv $(FAISS_CPU_VENV)
+	$(FAISS_CPU_VENV)/bin/python -m pip install -q faiss-cpu numpy orjson tqdm pytest
+	$(FAISS_CPU_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/index/test_shards.py
