@@ -26,6 +26,7 @@ class GatedEncoder:
         self.gate.set()
         self.entered = threading.Event()
         self.calls: list[list[str]] = []
+        self.fail: Exception | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -35,6 +36,8 @@ class GatedEncoder:
         self.entered.set()
         if not self.gate.wait(30):
             raise TimeoutError("test gate never opened")
+        if self.fail is not None:
+            raise self.fail
         return self.inner.encode_queries(questions, instructions)
 
 
@@ -72,3 +75,14 @@ def request(query: str = "who played in the band", top_k: int = 5, **fields: Any
 def copy_index(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.005) -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    import time
+
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        time.sleep(interval)
