@@ -166,3 +166,13 @@ def test_status_table_and_scrubbing():
     assert "tables/infoboxes" in scrub("from tables/infoboxes")
     code, message = status_for(KeyError("/home/user/.ssh/id_rsa"), "X")
     assert code is grpc.StatusCode.INTERNAL and "/home" not in message
+
+
+def test_message_over_the_size_limit_is_resource_exhausted(encoder, tiny_index_dir):
+    with running_server(encoder, [("tiny", tiny_index_dir)], limits=Limits(max_message_bytes=1024)) as srv, \
+            channel_to(srv) as channel:
+        stub = stub_for(channel)
+        assert stub.Retrieve(request("x" * 500, top_k=1), timeout=30).hits
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Retrieve(request("x" * 2000), timeout=30)
+    assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
