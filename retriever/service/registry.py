@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from retriever.encoder import Encoder
-from retriever.errors import CorruptIndexError, InvalidInputError, NotFoundError, NotReadyError
+from retriever.errors import CorruptIndexError, InvalidInputError, NotFoundError, NotReadyError, RetrieverError
 from retriever.index import Index, Manifest, SearchParams
 from retriever.searcher import Searcher, SearchResult, SourceResolution
 
@@ -77,7 +77,12 @@ def run_canary(generation: Generation, search: CanarySearch) -> None:
     if len(store) == 0:
         raise CorruptIndexError("canary: the index has no units")
     text = store.texts[0].strip() or "canary"
-    result = search(generation, text)
+    try:
+        result = search(generation, text)
+    except RetrieverError:
+        raise
+    except Exception as exc:  # a build that breaks search (FAISS, shapes) must not be swapped in
+        raise CorruptIndexError(f"canary: the query failed ({type(exc).__name__})") from exc
     scores = [hit.score for hit in result.hits]
     if not scores:
         raise CorruptIndexError("canary: the query returned no hits")

@@ -23,7 +23,7 @@ from retriever.service.batching import Batcher, PlannedQuery
 from retriever.service.config import Limits
 from retriever.service.errors import PermissionDeniedError, status_for
 from retriever.service.proto import retriever_pb2 as pb
-from retriever.service.registry import IndexRegistry
+from retriever.service.registry import Generation, IndexRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,11 @@ class RetrieverServicer:
                 started: float) -> list[pb.RetrieveResponse]:
         registry, batcher = self._parts()
         planned = []
+        generations: dict[str, Generation] = {}  # one generation per index name for the whole call
         for spec in specs:
-            generation = registry.get(spec.index)
+            if spec.index not in generations:
+                generations[spec.index] = registry.get(spec.index)
+            generation = generations[spec.index]
             instruction, sources, resolved = generation.searcher.plan(spec.query)
             planned.append(PlannedQuery(generation, spec.query.text, instruction, sources, resolved, spec.k,
                                         spec.score_threshold))
