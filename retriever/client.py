@@ -51,6 +51,10 @@ class PublishedIndex:
     load_seconds: float
 
 
+def _pem(value: bytes | Path | None) -> bytes | None:
+    return value.read_bytes() if isinstance(value, Path) else value
+
+
 def _sources(values: Iterable[Source | str]) -> tuple[Source, ...]:
     return tuple(v if isinstance(v, Source) else Source.parse(v) for v in values)
 
@@ -63,16 +67,19 @@ class RetrieverClient:
         token: bearer token, when the server requires one.
         timeout: default deadline per call in seconds (None: no deadline).
         root_certificates: PEM bytes (or a file) to connect with TLS.
+        client_certificate, client_key: PEM bytes (or files) presented to a server requiring mTLS.
         max_message_bytes: largest response accepted.
     """
 
     def __init__(self, address: str = DEFAULT_ADDRESS, token: str | None = None, timeout: float | None = 30.0,
-                 root_certificates: bytes | Path | None = None, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+                 root_certificates: bytes | Path | None = None, client_certificate: bytes | Path | None = None,
+                 client_key: bytes | Path | None = None, max_message_bytes: int = 64 * 1024 * 1024) -> None:
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes)]
         if root_certificates is not None:
-            pem = root_certificates.read_bytes() if isinstance(root_certificates, Path) else root_certificates
-            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(pem), options=options)
+            credentials = grpc.ssl_channel_credentials(_pem(root_certificates), _pem(client_key),
+                                                       _pem(client_certificate))
+            self.channel = grpc.secure_channel(address, credentials, options=options)
         else:
             self.channel = grpc.insecure_channel(address, options=options)
         self.stub = retriever_pb2_grpc.RetrieverStub(self.channel)

@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--batch-wait-ms", type=float, default=None,
                        help="how long the batcher waits for more queries once it has one (default 2)")
     serve.add_argument("--resolve", type=SourceResolution, choices=list(SourceResolution), default=None,
+                       metavar="{filter,encoder-only}",
                        help="when a request has no sources but its instruction names source types: 'filter' on "
                        "them (default) or leave it to the 'encoder-only'")
     serve.add_argument("--token-file", type=Path, default=None,
@@ -59,6 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="allow a non-loopback --host without a token (only behind an authenticating proxy)")
     serve.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain (with --tls-key)")
     serve.add_argument("--tls-key", type=Path, default=None, help="PEM private key (with --tls-cert)")
+    serve.add_argument("--tls-client-ca", type=Path, default=None,
+                       help="PEM roots: require clients to present a certificate they signed (mTLS)")
     serve.add_argument("--no-publish", dest="allow_publish", action="store_false", default=None,
                        help="refuse the PublishIndex admin RPC")
     serve.add_argument("--grace", type=float, default=None,
@@ -101,6 +104,8 @@ def add_client_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-file", type=Path, default=None,
                         help="file holding the bearer token (or RETRIEVER_AUTH_TOKEN)")
     parser.add_argument("--tls-ca", type=Path, default=None, help="PEM root certificate to connect with TLS")
+    parser.add_argument("--tls-cert", type=Path, default=None, help="client certificate for mTLS (with --tls-key)")
+    parser.add_argument("--tls-key", type=Path, default=None, help="client private key for mTLS")
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds (default 30)")
 
 
@@ -134,6 +139,7 @@ def run_serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         "host": args.host, "port": args.port, "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
         "resolution": args.resolve, "insecure": args.insecure, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+        "tls_client_ca": args.tls_client_ca,
         "allow_publish": args.allow_publish, "grace_seconds": args.grace, "use_gpu": False if args.cpu_index else None,
         "token": read_token(args.token_file) if args.token_file else None,
     }
@@ -185,7 +191,8 @@ def make_client(args: argparse.Namespace) -> Any:
     from retriever.client import RetrieverClient
 
     return RetrieverClient(args.server, token=read_token(args.token_file), timeout=args.timeout,
-                           root_certificates=args.tls_ca)
+                           root_certificates=args.tls_ca, client_certificate=args.tls_cert,
+                           client_key=args.tls_key)
 
 
 def run_query(args: argparse.Namespace) -> int:

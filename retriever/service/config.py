@@ -68,6 +68,7 @@ class ServiceConfig:
         token: bearer token every call but health must carry; None disables auth.
         insecure: allow a non-loopback bind without a token.
         tls_cert, tls_key: PEM files; when both are set the port uses TLS.
+        tls_client_ca: PEM roots; when set, clients must present a certificate they signed (mTLS).
         allow_publish: accept the PublishIndex admin RPC.
         grace_seconds: how long shutdown waits for calls in flight.
         use_gpu: move index shards to a GPU when FAISS sees one.
@@ -83,6 +84,7 @@ class ServiceConfig:
     insecure: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_client_ca: Path | None = None
     allow_publish: bool = True
     grace_seconds: float = 10.0
     use_gpu: bool = True
@@ -100,6 +102,8 @@ class ServiceConfig:
             raise InvalidInputError("the auth token must be at least 16 characters (e.g. `openssl rand -hex 32`)")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidInputError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise InvalidInputError("client certificates (--tls-client-ca) need TLS: set --tls-cert and --tls-key")
         if not self.token and not self.insecure and not is_loopback(self.host):
             raise InvalidInputError(
                 f"refusing to listen on non-loopback address {self.host!r} without authentication: set a token "
@@ -131,6 +135,7 @@ ENV_VARS: dict[str, tuple[str, type]] = {
     "RETRIEVER_INSECURE": ("insecure", bool),
     "RETRIEVER_TLS_CERT": ("tls_cert", Path),
     "RETRIEVER_TLS_KEY": ("tls_key", Path),
+    "RETRIEVER_TLS_CLIENT_CA": ("tls_client_ca", Path),
     "RETRIEVER_ALLOW_PUBLISH": ("allow_publish", bool),
     "RETRIEVER_GRACE_SECONDS": ("grace_seconds", float),
     "RETRIEVER_MAX_MESSAGE_BYTES": ("max_message_bytes", int),

@@ -90,19 +90,25 @@ class RetrieverServer:
         address = self.config.address
         try:
             if self.config.tls_cert is not None and self.config.tls_key is not None:
+                client_ca = self.config.tls_client_ca
                 credentials = grpc.ssl_server_credentials(
-                    [(self.config.tls_key.read_bytes(), self.config.tls_cert.read_bytes())])
+                    [(self.config.tls_key.read_bytes(), self.config.tls_cert.read_bytes())],
+                    root_certificates=client_ca.read_bytes() if client_ca else None,
+                    require_client_auth=client_ca is not None)
                 port = server.add_secure_port(address, credentials)
             else:
                 port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise InvalidInputError(f"cannot listen on {address}: {exc} (is the port in use?)") from exc
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read a TLS file: {exc}") from exc
         if port == 0:
             raise InvalidInputError(f"cannot listen on {address} (is the port in use?)")
         server.start()
         self._server, self.port = server, port
-        logger.info("listening on %s:%d (%s, auth %s)", self.config.host, port,
-                    "TLS" if self.config.tls_cert else "plaintext", "on" if self.config.token else "off")
+        transport = "mTLS" if self.config.tls_client_ca else "TLS" if self.config.tls_cert else "plaintext"
+        logger.info("listening on %s:%d (%s, auth %s)", self.config.host, port, transport,
+                    "on" if self.config.token else "off")
         return port
 
     def load(self) -> None:

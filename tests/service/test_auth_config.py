@@ -113,3 +113,39 @@ def test_tls_with_a_self_signed_certificate(encoder, tiny_index_dir, tmp_path):
                 pytest.raises(RemoteError) as err:
             plain.retrieve("music of the band")
         assert err.value.code is grpc.StatusCode.UNAVAILABLE
+
+
+def openssl(*args: str) -> None:
+    done = subprocess.run(["openssl", *args], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"openssl cannot create test certificates here: {done.stderr[-200:]!r}")
+
+
+def signed_pair(tmp_path, name: str, ca: tuple) -> tuple:
+    key, csr, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.csr", tmp_path / f"{name}.pem"
+    ext = tmp_path / f"{name}.ext"
+    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}")
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[1]), "-CAkey", str(ca[0]), "-CAcreateserial",
+            "-out", str(cert), "-days", "1", "-extfile", str(ext))
+    return key, cert
+
+
+def test_mutual_tls_requires_a_client_certificate(encoder, tiny_index_dir, tmp_path):
+    ca = (tmp_path / "ca.key", tmp_path / "ca.pem")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca[0]), "-out", str(ca[1]),
+            "-days", "1", "-subj", "/CN=test-ca")
+    server_key, server_cert = signed_pair(tmp_path, "localhost", ca)
+    client_key, client_cert = signed_pair(tmp_path, "client", ca)
+    with running_server(encoder, [("tiny", tiny_index_dir)], tls_cert=server_cert, tls_key=server_key,
+                        tls_client_ca=ca[1]) as srv:
+        address = f"localhost:{srv.port}"
+        with RetrieverClient(address, root_certificates=ca[1], client_certificate=client_cert,
+                             client_key=client_key) as client:
+            assert client.retrieve("music of the band", top_k=1).hits
+        with RetrieverClient(address, root_certificates=ca[1], timeout=5) as anonymous, \
+                pytest.raises(RemoteError) as err:
+            anonymous.retrieve("music of the band")
+        assert err.value.code is grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(InvalidInputError, match="need TLS"):
+        ServiceConfig(tls_client_ca=ca[1])
