@@ -176,3 +176,31 @@ def test_message_over_the_size_limit_is_resource_exhausted(encoder, tiny_index_d
         with pytest.raises(grpc.RpcError) as err:
             stub.Retrieve(request("x" * 2000), timeout=30)
     assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_cancelled_call_starts_no_work(encoder, tiny_index_dir):
+    gated = GatedEncoder(encoder)
+    with running_server(gated, [("tiny", tiny_index_dir)]) as srv, channel_to(srv) as channel:
+        stub = stub_for(channel)
+        gated.gate.clear()
+        gated.entered.clear()
+        busy = stub.Retrieve.future(request("keeps the worker busy"), timeout=60)
+        assert gated.entered.wait(10)
+        abandoned = stub.Retrieve.future(request("nobody waits for this"), timeout=60)
+        wait_until(lambda: srv.batcher.stats.in_flight == 2)
+        assert abandoned.cancel()
+        time.sleep(0.2)  # let the server see the cancellation before the worker frees up
+        gated.gate.set()
+        assert busy.result().hits
+        wait_until(lambda: srv.batcher.stats.cancelled == 1)
+        assert not any("nobody waits for this" in q for call in gated.calls for q in call)
+
+
+def test_restart_on_the_same_files_gives_identical_results(encoder, tiny_index_dir):
+    queries = [request(f"{word} of the band", top_k=8) for word in ("music", "members", "album", "tour")]
+    answers = []
+    for _ in range(2):
+        with running_server(encoder, [("tiny", tiny_index_dir)]) as srv, channel_to(srv) as channel:
+            stub = stub_for(channel)
+            answers.append([[(h.unit_id, h.score) for h in stub.Retrieve(q).hits] for q in queries])
+    assert answers[0] == answers[1]
