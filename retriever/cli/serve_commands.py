@@ -1,0 +1,215 @@
+"""``serve``, ``query`` and ``publish``: the gRPC server and its command-line client."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from retriever.cli.index_commands import add_encoder_args, encoder_config, model_for_index, print_result
+from retriever.errors import InvalidInputError, RetrieverError
+from retriever.index import Manifest
+from retriever.records import Source
+from retriever.searcher import SourceResolution
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+
+#: Limit flags: (flag, Limits field, help).
+LIMIT_FLAGS = [
+    ("--max-message-bytes", "max_message_bytes", "largest request/response message (default 16 MiB)"),
+    ("--max-top-k", "max_top_k", "largest top_k a request may ask for (default 100)"),
+    ("--max-query-bytes", "max_query_bytes", "longest query in UTF-8 bytes (default 4096)"),
+    ("--max-instruction-bytes", "max_instruction_bytes", "longest instruction in UTF-8 bytes (default 2048)"),
+    ("--max-batch-queries", "max_batch_queries", "most requests in one RetrieveBatch call (default 256)"),
+    ("--max-concurrent-calls", "max_concurrent_calls",
+     "calls handled at once; more get RESOURCE_EXHAUSTED at once (default 64)"),
+    ("--max-queued-queries", "max_queued_queries",
+     "queries waiting for the encoder; more get RESOURCE_EXHAUSTED (default 2048)"),
+]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser(
+        "serve", help="run the gRPC retrieval server (default: bundled model + sample index on 127.0.0.1:50051)",
+        description="Serve indexes over gRPC (retriever.v1.Retriever, grpc.health.v1, reflection). With no --index "
+        "it serves the bundled sample index (built on first start, cached in $RETRIEVER_CACHE_DIR). Every flag "
+        "also reads a RETRIEVER_* environment variable (docs/SERVICE.md); a flag wins over the variable.")
+    serve.add_argument("--index", action="append", default=[], metavar="[NAME=]DIR",
+                       help="index directory to serve, optionally named (default name: the directory's name); "
+                       "repeatable, the first is the default index")
+    serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; RETRIEVER_HOST)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 50051, 0 picks one; RETRIEVER_PORT)")
+    serve.add_argument("--max-batch", type=int, default=None,
+                       help="most queries encoded together by dynamic batching; 1 disables it (default 32)")
+    serve.add_argument("--batch-wait-ms", type=float, default=None,
+                       help="how long the batcher waits for more queries once it has one (default 2)")
+    serve.add_argument("--resolve", type=SourceResolution, choices=list(SourceResolution), default=None,
+                       metavar="{filter,encoder-only}",
+                       help="when a request has no sources but its instruction names source types: 'filter' on "
+                       "them (default) or leave it to the 'encoder-only'")
+    serve.add_argument("--token-file", type=Path, default=None,
+                       help="file holding the bearer token every call but health must carry (or "
+                       "RETRIEVER_AUTH_TOKEN)")
+    serve.add_argument("--insecure", action="store_true", default=None,
+                       help="allow a non-loopback --host without a token (only behind an authenticating proxy)")
+    serve.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain (with --tls-key)")
+    serve.add_argument("--tls-key", type=Path, default=None, help="PEM private key (with --tls-cert)")
+    serve.add_argument("--tls-client-ca", type=Path, default=None,
+                       help="PEM roots: require clients to present a certificate they signed (mTLS)")
+    serve.add_argument("--no-publish", dest="allow_publish", action="store_false", default=None,
+                       help="refuse the PublishIndex admin RPC")
+    serve.add_argument("--grace", type=float, default=None,
+                       help="seconds SIGTERM waits for calls in flight (default 10)")
+    serve.add_argument("--cpu-index", action="store_true", help="keep index shards on the CPU even with a GPU")
+    limits = serve.add_argument_group("limits")
+    for flag, _, text in LIMIT_FLAGS:
+        limits.add_argument(flag, type=int, default=None, help=text)
+    add_encoder_args(serve, "model directory (default: the model named in the first index's manifest, or the "
+                     "bundled all-MiniLM-L6-v2)")
+    serve.set_defaults(func=run_serve)
+
+    query = subparsers.add_parser("query", help="query a running server",
+                                  description="Send one Retrieve call and print the hits like `retriever search`.")
+    query.add_argument("query", help="the question")
+    query.add_argument("--instruction", default=None,
+                       help="free-text instruction for the query encoder (default: the model's saved prompt)")
+    query.add_argument("--source", action="append", type=Source.parse, default=[], metavar="SOURCE",
+                       help="filter exactly to this source type (text, table, kb, infobox); repeatable")
+    query.add_argument("-k", "--top-k", type=int, default=10, help="number of hits (default 10)")
+    query.add_argument("--score-threshold", type=float, default=None, help="drop hits scoring below this")
+    query.add_argument("--index", default="", help="served index name (default: the server's default index)")
+    query.add_argument("--json", action="store_true", help="print one JSON object per hit")
+    add_client_args(query)
+    query.set_defaults(func=run_query)
+
+    publish = subparsers.add_parser(
+        "publish", help="hot-swap a served index to a new build",
+        description="Ask a running server to load DIR, verify it, run a canary query and make it the new "
+        "generation of NAME. Calls in flight finish on the old generation; a failed load keeps it serving.")
+    publish.add_argument("name", help="served index name (a new name adds an index)")
+    publish.add_argument("dir", help="index directory on the server's machine (made absolute when it exists here)")
+    add_client_args(publish)
+    publish.set_defaults(func=run_publish)
+
+
+def add_client_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default=os.environ.get("RETRIEVER_SERVER", DEFAULT_SERVER),
+                        help=f"server address (default {DEFAULT_SERVER}; RETRIEVER_SERVER)")
+    parser.add_argument("--token-file", type=Path, default=None,
+                        help="file holding the bearer token (or RETRIEVER_AUTH_TOKEN)")
+    parser.add_argument("--tls-ca", type=Path, default=None, help="PEM root certificate to connect with TLS")
+    parser.add_argument("--tls-cert", type=Path, default=None, help="client certificate for mTLS (with --tls-key)")
+    parser.add_argument("--tls-key", type=Path, default=None, help="client private key for mTLS")
+    parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds (default 30)")
+
+
+def read_token(path: Path | None) -> str | None:
+    if path is None:
+        return os.environ.get("RETRIEVER_AUTH_TOKEN") or None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read the token file {path}: {exc.strerror}") from exc
+    if not token:
+        raise InvalidInputError(f"the token file {path} is empty")
+    return token
+
+
+def parse_index_arg(value: str) -> tuple[str, Path]:
+    name, sep, directory = value.partition("=")
+    if not sep:
+        path = Path(value)
+        return path.resolve().name, path
+    if not name or not directory:
+        raise InvalidInputError(f"--index {value!r}: expected NAME=DIR or DIR")
+    return name, Path(directory)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from retriever.sample import ensure_sample_index
+    from retriever.service.config import build_config
+    from retriever.service.server import IndexSource, RetrieverServer
+
+    overrides: dict[str, Any] = {
+        "host": args.host, "port": args.port, "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
+        "resolution": args.resolve, "insecure": args.insecure, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+        "tls_client_ca": args.tls_client_ca,
+        "allow_publish": args.allow_publish, "grace_seconds": args.grace, "use_gpu": False if args.cpu_index else None,
+        "token": read_token(args.token_file) if args.token_file else None,
+    }
+    overrides.update({name: getattr(args, name) for _, name, _ in LIMIT_FLAGS})
+    config = build_config(overrides)
+    indexes: list[tuple[str, IndexSource]] = [parse_index_arg(v) for v in args.index]
+    model = args.model
+    if indexes:
+        first = indexes[0][1]
+        model = model_for_index(Manifest.read(first), args.model) if isinstance(first, Path) else args.model
+    else:
+        indexes = [("sample", ensure_sample_index)]
+    server = RetrieverServer(config, indexes, encoder_config=encoder_config(args, model))
+    return serve_until_signalled(server)
+
+
+def serve_until_signalled(server: Any) -> int:
+    """Start, load in the background, and stop gracefully on SIGTERM/SIGINT (exit 0)."""
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        logger.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    def load() -> None:
+        try:
+            server.load()
+        except Exception as exc:  # reported by the main thread after shutdown
+            failure.append(exc)
+            stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    threading.Thread(target=load, name="retriever-load", daemon=True).start()
+    while not stop.wait(0.5):
+        pass
+    server.stop()
+    if failure:
+        if isinstance(failure[0], RetrieverError):
+            raise failure[0]
+        logger.error("loading failed", exc_info=failure[0])
+        return 1
+    return 0
+
+
+def make_client(args: argparse.Namespace) -> Any:
+    from retriever.client import RetrieverClient
+
+    return RetrieverClient(args.server, token=read_token(args.token_file), timeout=args.timeout,
+                           root_certificates=args.tls_ca, client_certificate=args.tls_cert,
+                           client_key=args.tls_key)
+
+
+def run_query(args: argparse.Namespace) -> int:
+    with make_client(args) as client:
+        result = client.retrieve(args.query, instruction=args.instruction, sources=args.source, top_k=args.top_k,
+                                 score_threshold=args.score_threshold, with_text=True, index=args.index)
+    if not args.json:
+        print(f"index {result.index} generation {result.generation} ({result.server_seconds * 1000:.1f} ms in server)")
+    print_result(result.as_search_result(), args.json)
+    return 0
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    local = Path(args.dir)
+    path = str(local.resolve()) if local.exists() else args.dir
+    with make_client(args) as client:
+        published = client.publish(args.name, path)
+    print(f"{published.name}: generation {published.generation} now serving ({published.total_units} units, "
+          f"loaded in {published.load_seconds:.2f}s; previous generation {published.previous_generation or 'none'})")
+    return 0

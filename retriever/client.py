@@ -1,0 +1,135 @@
+"""A small Python client for the retrieval service.
+
+    from retriever.client import RetrieverClient
+
+    with RetrieverClient("127.0.0.1:50051") as client:
+        result = client.retrieve("who founded the company?", sources=["table", "infobox"], top_k=5)
+        for hit in result.hits:
+            print(hit.score, hit.record_id, hit.title)
+
+Errors come back as :class:`RemoteError` (a :class:`~retriever.errors.RetrieverError`) carrying
+the gRPC status code and the server's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from retriever.errors import RetrieverError
+from retriever.records import Source
+from retriever.searcher import Query
+from retriever.service import convert
+from retriever.service.convert import RemoteResult
+from retriever.service.proto import retriever_pb2 as pb
+from retriever.service.proto import retriever_pb2_grpc
+
+__all__ = ["PublishedIndex", "RemoteError", "RemoteResult", "RetrieverClient"]
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+class RemoteError(RetrieverError):
+    """A call the server answered with an error status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self.code, self.details = code, details
+        super().__init__(f"{code.name}: {details}")
+
+
+@dataclass(frozen=True)
+class PublishedIndex:
+    name: str
+    generation: int
+    previous_generation: int
+    total_units: int
+    load_seconds: float
+
+
+def _pem(value: bytes | Path | None) -> bytes | None:
+    return value.read_bytes() if isinstance(value, Path) else value
+
+
+def _sources(values: Iterable[Source | str]) -> tuple[Source, ...]:
+    return tuple(v if isinstance(v, Source) else Source.parse(v) for v in values)
+
+
+class RetrieverClient:
+    """A channel to one server; thread-safe, reuse it for many calls.
+
+    Args:
+        address: ``host:port``.
+        token: bearer token, when the server requires one.
+        timeout: default deadline per call in seconds (None: no deadline).
+        root_certificates: PEM bytes (or a file) to connect with TLS.
+        client_certificate, client_key: PEM bytes (or files) presented to a server requiring mTLS.
+        max_message_bytes: largest response accepted.
+    """
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, token: str | None = None, timeout: float | None = 30.0,
+                 root_certificates: bytes | Path | None = None, client_certificate: bytes | Path | None = None,
+                 client_key: bytes | Path | None = None, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        if root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(_pem(root_certificates), _pem(client_key),
+                                                       _pem(client_certificate))
+            self.channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(address, options=options)
+        self.stub = retriever_pb2_grpc.RetrieverStub(self.channel)
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            raise RemoteError(code, details or "") from None
+
+    def retrieve(self, query: str, *, instruction: str | None = None, sources: Iterable[Source | str] = (),
+                 top_k: int = 10, score_threshold: float | None = None, with_text: bool = False, index: str = "",
+                 timeout: float | None = None) -> RemoteResult:
+        """Retrieve the best ``top_k`` units for one query (see docs/SERVICE.md for the semantics).
+
+        Raises:
+            RemoteError: the server refused or failed the call.
+        """
+        request = convert.retrieve_request(Query(query, instruction, _sources(sources)), top_k, score_threshold,
+                                           with_text, index)
+        return convert.result_from_proto(self._call(self.stub.Retrieve, request, timeout))
+
+    def retrieve_batch(self, queries: Sequence[Query], *, top_k: int = 10, score_threshold: float | None = None,
+                       with_text: bool = False, index: str = "", timeout: float | None = None) -> list[RemoteResult]:
+        """Retrieve for many queries in one call; results keep the input order."""
+        request = pb.RetrieveBatchRequest(requests=[
+            convert.retrieve_request(q, top_k, score_threshold, with_text, index) for q in queries])
+        response = self._call(self.stub.RetrieveBatch, request, timeout)
+        return [convert.result_from_proto(r) for r in response.responses]
+
+    def index_info(self, index: str = "", timeout: float | None = None) -> pb.GetIndexInfoResponse:
+        """The manifest of each served index (or of ``index``)."""
+        return self._call(self.stub.GetIndexInfo, pb.GetIndexInfoRequest(index=index), timeout)
+
+    def publish(self, index: str, path: str | Path, timeout: float | None = 600.0) -> PublishedIndex:
+        """Ask the server to load the directory ``path`` (on the server) as the new generation of ``index``."""
+        response = self._call(self.stub.PublishIndex, pb.PublishIndexRequest(index=index, path=str(path)), timeout)
+        return PublishedIndex(response.info.name, response.info.generation, response.previous_generation,
+                              response.info.total_units, response.load_seconds)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> RetrieverClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

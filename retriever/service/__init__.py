@@ -1,0 +1,1 @@
+"""The gRPC retrieval service: servicer, dynamic batching, index registry, conversions and server."""

@@ -1,0 +1,187 @@
+"""Service configuration: limits, batching, transport and auth, from flags and ``RETRIEVER_*`` variables.
+
+Precedence: a command-line flag, else the environment variable, else the default below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retriever.errors import InvalidInputError
+from retriever.searcher import SourceResolution
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for. Each limit names its environment variable.
+
+    Attributes:
+        max_message_bytes: largest request or response message (RETRIEVER_MAX_MESSAGE_BYTES).
+        max_top_k: largest ``top_k`` (RETRIEVER_MAX_TOP_K).
+        max_query_bytes: longest query, UTF-8 bytes (RETRIEVER_MAX_QUERY_BYTES).
+        max_instruction_bytes: longest instruction, UTF-8 bytes (RETRIEVER_MAX_INSTRUCTION_BYTES).
+        max_batch_queries: most requests in one RetrieveBatch call (RETRIEVER_MAX_BATCH_QUERIES).
+        max_concurrent_calls: calls handled at once; more are refused with RESOURCE_EXHAUSTED
+            (RETRIEVER_MAX_CONCURRENT_CALLS).
+        max_queued_queries: queries waiting for the encoder; more are refused with
+            RESOURCE_EXHAUSTED (RETRIEVER_MAX_QUEUED_QUERIES).
+    """
+
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_top_k: int = 100
+    max_query_bytes: int = 4096
+    max_instruction_bytes: int = 2048
+    max_batch_queries: int = 256
+    max_concurrent_calls: int = 64
+    max_queued_queries: int = 2048
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"limit {f.name} must be a positive integer, got {value!r}")
+        if self.max_queued_queries < self.max_batch_queries:
+            raise InvalidInputError(
+                f"max_queued_queries ({self.max_queued_queries}) must be >= max_batch_queries "
+                f"({self.max_batch_queries}), or no full batch call could ever be queued")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """How the server runs.
+
+    Attributes:
+        host: address to bind; anything but loopback needs a token or ``insecure``.
+        port: TCP port; 0 picks a free one.
+        limits: request limits.
+        max_batch: most queries encoded together by the dynamic batcher (1 disables batching).
+        batch_wait_ms: how long the batcher waits for more queries once it has one.
+        resolution: what an instruction naming source types does when ``sources`` is empty.
+        token: bearer token every call but health must carry; None disables auth.
+        insecure: allow a non-loopback bind without a token.
+        tls_cert, tls_key: PEM files; when both are set the port uses TLS.
+        tls_client_ca: PEM roots; when set, clients must present a certificate they signed (mTLS).
+        allow_publish: accept the PublishIndex admin RPC.
+        grace_seconds: how long shutdown waits for calls in flight.
+        use_gpu: move index shards to a GPU when FAISS sees one.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    limits: Limits = field(default_factory=Limits)
+    max_batch: int = 32
+    batch_wait_ms: float = 2.0
+    resolution: SourceResolution = SourceResolution.FILTER
+    token: str | None = None
+    insecure: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    allow_publish: bool = True
+    grace_seconds: float = 10.0
+    use_gpu: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise InvalidInputError(f"port must be in 0..65535, got {self.port}")
+        if self.max_batch < 1:
+            raise InvalidInputError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.batch_wait_ms < 0:
+            raise InvalidInputError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        if self.grace_seconds < 0:
+            raise InvalidInputError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
+        if self.token is not None and len(self.token) < 16:
+            raise InvalidInputError("the auth token must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidInputError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise InvalidInputError("client certificates (--tls-client-ca) need TLS: set --tls-cert and --tls-key")
+        if not self.token and not self.insecure and not is_loopback(self.host):
+            raise InvalidInputError(
+                f"refusing to listen on non-loopback address {self.host!r} without authentication: set a token "
+                "(--token-file or RETRIEVER_AUTH_TOKEN), or pass --insecure if a proxy in front handles auth")
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"{host}:{self.port}"
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+#: ``RETRIEVER_*`` variable → (ServiceConfig or Limits field, type).
+ENV_VARS: dict[str, tuple[str, type]] = {
+    "RETRIEVER_HOST": ("host", str),
+    "RETRIEVER_PORT": ("port", int),
+    "RETRIEVER_MAX_BATCH": ("max_batch", int),
+    "RETRIEVER_BATCH_WAIT_MS": ("batch_wait_ms", float),
+    "RETRIEVER_RESOLUTION": ("resolution", SourceResolution),
+    "RETRIEVER_AUTH_TOKEN": ("token", str),
+    "RETRIEVER_INSECURE": ("insecure", bool),
+    "RETRIEVER_TLS_CERT": ("tls_cert", Path),
+    "RETRIEVER_TLS_KEY": ("tls_key", Path),
+    "RETRIEVER_TLS_CLIENT_CA": ("tls_client_ca", Path),
+    "RETRIEVER_ALLOW_PUBLISH": ("allow_publish", bool),
+    "RETRIEVER_GRACE_SECONDS": ("grace_seconds", float),
+    "RETRIEVER_MAX_MESSAGE_BYTES": ("max_message_bytes", int),
+    "RETRIEVER_MAX_TOP_K": ("max_top_k", int),
+    "RETRIEVER_MAX_QUERY_BYTES": ("max_query_bytes", int),
+    "RETRIEVER_MAX_INSTRUCTION_BYTES": ("max_instruction_bytes", int),
+    "RETRIEVER_MAX_BATCH_QUERIES": ("max_batch_queries", int),
+    "RETRIEVER_MAX_CONCURRENT_CALLS": ("max_concurrent_calls", int),
+    "RETRIEVER_MAX_QUEUED_QUERIES": ("max_queued_queries", int),
+}
+_LIMIT_FIELDS = frozenset(f.name for f in dataclasses.fields(Limits))
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered not in _TRUE | _FALSE:
+                raise ValueError("expected 1/0, true/false, yes/no or on/off")
+            return lowered in _TRUE
+        return kind(raw.strip()) if kind is not str else raw
+    except ValueError as exc:
+        raise InvalidInputError(f"environment variable {name}={raw!r} is invalid: {exc}") from None
+
+
+def build_config(overrides: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> ServiceConfig:
+    """A validated config from flag values (None = not given) over ``RETRIEVER_*`` variables.
+
+    Args:
+        overrides: field name → value for ServiceConfig and Limits fields; None values are ignored.
+        environ: the environment (default ``os.environ``).
+
+    Raises:
+        InvalidInputError: an unknown field, an unparsable variable or an invalid value.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for var, (name, kind) in ENV_VARS.items():
+        if environ.get(var, "") != "":
+            values[name] = _parse(var, environ[var], kind)
+    known = _LIMIT_FIELDS | {f.name for f in dataclasses.fields(ServiceConfig)}
+    for name, value in overrides.items():
+        if name not in known:
+            raise InvalidInputError(f"unknown service setting {name!r}")
+        if value is not None:
+            values[name] = value
+    limits = Limits(**{k: values.pop(k) for k in list(values) if k in _LIMIT_FIELDS})
+    return ServiceConfig(limits=limits, **values)

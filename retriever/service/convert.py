@@ -1,0 +1,189 @@
+"""Proto ↔ library types, and request validation: everything that touches a message lives here.
+
+Validation errors are :class:`~retriever.errors.InvalidInputError` whose message names the field
+(``requests[3].top_k``) and the limit, so a client can fix the call without reading the server.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from retriever.errors import InvalidInputError
+from retriever.records import Source
+from retriever.searcher import Hit, Query, SearchResult
+from retriever.service.config import Limits
+from retriever.service.proto import retriever_pb2 as pb
+from retriever.service.registry import Generation, check_name
+
+SOURCE_TO_PROTO: dict[Source, pb.Source] = {
+    Source.TEXT: pb.SOURCE_TEXT,
+    Source.TABLE: pb.SOURCE_TABLE,
+    Source.KB: pb.SOURCE_KB,
+    Source.INFOBOX: pb.SOURCE_INFOBOX,
+}
+PROTO_TO_SOURCE: dict[int, Source] = {v: k for k, v in SOURCE_TO_PROTO.items()}
+_VALID_NAMES = ", ".join(pb.Source.Name(v) for v in PROTO_TO_SOURCE)
+
+
+@dataclass(frozen=True)
+class RetrieveSpec:
+    """A validated RetrieveRequest in library terms."""
+
+    query: Query
+    k: int
+    score_threshold: float | None
+    with_text: bool
+    index: str  # "" for the default index
+
+
+@dataclass(frozen=True)
+class RemoteResult:
+    """A RetrieveResponse in library terms (what :class:`retriever.client.RetrieverClient` returns).
+
+    Attributes:
+        hits: ranked hits, best first.
+        sources: the exact filter applied (empty when none).
+        resolved: True when ``sources`` was resolved from the instruction.
+        instruction: the instruction the query was encoded with.
+        index, generation: the index generation that answered.
+        model: the model that encoded the query.
+        server_seconds: time spent in the server.
+    """
+
+    hits: list[Hit]
+    sources: tuple[Source, ...]
+    resolved: bool
+    instruction: str
+    index: str
+    generation: int
+    model: str
+    server_seconds: float
+
+    def as_search_result(self) -> SearchResult:
+        return SearchResult(self.hits, self.sources, self.resolved)
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", errors="surrogatepass"))
+
+
+def parse_sources(values: list[int] | tuple[int, ...], field: str) -> tuple[Source, ...]:
+    seen: list[Source] = []
+    for i, value in enumerate(values):
+        if value == pb.SOURCE_UNSPECIFIED:
+            raise InvalidInputError(f"{field}[{i}]: SOURCE_UNSPECIFIED is not a source type; leave {field} "
+                                    f"empty to search all of them")
+        source = PROTO_TO_SOURCE.get(value)
+        if source is None:
+            raise InvalidInputError(f"{field}[{i}]: unknown source value {value}; expected one of {_VALID_NAMES}")
+        if source in seen:
+            raise InvalidInputError(f"{field}[{i}]: duplicate source {pb.Source.Name(value)}")
+        seen.append(source)
+    return tuple(seen)
+
+
+def parse_retrieve(request: pb.RetrieveRequest, limits: Limits, prefix: str = "") -> RetrieveSpec:
+    """Validate a RetrieveRequest against the limits.
+
+    Raises:
+        InvalidInputError: naming the field and the limit it breaks.
+    """
+    query = request.query
+    if not query.strip():
+        raise InvalidInputError(f"{prefix}query: must not be empty or whitespace")
+    size = _utf8_len(query)
+    if size > limits.max_query_bytes:
+        raise InvalidInputError(f"{prefix}query: {size} bytes exceeds the limit of {limits.max_query_bytes} bytes "
+                                "(RETRIEVER_MAX_QUERY_BYTES)")
+    instruction: str | None = None
+    if request.HasField("instruction"):
+        instruction = request.instruction
+        size = _utf8_len(instruction)
+        if size > limits.max_instruction_bytes:
+            raise InvalidInputError(f"{prefix}instruction: {size} bytes exceeds the limit of "
+                                    f"{limits.max_instruction_bytes} bytes (RETRIEVER_MAX_INSTRUCTION_BYTES)")
+    if not 1 <= request.top_k <= limits.max_top_k:
+        raise InvalidInputError(f"{prefix}top_k: must be between 1 and {limits.max_top_k} "
+                                f"(RETRIEVER_MAX_TOP_K), got {request.top_k}")
+    threshold: float | None = None
+    if request.HasField("score_threshold"):
+        threshold = float(request.score_threshold)
+        if math.isnan(threshold):
+            raise InvalidInputError(f"{prefix}score_threshold: must be a number, got NaN")
+    if request.index:
+        try:
+            check_name(request.index)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{prefix}index: {exc}") from None
+    sources = parse_sources(list(request.sources), f"{prefix}sources")
+    return RetrieveSpec(Query(query, instruction, sources), request.top_k, threshold, request.with_text,
+                        request.index)
+
+
+def parse_batch(request: pb.RetrieveBatchRequest, limits: Limits) -> list[RetrieveSpec]:
+    count = len(request.requests)
+    if count == 0:
+        raise InvalidInputError("requests: must hold at least one request")
+    if count > limits.max_batch_queries:
+        raise InvalidInputError(f"requests: {count} requests exceed the limit of {limits.max_batch_queries} "
+                                "per call (RETRIEVER_MAX_BATCH_QUERIES); split the batch")
+    return [parse_retrieve(r, limits, f"requests[{i}].") for i, r in enumerate(request.requests)]
+
+
+def hit_to_proto(hit: Hit, with_text: bool) -> pb.Hit:
+    return pb.Hit(record_id=hit.record_id, source=SOURCE_TO_PROTO[hit.source], part=hit.part, score=hit.score,
+                  title=hit.title, text=hit.text if with_text else "", unit_id=hit.unit_id)
+
+
+def result_to_proto(result: SearchResult, spec: RetrieveSpec, instruction: str, generation: Generation,
+                    model: str, seconds: float) -> pb.RetrieveResponse:
+    return pb.RetrieveResponse(
+        hits=[hit_to_proto(h, spec.with_text) for h in result.hits],
+        sources=[SOURCE_TO_PROTO[s] for s in result.sources],
+        sources_resolved=result.resolved,
+        instruction=instruction,
+        index=generation.name,
+        generation=generation.number,
+        model=model,
+        server_seconds=seconds,
+    )
+
+
+def index_info(generation: Generation, is_default: bool) -> pb.IndexInfo:
+    m = generation.manifest
+    counts = []
+    for source, code in SOURCE_TO_PROTO.items():
+        units, records = m.counts.get(source.value, 0), m.records.get(source.value, 0)
+        if units or records:
+            counts.append(pb.SourceCount(source=code, units=units, records=records))
+    shards = [pb.ShardInfo(source=SOURCE_TO_PROTO[Source(s.source)], factory=s.factory, units=s.count)
+              for s in m.shards]
+    return pb.IndexInfo(
+        name=generation.name, generation=generation.number, is_default=is_default, total_units=m.total_units,
+        counts=counts, model_name=m.model_name, model_checksum=m.model_checksum, prompts=m.prompts,
+        factory=m.factory, metric=m.metric, dimension=m.dimension, shards=shards,
+        linearizer_version=m.linearizer_version, max_tokens=m.max_tokens, corpus_fingerprint=m.corpus_fingerprint,
+        created=m.created, loaded=generation.loaded,
+    )
+
+
+def retrieve_request(query: Query, k: int, score_threshold: float | None = None, with_text: bool = False,
+                     index: str = "") -> pb.RetrieveRequest:
+    """Build a RetrieveRequest from library types (client side)."""
+    request = pb.RetrieveRequest(query=query.text, sources=[SOURCE_TO_PROTO[s] for s in query.sources],
+                                 top_k=k, with_text=with_text, index=index)
+    if query.instruction is not None:
+        request.instruction = query.instruction
+    if score_threshold is not None:
+        request.score_threshold = score_threshold
+    return request
+
+
+def result_from_proto(response: pb.RetrieveResponse) -> RemoteResult:
+    """A RetrieveResponse as library types (client side)."""
+    hits = [Hit(h.unit_id, h.record_id, PROTO_TO_SOURCE[h.source], h.part, h.title, h.text, h.score)
+            for h in response.hits]
+    return RemoteResult(hits, tuple(PROTO_TO_SOURCE[s] for s in response.sources), response.sources_resolved,
+                        response.instruction, response.index, response.generation, response.model,
+                        response.server_seconds)

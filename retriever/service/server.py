@@ -1,0 +1,155 @@
+"""The gRPC server: transport, limits, health, reflection, auth, loading and graceful shutdown.
+
+Lifecycle: :meth:`RetrieverServer.start` binds the port and answers health checks with
+NOT_SERVING (and every other call with UNAVAILABLE); :meth:`~RetrieverServer.load` loads the
+model and each index, runs a canary query per index and then turns health to SERVING;
+:meth:`~RetrieverServer.stop` turns health to NOT_SERVING, refuses new calls and lets calls in
+flight finish within the grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from retriever.encoder import Encoder, EncoderConfig
+from retriever.errors import InvalidInputError
+from retriever.searcher import SearchResult
+from retriever.service.auth import BearerTokenInterceptor
+from retriever.service.batching import Batcher, PlannedQuery
+from retriever.service.config import ServiceConfig
+from retriever.service.registry import Generation, IndexRegistry
+from retriever.service.servicer import SERVICE_NAME, RetrieverServicer, generic_handler
+
+logger = logging.getLogger(__name__)
+
+#: An index to serve: a directory, or a function of the loaded encoder returning one (the sample index).
+IndexSource = Path | Callable[[Encoder], Path]
+
+CANARY_TIMEOUT_SECONDS = 120.0
+#: Handler threads beyond the concurrency cap (health probes while every call slot is busy).
+SPARE_THREADS = 4
+
+
+class RetrieverServer:
+    """One gRPC server over one encoder and any number of named indexes."""
+
+    def __init__(self, config: ServiceConfig, indexes: Sequence[tuple[str, IndexSource]],
+                 encoder: Encoder | None = None, encoder_config: EncoderConfig | None = None) -> None:
+        """
+        Args:
+            config: transport, limits, batching and auth settings.
+            indexes: ``(name, directory or directory factory)`` pairs; the first is the default.
+            encoder: an already loaded encoder (tests share one), else one is loaded from
+                ``encoder_config`` during :meth:`load`.
+        """
+        if not indexes:
+            raise InvalidInputError("nothing to serve: give at least one index")
+        names = [name for name, _ in indexes]
+        if len(set(names)) != len(names):
+            raise InvalidInputError(f"index names must be unique, got {names}")
+        self.config, self.indexes = config, list(indexes)
+        self._encoder, self._encoder_config = encoder, encoder_config or EncoderConfig(show_progress=False)
+        self.servicer = RetrieverServicer(config.limits, config.allow_publish)
+        self.health = health.HealthServicer()
+        self.registry: IndexRegistry | None = None
+        self.batcher: Batcher | None = None
+        self.port: int | None = None
+        self._server: grpc.Server | None = None
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def _set_health(self, status: int) -> None:
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, status)
+
+    def start(self) -> int:
+        """Bind and start answering (health NOT_SERVING until :meth:`load`); returns the bound port."""
+        limits = self.config.limits
+        options = [
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a port already in use is an error, not a silent second listener
+        ]
+        interceptors = [BearerTokenInterceptor(self.config.token)] if self.config.token else []
+        server = grpc.server(
+            ThreadPoolExecutor(max_workers=limits.max_concurrent_calls + SPARE_THREADS,
+                               thread_name_prefix="retriever-rpc"),
+            handlers=[generic_handler(self.servicer)], interceptors=interceptors, options=options,
+            maximum_concurrent_rpcs=limits.max_concurrent_calls)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server)
+        address = self.config.address
+        try:
+            if self.config.tls_cert is not None and self.config.tls_key is not None:
+                client_ca = self.config.tls_client_ca
+                credentials = grpc.ssl_server_credentials(
+                    [(self.config.tls_key.read_bytes(), self.config.tls_cert.read_bytes())],
+                    root_certificates=client_ca.read_bytes() if client_ca else None,
+                    require_client_auth=client_ca is not None)
+                port = server.add_secure_port(address, credentials)
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise InvalidInputError(f"cannot listen on {address}: {exc} (is the port in use?)") from exc
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read a TLS file: {exc}") from exc
+        if port == 0:
+            raise InvalidInputError(f"cannot listen on {address} (is the port in use?)")
+        server.start()
+        self._server, self.port = server, port
+        transport = "mTLS" if self.config.tls_client_ca else "TLS" if self.config.tls_cert else "plaintext"
+        logger.info("listening on %s:%d (%s, auth %s)", self.config.host, port, transport,
+                    "on" if self.config.token else "off")
+        return port
+
+    def load(self) -> None:
+        """Load the model and every index, run their canaries, then report SERVING.
+
+        Raises:
+            RetrieverError: a model or index that cannot be loaded (health stays NOT_SERVING).
+        """
+        started = time.perf_counter()
+        encoder = self._encoder or Encoder(self._encoder_config)
+        batcher = Batcher(encoder, self.config.max_batch, self.config.batch_wait_ms / 1000.0,
+                          self.config.limits.max_queued_queries)
+        registry = IndexRegistry(encoder, self.config.resolution, use_gpu=self.config.use_gpu)
+
+        def canary(generation: Generation, text: str) -> SearchResult:
+            query = PlannedQuery(generation, text, "", (), False, 10)
+            return batcher.search([query], timeout=CANARY_TIMEOUT_SECONDS)[0]
+
+        registry.set_canary(canary)
+        self.registry, self.batcher = registry, batcher
+        self.servicer.attach(registry, batcher, encoder.name)
+        for name, source in self.indexes:
+            path = source if isinstance(source, Path) else source(encoder)
+            registry.publish(name, path)
+        self.servicer.ready.set()
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        logger.info("ready: %d index(es) (%s), model %s, in %.1fs", len(self.indexes),
+                    ", ".join(registry.names()), encoder.name, time.perf_counter() - started)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, refuse new calls, let calls in flight finish within ``grace`` seconds."""
+        grace = self.config.grace_seconds if grace is None else grace
+        self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            logger.info("shutting down: draining calls in flight for up to %.1fs", grace)
+            self._server.stop(grace).wait()
+        self.servicer.ready.clear()
+        if self.batcher is not None:
+            self.batcher.stop()
+        logger.info("server stopped")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server terminates (or ``timeout``); True when it did."""
+        return self._server.wait_for_termination(timeout) if self._server is not None else True

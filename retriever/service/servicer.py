@@ -1,0 +1,153 @@
+"""The ``retriever.v1.Retriever`` servicer: parse → validate → call the library → convert.
+
+Methods are registered with raw bytes in and out (:func:`generic_handler`) and parse the
+request themselves, so malformed wire bytes become INVALID_ARGUMENT instead of the INTERNAL that
+grpcio returns when its own deserializer fails. Every exception ends in
+:func:`retriever.service.errors.status_for`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from retriever.errors import DeadlineExceededError, InvalidInputError, NotReadyError
+from retriever.service import convert
+from retriever.service.batching import Batcher, PlannedQuery
+from retriever.service.config import Limits
+from retriever.service.errors import PermissionDeniedError, status_for
+from retriever.service.proto import retriever_pb2 as pb
+from retriever.service.registry import Generation, IndexRegistry
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "retriever.v1.Retriever"
+#: Remaining times above this (about 11 days) mean the caller set no deadline.
+NO_DEADLINE_SECONDS = 1e6
+M = TypeVar("M", bound=Message)
+
+
+def parse(cls: type[M], data: bytes) -> M:
+    """Parse request bytes, turning any decoding failure into InvalidInputError."""
+    try:
+        return cls.FromString(data)
+    except (DecodeError, ValueError, TypeError) as exc:
+        raise InvalidInputError(f"malformed {cls.DESCRIPTOR.name}: the request bytes are not a valid message") \
+            from exc
+
+
+class RetrieverServicer:
+    """Answers the four RPCs; holds no state of its own besides its collaborators."""
+
+    def __init__(self, limits: Limits, allow_publish: bool = True) -> None:
+        self.limits, self.allow_publish = limits, allow_publish
+        self.registry: IndexRegistry | None = None
+        self.batcher: Batcher | None = None
+        self.model = ""
+        #: Set once the model, every index and their canary queries are ready.
+        self.ready = threading.Event()
+
+    def attach(self, registry: IndexRegistry, batcher: Batcher, model: str) -> None:
+        """Connect the loaded model's registry and batcher (the server sets ``ready`` after the canaries)."""
+        self.registry, self.batcher, self.model = registry, batcher, model
+
+    # -- raw-bytes entry points ------------------------------------------------------------------
+    def retrieve(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        return self._guard("Retrieve", context, lambda: self._retrieve(parse(pb.RetrieveRequest, data), context))
+
+    def retrieve_batch(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        return self._guard("RetrieveBatch", context,
+                           lambda: self._retrieve_batch(parse(pb.RetrieveBatchRequest, data), context))
+
+    def get_index_info(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        return self._guard("GetIndexInfo", context, lambda: self._index_info(parse(pb.GetIndexInfoRequest, data)))
+
+    def publish_index(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        return self._guard("PublishIndex", context, lambda: self._publish(parse(pb.PublishIndexRequest, data)))
+
+    def _guard(self, method: str, context: grpc.ServicerContext, call: Callable[[], Message]) -> bytes:
+        try:
+            return call().SerializeToString()
+        except Exception as exc:  # the one place every failure becomes a status (errors.STATUS_CODES)
+            code, message = status_for(exc, method)
+        context.abort(code, message)
+        raise AssertionError("unreachable: context.abort raises")
+
+    # -- the RPCs --------------------------------------------------------------------------------
+    def _parts(self) -> tuple[IndexRegistry, Batcher]:
+        if not self.ready.is_set() or self.registry is None or self.batcher is None:
+            raise NotReadyError("the server is not ready: the model, index or canary query is still loading, "
+                                "or it is shutting down")
+        return self.registry, self.batcher
+
+    def _answer(self, specs: list[convert.RetrieveSpec], context: grpc.ServicerContext,
+                started: float) -> list[pb.RetrieveResponse]:
+        registry, batcher = self._parts()
+        planned = []
+        generations: dict[str, Generation] = {}  # one generation per index name for the whole call
+        for spec in specs:
+            if spec.index not in generations:
+                generations[spec.index] = registry.get(spec.index)
+            generation = generations[spec.index]
+            instruction, sources, resolved = generation.searcher.plan(spec.query)
+            planned.append(PlannedQuery(generation, spec.query.text, instruction, sources, resolved, spec.k,
+                                        spec.score_threshold))
+        remaining = context.time_remaining()
+        if remaining is not None and remaining > NO_DEADLINE_SECONDS:
+            remaining = None  # grpcio reports "no deadline" as a huge number of seconds
+        deadline = None if remaining is None else time.monotonic() + remaining
+        future = batcher.submit(planned, deadline, context.is_active)
+        try:
+            results = future.result(timeout=None if remaining is None else max(remaining, 0.0) + 1.0)
+        except TimeoutError as exc:
+            raise DeadlineExceededError("the deadline passed while the query was being answered") from exc
+        seconds = time.perf_counter() - started
+        return [convert.result_to_proto(result, spec, plan.instruction, plan.generation, self.model, seconds)
+                for result, spec, plan in zip(results, specs, planned, strict=True)]
+
+    def _retrieve(self, request: pb.RetrieveRequest, context: grpc.ServicerContext) -> pb.RetrieveResponse:
+        started = time.perf_counter()
+        spec = convert.parse_retrieve(request, self.limits)
+        return self._answer([spec], context, started)[0]
+
+    def _retrieve_batch(self, request: pb.RetrieveBatchRequest,
+                        context: grpc.ServicerContext) -> pb.RetrieveBatchResponse:
+        started = time.perf_counter()
+        specs = convert.parse_batch(request, self.limits)
+        responses = self._answer(specs, context, started)
+        return pb.RetrieveBatchResponse(responses=responses, server_seconds=time.perf_counter() - started)
+
+    def _index_info(self, request: pb.GetIndexInfoRequest) -> pb.GetIndexInfoResponse:
+        registry, _ = self._parts()
+        default = registry.default_name or ""
+        generations = [registry.get(request.index)] if request.index else registry.all()
+        return pb.GetIndexInfoResponse(
+            indexes=[convert.index_info(g, g.name == default) for g in generations],
+            default_index=default, model=self.model)
+
+    def _publish(self, request: pb.PublishIndexRequest) -> pb.PublishIndexResponse:
+        if not self.allow_publish:
+            raise PermissionDeniedError("publishing is disabled on this server (RETRIEVER_ALLOW_PUBLISH)")
+        registry, _ = self._parts()
+        result = registry.publish(request.index, request.path)
+        is_default = result.generation.name == registry.default_name
+        return pb.PublishIndexResponse(info=convert.index_info(result.generation, is_default),
+                                       previous_generation=result.previous, load_seconds=result.seconds)
+
+
+def generic_handler(servicer: RetrieverServicer) -> grpc.GenericRpcHandler:
+    """Register the methods with no (de)serializers: they take and return bytes."""
+    methods: dict[str, Callable[[bytes, grpc.ServicerContext], bytes]] = {
+        "Retrieve": servicer.retrieve,
+        "RetrieveBatch": servicer.retrieve_batch,
+        "GetIndexInfo": servicer.get_index_info,
+        "PublishIndex": servicer.publish_index,
+    }
+    handlers: dict[str, Any] = {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in methods.items()}
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

@@ -1,0 +1,151 @@
+"""Bearer-token auth on every method but health, TLS, and the configuration rules."""
+
+from __future__ import annotations
+
+import subprocess
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from retriever.client import RemoteError, RetrieverClient
+from retriever.errors import InvalidInputError
+from retriever.service.config import ServiceConfig, build_config
+from retriever.service.proto import retriever_pb2 as pb
+from tests.service.helpers import channel_to, request, running_server, stub_for
+
+TOKEN = "s3cret-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def auth_server(encoder, tiny_index_dir):
+    with running_server(encoder, [("tiny", tiny_index_dir)], token=TOKEN) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("metadata", [(), (("authorization", "Bearer wrong-token-0123456789abcdef"),),
+                                      (("authorization", TOKEN),), (("authorization", f"bearer {TOKEN}x"),)],
+                         ids=["none", "wrong", "no scheme", "suffix"])
+def test_every_method_but_health_needs_the_token(auth_server, metadata):
+    with channel_to(auth_server) as channel:
+        stub = stub_for(channel)
+        calls = [(stub.Retrieve, request()), (stub.RetrieveBatch, pb.RetrieveBatchRequest(requests=[request()])),
+                 (stub.GetIndexInfo, pb.GetIndexInfoRequest()),
+                 (stub.PublishIndex, pb.PublishIndexRequest(index="tiny", path="/nonexistent"))]
+        for call, req in calls:
+            with pytest.raises(grpc.RpcError) as err:
+                call(req, metadata=metadata, timeout=10)
+            assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert TOKEN not in err.value.details()
+        raw = channel.unary_unary("/retriever.v1.Retriever/Retrieve", request_serializer=None,
+                                  response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as err:
+            raw(b"\xff\xff", metadata=metadata, timeout=10)
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=metadata, timeout=10)
+        with pytest.raises(grpc.RpcError) as err:
+            list(reflect)
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_the_right_token_is_accepted(auth_server):
+    with RetrieverClient(f"127.0.0.1:{auth_server.port}", token=TOKEN) as client:
+        assert client.retrieve("music of the band", top_k=2).hits
+    with RetrieverClient(f"127.0.0.1:{auth_server.port}") as client, pytest.raises(RemoteError) as err:
+        client.retrieve("music of the band")
+    assert err.value.code is grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_non_loopback_bind_needs_auth_or_insecure():
+    with pytest.raises(InvalidInputError, match="--insecure"):
+        ServiceConfig(host="0.0.0.0")
+    assert ServiceConfig(host="0.0.0.0", insecure=True).host == "0.0.0.0"
+    assert ServiceConfig(host="0.0.0.0", token=TOKEN).token == TOKEN
+    assert ServiceConfig(host="::1").host == "::1"
+    with pytest.raises(InvalidInputError, match="at least 16"):
+        ServiceConfig(token="short")
+
+
+def test_environment_variables_and_flags():
+    env = {"RETRIEVER_MAX_TOP_K": "7", "RETRIEVER_PORT": "6000", "RETRIEVER_ALLOW_PUBLISH": "off",
+           "RETRIEVER_RESOLUTION": "encoder-only"}
+    config = build_config({"port": 7000, "max_batch": None}, env)
+    assert config.limits.max_top_k == 7 and config.port == 7000 and not config.allow_publish
+    assert config.resolution.value == "encoder-only"
+    with pytest.raises(InvalidInputError, match="RETRIEVER_MAX_TOP_K"):
+        build_config({}, {"RETRIEVER_MAX_TOP_K": "many"})
+    with pytest.raises(InvalidInputError, match="max_top_k"):
+        build_config({"max_top_k": 0}, {})
+    with pytest.raises(InvalidInputError, match="unknown service setting"):
+        build_config({"max_topk": 3}, {})
+
+
+def test_limits_from_config_are_enforced(encoder, tiny_index_dir):
+    config = build_config({"port": 0, "use_gpu": False}, {"RETRIEVER_MAX_TOP_K": "3", "RETRIEVER_ALLOW_PUBLISH": "0"})
+    with running_server(encoder, [("tiny", tiny_index_dir)], limits=config.limits, allow_publish=False) as srv, \
+            channel_to(srv) as channel:
+        stub = stub_for(channel)
+        assert len(stub.Retrieve(request(top_k=3)).hits) == 3
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Retrieve(request(top_k=4))
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "between 1 and 3" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.PublishIndex(pb.PublishIndexRequest(index="tiny", path=str(tiny_index_dir)))
+        assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_tls_with_a_self_signed_certificate(encoder, tiny_index_dir, tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    done = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                           "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                           "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip("openssl cannot create a test certificate here")
+    with running_server(encoder, [("tiny", tiny_index_dir)], tls_cert=cert, tls_key=key, token=TOKEN) as srv:
+        with RetrieverClient(f"localhost:{srv.port}", token=TOKEN, root_certificates=cert) as client:
+            assert client.retrieve("music of the band", top_k=1).hits
+        with RetrieverClient(f"localhost:{srv.port}", token=TOKEN, timeout=5) as plain, \
+                pytest.raises(RemoteError) as err:
+            plain.retrieve("music of the band")
+        assert err.value.code is grpc.StatusCode.UNAVAILABLE
+
+
+def openssl(*args: str) -> None:
+    done = subprocess.run(["openssl", *args], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"openssl cannot create test certificates here: {done.stderr[-200:]!r}")
+
+
+def signed_pair(tmp_path, name: str, ca: tuple) -> tuple:
+    key, csr, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.csr", tmp_path / f"{name}.pem"
+    ext = tmp_path / f"{name}.ext"
+    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}")
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[1]), "-CAkey", str(ca[0]), "-CAcreateserial",
+            "-out", str(cert), "-days", "1", "-extfile", str(ext))
+    return key, cert
+
+
+def test_mutual_tls_requires_a_client_certificate(encoder, tiny_index_dir, tmp_path):
+    ca = (tmp_path / "ca.key", tmp_path / "ca.pem")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca[0]), "-out", str(ca[1]),
+            "-days", "1", "-subj", "/CN=test-ca")
+    server_key, server_cert = signed_pair(tmp_path, "localhost", ca)
+    client_key, client_cert = signed_pair(tmp_path, "client", ca)
+    with running_server(encoder, [("tiny", tiny_index_dir)], tls_cert=server_cert, tls_key=server_key,
+                        tls_client_ca=ca[1]) as srv:
+        address = f"localhost:{srv.port}"
+        with RetrieverClient(address, root_certificates=ca[1], client_certificate=client_cert,
+                             client_key=client_key) as client:
+            assert client.retrieve("music of the band", top_k=1).hits
+        with RetrieverClient(address, root_certificates=ca[1], timeout=5) as anonymous, \
+                pytest.raises(RemoteError) as err:
+            anonymous.retrieve("music of the band")
+        assert err.value.code is grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(InvalidInputError, match="need TLS"):
+        ServiceConfig(tls_client_ca=ca[1])

@@ -1,0 +1,95 @@
+"""The dynamic batcher: concurrent queries share one encoder call; bounds, deadlines and cancellation."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from retriever.errors import DeadlineExceededError, OverloadedError
+from retriever.searcher import Searcher
+from retriever.service.batching import Batcher, CancelledError, PlannedQuery
+from retriever.service.registry import Generation
+from tests.service.helpers import GatedEncoder, wait_until
+
+
+@pytest.fixture()
+def generation(tiny_index, encoder):
+    return Generation("tiny", 1, Searcher(tiny_index, encoder), "now")
+
+
+def planned(generation, text, k=3, sources=(), threshold=None):
+    return PlannedQuery(generation, text, "", sources, False, k, threshold)
+
+
+def test_queued_queries_are_encoded_in_one_call(encoder, generation):
+    gated = GatedEncoder(encoder)
+    batcher = Batcher(gated, max_batch=16, wait_seconds=0.0)
+    try:
+        gated.gate.clear()
+        first = batcher.submit([planned(generation, "first")])
+        assert gated.entered.wait(10)
+        rest = [batcher.submit([planned(generation, f"query {i}", k=1 + i % 3)]) for i in range(6)]
+        gated.gate.set()
+        assert first.result(30)[0].hits
+        results = [f.result(30)[0] for f in rest]
+        assert [len(r.hits) for r in results] == [1 + i % 3 for i in range(6)]
+        assert gated.calls[1] == [f"query {i}" for i in range(6)]  # one encoder call for all six
+        assert batcher.stats.largest_batch == 6
+    finally:
+        batcher.stop()
+
+
+def test_max_batch_one_encodes_one_query_per_call(encoder, generation):
+    gated = GatedEncoder(encoder)
+    batcher = Batcher(gated, max_batch=1)
+    try:
+        gated.gate.clear()
+        futures = [batcher.submit([planned(generation, f"q{i}")]) for i in range(4)]
+        gated.gate.set()
+        assert all(f.result(30)[0].hits for f in futures)
+        assert [len(c) for c in gated.calls] == [1, 1, 1, 1]
+    finally:
+        batcher.stop()
+
+
+def test_bound_deadline_cancellation_and_threshold(encoder, generation):
+    gated = GatedEncoder(encoder)
+    batcher = Batcher(gated, max_batch=8, max_queued=3)
+    try:
+        gated.gate.clear()
+        busy = batcher.submit([planned(generation, "busy")])
+        assert gated.entered.wait(10)
+        late = batcher.submit([planned(generation, "late")], deadline=time.monotonic() + 0.05)
+        gone = batcher.submit([planned(generation, "gone")], is_active=lambda: False)
+        with pytest.raises(OverloadedError):
+            batcher.submit([planned(generation, "a"), planned(generation, "b")])
+        with pytest.raises(DeadlineExceededError):
+            batcher.submit([planned(generation, "expired")], deadline=time.monotonic() - 1)
+        kept = batcher.submit([planned(generation, "music band", k=10, threshold=0.2)])
+        time.sleep(0.1)
+        gated.gate.set()
+        assert busy.result(30)[0].hits
+        with pytest.raises(DeadlineExceededError):
+            late.result(30)
+        with pytest.raises(CancelledError):
+            gone.result(30)
+        assert all(h.score >= 0.2 for h in kept.result(30)[0].hits)
+        assert not any(q in ("late", "gone") for call in gated.calls for q in call)
+        wait_until(lambda: batcher.stats.in_flight == 0)
+        assert batcher.stats.expired == 1 and batcher.stats.cancelled == 1 and batcher.stats.rejected == 1
+    finally:
+        batcher.stop()
+
+
+def test_encoder_failure_fails_the_batch_and_the_worker_survives(encoder, generation):
+    gated = GatedEncoder(encoder)
+    batcher = Batcher(gated)
+    try:
+        gated.fail = RuntimeError("boom")
+        with pytest.raises(RuntimeError):
+            batcher.search([planned(generation, "x")], timeout=30)
+        gated.fail = None
+        assert batcher.search([planned(generation, "music")], timeout=30)[0].hits
+    finally:
+        batcher.stop()

@@ -1,0 +1,138 @@
+"""Every RPC over a real channel: Retrieve, RetrieveBatch, GetIndexInfo, PublishIndex, and the client."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from retriever.client import RemoteError, RetrieverClient
+from retriever.index import Index, Manifest
+from retriever.instructions import general_instruction, source_instruction
+from retriever.records import Source
+from retriever.service.proto import retriever_pb2 as pb
+from tests.service.helpers import channel_to, copy_index, request, running_server, stub_for
+
+
+def test_retrieve_returns_sorted_hits_with_generation_and_model(stub, server):
+    response = stub.Retrieve(request("what type of music does rick witter make", top_k=7))
+    assert len(response.hits) == 7
+    scores = [h.score for h in response.hits]
+    assert scores == sorted(scores, reverse=True)
+    assert len({h.unit_id for h in response.hits}) == 7
+    assert response.index == "tiny" and response.generation == 1
+    assert response.model == server.registry.encoder.name
+    assert response.server_seconds > 0
+    assert all(h.text == "" and h.record_id for h in response.hits)
+    assert response.instruction == general_instruction()
+    assert list(response.sources) == [] and not response.sources_resolved
+
+
+def test_with_text_returns_the_embedded_text(stub, tiny_index):
+    response = stub.Retrieve(request(top_k=3, with_text=True))
+    for hit in response.hits:
+        assert hit.text == tiny_index.store.texts[hit.unit_id]
+        assert hit.title == tiny_index.store.titles[hit.unit_id]
+        assert hit.record_id == tiny_index.store.record_ids[hit.unit_id]
+
+
+def test_sources_filter_exactly(stub):
+    response = stub.Retrieve(request("population of the city", top_k=10, sources=[pb.SOURCE_TABLE, pb.SOURCE_KB]))
+    assert response.hits and {h.source for h in response.hits} <= {pb.SOURCE_TABLE, pb.SOURCE_KB}
+    assert list(response.sources) == [pb.SOURCE_TABLE, pb.SOURCE_KB] and not response.sources_resolved
+    single = stub.Retrieve(request("population of the city", top_k=10, sources=[pb.SOURCE_INFOBOX]))
+    assert {h.source for h in single.hits} == {pb.SOURCE_INFOBOX}
+    assert single.instruction == source_instruction(Source.INFOBOX)
+
+
+def test_instruction_naming_sources_is_resolved_and_reported(stub):
+    response = stub.Retrieve(request("when was he born", top_k=10,
+                                     instruction="retrieve evidence from tables and infoboxes"))
+    assert list(response.sources) == [pb.SOURCE_TABLE, pb.SOURCE_INFOBOX] and response.sources_resolved
+    assert {h.source for h in response.hits} <= {pb.SOURCE_TABLE, pb.SOURCE_INFOBOX}
+    assert response.instruction == "retrieve evidence from tables and infoboxes"
+
+
+def test_encoder_only_resolution_does_not_filter(encoder, tiny_index_dir):
+    with running_server(encoder, [("tiny", tiny_index_dir)], resolution="encoder-only") as srv, \
+            channel_to(srv) as channel:
+        response = stub_for(channel).Retrieve(request("when was he born", top_k=40,
+                                                      instruction="retrieve evidence from tables"))
+    assert list(response.sources) == [] and not response.sources_resolved
+    assert len({h.source for h in response.hits}) > 1
+
+
+def test_score_threshold_drops_low_hits(stub):
+    full = stub.Retrieve(request(top_k=10))
+    cut = full.hits[4].score
+    response = stub.Retrieve(request(top_k=10, score_threshold=cut))
+    assert [h.unit_id for h in response.hits] == [h.unit_id for h in full.hits if h.score >= cut]
+    assert 0 < len(response.hits) < 10
+
+
+def test_retrieve_batch_answers_in_order_like_single_calls(stub):
+    requests = [request("music genre of the band", top_k=3),
+                request("table of appearances in 1994", top_k=5, sources=[pb.SOURCE_TABLE]),
+                request("spouse of the senator", top_k=2, instruction="from infobox sources", with_text=True)]
+    batch = stub.RetrieveBatch(pb.RetrieveBatchRequest(requests=requests))
+    assert len(batch.responses) == 3 and batch.server_seconds > 0
+    for req, got in zip(requests, batch.responses, strict=True):
+        single = stub.Retrieve(req)
+        assert [(h.unit_id, h.record_id) for h in got.hits] == [(h.unit_id, h.record_id) for h in single.hits]
+        assert [h.score for h in got.hits] == pytest.approx([h.score for h in single.hits], abs=1e-6)
+        assert list(got.sources) == list(single.sources)
+
+
+def test_get_index_info_reports_the_manifest(stub, tiny_index_dir):
+    manifest = Manifest.read(tiny_index_dir)
+    info = stub.GetIndexInfo(pb.GetIndexInfoRequest())
+    assert info.default_index == "tiny" and info.model == manifest.model_name
+    (entry,) = info.indexes
+    assert entry.name == "tiny" and entry.generation == 1 and entry.is_default
+    assert entry.total_units == manifest.total_units
+    assert {pb.Source.Name(c.source): c.units for c in entry.counts} == {
+        f"SOURCE_{k.upper()}": v for k, v in manifest.counts.items() if v}
+    assert dict(entry.prompts) == manifest.prompts
+    assert entry.model_checksum == manifest.model_checksum and entry.dimension == manifest.dimension
+    assert entry.factory == manifest.factory and entry.corpus_fingerprint == manifest.corpus_fingerprint
+    assert len(entry.shards) == len(manifest.shards)
+    one = stub.GetIndexInfo(pb.GetIndexInfoRequest(index="tiny"))
+    assert [i.name for i in one.indexes] == ["tiny"]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetIndexInfo(pb.GetIndexInfoRequest(index="nope"))
+    assert err.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_publish_new_generation_and_new_name(encoder, tiny_index_dir, alt_index_dir, tmp_path):
+    with running_server(encoder, [("tiny", tiny_index_dir)]) as srv, channel_to(srv) as channel:
+        stub = stub_for(channel)
+        copy = copy_index(tiny_index_dir, tmp_path / "tiny-copy")
+        published = stub.PublishIndex(pb.PublishIndexRequest(index="tiny", path=str(copy)))
+        assert published.info.generation == 2 and published.previous_generation == 1
+        assert published.info.is_default and published.load_seconds > 0
+        assert stub.Retrieve(request()).generation == 2
+        added = stub.PublishIndex(pb.PublishIndexRequest(index="alt", path=str(alt_index_dir)))
+        assert added.info.generation == 1 and added.previous_generation == 0 and not added.info.is_default
+        alt_ids = set(Index.load(alt_index_dir, use_gpu=False).store.record_ids)
+        response = stub.Retrieve(request(index="alt", top_k=5))
+        assert response.index == "alt" and response.generation == 1
+        assert {h.record_id for h in response.hits} <= alt_ids
+        assert [i.name for i in stub.GetIndexInfo(pb.GetIndexInfoRequest()).indexes] == ["tiny", "alt"]
+
+
+def test_client_wraps_every_rpc(server, tiny_index_dir, tmp_path):
+    with RetrieverClient(f"127.0.0.1:{server.port}", timeout=30) as client:
+        result = client.retrieve("spouse of the senator", sources=["infobox"], top_k=3, with_text=True)
+        assert len(result.hits) == 3 and all(h.source is Source.INFOBOX and h.text for h in result.hits)
+        assert result.sources == (Source.INFOBOX,) and result.index == "tiny" and result.generation >= 1
+        from retriever.searcher import Query
+
+        batch = client.retrieve_batch([Query("a"), Query("b", sources=(Source.KB,))], top_k=2)
+        assert [len(r.hits) for r in batch] == [2, 2] and batch[1].hits[0].source is Source.KB
+        info = client.index_info()
+        assert info.indexes[0].name == "tiny"
+        with pytest.raises(RemoteError) as err:
+            client.retrieve("   ")
+        assert err.value.code is grpc.StatusCode.INVALID_ARGUMENT and "query" in err.value.details
+        with pytest.raises(RemoteError) as err:
+            client.publish("tiny", tmp_path / "missing")
+        assert err.value.code is grpc.StatusCode.NOT_FOUND
