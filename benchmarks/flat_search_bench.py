@@ -1,0 +1,66 @@
+"""Exact search: the faiss wheel's IndexFlatIP.search vs the project's NumPy path (exact_topk).
+
+    python benchmarks/flat_search_bench.py                 # seeded vectors, mini- and lite-sized
+    python benchmarks/flat_search_bench.py --sizes 410000  # full-corpus size
+
+Both sides search the same seeded L2-normalised vectors, interleaved in one process (A/B/A/B),
+and must return the same ids. Writes ``benchmarks/results/flat_search.json``; the figure that
+matters is the ratio (faiss time / numpy time) per batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from retriever.index.shards import exact_topk, faiss_module
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[36302, 85000])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("-k", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    faiss = faiss_module()
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in args.sizes:
+        x = rng.standard_normal((n, args.dim)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        index = faiss.IndexFlatIP(args.dim)
+        index.add(x)
+        view = np.asarray(faiss.rev_swig_ptr(index.get_xb(), n * args.dim)).reshape(n, args.dim)
+        for nq in args.batches:
+            q = rng.standard_normal((nq, args.dim)).astype(np.float32)
+            q /= np.linalg.norm(q, axis=1, keepdims=True)
+            faiss_s, (_, faiss_ids) = timed(lambda: index.search(q, args.k), args.repeats)  # noqa: B023
+            numpy_s, (_, numpy_ids) = timed(lambda: exact_topk(q, view, args.k), args.repeats)  # noqa: B023
+            agree = float(np.mean([len(set(a) & set(b)) / args.k for a, b in zip(faiss_ids, numpy_ids)]))
+            rows.append({"n": n, "nq": nq, "k": args.k, "faiss_ms": round(faiss_s * 1e3, 3),
+                         "numpy_ms": round(numpy_s * 1e3, 3), "faiss_over_numpy": round(faiss_s / numpy_s, 2),
+                         "id_agreement": round(agree, 4)})
+            print(json.dumps(rows[-1]))
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "flat_search.json").write_text(json.dumps({"faiss": faiss.__version__, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
