@@ -30,4 +30,7 @@ RUN useradd --system --no-create-home retriever && chmod -R a+rX /var/cache/retr
 USER retriever
 EXPOSE 50051
 ENTRYPOINT ["retriever"]
-CMD ["demo"]
+# Listening beyond loopback needs a bearer token: docker run -e RETRIEVER_AUTH_TOKEN=... -p 50051:50051
+# (or add --insecure behind an authenticating proxy). Serves the prebuilt sample index by default;
+# mount built indexes and pass --index NAME=/indexes/NAME to serve your own.
+CMD ["serve", "--host", "0.0.0.0"]

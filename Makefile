@@ -1,4 +1,5 @@
-# Two entry points (README): `make demo` runs the main job, `make test` runs the whole suite.
+# Two entry points (README): `make serve` runs the main job (the gRPC server on the embedded
+# default), `make test` runs the whole suite. `make demo` searches the sample index from the CLI.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -27,6 +28,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+
+serve: install
+	$(BIN)/retriever serve
 
 demo: install
 	$(BIN)/retriever demo
