@@ -78,7 +78,7 @@ class EmbeddingModel:
 
     @property
     def dimension(self) -> int:
-        return int(self.st.get_sentence_embedding_dimension())
+        return int(self.st.get_embedding_dimension())
 
     def input_embeddings(self) -> torch.nn.Embedding:
         """The backbone's token embedding table (shared with the RetroMAE decoder)."""

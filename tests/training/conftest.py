@@ -108,13 +108,13 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory, tiny_records: list[dict]
     return {"corpus": corpus, "train": train, "dev": dev, "dev_ids": ids, "pairs": pairs}
 
 
-def tiny_config(tiny_data: dict[str, Path], model: Path, out: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+def tiny_config(tiny_data: dict[str, Path], base_model: Path, out: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     """A config dict for a few steps of every stage on the tiny data."""
     stage = {"steps": 3, "batch_size": 4, "lr": 1e-3, "warmup_ratio": 0.0}
     raw: dict[str, Any] = {
         "run": {"output_dir": str(out), "seed": 7, "device": "cpu", "show_progress": False, "log_every": 1,
                 "checkpoint_every": 0},
-        "model": {"base": str(model), "max_seq_length": 48},
+        "model": {"base": str(base_model), "max_seq_length": 48},
         "data": {"corpus": str(tiny_data["corpus"]), "train_queries": str(tiny_data["train"]),
                  "pairs_files": [str(tiny_data["pairs"])]},
         "pretrain": dict(stage, decoder_heads=2),
