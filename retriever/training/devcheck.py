@@ -33,8 +33,8 @@ class DevSample:
     distractor_records: list[str]
 
 
-def sample_dev(dev_queries: Path, dev_ids: Path, questions: int, seed: int) -> DevSample:
-    """Draw dev questions balanced over datasets and list the dev corpus ids."""
+def sample_dev(dev_queries: Path, dev_ids: Path, questions: int, distractor_records: int, seed: int) -> DevSample:
+    """Draw dev questions balanced over datasets and distractor records of the dev corpus."""
     rng = np.random.default_rng([seed, 11])
     by_dataset: dict[str, list[Question]] = defaultdict(list)
     for q in read_questions(dev_queries):
@@ -45,7 +45,14 @@ def sample_dev(dev_queries: Path, dev_ids: Path, questions: int, seed: int) -> D
         items = by_dataset[name]
         picks = rng.choice(len(items), size=min(per, len(items)), replace=False)
         chosen.extend(items[int(i)] for i in sorted(picks))
-    return DevSample(chosen, read_id_list(dev_ids))
+    # Distractors: a seeded sample of dev-corpus records (each gives one or more units), so only
+    # those records need linearizing.
+    corpus_ids = read_id_list(dev_ids)
+    gold = {g for q in chosen for g in q.gold}
+    others = [r for r in corpus_ids if r not in gold]
+    if distractor_records < len(others):
+        others = [others[int(i)] for i in sorted(rng.choice(len(others), size=distractor_records, replace=False))]
+    return DevSample(chosen, others)
 
 
 def dev_record_ids(sample: DevSample, records: dict[str, Record]) -> set[str]:

@@ -95,7 +95,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     dev: DevSample | None = None
     if config.evaluation.enabled and config.evaluation.dev_queries and config.evaluation.dev_ids:
         dev = sample_dev(config.evaluation.dev_queries, config.evaluation.dev_ids, config.evaluation.questions,
-                         config.run.seed)
+                         config.evaluation.distractor_units, config.run.seed)
     dev_sample = dev
     needs_questions = StageName.FINETUNE in config.run.stages
     data = load_training_data(
