@@ -34,7 +34,8 @@ PASSAGE = TextRecord(id="p1", title="Bloodlines", text="Bloodlines is a 2004 fil
 def test_verbalizer_templates():
     assert verbalize_row(TABLE, 0) == ('The table "Sally Kirkland" (Filmography) has a row where Year is 2004, '
                                        'Title is Bloodlines and one entry reads Joyce.')
-    assert verbalize_row(TABLE, 1) == 'The table "Sally Kirkland" (Filmography) has a row where Year is 2005 and Title is Other.'
+    assert verbalize_row(TABLE, 1) == ('The table "Sally Kirkland" (Filmography) has a row where Year is 2005 '
+                                       'and Title is Other.')
     assert verbalize_triple(TRIPLE) == ("The located in the administrative territorial entity of Hoskinson Park is "
                                         "Jefferson County.")
     assert verbalize_infobox(INFOBOX) == ("According to its infobox, the Type of Hoskinson Park is park; the Location "
@@ -58,7 +59,8 @@ def test_link_anchors_follow_row_links_and_parents():
         by_record.setdefault(u.record_id, []).append(i)
     row0, row1 = (units[i] for i in by_record["t1"])
     # p2 is not loaded, so every pick lands on p1.
-    assert link_anchor(TABLE, row0, records, units, by_record, pick=1) == ("Bloodlines: Bloodlines is a 2004 film.", "p1")
+    found = link_anchor(TABLE, row0, records, units, by_record, pick=1)
+    assert found == ("Bloodlines: Bloodlines is a 2004 film.", "p1")
     assert link_anchor(TABLE, row1, records, units, by_record, pick=0) is None
     text, key = link_anchor(TRIPLE, units[by_record["k1"][0]], records, units, by_record, pick=0)
     assert key == "i1#0" and "Location: Jefferson County" in text
