@@ -372,8 +372,9 @@ class TrainConfig:
         return self
 
     def stage(self, name: StageName) -> PretrainConfig | AlignConfig | FinetuneConfig:
-        return {StageName.PRETRAIN: self.pretrain, StageName.ALIGN: self.align,
-                StageName.FINETUNE: self.finetune}[name]
+        sections: dict[StageName, PretrainConfig | AlignConfig | FinetuneConfig] = {
+            StageName.PRETRAIN: self.pretrain, StageName.ALIGN: self.align, StageName.FINETUNE: self.finetune}
+        return sections[name]
 
     def to_json(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))

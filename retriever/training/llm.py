@@ -74,14 +74,14 @@ def apply_lora(transformer_module: Any, settings: LoraConfig) -> None:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in backbone.named_modules() if type(m).__name__ == "Linear"})
         raise ModelError(f"[model.lora] target_modules {list(settings.target_modules)} match no layer of the "
                          f"backbone; its linear layers are named: {', '.join(linear)}")
+    targets = [t for t in settings.target_modules if t not in missing]
     peft_config = PeftLoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                                 target_modules=[t for t in settings.target_modules if t not in missing],
-                                 bias="none")
+                                 target_modules=targets, bias="none")
     transformer_module.model = get_peft_model(backbone, peft_config)
     trainable = sum(p.numel() for p in transformer_module.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in transformer_module.model.parameters())
     logger.info("LoRA r=%d on %s: %d of %d parameters trainable (%.2f%%)", settings.r,
-                ",".join(peft_config.target_modules), trainable, total, 100 * trainable / max(total, 1))
+                ",".join(targets), trainable, total, 100 * trainable / max(total, 1))
 
 
 def merge_lora(transformer_module: Any) -> None:

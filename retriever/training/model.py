@@ -42,7 +42,7 @@ class EmbeddingModel:
         self.saved_max_seq_length = int(self.st.max_seq_length or config.max_seq_length)
         self.st.max_seq_length = min(config.max_seq_length, self.saved_max_seq_length)
         if config.gradient_checkpointing:
-            self.backbone.gradient_checkpointing_enable()
+            self.backbone.gradient_checkpointing_enable()  # type: ignore[operator]
         self.st.train()
 
     @classmethod

@@ -107,7 +107,7 @@ class FinetuneTask:
             return [int(i) for i in indexes if units[int(i)].record_id not in not_negative]
 
         if requested is None:
-            return _take(usable(_interleave(list(mined.values()))), wanted, rng)
+            return tuple(_take(usable(_interleave(list(mined.values()))), wanted, rng))
         others = [int(i) for s in item.sources if s is not requested for i in item.positives[s]]
         n_other = round(wanted * self.config.other_source_share)
         other_pool = usable(_interleave([m for s, m in mined.items() if s is not requested]))
