@@ -1,0 +1,41 @@
+"""Contrastive loss shared by stages 2 and 3."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce(queries: torch.Tensor, docs: torch.Tensor, temperature: float,
+             invalid: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE where query ``i``'s positive is ``docs[i]`` and every other doc is a negative.
+
+    Args:
+        queries: ``[B, d]`` L2-normalised.
+        docs: ``[N, d]`` L2-normalised, ``N >= B``; rows ``0..B-1`` are the positives, the rest
+            (other queries' positives and hard negatives) are negatives.
+        temperature: the softmax temperature (0.02 in UniHGKR).
+        invalid: optional bool ``[B, N]``; True marks docs that must not count as negatives of a
+            query (a duplicate of its positive, another gold unit). The diagonal is never masked.
+
+    Returns:
+        The mean cross-entropy over the ``B`` queries (a scalar).
+    """
+    batch = queries.shape[0]
+    scores = queries @ docs.T / temperature  # [B, N]
+    if invalid is not None:
+        invalid = invalid.clone()
+        invalid[torch.arange(batch), torch.arange(batch)] = False
+        scores = scores.masked_fill(invalid, float("-inf"))
+    labels = torch.arange(batch, device=queries.device)
+    return F.cross_entropy(scores, labels)
+
+
+def key_collisions(row_keys: list[set[str]], col_keys: list[str], device: torch.device | str) -> torch.Tensor:
+    """Bool ``[len(row_keys), len(col_keys)]``: True where a column's key is in the row's key set."""
+    out = torch.zeros(len(row_keys), len(col_keys), dtype=torch.bool)
+    for i, keys in enumerate(row_keys):
+        for j, key in enumerate(col_keys):
+            if key in keys:
+                out[i, j] = True
+    return out.to(device)

@@ -1,0 +1,223 @@
+"""``train(config)``: run the configured stages and write the model directory and its manifest.
+
+Run directory layout (``[run] output_dir``)::
+
+    run_state.json              completed stages, their results, the config fingerprint
+    config.json                 the resolved configuration
+    checkpoints/<stage>/step-*  resumable checkpoints of the stage in progress
+    stages/<stage>/             the model after each completed stage (sentence-transformers)
+    model/                      the final model: safetensors, prompts, training_manifest.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from retriever.encoder import model_checksum, pick_device, resolve_model_dir
+from retriever.errors import InvalidInputError
+from retriever.instructions import default_prompts
+from retriever.linearize import LINEARIZER_VERSION
+from retriever.records import file_fingerprint, read_id_list
+from retriever.training.anchors import DataTextPair, read_pairs_file
+from retriever.training.config import DeviceChoice, NegativeMiner, StageName, TrainConfig
+from retriever.training.data import TrainingData, load_training_data, tokenizer_budget
+from retriever.training.devcheck import DevSample, dev_record_ids, evaluate_sample, sample_dev
+from retriever.training.model import EmbeddingModel
+from retriever.training.negatives import mine_bm25, mine_with_model
+from retriever.training.stage1_pretrain import PretrainTask
+from retriever.training.stage2_align import AlignTask
+from retriever.training.stage3_finetune import FinetuneTask
+from retriever.training.trainer import StageTask, run_stage
+
+logger = logging.getLogger(__name__)
+
+RUN_STATE = "run_state.json"
+MANIFEST_NAME = "training_manifest.json"
+
+
+@dataclass
+class TrainReport:
+    model_dir: Path
+    stages: list[dict[str, Any]]
+    dev_metrics: dict[str, dict[str, float]]
+    seconds: float
+
+
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+          should_stop: Callable[[int], bool] | None = None) -> TrainReport:
+    """Run the configured stages from the base model (or resume them) and save the final model.
+
+    Args:
+        config: a validated configuration (:func:`retriever.training.config.load_config`).
+        resume: continue a run in ``output_dir`` (completed stages are skipped, the stage in
+            progress restarts from its latest checkpoint).
+        overwrite: delete an existing ``output_dir`` first.
+        should_stop: see :func:`retriever.training.trainer.run_stage`.
+
+    Raises:
+        InvalidInputError: ``output_dir`` holds another run, or a resume with a changed config.
+        StopRequested: ``should_stop`` asked to stop (a checkpoint was written).
+    """
+    started = time.perf_counter()
+    out = config.run.output_dir
+    state = _prepare(out, config, resume, overwrite)
+    device = "cpu" if config.run.device is DeviceChoice.CPU else pick_device(
+        "cuda" if config.run.device is DeviceChoice.CUDA else None)
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    random.seed(config.run.seed)
+    np.random.seed(config.run.seed % 2**32)
+    torch.manual_seed(config.run.seed)
+
+    base_dir = resolve_model_dir(config.model.base)
+    completed: dict[str, Any] = state["completed"]
+    start_dir = base_dir
+    for stage in config.run.stages:
+        if stage.value in completed:
+            start_dir = out / "stages" / stage.value
+    model = EmbeddingModel(start_dir, config.model, device)
+    window = config.data.window_tokens or model.saved_max_seq_length - 2
+
+    dev: DevSample | None = None
+    if config.evaluation.enabled and config.evaluation.dev_queries and config.evaluation.dev_ids:
+        dev = sample_dev(config.evaluation.dev_queries, config.evaluation.dev_ids, config.evaluation.questions,
+                         config.evaluation.distractor_units, config.run.seed)
+    dev_sample = dev
+    needs_questions = StageName.FINETUNE in config.run.stages
+    data = load_training_data(
+        config.data.corpus, config.data.train_queries if needs_questions else None,
+        tokenizer_budget(model.tokenizer, window), config.run.seed, config.data.pool_ids,
+        config.data.pool_records, config.data.max_train_queries,
+        extra_ids=(lambda records: dev_record_ids(dev_sample, records)) if dev_sample else None)
+    pairs = [p for path in config.data.pairs_files for p in read_pairs_file(path)]
+
+    if dev is not None and config.evaluation.evaluate_base and "base" not in state["dev_metrics"]:
+        base_model = EmbeddingModel(base_dir, config.model, device)
+        state["dev_metrics"]["base"] = evaluate_sample(base_model, data, dev, config.evaluation.distractor_units,
+                                                       config.run.seed)
+        del base_model
+        _write_state(out, state)
+
+    fingerprint = config.fingerprint()
+    for stage in config.run.stages:
+        if stage.value in completed:
+            logger.info("%s already completed in %s; skipping", stage.value, out)
+            continue
+        model.start_stage()
+        task = _build_task(stage, model, data, config, pairs)
+        result = run_stage(task, model, config.stage(stage), config.run, out / "checkpoints" / stage.value,
+                           extra_state={"config_fingerprint": fingerprint}, should_stop=should_stop)
+        model.end_stage()
+        model.save(out / "stages" / stage.value)
+        completed[stage.value] = result.to_json()
+        _write_state(out, state)
+        shutil.rmtree(out / "checkpoints" / stage.value, ignore_errors=True)
+
+    model_dir = out / "model"
+    model.save(model_dir, default_prompts())
+    if dev is not None:
+        state["dev_metrics"]["trained"] = evaluate_sample(model, data, dev, config.evaluation.distractor_units,
+                                                          config.run.seed)
+        _write_state(out, state)
+    stages = [completed[s.value] for s in config.run.stages]
+    manifest = _manifest(config, base_dir, stages, state["dev_metrics"], data, device, window)
+    (model_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    seconds = time.perf_counter() - started
+    logger.info("training finished in %.1fs; model in %s", seconds, model_dir)
+    return TrainReport(model_dir, stages, state["dev_metrics"], seconds)
+
+
+def _build_task(stage: StageName, model: EmbeddingModel, data: TrainingData, config: TrainConfig,
+                pairs: list[DataTextPair]) -> StageTask:
+    if stage is StageName.PRETRAIN:
+        return PretrainTask(model, data, config.pretrain, config.run.seed)
+    if stage is StageName.ALIGN:
+        return AlignTask(model, data, config.align, pairs)
+    settings = config.finetune
+    if settings.miner is NegativeMiner.BM25:
+        mined = mine_bm25(data, settings.mine_depth)
+    else:
+        mined = mine_with_model(data, model, settings.mine_depth)
+    return FinetuneTask(model, data, settings, mined)
+
+
+def _prepare(out: Path, config: TrainConfig, resume: bool, overwrite: bool) -> dict[str, Any]:
+    state_file = out / RUN_STATE
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()):
+        if not resume:
+            raise InvalidInputError(f"{out} already holds a run; pass --resume to continue it or --overwrite to "
+                                    "start over")
+        if not state_file.is_file():
+            raise InvalidInputError(f"{out} is not empty and has no {RUN_STATE}; choose another output_dir")
+        state: dict[str, Any] = json.loads(state_file.read_text(encoding="utf-8"))
+        if state["config_fingerprint"] != config.fingerprint():
+            raise InvalidInputError(f"{out} was started with a different configuration (see {out}/config.json); "
+                                    "resume with the same file, or start a new output_dir")
+        logger.info("resuming %s: completed stages %s", out, ", ".join(state["completed"]) or "none")
+        return state
+    out.mkdir(parents=True, exist_ok=True)
+    state = {"config_fingerprint": config.fingerprint(), "completed": {}, "dev_metrics": {}}
+    (out / "config.json").write_text(json.dumps(config.to_json(), indent=2), encoding="utf-8")
+    _write_state(out, state)
+    return state
+
+
+def _write_state(out: Path, state: dict[str, Any]) -> None:
+    tmp = out / (RUN_STATE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")
+    os.replace(tmp, out / RUN_STATE)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest(config: TrainConfig, base_dir: Path, stages: list[dict[str, Any]], dev: dict[str, Any],
+              data: TrainingData, device: str, window: int) -> dict[str, Any]:
+    import sentence_transformers
+    import transformers
+
+    d = config.data
+    fingerprints: dict[str, Any] = {
+        "corpus": {"path": str(d.corpus),
+                   "sha256": file_fingerprint(d.corpus, read_id_list(d.pool_ids) if d.pool_ids else None)},
+        "train_queries": {"path": str(d.train_queries), "sha256": _sha256(d.train_queries)},
+        "pairs_files": [{"path": str(p), "sha256": _sha256(p)} for p in d.pairs_files],
+        "pool_units": len(data.pool),
+        "training_questions": len(data.questions),
+    }
+    return {
+        "format": 1,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "base_model": {"name": config.model.base, "path": str(base_dir), "sha256": model_checksum(base_dir)},
+        "stages": stages,
+        "data": fingerprints,
+        "linearizer": {"version": LINEARIZER_VERSION, "window_tokens": window},
+        "prompts": default_prompts(),
+        "config": config.to_json(),
+        "dev_metrics": {"kind": "in-process dev sample (a proxy); use `retriever bench heteromix` for the real "
+                        "figures", **dev},
+        "device": device,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "sentence_transformers": sentence_transformers.__version__},
+    }

@@ -1,0 +1,168 @@
+"""Stage 3: instruction-aware retriever fine-tuning.
+
+Each example is (instruction + question, gold unit): the instruction is drawn with the run's
+seed from the pool in :mod:`retriever.training.instruction_pool` (general, or specific to a
+source of the gold records, in several phrasings). The loss is InfoNCE over the batch's positives
+(in-batch negatives) plus ``hard_negatives`` mined units per question. For a source-specific
+instruction ``other_source_share`` of the hard negatives are relevant-looking units of the other
+source types, and the question's gold units of other sources are added too, so the model learns
+to put the requested source first.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from retriever.errors import CorpusError
+from retriever.instructions import compose_query
+from retriever.records import Source
+from retriever.training.config import FinetuneConfig
+from retriever.training.data import TrainingData, TrainingQuestion
+from retriever.training.instruction_pool import InstructionSampler
+from retriever.training.losses import info_nce
+from retriever.training.model import EmbeddingModel
+from retriever.training.negatives import Mined
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneExample:
+    query: str
+    positive: int
+    negatives: tuple[int, ...]
+    requested: Source | None
+    #: records that must not be negatives of this query (gold; related ones for the general instruction)
+    not_negative: frozenset[str]
+
+
+class FinetuneTask:
+    """Draws instruction-aware examples and computes the contrastive loss."""
+
+    name = "finetune"
+
+    def __init__(self, model: EmbeddingModel, data: TrainingData, config: FinetuneConfig, mined: Mined) -> None:
+        if not data.questions:
+            raise CorpusError("<finetune>", None, "no training questions with gold units in the corpus")
+        self.model = model
+        self.data = data
+        self.config = config
+        self.mined = mined
+        self.sampler = InstructionSampler(config.general_instruction_prob, config.canonical_phrasing_prob)
+        by_dataset: dict[str, list[int]] = {}
+        for i, t in enumerate(data.questions):
+            by_dataset.setdefault(t.question.dataset, []).append(i)
+        self.datasets = sorted(by_dataset)
+        self.members = [np.array(by_dataset[d], dtype=np.int64) for d in self.datasets]
+        sizes = np.array([len(m) for m in self.members], dtype=np.float64)
+        p = sizes ** config.dataset_balance
+        self.dataset_p = p / p.sum()
+        logger.info("finetune: %d questions; dataset mix %s", len(data.questions),
+                    ", ".join(f"{d}={q:.2f}" for d, q in zip(self.datasets, self.dataset_p, strict=True)))
+
+    def extra_modules(self) -> dict[str, torch.nn.Module]:
+        return {}
+
+    def draw(self, rng: np.random.Generator) -> FinetuneExample:
+        d = int(rng.choice(len(self.datasets), p=self.dataset_p))
+        q = int(self.members[d][rng.integers(len(self.members[d]))])
+        item = self.data.questions[q]
+        instruction = self.sampler.sample(item.sources, rng)
+        requested = instruction.source
+        if requested is None:
+            positive = self._general_positive(item, rng)
+            not_negative = item.gold_records | item.related_records
+        else:
+            options = item.positives[requested]
+            positive = options[int(rng.integers(len(options)))]
+            not_negative = item.gold_records
+        negatives = self._negatives(q, item, requested, not_negative, rng)
+        return FinetuneExample(compose_query(instruction.text, item.question.text), positive, negatives, requested,
+                               frozenset(not_negative))
+
+    def _general_positive(self, item: TrainingQuestion, rng: np.random.Generator) -> int:
+        # The answer's source when the label names one (ottqa: the passage, not the bridging table).
+        try:
+            preferred = Source.parse(item.question.gold_source)
+        except ValueError:
+            preferred = None
+        options = item.positives.get(preferred) if preferred else None
+        if not options:
+            options = [i for s in item.sources for i in item.positives[s]]
+        return options[int(rng.integers(len(options)))]
+
+    def _negatives(self, q: int, item: TrainingQuestion, requested: Source | None, not_negative: frozenset[str],
+                   rng: np.random.Generator) -> tuple[int, ...]:
+        wanted = self.config.hard_negatives
+        if not wanted:
+            return ()
+        mined = self.mined[q]
+        units = self.data.units
+
+        def usable(indexes: np.ndarray | list[int]) -> list[int]:
+            return [int(i) for i in indexes if units[int(i)].record_id not in not_negative]
+
+        if requested is None:
+            return tuple(_take(usable(_interleave(list(mined.values()))), wanted, rng))
+        others = [int(i) for s in item.sources if s is not requested for i in item.positives[s]]
+        n_other = round(wanted * self.config.other_source_share)
+        other_pool = usable(_interleave([m for s, m in mined.items() if s is not requested]))
+        chosen = _take(others, n_other, rng)
+        chosen += _take(other_pool, n_other - len(chosen), rng)
+        same_pool = usable(mined.get(requested, np.zeros(0, dtype=np.int64)))
+        chosen += _take([i for i in same_pool if i not in chosen], wanted - len(chosen), rng)
+        if len(chosen) < wanted:  # too few of one kind: fill from the other
+            chosen += _take([i for i in other_pool if i not in chosen], wanted - len(chosen), rng)
+        return tuple(chosen)
+
+    def batch(self, rng: np.random.Generator) -> list[FinetuneExample]:
+        return [self.draw(rng) for _ in range(self.config.batch_size)]
+
+    def loss(self, rng: np.random.Generator, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        examples = self.batch(rng)
+        queries, q_tokens = self.model.embed([e.query for e in examples], self.config.query_max_seq_length)
+        doc_ids = [e.positive for e in examples] + [n for e in examples for n in e.negatives]
+        docs, d_tokens = self.model.embed([self.data.units[i].text for i in doc_ids])  # [B + B*k, d]
+        invalid = torch.zeros(len(examples), len(doc_ids), dtype=torch.bool)
+        for r, e in enumerate(examples):
+            for c, unit in enumerate(doc_ids):
+                if c == r:
+                    continue
+                record = self.data.units[unit].record_id
+                if unit == e.positive or record in e.not_negative:
+                    invalid[r, c] = True
+        loss = info_nce(queries, docs, self.config.temperature, invalid.to(queries.device))
+        return loss, q_tokens + d_tokens
+
+    def estimate_tokens(self, rng: np.random.Generator, samples: int) -> float:
+        counts = []
+        for _ in range(samples):
+            examples = self.batch(rng)
+            q = self.model.features([e.query for e in examples], self.config.query_max_seq_length)
+            doc_ids = [e.positive for e in examples] + [n for e in examples for n in e.negatives]
+            d = self.model.features([self.data.units[i].text for i in doc_ids])
+            counts.append(int(q["attention_mask"].sum()) + int(d["attention_mask"].sum()))
+        return float(np.mean(counts))
+
+
+def _interleave(rankings: list[np.ndarray]) -> list[int]:
+    """Merge per-source rankings rank by rank (1st of each source, then 2nd of each, ...)."""
+    out: list[int] = []
+    longest = max((len(r) for r in rankings), default=0)
+    for rank in range(longest):
+        out.extend(int(r[rank]) for r in rankings if rank < len(r))
+    return out
+
+
+def _take(candidates: list[int], n: int, rng: np.random.Generator) -> list[int]:
+    """Up to ``n`` distinct candidates, favouring the top of the ranking (drawn from the first 2n)."""
+    if n <= 0 or not candidates:
+        return []
+    unique = list(dict.fromkeys(candidates))
+    window = unique[: max(2 * n, n)]
+    picks = rng.choice(len(window), size=min(n, len(window)), replace=False)
+    return [window[int(i)] for i in sorted(picks)]
