@@ -10,6 +10,8 @@ Every metric here reads that order as given:
   its first (best) unit; ``hit@k`` asks whether a gold record is among the first ``k``
   distinct records, ``mrr@k`` is ``1 / rank`` of the first gold record within ``k`` (0 when
   none). Collapsing means a table whose rows fill the top of the list occupies one rank.
+  With ``collapse=False`` the rank is the unit rank of the first gold unit instead (the
+  convention of the HeteroMix README's reference figures; see ``docs/BENCHMARKS.md``).
 * **Row level.** The same with table units keyed by ``(record, row)``: a table unit is
   relevant only when its row is one of the question's gold rows for that table; a unit of
   another source is relevant when its record is gold. Only questions that have gold rows
@@ -89,11 +91,14 @@ def reciprocal_rank(rank: int | None, k: int) -> float:
     return 1.0 / rank if rank is not None and rank <= k else 0.0
 
 
-def row_level_items(ranked: RankedUnits) -> list[tuple[str, int]]:
-    """Distinct row-level keys in rank order: ``(record, row)`` for table units, ``(record, -1)`` else."""
-    keys = ((rid, part if source is Source.TABLE else -1)
-            for rid, source, part in zip(ranked.record_ids, ranked.sources, ranked.parts, strict=True))
-    return list(dict.fromkeys(keys))
+def row_level_items(ranked: RankedUnits, collapse: bool = True) -> list[tuple[str, int]]:
+    """Row-level keys in rank order: ``(record, row)`` for table units, ``(record, -1)`` else.
+
+    Distinct keys (first occurrence) when ``collapse``; one key per unit otherwise.
+    """
+    keys = [(rid, part if source is Source.TABLE else -1)
+            for rid, source, part in zip(ranked.record_ids, ranked.sources, ranked.parts, strict=True)]
+    return list(dict.fromkeys(keys)) if collapse else keys
 
 
 def row_level_gold(judgment: Judgment, gold_sources: Mapping[str, Source]) -> set[tuple[str, int]] | None:
@@ -134,24 +139,26 @@ class RankingEvaluator:
         ks: cut-offs for hit@k.
         mrr_k: cut-off for MRR.
         gold_sources: source type of each gold record (row level needs to know tables).
+        collapse: rank records (first occurrence) rather than units.
     """
 
     ks: tuple[int, ...] = DEFAULT_KS
     mrr_k: int = DEFAULT_MRR_K
     gold_sources: Mapping[str, Source] = field(default_factory=dict)
+    collapse: bool = True
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1 or self.mrr_k < 1:
             raise ValueError(f"cut-offs must be >= 1, got ks={self.ks}, mrr_k={self.mrr_k}")
 
     def __call__(self, ranked: RankedUnits, judgment: Judgment) -> dict[str, float]:
-        records = collapse_records(ranked.record_ids)
+        records = collapse_records(ranked.record_ids) if self.collapse else list(ranked.record_ids)
         rank = first_relevant_rank(records, judgment.gold)
         out = {f"hit@{k}": hit_at(rank, k) for k in self.ks}
         out[f"mrr@{self.mrr_k}"] = reciprocal_rank(rank, self.mrr_k)
         row_gold = row_level_gold(judgment, self.gold_sources)
         if row_gold is not None:
-            row_rank = first_relevant_rank(row_level_items(ranked), row_gold)
+            row_rank = first_relevant_rank(row_level_items(ranked, self.collapse), row_gold)
             out.update({f"row_hit@{k}": hit_at(row_rank, k) for k in self.ks})
         if judgment.requested:
             out[f"source@{SOURCE_SHARE_DEPTH}"] = source_share(ranked.sources, judgment.requested)

@@ -122,3 +122,11 @@ def test_bad_inputs_are_refused() -> None:
         RankedUnits(["a"], [T, T], [0])
     with pytest.raises(ValueError):
         RankingEvaluator(ks=(0,))
+
+
+def test_unit_ranks_without_collapsing() -> None:
+    # Records t (3 rows), then gold g: record rank 2, unit rank 4.
+    r = ranked(("t", TB, 0), ("t", TB, 1), ("t", TB, 2), ("g", T, 0))
+    judgment = Judgment(gold=frozenset({"g"}))
+    assert RankingEvaluator(ks=(2,), mrr_k=10)(r, judgment) == {"hit@2": 1.0, "mrr@10": 0.5}
+    assert RankingEvaluator(ks=(2,), mrr_k=10, collapse=False)(r, judgment) == {"hit@2": 0.0, "mrr@10": 0.25}
