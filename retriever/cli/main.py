@@ -16,6 +16,7 @@ logger = logging.getLogger("retriever")
 #: Modules with a ``register(subparsers)`` function; each parser sets ``func=run(args) -> int``.
 COMMAND_MODULES = [
     "retriever.cli.index_commands",
+    "retriever.cli.bench_commands",
 ]
 
 

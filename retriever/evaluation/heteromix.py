@@ -188,6 +188,11 @@ class RunResult:
     per_question: list[dict[str, float]]
     metrics: dict[str, dict[str, float]]  # "pooled" and one entry per dataset
     seconds: float
+    first_ranks: list[int | None] = field(default_factory=list)  # rank of the first gold record (hit curves)
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} / {self.scenario.value}"
 
 
 @dataclass(frozen=True)
@@ -233,14 +238,16 @@ def run_heteromix(questions: Sequence[HeteroQuestion], store: UnitStore, retriev
             logger.warning("%s: %d questions have no gold record of their source and are skipped",
                            scenario.value, len(questions) - len(judged))
         rankings = retriever.rank([make_query(q, scenario, prompts) for q, _ in judged], config.depth)
-        per_question = [evaluator(ranked_units(store, r), j) for (_, j), r in zip(judged, rankings, strict=True)]
+        ranked = [ranked_units(store, r) for r in rankings]
+        per_question = [evaluator(u, j) for (_, j), u in zip(judged, ranked, strict=True)]
+        first_ranks = [evaluator.first_rank(u, j) for (_, j), u in zip(judged, ranked, strict=True)]
         metrics = aggregate([q.dataset for q, _ in judged], per_question)
         seconds = time.perf_counter() - started
         logger.info("%s / %s: hit@1 %.3f, mrr@%d %.3f over %d questions (%.1fs)", retriever.name, scenario.value,
                     metrics[POOLED].get("hit@1", 0.0), config.mrr_k,
                     metrics[POOLED].get(f"mrr@{config.mrr_k}", 0.0), len(judged), seconds)
         results.append(RunResult(retriever.name, scenario, [q.id for q, _ in judged], rankings, per_question,
-                                 metrics, seconds))
+                                 metrics, seconds, first_ranks))
     return results
 
 

@@ -151,9 +151,13 @@ class RankingEvaluator:
         if not self.ks or min(self.ks) < 1 or self.mrr_k < 1:
             raise ValueError(f"cut-offs must be >= 1, got ks={self.ks}, mrr_k={self.mrr_k}")
 
-    def __call__(self, ranked: RankedUnits, judgment: Judgment) -> dict[str, float]:
+    def first_rank(self, ranked: RankedUnits, judgment: Judgment) -> int | None:
+        """Rank of the first gold record (or unit, without collapsing); None when absent."""
         records = collapse_records(ranked.record_ids) if self.collapse else list(ranked.record_ids)
-        rank = first_relevant_rank(records, judgment.gold)
+        return first_relevant_rank(records, judgment.gold)
+
+    def __call__(self, ranked: RankedUnits, judgment: Judgment) -> dict[str, float]:
+        rank = self.first_rank(ranked, judgment)
         out = {f"hit@{k}": hit_at(rank, k) for k in self.ks}
         out[f"mrr@{self.mrr_k}"] = reciprocal_rank(rank, self.mrr_k)
         row_gold = row_level_gold(judgment, self.gold_sources)
