@@ -18,12 +18,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 import numpy as np
 
 from retriever.errors import InvalidInputError
 from retriever.index import Index
-from retriever.index.lexical import LexicalIndex, texts_sha256
+from retriever.index.lexical import LEXICAL_DIR, Bm25Config, LexicalIndex, texts_sha256
 from retriever.records import Source
 from retriever.searcher import Hit, Query, Searcher, SearchResult
 
@@ -153,3 +154,21 @@ class HybridSearcher:
         masks = [source_mask(self.index, sources) for sources in filters]
         return self.lexical.search([q.text for q in queries], k, masks)
 
+
+
+def lexical_path(index: Index, path: Path | None = None) -> Path:
+    """Where an index's lexical index lives: ``path`` if given, else ``<index dir>/lexical``."""
+    return path if path is not None else index.path / LEXICAL_DIR
+
+
+def build_lexical(index: Index, out: Path | None = None, config: Bm25Config | None = None,
+                  overwrite: bool = False, show_progress: bool = False) -> Path:
+    """Build the BM25 index over an index's units and save it (default ``<index dir>/lexical``)."""
+    path = lexical_path(index, out)
+    LexicalIndex.build(index.store.texts, config, show_progress=show_progress).save(path, overwrite=overwrite)
+    return path
+
+
+def load_lexical(index: Index, path: Path | None = None) -> LexicalIndex:
+    """Load the lexical index of ``index``, refusing one built from other units."""
+    return LexicalIndex.load(lexical_path(index, path), units_sha256=texts_sha256(index.store.texts))
