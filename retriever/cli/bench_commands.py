@@ -135,9 +135,10 @@ def run_heteromix(args: argparse.Namespace) -> int:
 
 
 def run_routing(args: argparse.Namespace) -> int:
+    from retriever.evaluation.bench import command_line
     from retriever.evaluation.routing import RoutingBenchConfig, run_routing_bench
 
-    report = run_routing_bench(RoutingBenchConfig(
+    report = run_routing_bench(RoutingBenchConfig(command=command_line(),
         questions=args.questions, out=args.out, methods=args.methods, encoder=encoder_config(args),
         results_md=None if args.no_results_md else args.results_md, limit=args.limit,
         show_progress=not args.no_progress))

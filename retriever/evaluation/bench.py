@@ -182,12 +182,6 @@ HETERO_COLUMNS = (
 def write_outputs(config: HeteroBenchConfig, runs: Sequence[RunResult], store: UnitStore,
                   seconds: float) -> tuple[dict[str, Path], str]:
     """Write run files, metrics JSON, Markdown, plot (and the RESULTS.md section); returns paths and Markdown."""
-    config.out.mkdir(parents=True, exist_ok=True)
-    outputs: dict[str, Path] = {}
-    for run in runs:
-        path = config.out / f"run.{run.method}.{run.scenario.value}.trec"
-        write_trec(path, run, store, tag=f"{run.method}-{run.scenario.value}")
-        outputs[f"trec:{run.label}"] = path
     tier = config.ids_file.name.split(".")[0] if config.ids_file else "full"
     description = {
         "protocol": "heteromix", "corpus": str(config.corpus), "ids_file": str(config.ids_file or ""),
@@ -196,22 +190,36 @@ def write_outputs(config: HeteroBenchConfig, runs: Sequence[RunResult], store: U
         "scenarios": [s.value for s in config.scenarios], "depth": config.hetero.depth,
         "collapse": config.hetero.collapse, "bm25": vars(config.bm25), "fusion": vars(config.fusion),
         "limit": config.limit, "command": config.command, "seconds": round(seconds, 1),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"), "python": platform.python_version(),
     }
+    title = f"HeteroMix {tier} / {config.questions.name} ({config.units.value} units)"
+    section = f"heteromix {tier} {config.questions.name} {config.units.value} {'+'.join(description['methods'])}"
+    return write_run_outputs(config.out, runs, store, description, title, config.results_md, section,
+                             config.hetero.depth)
+
+
+def write_run_outputs(out: Path, runs: Sequence[RunResult], store: UnitStore, description: dict[str, Any],
+                      title: str, results_md: Path | None, section: str, depth: int) -> tuple[dict[str, Path], str]:
+    """TREC files per run, ``metrics.json``, ``results.md``, ``hit_at_k.png`` and the RESULTS.md section."""
+    out.mkdir(parents=True, exist_ok=True)
+    outputs: dict[str, Path] = {}
+    for run in runs:
+        path = out / f"run.{run.method}.{run.scenario.value}.trec"
+        write_trec(path, run, store, tag=f"{run.method}-{run.scenario.value}")
+        outputs[f"trec:{run.label}"] = path
+    description = {**description, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                   "python": platform.python_version()}
     payload = {**description, "runs": [{"method": r.method, "scenario": r.scenario.value, "metrics": r.metrics,
                                         "seconds": round(r.seconds, 2)} for r in runs]}
-    outputs["json"] = config.out / "metrics.json"
+    outputs["json"] = out / "metrics.json"
     write_json(outputs["json"], payload)
-    title = f"HeteroMix {tier} / {config.questions.name} ({config.units.value} units)"
     markdown = heteromix_markdown(title, description, runs)
-    outputs["markdown"] = config.out / "results.md"
+    outputs["markdown"] = out / "results.md"
     outputs["markdown"].write_text(markdown + "\n", encoding="utf-8")
-    outputs["plot"] = config.out / "hit_at_k.png"
-    plot_hit_curves(outputs["plot"], runs, config.hetero.depth, title)
-    if config.results_md is not None:
-        key = f"heteromix {tier} {config.questions.name} {config.units.value} {'+'.join(description['methods'])}"
-        replace_section(config.results_md, key, markdown)
-        outputs["results_md"] = config.results_md
+    outputs["plot"] = out / "hit_at_k.png"
+    plot_hit_curves(outputs["plot"], runs, depth, title)
+    if results_md is not None:
+        replace_section(results_md, section, markdown)
+        outputs["results_md"] = results_md
     return outputs, markdown
 
 
@@ -222,8 +230,8 @@ def heteromix_markdown(title: str, description: dict[str, Any], runs: Sequence[R
     lines += [f"{description['units']} units, top-{description['depth']} units per query, "
               f"{'record' if description['collapse'] else 'unit'} ranks; generated {description['created']} "
               f"in {description['seconds']} s.", "", "Pooled over all questions:", "",
-              pooled_table(runs, HETERO_COLUMNS), "", "Hit@10 per dataset:", "",
-              per_dataset_table(runs, "hit@10"), "", "MRR@100 per dataset:", "",
+              pooled_table(runs, HETERO_COLUMNS), "", f"Hit@10 per {description.get('group', 'dataset')}:", "",
+              per_dataset_table(runs, "hit@10"), "", f"MRR@100 per {description.get('group', 'dataset')}:", "",
               per_dataset_table(runs, "mrr@100")]
     return "\n".join(lines)
 

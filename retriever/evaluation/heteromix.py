@@ -150,14 +150,24 @@ def make_query(question: HeteroQuestion, scenario: Scenario, prompts: Mapping[st
     return Query(question.text, instruction=instruction, sources=sources)
 
 
-def judge(question: HeteroQuestion, scenario: Scenario, record_sources: Mapping[str, Source]) -> Judgment | None:
-    """The judgment for one question; None when the scenario leaves it no gold record to find."""
+def judge(question: HeteroQuestion, scenario: Scenario, record_sources: Mapping[str, Source],
+          score_unanswerable: bool = False) -> Judgment | None:
+    """The judgment for one question; None when it is skipped.
+
+    A question is skipped when the scenario leaves it no gold record to find, or when it has
+    no source type under a source scenario; with ``score_unanswerable`` a question without
+    gold (CompMix: no evidence holds an answer) is scored instead, as a miss.
+    """
+    if scenario.source_only and not question.gold_sources:
+        return None
     present = [g for g in question.gold if g in record_sources]
     missing = [g for g in question.gold if g not in record_sources]
     if scenario.source_only:
         present = [g for g in present if record_sources[g] in question.gold_sources]
     if not present and not missing:
-        return None
+        if not score_unanswerable:
+            return None
+        return Judgment(gold=frozenset(), requested=frozenset(question.gold_sources), indexed=0)
     gold = frozenset(present) | frozenset(missing)
     rows = {t: r for t, r in question.gold_rows.items() if t in gold}
     return Judgment(gold=gold, gold_rows=rows, requested=frozenset(question.gold_sources), indexed=len(present))
@@ -207,6 +217,7 @@ class HeteroConfig:
             records are ranked from these units, so ``hit@100`` means "a gold record among
             the records of the top-100 units".
         collapse: rank records (default) or units (the README reference's convention).
+        score_unanswerable: score questions left without gold as misses instead of skipping them.
         show_progress: progress bars.
     """
 
@@ -215,6 +226,7 @@ class HeteroConfig:
     mrr_k: int = DEFAULT_MRR_K
     depth: int = 100
     collapse: bool = True
+    score_unanswerable: bool = False
     show_progress: bool = True
 
     def __post_init__(self) -> None:
@@ -233,9 +245,10 @@ def run_heteromix(questions: Sequence[HeteroQuestion], store: UnitStore, retriev
     steps = [(r, s) for s in config.scenarios for r in retrievers]
     for retriever, scenario in tqdm(steps, desc="heteromix", unit="run", disable=not config.show_progress):
         started = time.perf_counter()
-        judged = [(q, j) for q in questions if (j := judge(q, scenario, sources)) is not None]
+        judged = [(q, j) for q in questions
+                  if (j := judge(q, scenario, sources, config.score_unanswerable)) is not None]
         if len(judged) < len(questions):
-            logger.warning("%s: %d questions have no gold record of their source and are skipped",
+            logger.warning("%s: %d questions have no gold record (of their source) and are skipped",
                            scenario.value, len(questions) - len(judged))
         rankings = retriever.rank([make_query(q, scenario, prompts) for q, _ in judged], config.depth)
         ranked = [ranked_units(store, r) for r in rankings]

@@ -18,7 +18,8 @@ Every metric here reads that order as given:
   get row-level metrics.
 * **Instruction following.** ``source@10`` is the share of the first 10 *units* (not
   records) whose source is one of the requested sources; with fewer than 10 units returned
-  the share is over those returned, and an empty list scores 0.
+  the share is over those returned. An empty list has no share: the question is left out of
+  this metric's mean (``n_source@10`` says how many had one).
 * **Missing golds.** Gold records that are not in the searched collection can never be
   retrieved. They still count as gold (a question whose golds are all missing scores 0),
   and ``missing_gold`` reports how many there were, so a wrong corpus shows up at once.
@@ -119,11 +120,12 @@ def row_level_gold(judgment: Judgment, gold_sources: Mapping[str, Source]) -> se
     return keys
 
 
-def source_share(sources: Sequence[Source], requested: Collection[Source], depth: int = SOURCE_SHARE_DEPTH) -> float:
-    """Share of the first ``depth`` units whose source is requested (over those returned)."""
+def source_share(sources: Sequence[Source], requested: Collection[Source],
+                 depth: int = SOURCE_SHARE_DEPTH) -> float | None:
+    """Share of the first ``depth`` units whose source is requested (over those returned; None if none)."""
     top = sources[:depth]
     if not top:
-        return 0.0
+        return None
     return sum(1 for s in top if s in requested) / len(top)
 
 
@@ -132,7 +134,7 @@ class RankingEvaluator:
     """Scores one ranked list against one judgment; a callable returning ``dict[str, float]``.
 
     Keys: ``hit@k`` and ``mrr@K`` (record level), ``row_hit@k`` (only when the judgment has
-    gold rows), ``source@10`` (only when sources were requested), ``missing_gold`` (only
+    gold rows), ``source@10`` (only when sources were requested and something was returned), ``missing_gold`` (only
     when ``judgment.indexed`` is known).
 
     Attributes:
@@ -164,8 +166,9 @@ class RankingEvaluator:
         if row_gold is not None:
             row_rank = first_relevant_rank(row_level_items(ranked, self.collapse), row_gold)
             out.update({f"row_hit@{k}": hit_at(row_rank, k) for k in self.ks})
-        if judgment.requested:
-            out[f"source@{SOURCE_SHARE_DEPTH}"] = source_share(ranked.sources, judgment.requested)
+        share = source_share(ranked.sources, judgment.requested) if judgment.requested else None
+        if share is not None:
+            out[f"source@{SOURCE_SHARE_DEPTH}"] = share
         if judgment.indexed is not None:
             out["missing_gold"] = float(len(judgment.gold) - judgment.indexed)
         return out

@@ -98,7 +98,9 @@ def test_source_share_over_units_not_records() -> None:
     assert source_share(sources, {TB}) == pytest.approx(0.4)
     assert source_share(sources, {TB, T}) == pytest.approx(0.7)
     assert source_share([TB, KB], {TB}) == 0.5  # fewer than 10 returned: share of those
-    assert source_share([], {TB}) == 0.0
+    assert source_share([], {TB}) is None  # nothing returned: no share, left out of the mean
+    empty = RankingEvaluator(ks=(1,), mrr_k=1)(ranked(), Judgment(gold=frozenset({"t"}), requested=frozenset({TB})))
+    assert "source@10" not in empty
     r = RankedUnits(["t"] * 4 + ["k"] * 6, sources[:10], list(range(10)))
     out = RankingEvaluator(ks=(1,), mrr_k=1)(r, Judgment(gold=frozenset({"t"}), requested=frozenset({TB})))
     assert out["source@10"] == pytest.approx(0.4)
