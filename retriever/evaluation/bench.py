@@ -127,16 +127,21 @@ def _encoder_for(config: HeteroBenchConfig, manifest: Manifest | None) -> Encode
                                  precision=config.encoder.precision, show_progress=config.encoder.show_progress))
 
 
-def run_heteromix_bench(config: HeteroBenchConfig) -> BenchReport:
-    """Run the HeteroMix benchmark end to end and write its outputs under ``config.out``."""
+def run_heteromix_bench(config: HeteroBenchConfig, encoder: Encoder | None = None) -> BenchReport:
+    """Run the HeteroMix benchmark end to end and write its outputs under ``config.out``.
+
+    Args:
+        config: what to run.
+        encoder: an already loaded encoder to use instead of loading ``config.encoder``.
+    """
     started = time.perf_counter()
     spec = CorpusSpec(config.corpus, config.ids_file)
     root = cache_root(config.cache_dir)
     questions = read_questions(config.questions, config.limit)
     needs_dense = bool({Method.DENSE, Method.HYBRID} & set(config.methods))
     manifest = Manifest.read(config.index) if config.index is not None else None
-    encoder = _encoder_for(config, manifest) if needs_dense or (
-        config.index is None and config.units is UnitScheme.INDEX) else None
+    if encoder is None and (needs_dense or (config.index is None and config.units is UnitScheme.INDEX)):
+        encoder = _encoder_for(config, manifest)
 
     index: Index | None = None
     if needs_dense and encoder is not None:

@@ -47,6 +47,7 @@ from retriever.hybrid import FusionConfig
 from retriever.index import BuildConfig, Index, build_index_from_units
 from retriever.index.lexical import Bm25Config
 from retriever.index.store import SOURCE_CODE, UnitStore
+from retriever.instructions import default_prompts
 from retriever.linearize import LINEARIZER_VERSION, Unit
 from retriever.records import Source, file_fingerprint
 from retriever.searcher import Searcher, SourceResolution
@@ -280,8 +281,11 @@ def compmix_dense_index(corpus: Path, units: Sequence[Unit], encoder: Encoder, r
     return Index.load(path)
 
 
-def run_compmix_bench(config: CompMixBenchConfig) -> CompMixReport:
-    """Run the CompMix-IR protocol end to end and write its outputs under ``config.out``."""
+def run_compmix_bench(config: CompMixBenchConfig, encoder: Encoder | None = None) -> CompMixReport:
+    """Run the CompMix-IR protocol end to end and write its outputs under ``config.out``.
+
+    ``encoder``: an already loaded encoder to use instead of loading ``config.encoder``.
+    """
     started = time.perf_counter()
     evidences = read_compmix_corpus(config.corpus)
     answers = AnswerIndex(evidences)
@@ -295,14 +299,13 @@ def run_compmix_bench(config: CompMixBenchConfig) -> CompMixReport:
                 sum(1 for q in questions if q.gold), len(evidences))
     units = evidence_units(evidences)
     root = cache_root(config.cache_dir)
-    encoder: Encoder | None = None
     index: Index | None = None
     if {Method.DENSE, Method.HYBRID} & set(config.methods):
-        encoder = Encoder(config.encoder)
+        encoder = encoder or Encoder(config.encoder)
         index = compmix_dense_index(config.corpus, units, encoder, root)
         store = index.store
     else:
-        store = UnitStore.from_units(units)
+        encoder, store = None, UnitStore.from_units(units)
     retrievers: dict[Method, UnitRetriever] = {}
     if {Method.BM25, Method.HYBRID} & set(config.methods):
         retrievers[Method.BM25] = Memo(Bm25Retriever(lexical_index(store, root, config.bm25), store), False)
@@ -311,8 +314,6 @@ def run_compmix_bench(config: CompMixBenchConfig) -> CompMixReport:
         retrievers[Method.DENSE] = Memo(DenseRetriever(searcher, config.show_progress))
     if Method.HYBRID in config.methods:
         retrievers[Method.HYBRID] = HybridRetriever(retrievers[Method.DENSE], retrievers[Method.BM25], config.fusion)
-    from retriever.instructions import default_prompts
-
     hetero = HeteroConfig(scenarios=config.scenarios, depth=config.depth, show_progress=config.show_progress,
                           score_unanswerable=not config.only_answerable)
     runs = run_heteromix(questions, store, [retrievers[m] for m in config.methods],

@@ -164,8 +164,11 @@ class RoutingBenchConfig:
     command: str = ""
 
 
-def run_routing_bench(config: RoutingBenchConfig) -> str:
-    """Run the routing benchmark, write ``routing.json`` (+ RESULTS.md section); returns the Markdown."""
+def run_routing_bench(config: RoutingBenchConfig, encoder: Encoder | None = None) -> str:
+    """Run the routing benchmark, write ``routing.json`` (+ RESULTS.md section); returns the Markdown.
+
+    ``encoder``: an already loaded encoder to use instead of loading ``config.encoder``.
+    """
     if Method.HYBRID in config.methods:
         raise InvalidInputError("routing supports bm25 and dense (rank fusion over a dozen candidates is not "
                                 "part of this protocol)")
@@ -177,7 +180,7 @@ def run_routing_bench(config: RoutingBenchConfig) -> str:
         top1 = [bm25_top1(q, config.bm25) for q in progress]
         results["bm25"] = score(questions, top1)
     if Method.DENSE in config.methods:
-        encoder = Encoder(config.encoder)
+        encoder = encoder or Encoder(config.encoder)
         texts = list(dict.fromkeys(u.text for q in questions for u in q.units))
         logger.info("encoding %d unique candidate units", len(texts))
         vectors = dict(zip(texts, encoder.encode_documents(texts, show_progress=config.show_progress), strict=True))

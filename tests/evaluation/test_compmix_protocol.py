@@ -96,10 +96,10 @@ def test_fixed_source_and_gold_mapping() -> None:
     assert fixed[0].gold_sources == (Source.TABLE,)
 
 
-def test_compmix_end_to_end_on_the_sample(tmp_path: Path) -> None:
+def test_compmix_end_to_end_on_the_sample(tmp_path: Path, encoder) -> None:
     config = CompMixBenchConfig(corpus=SAMPLE, questions=DEV, out=tmp_path / "out", methods=(Method.BM25, Method.DENSE),
                                 only_answerable=True, cache_dir=tmp_path / "cache", show_progress=False)
-    report = run_compmix_bench(config)
+    report = run_compmix_bench(config, encoder)
     assert report.questions == 84  # dev questions whose answer some sample evidence holds
     assert len(report.store) == 100
     by_label = {r.label: r for r in report.runs}

@@ -125,7 +125,7 @@ def tiny_questions(tiny_records: list[dict]) -> list[dict]:
 
 
 def test_bench_end_to_end_on_the_tiny_index(tiny_index_dir: Path, tiny_corpus: Path, tiny_records: list[dict],
-                                            tmp_path: Path) -> None:
+                                            tmp_path: Path, encoder) -> None:
     questions = write_questions(tmp_path / "questions.jsonl", tiny_questions(tiny_records))
     results_md = tmp_path / "RESULTS.md"
     config = HeteroBenchConfig(
@@ -135,7 +135,7 @@ def test_bench_end_to_end_on_the_tiny_index(tiny_index_dir: Path, tiny_corpus: P
         hetero=HeteroConfig(scenarios=(Scenario.ALL_PLAIN, Scenario.ALL, Scenario.SOURCE_SOFT,
                                        Scenario.SOURCE_HARD), depth=100, show_progress=False),
         results_md=results_md)
-    report = run_heteromix_bench(config)
+    report = run_heteromix_bench(config, encoder)
     assert len(report.runs) == 12
     by_label = {r.label: r for r in report.runs}
 
