@@ -196,8 +196,10 @@ def write_outputs(config: HeteroBenchConfig, runs: Sequence[RunResult], store: U
         "collapse": config.hetero.collapse, "bm25": vars(config.bm25), "fusion": vars(config.fusion),
         "limit": config.limit, "command": config.command, "seconds": round(seconds, 1),
     }
-    title = f"HeteroMix {tier} / {config.questions.name} ({config.units.value} units)"
-    section = f"heteromix {tier} {config.questions.name} {config.units.value} {'+'.join(description['methods'])}"
+    ranks = "" if config.hetero.collapse else ", unit ranks"
+    title = f"HeteroMix {tier} / {config.questions.name} ({config.units.value} units{ranks})"
+    section = (f"heteromix {tier} {config.questions.name} {config.units.value} {'+'.join(description['methods'])}"
+               + (" unit-ranks" if ranks else ""))
     return write_run_outputs(config.out, runs, store, description, title, config.results_md, section,
                              config.hetero.depth)
 
