@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from retriever.cli.index_commands import add_encoder_args, encoder_config
+from retriever.records import Source
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -93,6 +94,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cm.add_argument("--questions", type=Path, default=compmix / "dev_set.json", help="CompMix question set")
     cm.add_argument("--methods", type=enum_list(Method), default=(Method.BM25,),
                     help="comma-separated: bm25, dense, hybrid (default bm25)")
+    cm.add_argument("--fixed-source", type=Source.parse, default=None, metavar="SOURCE",
+                    help="scenario 2: ask every question for this source (kb, text, table, infobox) instead of its "
+                    "answer_src (UniHGKR's single-source runs)")
     cm.add_argument("--only-answerable", action="store_true",
                     help="score only questions with an answer somewhere in the corpus (for corpus samples)")
     cm.add_argument("--limit", type=int, default=None, help="only the first N questions")
@@ -147,11 +151,13 @@ def run_routing(args: argparse.Namespace) -> int:
 
 
 def run_compmix(args: argparse.Namespace) -> int:
+    from retriever.evaluation.bench import command_line
     from retriever.evaluation.compmix import CompMixBenchConfig, run_compmix_bench
 
     report = run_compmix_bench(CompMixBenchConfig(
         corpus=args.corpus, questions=args.questions, out=args.out, methods=args.methods,
         encoder=encoder_config(args), cache_dir=args.cache_dir, only_answerable=args.only_answerable,
+        fixed_source=args.fixed_source, command=command_line(),
         results_md=None if args.no_results_md else args.results_md, limit=args.limit,
         show_progress=not args.no_progress))
     print(report)

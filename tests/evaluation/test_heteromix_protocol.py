@@ -179,3 +179,20 @@ def test_index_from_another_corpus_is_refused(tiny_index_dir: Path, tmp_path: Pa
 def test_config_refuses_dense_on_whole_record_units(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="BM25 only"):
         HeteroBenchConfig(corpus=tmp_path / "c", questions=tmp_path / "q", out=tmp_path, units=UnitScheme.WHOLE_RECORD)
+
+
+def test_cli_bench_heteromix_bm25(tiny_corpus: Path, tiny_records: list[dict], tmp_path: Path, capsys) -> None:
+    from retriever.cli.main import main
+
+    questions = write_questions(tmp_path / "held_out.jsonl", tiny_questions(tiny_records))
+    out = tmp_path / "out"
+    code = main(["-q", "bench", "heteromix", "--corpus", str(tiny_corpus), "--ids", "none", "--questions",
+                 str(questions), "--methods", "bm25", "--units", "whole-record", "--out", str(out),
+                 "--no-results-md", "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
+    assert code == 0
+    assert "| bm25 | source-hard |" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == [
+        "hit_at_k.png", "metrics.json", "results.md", "run.bm25.all.trec", "run.bm25.source-hard.trec",
+        "run.bm25.source-soft.trec"]
+    with pytest.raises(SystemExit):
+        main(["bench", "heteromix", "--methods", "bm25,colbert"])
