@@ -198,8 +198,9 @@ def write_outputs(config: HeteroBenchConfig, runs: Sequence[RunResult], store: U
     }
     ranks = "" if config.hetero.collapse else ", unit ranks"
     title = f"HeteroMix {tier} / {config.questions.name} ({config.units.value} units{ranks})"
-    section = (f"heteromix {tier} {config.questions.name} {config.units.value} {'+'.join(description['methods'])}"
-               + (" unit-ranks" if ranks else ""))
+    methods = "+".join(m.value for m in config.methods)
+    section = f"heteromix {tier} {config.questions.name} {config.units.value} {methods}"
+    section += " unit-ranks" if ranks else ""
     return write_run_outputs(config.out, runs, store, description, title, config.results_md, section,
                              config.hetero.depth)
 

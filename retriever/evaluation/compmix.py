@@ -328,7 +328,7 @@ def run_compmix_bench(config: CompMixBenchConfig, encoder: Encoder | None = None
         "seconds": round(time.perf_counter() - started, 1),
     }
     title = f"CompMix-IR {config.corpus.name} / {config.questions.name}"
-    section = f"compmix {config.corpus.name} {config.questions.name} {'+'.join(description['methods'])}"
+    section = f"compmix {config.corpus.name} {config.questions.name} {'+'.join(m.value for m in config.methods)}"
     outputs, markdown = write_run_outputs(config.out, runs, store, description, title, config.results_md, section,
                                           config.depth)
     return CompMixReport(runs, store, len(questions), outputs, markdown)
