@@ -56,8 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     hm.add_argument("--methods", type=enum_list(Method), default=(Method.BM25, Method.DENSE, Method.HYBRID),
                     help="comma-separated: bm25, dense, hybrid (default all three)")
     hm.add_argument("--scenarios", type=enum_list(Scenario), default=DEFAULT_SCENARIOS,
-                    help="comma-separated: all-plain, all, source-soft, source-hard (default all,source-soft,"
-                    "source-hard; all-plain is the question without any instruction)")
+                    help="comma-separated: all-plain, all, source-soft, source-hard, source-hard-plain (default "
+                    "all,source-soft,source-hard; the -plain ones encode the question without any instruction)")
     hm.add_argument("--units", type=UnitScheme, choices=list(UnitScheme), default=UnitScheme.INDEX,
                     help="index: the index's units (passages/infoboxes split in windows; default); whole-record: "
                     "one unit per passage and infobox, the README's BM25 reference units (bm25 only)")

@@ -8,6 +8,8 @@ Scenarios (``Scenario``):
   records of that source count (scenario 2, does the encoder follow the instruction?).
 * ``source-hard``: the same instruction plus an exact filter to that source (scenario 2 with
   the engine's filter).
+* ``source-hard-plain``: the question alone plus the exact filter (the data README's
+  zero-shot "gold source only" row).
 
 A ``gold_source`` of the form ``a+b`` (e.g. ``text+table``, the answer spans a passage and a
 table) requests both sources: the instruction names both ("from text and table sources"),
@@ -53,10 +55,11 @@ class Scenario(StrEnum):
     ALL = "all"
     SOURCE_SOFT = "source-soft"
     SOURCE_HARD = "source-hard"
+    SOURCE_HARD_PLAIN = "source-hard-plain"
 
     @property
     def source_only(self) -> bool:
-        return self in (Scenario.SOURCE_SOFT, Scenario.SOURCE_HARD)
+        return self in (Scenario.SOURCE_SOFT, Scenario.SOURCE_HARD, Scenario.SOURCE_HARD_PLAIN)
 
 
 DEFAULT_SCENARIOS: tuple[Scenario, ...] = (Scenario.ALL, Scenario.SOURCE_SOFT, Scenario.SOURCE_HARD)
@@ -145,6 +148,8 @@ def make_query(question: HeteroQuestion, scenario: Scenario, prompts: Mapping[st
         return Query(question.text, instruction="")
     if scenario is Scenario.ALL:
         return Query(question.text, instruction=instruction_for(prompts, ()))
+    if scenario is Scenario.SOURCE_HARD_PLAIN:
+        return Query(question.text, instruction="", sources=question.gold_sources)
     instruction = instruction_for_sources(prompts, question.gold_sources)
     sources = question.gold_sources if scenario is Scenario.SOURCE_HARD else ()
     return Query(question.text, instruction=instruction, sources=sources)

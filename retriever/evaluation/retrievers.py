@@ -61,14 +61,20 @@ class DenseRetriever:
 
     def __init__(self, searcher: Searcher, show_progress: bool = False) -> None:
         self.searcher, self.show_progress = searcher, show_progress
+        self._vectors: dict[tuple[str, str], np.ndarray] = {}  # (instruction, text) → [dim]
 
     def rank(self, queries: Sequence[Query], depth: int) -> list[Ranking]:
         plans = [self.searcher.plan(q) for q in queries]
-        started = time.perf_counter()
-        vectors = self.searcher.encoder.encode_queries([q.text for q in queries], [p[0] for p in plans],
-                                                       show_progress=self.show_progress)
-        logger.info("encoded %d queries in %.1fs", len(queries), time.perf_counter() - started)
-        return dense_rankings(self.searcher.index, vectors, [p[1] for p in plans], depth)
+        keys = [(p[0], q.text) for p, q in zip(plans, queries, strict=True)]
+        todo = [k for k in dict.fromkeys(keys) if k not in self._vectors]
+        if todo:
+            started = time.perf_counter()
+            vectors = self.searcher.encoder.encode_queries([t for _, t in todo], [i for i, _ in todo],
+                                                           show_progress=self.show_progress)
+            self._vectors.update(zip(todo, vectors, strict=True))
+            logger.info("encoded %d queries in %.1fs", len(todo), time.perf_counter() - started)
+        matrix = np.stack([self._vectors[k] for k in keys]) if keys else np.zeros((0, 1), np.float32)
+        return dense_rankings(self.searcher.index, matrix, [p[1] for p in plans], depth)
 
 
 class HybridRetriever:

@@ -80,6 +80,8 @@ def test_queries_per_scenario() -> None:
     assert soft.instruction == hard.instruction
     assert soft.instruction is not None and "text and table sources" in soft.instruction
     assert soft.sources == () and hard.sources == (T, TB)
+    plain_hard = make_query(QUESTION, Scenario.SOURCE_HARD_PLAIN, prompts)
+    assert plain_hard.instruction == "" and plain_hard.sources == (T, TB)
     single = HeteroQuestion("q", "which?", "d", (KB,), ("k",))
     assert make_query(single, Scenario.SOURCE_SOFT, prompts).instruction == source_instruction(KB)
 
