@@ -223,8 +223,11 @@ def write_run_outputs(out: Path, runs: Sequence[RunResult], store: UnitStore, de
     markdown = heteromix_markdown(title, description, runs)
     outputs["markdown"] = out / "results.md"
     outputs["markdown"].write_text(markdown + "\n", encoding="utf-8")
-    outputs["plot"] = out / "hit_at_k.png"
-    plot_hit_curves(outputs["plot"], runs, depth, title)
+    try:
+        plot_hit_curves(out / "hit_at_k.png", runs, depth, title)
+        outputs["plot"] = out / "hit_at_k.png"
+    except ImportError:
+        logger.warning("matplotlib is not installed: no Hit@k plot (pip install 'retriever[bench]')")
     if results_md is not None:
         replace_section(results_md, section, markdown)
         outputs["results_md"] = results_md
