@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from retriever.encoder import BUNDLED_MODEL, Encoder, EncoderConfig, Precision
+from retriever.hybrid import FusionConfig, HybridSearcher, SearchMode, build_lexical, load_lexical
 from retriever.index import BuildConfig, Index, Manifest, SearchParams, build_index
 from retriever.records import Source
 from retriever.searcher import Query, Searcher, SearchResult, SourceResolution
@@ -68,8 +69,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--nprobe", type=int, default=16, help="IVF lists to visit (approximate indexes)")
     search.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth (approximate indexes)")
     search.add_argument("--json", action="store_true", help="print one JSON object per hit")
+    search.add_argument("--mode", type=SearchMode, choices=list(SearchMode), default=SearchMode.DENSE,
+                        help="dense (default), bm25 (lexical, ignores the instruction) or hybrid (reciprocal-rank "
+                        "fusion of both); bm25 and hybrid need a lexical index (retriever build-lexical)")
+    search.add_argument("--lexical", type=Path, default=None,
+                        help="lexical index directory (default INDEX/lexical)")
+    search.add_argument("--rrf-k", type=float, default=60.0, help="hybrid: reciprocal-rank-fusion constant")
+    search.add_argument("--fusion-depth", type=int, default=100, help="hybrid: hits of each mode fused")
     add_encoder_args(search, "model directory (default: the model named in the index manifest)")
     search.set_defaults(func=run_search)
+
+    lexical = subparsers.add_parser(
+        "build-lexical", help="build the BM25 index of an index directory (for --mode bm25|hybrid)",
+        description="Tokenize the units of an index directory (bm25s, English stop words, PyStemmer English "
+        "stemmer) and save a BM25 index, by default to INDEX/lexical; no model is loaded.")
+    lexical.add_argument("index", type=Path, help="index directory")
+    lexical.add_argument("--out", type=Path, default=None, help="where to write it (default INDEX/lexical)")
+    lexical.add_argument("--overwrite", action="store_true", help="replace an existing lexical index")
+    lexical.set_defaults(func=run_build_lexical)
 
     info = subparsers.add_parser("info", help="show an index's manifest",
                                  description="Print what an index contains and how it was built.")
@@ -109,7 +126,12 @@ def run_search(args: argparse.Namespace) -> int:
     index = Index.load(args.index, params=SearchParams(nprobe=args.nprobe, ef_search=args.ef_search))
     searcher = Searcher(index, encoder, resolution=args.resolve)
     query = Query(args.query, instruction=args.instruction, sources=tuple(args.source))
-    result = searcher.search([query], k=args.top_k, score_threshold=args.score_threshold)[0]
+    if args.mode is SearchMode.DENSE:
+        result = searcher.search([query], k=args.top_k, score_threshold=args.score_threshold)[0]
+    else:
+        hybrid = HybridSearcher(searcher, load_lexical(index, args.lexical),
+                                FusionConfig(rrf_k=args.rrf_k, depth=args.fusion_depth))
+        result = hybrid.search([query], k=args.top_k, mode=args.mode)[0]
     print_result(result, args.json)
     return 0
 
@@ -131,6 +153,12 @@ def print_result(result: SearchResult, as_json: bool, width: int = 160) -> None:
         text = hit.text if len(hit.text) <= width else hit.text[: width - 1] + "…"
         print(f"{rank:>3}  {hit.score:.4f}  {hit.source.value:<7}  {hit.record_id}  {where}".rstrip())
         print(f"     {text}")
+
+
+def run_build_lexical(args: argparse.Namespace) -> int:
+    path = build_lexical(Index.load(args.index), args.out, overwrite=args.overwrite, show_progress=True)
+    print(f"lexical index written to {path}")
+    return 0
 
 
 def run_info(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ logger = logging.getLogger("retriever")
 COMMAND_MODULES = [
     "retriever.cli.index_commands",
     "retriever.cli.serve_commands",
+    "retriever.cli.bench_commands",
     "retriever.cli.train_commands",
 ]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from retriever.index.build import BuildConfig, BuildReport, build_index, load_units
+from retriever.index.build import BuildConfig, BuildReport, build_index, build_index_from_units, load_units
 from retriever.index.loaded import Index
 from retriever.index.manifest import Manifest
 from retriever.index.shards import SearchParams, ShardedIndex, exact_topk, merge_topk
@@ -10,5 +10,5 @@ from retriever.index.store import SOURCE_ORDER, UnitStore
 
 __all__ = [
     "SOURCE_ORDER", "BuildConfig", "BuildReport", "Index", "Manifest", "SearchParams", "ShardedIndex",
-    "UnitStore", "build_index", "exact_topk", "load_units", "merge_topk",
+    "UnitStore", "build_index", "build_index_from_units", "exact_topk", "load_units", "merge_topk",
 ]

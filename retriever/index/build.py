@@ -85,7 +85,21 @@ def build_index(config: BuildConfig, encoder: Encoder) -> BuildReport:
     logger.info("read %d records → %d units from %s", len(records), len(units), config.corpus)
     ids = read_id_list(config.ids_file) if config.ids_file else None
     fingerprint = file_fingerprint(config.corpus, ids)
+    record_counts = dict(Counter(r.source.value for r in records))
+    return build_index_from_units(units, config, encoder, fingerprint, record_counts, max_tokens, started)
 
+
+def build_index_from_units(units: Sequence[Unit], config: BuildConfig, encoder: Encoder, fingerprint: str,
+                           record_counts: dict[str, int], max_tokens: int,
+                           started: float | None = None) -> BuildReport:
+    """Embed already-linearized units (ordered by source) and write the index directory.
+
+    For corpora whose evidence is linearized already (CompMix-IR); ``build_index`` reads and
+    linearizes records, then calls this.
+    """
+    started = time.perf_counter() if started is None else started
+    if config.out.exists() and not config.overwrite:
+        raise FileExistsError(f"{config.out} already exists (use --overwrite to replace it)")
     encode_started = time.perf_counter()
     vectors = encoder.encode_documents([u.text for u in units])
     encode_seconds = time.perf_counter() - encode_started
@@ -110,7 +124,7 @@ def build_index(config: BuildConfig, encoder: Encoder) -> BuildReport:
             corpus_path=str(config.corpus),
             corpus_fingerprint=fingerprint,
             counts={s.value: counts.get(s.value, 0) for s in SOURCE_ORDER},
-            records=dict(Counter(r.source.value for r in records)),
+            records=record_counts,
             shards=shards,
             files=files,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -121,7 +135,7 @@ def build_index(config: BuildConfig, encoder: Encoder) -> BuildReport:
         publish_dir(staged, config.out, config.overwrite)
     seconds = time.perf_counter() - started
     logger.info("index written to %s (%d units, %.1f MB) in %.1fs", config.out, len(units), index_bytes / 1e6, seconds)
-    return BuildReport(config.out, len(records), len(units), seconds, encode_seconds, index_bytes)
+    return BuildReport(config.out, sum(record_counts.values()), len(units), seconds, encode_seconds, index_bytes)
 
 
 def _write_shards(staged: Path, units: Sequence[Unit], vectors: np.ndarray, factory: str) -> list[ShardInfo]:

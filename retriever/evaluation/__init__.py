@@ -1,0 +1,1 @@
+"""Benchmarks and metrics: HeteroMix, TAT-QA routing and CompMix-IR protocols."""
