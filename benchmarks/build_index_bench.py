@@ -5,7 +5,7 @@ plus the project's encoding overhead over calling ``SentenceTransformer.encode``
     python benchmarks/build_index_bench.py --ids ../shared/data/heteromix/lite.ids.txt --name lite
 
 Writes ``benchmarks/results/build_<name>.json`` and prints it. The overhead comparison
-encodes the same seeded sample of units both ways, alternating A/B/A/B in one process so
+encodes the same seeded sample of units both ways, alternating A/B/B/A in one process so
 machine noise hits both sides alike, and reports the ratio of the medians.
 """
 
@@ -32,16 +32,24 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "heterom
 
 def overhead(encoder: Encoder, texts: list[str], rounds: int) -> dict[str, float]:
     """Median seconds of the project's encode_documents vs SentenceTransformer.encode on ``texts``."""
-    project, direct = [], []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        a = encoder.encode_documents(texts, show_progress=False)
-        project.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        b = encoder.model.encode(texts, batch_size=encoder.config.batch_size, convert_to_numpy=True,
-                                 normalize_embeddings=True, show_progress_bar=False)
-        direct.append(time.perf_counter() - t)
-        if not np.allclose(a, b, atol=1e-5):
+    def run_project() -> np.ndarray:
+        return encoder.encode_documents(texts, show_progress=False)
+
+    def run_direct() -> np.ndarray:
+        return encoder.model.encode(texts, batch_size=encoder.config.batch_size, convert_to_numpy=True,
+                                    normalize_embeddings=True, show_progress_bar=False)
+
+    project: list[float] = []
+    direct: list[float] = []
+    for i in range(rounds):
+        # ABBA order, so drift in machine load does not favour either side.
+        order = [(run_project, project), (run_direct, direct)]
+        outputs = []
+        for fn, times in order if i % 2 == 0 else order[::-1]:
+            t = time.perf_counter()
+            outputs.append(fn())
+            times.append(time.perf_counter() - t)
+        if not np.allclose(outputs[0], outputs[1], atol=1e-5):
             raise SystemExit("project and direct encodings differ")
     return {"texts": len(texts), "rounds": rounds, "project_median_s": statistics.median(project),
             "direct_median_s": statistics.median(direct),
@@ -56,8 +64,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="index directory (default index_builds/<name>)")
     parser.add_argument("--factory", default="Flat")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--overhead-sample", type=int, default=2000, help="units in the A/B overhead test (0: skip)")
-    parser.add_argument("--overhead-rounds", type=int, default=3)
+    parser.add_argument("--overhead-sample", type=int, default=1000, help="units in the A/B overhead test (0: skip)")
+    parser.add_argument("--overhead-rounds", type=int, default=6)
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -150,7 +150,10 @@ class Encoder:
         if dtype is not None:
             model = model.to(dtype)
         saved = {k: v for k, v in (model.prompts or {}).items() if v}
-        # Models trained here save their prompts; others get the project's templates.
+        # Models trained here save their prompts; others get the project's templates, which
+        # record the protocol's instruction strings but are not applied by default (see
+        # ``instruction_tuned``).
+        self.instruction_tuned = bool(saved.get("query"))
         model.prompts = {**default_prompts(), **saved}
         return model
 
@@ -168,6 +171,13 @@ class Encoder:
         if dim is None:
             raise ModelError(f"{self.model_dir}: the model does not report its embedding dimension")
         return int(dim)
+
+    instruction_tuned: bool
+    """True when the model saved its own query prompts (it was trained with instructions).
+
+    Queries without an explicit instruction get the saved prompt only then; an untrained model
+    such as the bundled all-MiniLM-L6-v2 ranks better with the bare question (benchmarks/RESULTS.md).
+    """
 
     @property
     def prompts(self) -> dict[str, str]:

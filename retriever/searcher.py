@@ -37,7 +37,8 @@ class Query:
         text: the question.
         instruction: free text that conditions the query encoder. None uses the model's
             saved prompt (the source-specific one when exactly one source is asked for,
-            else the general one); "" encodes the question alone.
+            else the general one) when the model was trained with instructions, and the bare
+            question otherwise; "" always encodes the question alone.
         sources: source types to filter on exactly; empty means all (or, under
             ``SourceResolution.FILTER``, the ones the instruction names).
     """
@@ -83,7 +84,8 @@ class Searcher:
             resolved = bool(sources)
         instruction = query.instruction
         if instruction is None:
-            instruction = instruction_for(self.encoder.prompts, sources)
+            tuned = self.encoder.instruction_tuned
+            instruction = instruction_for(self.encoder.prompts, sources) if tuned else ""
         return instruction, sources, resolved
 
     def embed(self, queries: Sequence[Query]) -> tuple[np.ndarray, list[tuple[Source, ...]], list[bool]]:

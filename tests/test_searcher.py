@@ -81,3 +81,13 @@ def test_k_must_be_positive(searcher) -> None:
 )
 def test_resolve_sources(instruction, expected) -> None:
     assert resolve_sources(instruction) == expected
+
+
+def test_default_instruction_depends_on_whether_the_model_was_instruction_tuned(tiny_index, encoder, monkeypatch) -> None:
+    assert encoder.instruction_tuned is False  # the bundled model saved no query prompts
+    searcher = Searcher(tiny_index, encoder)
+    assert searcher.plan(Query("q", sources=(Source.TABLE,)))[0] == ""
+    monkeypatch.setattr(encoder, "instruction_tuned", True)
+    assert searcher.plan(Query("q", sources=(Source.TABLE,)))[0] == source_instruction(Source.TABLE)
+    assert searcher.plan(Query("q"))[0] == encoder.prompts["query"]
+    assert searcher.plan(Query("q", instruction=""))[0] == ""
