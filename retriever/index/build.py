@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from retriever.encoder import Encoder
+from retriever.errors import CorpusError
 from retriever.index.files import publish_dir, sha256_file, staging_dir, write_json_atomic
 from retriever.index.manifest import FORMAT_VERSION, MANIFEST_NAME, FileEntry, Manifest, ShardInfo
 from retriever.index.shards import create_index, write_shard
@@ -82,6 +83,9 @@ def build_index(config: BuildConfig, encoder: Encoder) -> BuildReport:
     max_tokens = config.max_tokens or max(16, encoder.max_seq_length - 2)
     budget = WindowBudget(max_tokens=max_tokens, count=encoder.count_tokens)
     records, units = load_units(config.corpus, config.ids_file, budget)
+    if not units:
+        raise CorpusError(str(config.corpus), None, "nothing to index: every selected record has no text "
+                          "(e.g. tables whose rows are all empty)")
     logger.info("read %d records → %d units from %s", len(records), len(units), config.corpus)
     ids = read_id_list(config.ids_file) if config.ids_file else None
     fingerprint = file_fingerprint(config.corpus, ids)

@@ -72,6 +72,7 @@ BAD_INPUTS = {
     "wrong_type": '{"id": "a", "source": "infobox", "title": "T", "attributes": {"k": "v"}}\n',
     "duplicate_id": '{"id": "a", "source": "text", "text": "x"}\n{"id": "a", "source": "text", "text": "y"}\n',
     "empty": "",
+    "no_units": '{"id": "t", "source": "table", "title": "T", "header": ["a"], "rows": [["", " "]]}\n',
 }
 
 
