@@ -23,7 +23,9 @@ def test_retrieve_returns_sorted_hits_with_generation_and_model(stub, server):
     assert response.model == server.registry.encoder.name
     assert response.server_seconds > 0
     assert all(h.text == "" and h.record_id for h in response.hits)
-    assert response.instruction == general_instruction()
+    # The bundled model saved no prompts of its own, so a query without instruction is encoded bare.
+    assert not server.registry.encoder.instruction_tuned
+    assert response.instruction == ""
     assert list(response.sources) == [] and not response.sources_resolved
 
 
@@ -35,13 +37,21 @@ def test_with_text_returns_the_embedded_text(stub, tiny_index):
         assert hit.record_id == tiny_index.store.record_ids[hit.unit_id]
 
 
+def test_instruction_tuned_models_get_their_saved_prompt(stub, server, monkeypatch):
+    monkeypatch.setattr(server.registry.encoder, "instruction_tuned", True)
+    plain = stub.Retrieve(request("population of the city", top_k=3))
+    assert plain.instruction == general_instruction()
+    single = stub.Retrieve(request("population of the city", top_k=3, sources=[pb.SOURCE_INFOBOX]))
+    assert single.instruction == source_instruction(Source.INFOBOX)
+
+
 def test_sources_filter_exactly(stub):
     response = stub.Retrieve(request("population of the city", top_k=10, sources=[pb.SOURCE_TABLE, pb.SOURCE_KB]))
     assert response.hits and {h.source for h in response.hits} <= {pb.SOURCE_TABLE, pb.SOURCE_KB}
     assert list(response.sources) == [pb.SOURCE_TABLE, pb.SOURCE_KB] and not response.sources_resolved
     single = stub.Retrieve(request("population of the city", top_k=10, sources=[pb.SOURCE_INFOBOX]))
     assert {h.source for h in single.hits} == {pb.SOURCE_INFOBOX}
-    assert single.instruction == source_instruction(Source.INFOBOX)
+    assert single.instruction == ""
 
 
 def test_instruction_naming_sources_is_resolved_and_reported(stub):
