@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--ids", type=Path, default=None, help="file of record ids (one per line) to index a subset")
     build.add_argument("--factory", default="Flat",
                        help="FAISS factory string (default Flat: exact, memory 4*d bytes/unit, search time grows "
-                       "linearly; HNSW32: ~1 ms answers at 1M units, approximate, slower build; IVF4096,PQ64: "
+                       "linearly; HNSW32: approximate, search time grows slowly with size, slower build; IVF4096,PQ64: "
                        "compact, approximate, needs training data)")
     build.add_argument("--max-tokens", type=int, default=None,
                        help="window size for long passages and infoboxes (default: model max length - 2)")

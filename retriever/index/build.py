@@ -63,7 +63,10 @@ class BuildReport:
 
 def load_units(corpus: Path, ids_file: Path | None, budget: WindowBudget) -> tuple[list[Record], list[Unit]]:
     """Read and validate the (selected) records and linearize them, ordered by source."""
-    ids = read_id_list(ids_file) if ids_file else None
+    return _load_units(corpus, read_id_list(ids_file) if ids_file else None, budget)
+
+
+def _load_units(corpus: Path, ids: list[str] | None, budget: WindowBudget) -> tuple[list[Record], list[Unit]]:
     records = list(read_records(corpus, ids))
     units = list(linearize_all(records, budget))
     units.sort(key=lambda u: SOURCE_CODE[u.source])  # stable: corpus order within a source
@@ -82,12 +85,12 @@ def build_index(config: BuildConfig, encoder: Encoder) -> BuildReport:
         raise FileExistsError(f"{config.out} already exists (use --overwrite to replace it)")
     max_tokens = config.max_tokens or max(16, encoder.max_seq_length - 2)
     budget = WindowBudget(max_tokens=max_tokens, count=encoder.count_tokens)
-    records, units = load_units(config.corpus, config.ids_file, budget)
+    ids = read_id_list(config.ids_file) if config.ids_file else None
+    records, units = _load_units(config.corpus, ids, budget)
     if not units:
         raise CorpusError(str(config.corpus), None, "nothing to index: every selected record has no text "
                           "(e.g. tables whose rows are all empty)")
     logger.info("read %d records → %d units from %s", len(records), len(units), config.corpus)
-    ids = read_id_list(config.ids_file) if config.ids_file else None
     fingerprint = file_fingerprint(config.corpus, ids)
     record_counts = dict(Counter(r.source.value for r in records))
     return build_index_from_units(units, config, encoder, fingerprint, record_counts, max_tokens, started)
