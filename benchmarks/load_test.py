@@ -8,7 +8,12 @@ In one run, on the same queries:
     sentence-transformers and FAISS itself), and in batches of 32 (the throughput ceiling);
   * the server with dynamic batching (``retriever serve --max-batch 32``), then the server with
     one query at a time (``--max-batch 1``), each as a separate process on 127.0.0.1, driven by
-    1, 8 and 32 client threads for ``--duration`` seconds per level.
+    1, 8 and 32 client threads for ``--duration`` seconds per level;
+  * correctness (RELIABILITY D, only with ``--modes ...,correctness``): 8 clients for 60 s
+    against answers computed single-threaded before the run; failed and incorrect calls;
+  * overload (RELIABILITY C): a batched server capped at ``--overload-cap`` concurrent calls,
+    one client and then twice the cap: the accepted calls' p99 against the single-client p99,
+    and how fast the excess comes back RESOURCE_EXHAUSTED.
 
 The run stops by itself (every level is time-bounded) and writes
 ``benchmarks/results/load_<name>.json``. Figures depend on the machine and on what else runs
@@ -21,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import re
 import statistics
 import subprocess
@@ -63,7 +69,7 @@ def load_queries(path: Path | None, limit: int) -> list[str]:
     return texts
 
 
-def summary(latencies: list[float], seconds: float, errors: int = 0) -> dict[str, float]:
+def summary(latencies: list[float], seconds: float, errors: int = 0) -> dict[str, Any]:
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] if ordered else float("nan")
     return {"calls": len(ordered), "errors": errors, "seconds": round(seconds, 3),
@@ -147,8 +153,17 @@ class ServerProcess:
             self.process.kill()
 
 
-def drive(address: str, queries: list[str], k: int, clients: int, duration: float) -> dict[str, float]:
+def drive(address: str, queries: list[str], k: int, clients: int, duration: float,
+          backoff: bool = False) -> dict[str, Any]:
+    """``clients`` threads call Retrieve back to back for ``duration`` seconds.
+
+    Calls rejected with RESOURCE_EXHAUSTED (over the server's concurrency cap) are counted
+    apart from errors, with their own latency (how fast the rejection came back). With
+    ``backoff`` a rejected client waits like ``RetrieverClient``'s retry policy before its next
+    call: a random time up to 50 ms, doubling per consecutive rejection up to 2 s.
+    """
     latencies: list[list[float]] = [[] for _ in range(clients)]
+    rejections: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
     stop_at = time.perf_counter() + duration
 
@@ -156,14 +171,23 @@ def drive(address: str, queries: list[str], k: int, clients: int, duration: floa
         with grpc.insecure_channel(address) as channel:
             stub = retriever_pb2_grpc.RetrieverStub(channel)
             i = n * 7919
+            ceiling = 0.05
+            jitter = random.Random(n)
             while time.perf_counter() < stop_at:
                 request = pb.RetrieveRequest(query=queries[i % len(queries)], top_k=k)
                 t = time.perf_counter()
                 try:
                     stub.Retrieve(request, timeout=60)
                     latencies[n].append(time.perf_counter() - t)
-                except grpc.RpcError:
-                    errors[n] += 1
+                    ceiling = 0.05
+                except grpc.RpcError as exc:
+                    if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        rejections[n].append(time.perf_counter() - t)
+                        if backoff:
+                            time.sleep(min(jitter.uniform(0, ceiling), max(0.0, stop_at - time.perf_counter())))
+                            ceiling = min(2.0, ceiling * 2)
+                    else:
+                        errors[n] += 1
                 i += 1
 
     started = time.perf_counter()
@@ -172,7 +196,92 @@ def drive(address: str, queries: list[str], k: int, clients: int, duration: floa
         t.start()
     for t in threads:
         t.join()
-    return summary([x for per in latencies for x in per], time.perf_counter() - started, sum(errors))
+    seconds = time.perf_counter() - started
+    out: dict[str, Any] = summary([x for per in latencies for x in per], seconds, sum(errors))
+    rejected = sorted(x for per in rejections for x in per)
+    if rejected:
+        out["rejected"] = len(rejected)
+        out["reject_p50_ms"] = round(statistics.median(rejected) * 1000, 2)
+        out["reject_p99_ms"] = round(rejected[min(len(rejected) - 1, round(0.99 * (len(rejected) - 1)))] * 1000, 2)
+    else:
+        out["rejected"] = 0
+    return out
+
+
+def overload(index_dir: Path, queries: list[str], k: int, max_batch: int, cap: int,
+             duration: float) -> dict[str, Any]:
+    """RELIABILITY C: a server capped at ``cap`` concurrent calls, driven by 1 and then 2 x cap clients.
+
+    Reports the accepted calls' p99 at 2x capacity against the single-client p99 of the same
+    server, and how fast the excess is rejected (RESOURCE_EXHAUSTED).
+    """
+    server = ServerProcess(index_dir, max_batch, cap)
+    try:
+        drive(server.address, queries, k, 1, min(2.0, duration))  # warm-up
+        single = drive(server.address, queries, k, 1, duration)
+        immediate = drive(server.address, queries, k, 2 * cap, duration)
+        backing_off = drive(server.address, queries, k, 2 * cap, duration, backoff=True)
+    finally:
+        server.stop()
+    return {"max_concurrent_calls": cap, "max_batch": max_batch, "single_client": single,
+            "two_x_capacity_immediate_retry": immediate, "two_x_capacity_backoff": backing_off,
+            "accepted_p99_over_single_p99": {
+                "immediate_retry": round(immediate["p99_ms"] / max(single["p99_ms"], 1e-9), 3),
+                "backoff": round(backing_off["p99_ms"] / max(single["p99_ms"], 1e-9), 3)}}
+
+
+def correctness(index_dir: Path, queries: list[str], k: int, clients: int, duration: float,
+                max_batch: int, distinct: int = 200, tolerance: float = 1e-4) -> dict[str, Any]:
+    """RELIABILITY D: ``clients`` clients for ``duration`` s against answers computed single-threaded first.
+
+    A response is incorrect unless its hits have the expected (record id, part) in the same
+    order and every score is within ``tolerance`` of the expected one (batched encoding pads
+    queries together, which moves scores in the last float digits).
+    """
+    encoder = Encoder(EncoderConfig(show_progress=False))
+    searcher = Searcher(Index.load(index_dir), encoder)
+    sample = queries[:distinct]
+    expected = {q: searcher.search([Query(q)], k=k)[0].hits for q in sample}
+    del searcher, encoder
+    counts = {"calls": 0, "failed": 0, "incorrect": 0}
+    worst = [0.0]
+    lock = threading.Lock()
+    stop_at = 0.0
+
+    def client(n: int) -> None:
+        rng = random.Random(n)
+        with grpc.insecure_channel(server.address) as channel:
+            stub = retriever_pb2_grpc.RetrieverStub(channel)
+            while time.perf_counter() < stop_at:
+                q = sample[rng.randrange(len(sample))]
+                try:
+                    hits = stub.Retrieve(pb.RetrieveRequest(query=q, top_k=k), timeout=60).hits
+                except grpc.RpcError:
+                    with lock:
+                        counts["calls"] += 1
+                        counts["failed"] += 1
+                    continue
+                want = expected[q]
+                same = [(h.record_id, h.part) for h in hits] == [(h.record_id, h.part) for h in want]
+                diff = max((abs(a.score - b.score) for a, b in zip(hits, want, strict=False)), default=0.0)
+                with lock:
+                    counts["calls"] += 1
+                    worst[0] = max(worst[0], diff)
+                    if not same or diff > tolerance:
+                        counts["incorrect"] += 1
+
+    server = ServerProcess(index_dir, max_batch, clients + 8)
+    try:
+        stop_at = time.perf_counter() + duration
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        server.stop()
+    return {**counts, "clients": clients, "seconds": duration, "distinct_queries": len(sample),
+            "max_score_diff": worst[0], "tolerance": tolerance}
 
 
 def main() -> None:
@@ -186,6 +295,14 @@ def main() -> None:
     parser.add_argument("--levels", default="1,8,32", help="concurrent clients per level")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per level (each mode)")
     parser.add_argument("--max-batch", type=int, default=32, help="dynamic batching size of the batched server")
+    parser.add_argument("--overload-cap", type=int, default=8,
+                        help="also run the overload check: a server capped at this many concurrent calls, driven "
+                        "by twice as many clients (0: skip)")
+    parser.add_argument("--modes", default="in-process,batched,unbatched,overload",
+                        help="which parts to run, comma-separated: in-process, batched, unbatched, overload, "
+                        "correctness (ratios need the first three)")
+    parser.add_argument("--correctness-seconds", type=float, default=60.0,
+                        help="length of the correctness run (8 clients against single-threaded answers)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if not (args.index / "manifest.json").is_file():
@@ -201,26 +318,43 @@ def main() -> None:
         "cpu_count": os.cpu_count(), "load_average_before": os.getloadavg(), "python": platform.python_version(),
         "machine": platform.machine(),
     }
-    print(f"in-process ({args.duration:.0f}s each)...", file=sys.stderr)
-    result["in_process"] = in_process(args.index, queries, args.top_k, args.duration)
-    for mode, max_batch in (("server_batched", args.max_batch), ("server_unbatched", 1)):
+    modes = {m.strip() for m in args.modes.split(",") if m.strip()}
+    unknown = modes - {"in-process", "batched", "unbatched", "overload", "correctness"}
+    if unknown:
+        raise SystemExit(f"unknown --modes {sorted(unknown)}")
+    if "in-process" in modes:
+        print(f"in-process ({args.duration:.0f}s each)...", file=sys.stderr)
+        result["in_process"] = in_process(args.index, queries, args.top_k, args.duration)
+    for mode, max_batch in (("batched", args.max_batch), ("unbatched", 1)):
+        if mode not in modes:
+            continue
+        key = f"server_{mode}"
         server = ServerProcess(args.index, max_batch, max(levels) + 8)
         try:
             drive(server.address, queries, args.top_k, 1, min(2.0, args.duration))  # warm-up
-            result[mode] = {"max_batch": max_batch}
+            result[key] = {"max_batch": max_batch}
             for clients in levels:
-                print(f"{mode}: {clients} clients...", file=sys.stderr)
-                result[mode][str(clients)] = drive(server.address, queries, args.top_k, clients, args.duration)
+                print(f"{key}: {clients} clients...", file=sys.stderr)
+                result[key][str(clients)] = drive(server.address, queries, args.top_k, clients, args.duration)
         finally:
             server.stop()
-    base = result["in_process"]["one_at_a_time"]["qps"]
-    result["ratios"] = {
-        "server_batched_over_in_process_qps": {c: round(result["server_batched"][str(c)]["qps"] / base, 3)
-                                               for c in levels},
-        "batched_over_unbatched_qps": {c: round(result["server_batched"][str(c)]["qps"]
-                                                / max(result["server_unbatched"][str(c)]["qps"], 1e-9), 3)
-                                       for c in levels},
-    }
+    if args.overload_cap and "overload" in modes:
+        print(f"overload: cap {args.overload_cap}, {2 * args.overload_cap} clients...", file=sys.stderr)
+        result["overload"] = overload(args.index, queries, args.top_k, args.max_batch, args.overload_cap,
+                                      args.duration)
+    if "correctness" in modes:
+        print(f"correctness: 8 clients for {args.correctness_seconds:.0f}s...", file=sys.stderr)
+        result["correctness"] = correctness(args.index, queries, args.top_k, 8, args.correctness_seconds,
+                                            args.max_batch)
+    if {"in-process", "batched", "unbatched"} <= modes:
+        base = result["in_process"]["one_at_a_time"]["qps"]
+        result["ratios"] = {
+            "server_batched_over_in_process_qps": {c: round(result["server_batched"][str(c)]["qps"] / base, 3)
+                                                   for c in levels},
+            "batched_over_unbatched_qps": {c: round(result["server_batched"][str(c)]["qps"]
+                                                    / max(result["server_unbatched"][str(c)]["qps"], 1e-9), 3)
+                                           for c in levels},
+        }
     result["load_average_after"] = os.getloadavg()
     out = args.out or ROOT / "benchmarks" / "results" / f"load_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

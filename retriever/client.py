@@ -59,6 +59,26 @@ def _sources(values: Iterable[Source | str]) -> tuple[Source, ...]:
     return tuple(v if isinstance(v, Source) else Source.parse(v) for v in values)
 
 
+#: methods safe to retry: reads, which change nothing on the server
+RETRIED_METHODS = ("Retrieve", "RetrieveBatch", "GetIndexInfo")
+
+
+def retry_service_config(retries: int, initial_backoff_s: float = 0.05, max_backoff_s: float = 2.0) -> str:
+    """The gRPC service config (JSON) that retries the read methods with exponential backoff."""
+    import json
+
+    return json.dumps({"methodConfig": [{
+        "name": [{"service": "retriever.v1.Retriever", "method": m} for m in RETRIED_METHODS],
+        "retryPolicy": {
+            "maxAttempts": min(retries + 1, 5),  # gRPC caps attempts at 5
+            "initialBackoff": f"{initial_backoff_s}s",
+            "maxBackoff": f"{max_backoff_s}s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["RESOURCE_EXHAUSTED", "UNAVAILABLE"],
+        },
+    }]})
+
+
 class RetrieverClient:
     """A channel to one server; thread-safe, reuse it for many calls.
 
@@ -69,13 +89,24 @@ class RetrieverClient:
         root_certificates: PEM bytes (or a file) to connect with TLS.
         client_certificate, client_key: PEM bytes (or files) presented to a server requiring mTLS.
         max_message_bytes: largest response accepted.
+        retries: extra attempts for ``Retrieve``, ``RetrieveBatch`` and ``GetIndexInfo`` when the
+            server answers RESOURCE_EXHAUSTED (over its concurrency cap or queue bound) or
+            UNAVAILABLE (not ready yet, restarting). gRPC's own retry policy waits a random time
+            up to 50 ms, then up to 100, 200, ... ms (capped at 2 s) between attempts, so rejected
+            clients back off instead of hammering a full server. ``PublishIndex`` is never
+            retried. 0 turns retries off.
     """
 
     def __init__(self, address: str = DEFAULT_ADDRESS, token: str | None = None, timeout: float | None = 30.0,
                  root_certificates: bytes | Path | None = None, client_certificate: bytes | Path | None = None,
-                 client_key: bytes | Path | None = None, max_message_bytes: int = 64 * 1024 * 1024) -> None:
-        options = [("grpc.max_receive_message_length", max_message_bytes),
-                   ("grpc.max_send_message_length", max_message_bytes)]
+                 client_key: bytes | Path | None = None, max_message_bytes: int = 64 * 1024 * 1024,
+                 retries: int = 3) -> None:
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", max_message_bytes),
+                                          ("grpc.max_send_message_length", max_message_bytes)]
+        if retries:
+            options += [("grpc.enable_retries", 1), ("grpc.service_config", retry_service_config(retries))]
         if root_certificates is not None:
             credentials = grpc.ssl_channel_credentials(_pem(root_certificates), _pem(client_key),
                                                        _pem(client_certificate))

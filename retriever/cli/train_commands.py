@@ -23,6 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="continue the run in output_dir from its completed stages and latest checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="delete output_dir first")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--stages", default=None, metavar="LIST",
+                        help="override [run] stages, comma-separated (e.g. 'finetune' or 'align,finetune' for the "
+                        "ablation); every listed stage still needs its section in the file")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one value of the file, VALUE in TOML syntax (e.g. finetune.tokens=600000, "
+                        "finetune.temperature=0.02, 'run.device=\"cpu\"'); repeatable. Bare words are read as "
+                        "strings")
     parser.set_defaults(func=run_train)
 
 
@@ -30,6 +37,10 @@ def run_train(args: argparse.Namespace) -> int:
     from retriever.training import StopRequested, load_config, train
 
     overrides: dict[str, Any] = {"run": {}}
+    for setting in args.settings:
+        _apply_setting(overrides, setting)
+    if args.stages is not None:
+        overrides["run"]["stages"] = [s.strip() for s in args.stages.split(",") if s.strip()]
     if args.output_dir is not None:
         overrides["run"]["output_dir"] = str(args.output_dir)
     if args.no_progress:
@@ -58,3 +69,25 @@ def run_train(args: argparse.Namespace) -> int:
     if report.dev_metrics:
         print("dev sample (proxy):", json.dumps(report.dev_metrics, indent=1))
     return 0
+
+
+def _apply_setting(overrides: dict[str, Any], setting: str) -> None:
+    """Merge ``section.key=value`` (value in TOML syntax, else a plain string) into ``overrides``."""
+    import tomllib
+
+    from retriever.training.config import TrainConfigError
+
+    key, sep, raw = setting.partition("=")
+    path = [part.strip() for part in key.split(".")]
+    if not sep or len(path) < 2 or not all(path):
+        raise TrainConfigError(f"--set {setting!r}: expected SECTION.KEY=VALUE, e.g. finetune.tokens=600000")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    node = overrides
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise TrainConfigError(f"--set {setting!r}: {part} is a value, not a section")
+    node[path[-1]] = value

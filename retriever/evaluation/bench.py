@@ -159,7 +159,8 @@ def run_heteromix_bench(config: HeteroBenchConfig, encoder: Encoder | None = Non
     retrievers = _retrievers(config, store, index, encoder, root)
     prompts = encoder.prompts if encoder is not None else default_prompts()
     runs = run_heteromix(questions, store, retrievers, prompts, config.hetero)
-    outputs, markdown = write_outputs(config, runs, store, time.perf_counter() - started)
+    model = encoder.name if encoder is not None and needs_dense else None
+    outputs, markdown = write_outputs(config, runs, store, time.perf_counter() - started, model)
     return BenchReport(runs, store, outputs, markdown)
 
 
@@ -185,8 +186,14 @@ HETERO_COLUMNS = (
 
 
 def write_outputs(config: HeteroBenchConfig, runs: Sequence[RunResult], store: UnitStore,
-                  seconds: float) -> tuple[dict[str, Path], str]:
-    """Write run files, metrics JSON, Markdown, plot (and the RESULTS.md section); returns paths and Markdown."""
+                  seconds: float, model: str | None = None) -> tuple[dict[str, Path], str]:
+    """Write run files, metrics JSON, Markdown, plot (and the RESULTS.md section); returns paths and Markdown.
+
+    ``model`` is the dense model's name; a model other than the bundled one gets its own
+    RESULTS.md section (the zero-shot section is not overwritten by a trained model's run).
+    """
+    from retriever.encoder import BUNDLED_MODEL
+
     tier = config.ids_file.name.split(".")[0] if config.ids_file else "full"
     description = {
         "protocol": "heteromix", "corpus": str(config.corpus), "ids_file": str(config.ids_file or ""),
@@ -194,13 +201,15 @@ def write_outputs(config: HeteroBenchConfig, runs: Sequence[RunResult], store: U
         "index": str(config.index or ""), "methods": [m.value for m in config.methods],
         "scenarios": [s.value for s in config.scenarios], "depth": config.hetero.depth,
         "collapse": config.hetero.collapse, "bm25": vars(config.bm25), "fusion": vars(config.fusion),
-        "limit": config.limit, "command": config.command, "seconds": round(seconds, 1),
+        "limit": config.limit, "command": config.command, "seconds": round(seconds, 1), "model": model,
     }
     ranks = "" if config.hetero.collapse else ", unit ranks"
-    title = f"HeteroMix {tier} / {config.questions.name} ({config.units.value} units{ranks})"
+    other_model = f", model {model}" if model and model != BUNDLED_MODEL else ""
+    title = f"HeteroMix {tier} / {config.questions.name} ({config.units.value} units{ranks}{other_model})"
     methods = "+".join(m.value for m in config.methods)
     section = f"heteromix {tier} {config.questions.name} {config.units.value} {methods}"
     section += " unit-ranks" if ranks else ""
+    section += f" model {model}" if other_model else ""
     return write_run_outputs(config.out, runs, store, description, title, config.results_md, section,
                              config.hetero.depth)
 
@@ -244,6 +253,10 @@ def heteromix_markdown(title: str, description: dict[str, Any], runs: Sequence[R
               pooled_table(runs, HETERO_COLUMNS), "", f"Hit@10 per {description.get('group', 'dataset')}:", "",
               per_dataset_table(runs, "hit@10"), "", f"MRR@100 per {description.get('group', 'dataset')}:", "",
               per_dataset_table(runs, "mrr@100")]
+    following = [r for r in runs if r.scenario is Scenario.SOURCE_SOFT]
+    if following:
+        lines += ["", "Instruction following (top-10 units from the requested source, source instruction, no "
+                  f"filter) per {description.get('group', 'dataset')}:", "", per_dataset_table(following, "source@10")]
     return "\n".join(lines)
 
 

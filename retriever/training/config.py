@@ -298,6 +298,15 @@ class FinetuneConfig(OptimConfig):
         dataset_balance: questions are drawn with P(dataset) ∝ count**dataset_balance
             (1: natural mix, 0: uniform over datasets).
         query_max_seq_length: truncation of instruction + question.
+        source_loss_weight: weight of the source-preference term
+            (:func:`retriever.training.losses.source_preference`): for a source-specific
+            instruction, all units of that source in the batch should outrank the others, not
+            only the gold unit. 0 turns it off.
+        counterfactual_prob: share of source-specific instructions that name a source type the
+            question has *no* gold unit of (e.g. "from infoboxes" on a kb question). Such examples
+            carry only the source-preference term (their positive slot holds the best-mined unit of
+            that source, used as an in-batch negative for the others), so the model must read the
+            instruction instead of guessing the source from the question's style.
     """
 
     temperature: float = 0.02
@@ -309,9 +318,13 @@ class FinetuneConfig(OptimConfig):
     mine_depth: int = 20
     dataset_balance: float = 0.5
     query_max_seq_length: int = 64
+    source_loss_weight: float = 0.0
+    counterfactual_prob: float = 0.0
 
     def validate(self) -> None:
         self.validate_optim("finetune")
+        _non_negative("finetune", "source_loss_weight", self.source_loss_weight)
+        _fraction("finetune", "counterfactual_prob", self.counterfactual_prob)
         _temperature("finetune", self.temperature)
         _non_negative("finetune", "hard_negatives", self.hard_negatives)
         for name in ("other_source_share", "general_instruction_prob", "canonical_phrasing_prob", "dataset_balance"):

@@ -54,9 +54,12 @@ class InstructionSampler:
         self.general_prob = general_prob
         self.canonical_prob = canonical_prob
 
-    def sample(self, sources: list[Source], rng: np.random.Generator) -> SampledInstruction:
-        """Pick an instruction; ``sources`` are the source types that have a gold unit."""
-        general = not sources or rng.random() < self.general_prob
+    def sample(self, sources: list[Source], rng: np.random.Generator, specific: bool = False) -> SampledInstruction:
+        """Pick an instruction; ``sources`` are the source types that have a gold unit.
+
+        ``specific`` always names one of ``sources`` (never the general instruction).
+        """
+        general = not sources or (not specific and rng.random() < self.general_prob)
         canonical = bool(rng.random() < self.canonical_prob)
         if general:
             text = general_instruction() if canonical else GENERAL_PHRASINGS[int(rng.integers(len(GENERAL_PHRASINGS)))]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 
 def info_nce(queries: torch.Tensor, docs: torch.Tensor, temperature: float,
-             invalid: torch.Tensor | None = None) -> torch.Tensor:
+             invalid: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
     """InfoNCE where query ``i``'s positive is ``docs[i]`` and every other doc is a negative.
 
     Args:
@@ -17,9 +17,11 @@ def info_nce(queries: torch.Tensor, docs: torch.Tensor, temperature: float,
         temperature: the softmax temperature (0.02 in UniHGKR).
         invalid: optional bool ``[B, N]``; True marks docs that must not count as negatives of a
             query (a duplicate of its positive, another gold unit). The diagonal is never masked.
+        rows: optional bool ``[B]``; only these queries are scored (the others' docs still serve
+            as negatives). All False gives 0.
 
     Returns:
-        The mean cross-entropy over the ``B`` queries (a scalar).
+        The mean cross-entropy over the (selected) queries (a scalar).
     """
     batch = queries.shape[0]
     scores = queries @ docs.T / temperature  # [B, N]
@@ -28,7 +30,39 @@ def info_nce(queries: torch.Tensor, docs: torch.Tensor, temperature: float,
         invalid[torch.arange(batch), torch.arange(batch)] = False
         scores = scores.masked_fill(invalid, float("-inf"))
     labels = torch.arange(batch, device=queries.device)
-    return F.cross_entropy(scores, labels)
+    if rows is None:
+        return F.cross_entropy(scores, labels)
+    if not bool(rows.any()):
+        return scores.sum() * 0.0
+    return F.cross_entropy(scores[rows], labels[rows])
+
+
+def source_preference(queries: torch.Tensor, docs: torch.Tensor, temperature: float,
+                      wanted: torch.Tensor) -> torch.Tensor:
+    """Softmax mass of the requested source's docs: ``-log sum_{wanted} p(doc | query)``.
+
+    The InfoNCE term only orders the gold unit above its negatives; this term orders *every*
+    unit of the requested source above units of other sources, which is what "retrieve from
+    tables" asks of the whole top-k.
+
+    Args:
+        queries: ``[B, d]`` L2-normalised.
+        docs: ``[N, d]`` L2-normalised.
+        temperature: softmax temperature.
+        wanted: bool ``[B, N]``; True where doc ``j`` is of the source query ``i`` asked for.
+            Rows with no wanted doc, or nothing but wanted docs, are skipped.
+
+    Returns:
+        The mean over the scored rows (0 when none).
+    """
+    scores = queries @ docs.T / temperature  # [B, N]
+    count = wanted.sum(dim=1)
+    rows = (count > 0) & (count < wanted.shape[1])
+    if not bool(rows.any()):
+        return scores.sum() * 0.0
+    scores, wanted = scores[rows], wanted[rows]
+    inside = torch.logsumexp(scores.masked_fill(~wanted, float("-inf")), dim=1)
+    return (torch.logsumexp(scores, dim=1) - inside).mean()
 
 
 def key_collisions(row_keys: list[set[str]], col_keys: list[str], device: torch.device | str) -> torch.Tensor:

@@ -24,6 +24,9 @@ from retriever.training.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
+#: texts per length-sorted forward pass in :meth:`EmbeddingModel.embed` (see there)
+BUCKET_SIZE = 16
+
 
 class EmbeddingModel:
     """A trainable embedding model (sentence-transformers) and the knobs the stages need.
@@ -137,10 +140,33 @@ class EmbeddingModel:
         output = self.st(dict(features))
         return F.normalize(output["sentence_embedding"].float(), dim=-1)
 
-    def embed(self, texts: Sequence[str], max_length: int | None = None) -> tuple[torch.Tensor, int]:
-        """Embed texts with gradients; returns ``(embeddings [n, dim], non-padding tokens)``."""
+    def embed(self, texts: Sequence[str], max_length: int | None = None,
+              bucket_size: int = BUCKET_SIZE) -> tuple[torch.Tensor, int]:
+        """Embed texts with gradients; returns ``(embeddings [n, dim], non-padding tokens)``.
+
+        With a right-padding tokenizer the texts run through the model in length-sorted buckets
+        of ``bucket_size``, each cut to its own longest text, so a batch that mixes 15-token
+        triples with 128-token passages does not pay for padding every triple to 128. The
+        result is the same as one padded forward pass (attention ignores padding) up to float
+        rounding; ``bucket_size`` 0 turns bucketing off.
+        """
         features = self.features(texts, max_length)
-        return self.embed_features(features), int(features["attention_mask"].sum())
+        mask = features["attention_mask"]
+        tokens = int(mask.sum())
+        n = int(mask.shape[0])
+        if not bucket_size or n <= bucket_size or self.tokenizer.padding_side != "right":
+            return self.embed_features(features), tokens
+        lengths = mask.sum(dim=1)
+        order = torch.argsort(lengths, stable=True)
+        parts = []
+        for start in range(0, n, bucket_size):
+            rows = order[start:start + bucket_size]
+            width = int(lengths[rows].max())
+            chunk = {k: v[rows, :width] if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[0] == n
+                     else v for k, v in features.items()}
+            parts.append(self.embed_features(chunk))
+        inverse = torch.argsort(order)
+        return torch.cat(parts)[inverse.to(parts[0].device)], tokens
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:

@@ -5,8 +5,14 @@ seed from the pool in :mod:`retriever.training.instruction_pool` (general, or sp
 source of the gold records, in several phrasings). The loss is InfoNCE over the batch's positives
 (in-batch negatives) plus ``hard_negatives`` mined units per question. For a source-specific
 instruction ``other_source_share`` of the hard negatives are relevant-looking units of the other
-source types, and the question's gold units of other sources are added too, so the model learns
-to put the requested source first.
+source types, and the question's gold units of other sources are added too.
+
+That orders the gold unit above its negatives, but not the rest of the top-k: two further
+(configurable) parts teach the model to put the requested source first. ``source_loss_weight``
+adds :func:`~retriever.training.losses.source_preference`, which pushes every unit of the
+requested source in the batch above every unit of other sources; ``counterfactual_prob`` asks
+for sources the question has no gold in, so the instruction, not the question's style, has to
+decide the source.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from retriever.records import Source
 from retriever.training.config import FinetuneConfig
 from retriever.training.data import TrainingData, TrainingQuestion
 from retriever.training.instruction_pool import InstructionSampler
-from retriever.training.losses import info_nce
+from retriever.training.losses import info_nce, source_preference
 from retriever.training.model import EmbeddingModel
 from retriever.training.negatives import Mined
 
@@ -38,6 +44,8 @@ class FinetuneExample:
     requested: Source | None
     #: records that must not be negatives of this query (gold; related ones for the general instruction)
     not_negative: frozenset[str]
+    #: the instruction names a source without gold for this question (source-preference term only)
+    counterfactual: bool = False
 
 
 class FinetuneTask:
@@ -73,6 +81,10 @@ class FinetuneTask:
         item = self.data.questions[q]
         instruction = self.sampler.sample(item.sources, rng)
         requested = instruction.source
+        if requested is not None and self.config.counterfactual_prob and rng.random() < self.config.counterfactual_prob:
+            example = self._counterfactual(q, item, rng)
+            if example is not None:
+                return example
         if requested is None:
             positive = self._general_positive(item, rng)
             not_negative = item.gold_records | item.related_records
@@ -83,6 +95,27 @@ class FinetuneTask:
         negatives = self._negatives(q, item, requested, not_negative, rng)
         return FinetuneExample(compose_query(instruction.text, item.question.text), positive, negatives, requested,
                                frozenset(not_negative))
+
+    def _counterfactual(self, q: int, item: TrainingQuestion, rng: np.random.Generator) -> FinetuneExample | None:
+        """An instruction for a source the question has no gold unit of (None when every source has gold).
+
+        The positive slot holds the best BM25 unit of that source; the negatives are the question's
+        gold units (of other sources, by construction) and mined units of the other sources.
+        """
+        mined = self.mined[q]
+        absent = [s for s in Source if s not in item.sources and len(mined.get(s, ()))]
+        if not absent:
+            return None
+        source = absent[int(rng.integers(len(absent)))]
+        instruction = self.sampler.sample([source], rng, specific=True)
+        positive = int(mined[source][0])
+        wanted = self.config.hard_negatives
+        gold = [i for s in item.sources for i in item.positives[s]]
+        chosen = _take(gold, max(1, wanted // 2), rng)
+        other_pool = _interleave([m for s, m in mined.items() if s is not source])
+        chosen += _take([i for i in other_pool if i not in chosen], wanted - len(chosen), rng)
+        return FinetuneExample(compose_query(instruction.text, item.question.text), positive, tuple(chosen), source,
+                               item.gold_records | item.related_records, counterfactual=True)
 
     def _general_positive(self, item: TrainingQuestion, rng: np.random.Generator) -> int:
         # The answer's source when the label names one (ottqa: the passage, not the bridging table).
@@ -135,7 +168,15 @@ class FinetuneTask:
                 record = self.data.units[unit].record_id
                 if unit == e.positive or record in e.not_negative:
                     invalid[r, c] = True
-        loss = info_nce(queries, docs, self.config.temperature, invalid.to(queries.device))
+        device = queries.device
+        scored = torch.tensor([not e.counterfactual for e in examples], dtype=torch.bool, device=device)
+        loss = info_nce(queries, docs, self.config.temperature, invalid.to(device), rows=scored)
+        if self.config.source_loss_weight:
+            sources = [self.data.units[i].source for i in doc_ids]
+            wanted = torch.tensor([[e.requested is not None and s is e.requested for s in sources] for e in examples],
+                                  dtype=torch.bool, device=device)
+            loss = loss + self.config.source_loss_weight * source_preference(queries, docs, self.config.temperature,
+                                                                             wanted)
         return loss, q_tokens + d_tokens
 
     def estimate_tokens(self, rng: np.random.Generator, samples: int) -> float:

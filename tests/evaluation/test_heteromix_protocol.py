@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from retriever.errors import IncompatibleIndexError, InvalidInputError
-from retriever.evaluation.bench import HeteroBenchConfig, Method, run_heteromix_bench
+from retriever.evaluation.bench import HeteroBenchConfig, Method, run_heteromix_bench, write_outputs
 from retriever.evaluation.collection import CorpusSpec, UnitScheme, check_index_matches, dense_cache_key
 from retriever.evaluation.heteromix import (
     HeteroConfig,
@@ -169,6 +169,15 @@ def test_bench_end_to_end_on_the_tiny_index(tiny_index_dir: Path, tiny_corpus: P
     assert ranks == list(range(1, len(ranks) + 1))
     assert (out / "hit_at_k.png").read_bytes()[:4] == b"\x89PNG"
     assert "| bm25 | source-hard |" in results_md.read_text()
+    # The bundled model's run keeps the plain section name; another model gets its own section.
+    assert payload["model"] == encoder.name
+    assert "<!-- BEGIN heteromix full questions.jsonl index bm25+dense+hybrid -->" in results_md.read_text()
+    write_outputs(config, report.runs, report.store, 1.0, model="runs/x/model")
+    text = results_md.read_text()
+    assert "<!-- BEGIN heteromix full questions.jsonl index bm25+dense+hybrid -->" in text
+    assert "<!-- BEGIN heteromix full questions.jsonl index bm25+dense+hybrid model runs/x/model -->" in text
+    assert "model runs/x/model)" in text
+    assert "Instruction following (top-10 units from the requested source" in text
 
 
 def test_index_from_another_corpus_is_refused(tiny_index_dir: Path, tmp_path: Path) -> None:

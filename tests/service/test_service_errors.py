@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
 
+from retriever.client import RemoteError, RetrieverClient, retry_service_config
 from retriever.errors import CorruptIndexError, NotFoundError, OverloadedError
 from retriever.service.config import Limits
 from retriever.service.errors import scrub, status_for
@@ -204,3 +207,31 @@ def test_restart_on_the_same_files_gives_identical_results(encoder, tiny_index_d
             stub = stub_for(channel)
             answers.append([[(h.unit_id, h.score) for h in stub.Retrieve(q).hits] for q in queries])
     assert answers[0] == answers[1]
+
+
+def test_client_backs_off_and_retries_a_rejected_call(encoder, tiny_index_dir):
+    gated = GatedEncoder(encoder)
+    with running_server(gated, [("tiny", tiny_index_dir)], limits=Limits(max_concurrent_calls=1)) as srv:
+        address = f"127.0.0.1:{srv.port}"
+        with RetrieverClient(address, retries=0) as impatient, RetrieverClient(address, retries=4) as patient:
+            gated.gate.clear()
+            busy = impatient.stub.Retrieve.future(request("keeps the only slot busy"), timeout=60)
+            wait_until(lambda: srv.batcher.stats.in_flight == 1)
+            with pytest.raises(RemoteError) as err:
+                impatient.retrieve("refused at once without retries")
+            assert err.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            # The patient call's first attempt meets the full slot; its retries back off
+            # (random waits up to 50, 100, 200, 400 ms) and one lands after the slot frees.
+            with ThreadPoolExecutor(1) as pool:
+                answer = pool.submit(patient.retrieve, "answered on a retry")
+                time.sleep(0.03)
+                gated.gate.set()
+                assert answer.result(timeout=30).hits
+            assert busy.result().hits
+
+
+def test_retry_policy_covers_reads_only():
+    config = json.loads(retry_service_config(9))["methodConfig"][0]
+    assert {n["method"] for n in config["name"]} == {"Retrieve", "RetrieveBatch", "GetIndexInfo"}
+    assert config["retryPolicy"]["maxAttempts"] == 5
+    assert set(config["retryPolicy"]["retryableStatusCodes"]) == {"RESOURCE_EXHAUSTED", "UNAVAILABLE"}

@@ -100,3 +100,33 @@ def test_shipped_configs_parse(name, monkeypatch):
     config = load_config(ROOT / "configs" / name)
     assert config.run.stages
     assert "dev" not in config.data.train_queries.name
+
+
+def test_cli_overrides_merge_typed_values():
+    from retriever.cli.train_commands import _apply_setting
+
+    overrides: dict = {"run": {}}
+    _apply_setting(overrides, "finetune.tokens=600000")
+    _apply_setting(overrides, "finetune.temperature=0.02")
+    _apply_setting(overrides, "run.device=cpu")
+    _apply_setting(overrides, "pretrain.source_weights.kb=2.0")
+    assert overrides == {"run": {"device": "cpu"}, "finetune": {"tokens": 600000, "temperature": 0.02},
+                         "pretrain": {"source_weights": {"kb": 2.0}}}
+    for bad in ("tokens=5", "finetune.tokens", ".tokens=1"):
+        with pytest.raises(TrainConfigError, match="SECTION.KEY=VALUE"):
+            _apply_setting({}, bad)
+
+
+def test_cli_overrides_reach_the_config(monkeypatch):
+    from retriever.cli.train_commands import _apply_setting
+
+    if not (ROOT.parent / "shared" / "data" / "heteromix" / "corpus.jsonl.gz").is_file():
+        pytest.skip("HeteroMix data not present at ../shared/data")
+    monkeypatch.chdir(ROOT)
+    overrides: dict = {"run": {"stages": ["align", "finetune"]}}
+    _apply_setting(overrides, "finetune.tokens=1234")
+    config = load_config(ROOT / "configs" / "train_cpu.toml", overrides)
+    assert [s.value for s in config.run.stages] == ["align", "finetune"]
+    assert config.finetune.tokens == 1234
+    with pytest.raises(TrainConfigError, match="finetune"):
+        load_config(ROOT / "configs" / "train_cpu.toml", {"finetune": {"no_such_key": 1}})

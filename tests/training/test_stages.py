@@ -7,10 +7,12 @@ import itertools
 import pytest
 import torch
 
+from retriever.instructions import SOURCE_NAMES
 from retriever.records import Source
 from retriever.training.anchors import read_pairs_file
 from retriever.training.config import AlignConfig, FinetuneConfig, ModelConfig, PretrainConfig
 from retriever.training.data import load_training_data, tokenizer_budget
+from retriever.training.losses import info_nce, source_preference
 from retriever.training.model import EmbeddingModel
 from retriever.training.negatives import mine_bm25
 from retriever.training.stage1_pretrain import PretrainTask
@@ -69,6 +71,55 @@ def test_finetune_loss_decreases_on_a_fixed_batch(model, data):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+def test_finetune_with_source_preference_and_counterfactuals_decreases_on_a_fixed_batch(model, data):
+    config = FinetuneConfig(steps=1, batch_size=6, temperature=0.05, hard_negatives=2, mine_depth=5,
+                            source_loss_weight=1.0, counterfactual_prob=0.5, general_instruction_prob=0.2)
+    task = FinetuneTask(model, data, config, mine_bm25(data, config.mine_depth))
+    losses = _fits_fixed_batch(task, model)
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_counterfactual_examples_ask_for_a_source_without_gold(model, data):
+    config = FinetuneConfig(steps=1, batch_size=4, hard_negatives=4, general_instruction_prob=0.0,
+                            canonical_phrasing_prob=1.0, counterfactual_prob=1.0)
+    task = FinetuneTask(model, data, config, mine_bm25(data, 10))
+    rng, _ = step_generators(4, "finetune", 0, 0)
+    examples = [task.draw(rng) for _ in range(40)]
+    counterfactual = [e for e in examples if e.counterfactual]
+    assert counterfactual
+    for e in counterfactual:
+        item = next(t for t in data.questions if e.query.endswith(t.question.text))
+        assert e.requested not in item.sources
+        assert e.query.startswith(f"Given a question, retrieve relevant evidence that can answer the question from "
+                                  f"{SOURCE_NAMES[e.requested]}")
+        assert data.units[e.positive].source is e.requested  # the best-mined unit of the asked-for source
+        assert data.units[e.positive].record_id not in item.gold_records
+        assert {data.units[i].record_id for i in e.negatives} & item.gold_records  # the real answer ranks below
+        assert all(data.units[i].source is not e.requested for i in e.negatives)
+
+
+def test_source_preference_is_the_requested_sources_softmax_mass():
+    queries = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=-1)
+    docs = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=-1)
+    wanted = torch.tensor([[True, False, False], [True, True, True], [False, False, False]])
+    got = source_preference(queries, docs, 0.5, wanted)
+    scores = queries[0] @ docs.T / 0.5
+    expected = -(scores[0].exp() / scores.exp().sum()).log()  # rows 2 (all wanted) and 3 (none) are skipped
+    assert torch.allclose(got, expected)
+    assert source_preference(queries, docs, 0.5, torch.zeros(3, 3, dtype=torch.bool)).item() == 0.0
+
+
+def test_info_nce_scores_only_the_selected_rows():
+    torch.manual_seed(1)
+    queries = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    docs = torch.nn.functional.normalize(torch.randn(10, 8), dim=-1)
+    rows = torch.tensor([True, False, True, False])
+    scores = queries @ docs.T / 0.1
+    expected = torch.nn.functional.cross_entropy(scores[[0, 2]], torch.tensor([0, 2]))
+    assert torch.allclose(info_nce(queries, docs, 0.1, rows=rows), expected)
+    assert info_nce(queries, docs, 0.1, rows=torch.zeros(4, dtype=torch.bool)).item() == 0.0
+
+
 def test_mined_negatives_never_contain_gold_records(data):
     mined = mine_bm25(data, 10)
     assert any(len(m) for per_q in mined for m in per_q.values())
@@ -104,3 +155,22 @@ def test_general_instruction_excludes_related_records(model, data):
         assert e.requested is None
         item = next(t for t in data.questions if t.question.text in e.query)
         assert e.not_negative == item.gold_records | item.related_records
+
+
+def test_length_bucketed_embedding_matches_one_padded_pass(model):
+    texts = ["a b", "the table lists every river in the region and its length in kilometres", "c",
+             "subject, predicate, object", "one two three four five six seven eight nine ten eleven", "x y z"] * 6
+    model.st.eval()  # no dropout, so both paths see the same network
+    torch.manual_seed(0)
+    weights = torch.randn(len(texts), model.dimension)
+    outputs, grads = [], []
+    for bucket in (0, 5):
+        model.st.zero_grad(set_to_none=True)
+        emb, tokens = model.embed(texts, bucket_size=bucket)
+        (emb * weights).sum().backward()
+        outputs.append(emb.detach())
+        grads.append(next(p for p in model.st.parameters() if p.grad is not None).grad.clone())
+    assert tokens == int(model.features(texts)["attention_mask"].sum())
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+    model.st.train()
