@@ -246,11 +246,10 @@ def correctness(index_dir: Path, queries: list[str], k: int, clients: int, durat
     counts = {"calls": 0, "failed": 0, "incorrect": 0}
     worst = [0.0]
     lock = threading.Lock()
-    stop_at = 0.0
 
-    def client(n: int) -> None:
+    def client(n: int, address: str, stop_at: float) -> None:
         rng = random.Random(n)
-        with grpc.insecure_channel(server.address) as channel:
+        with grpc.insecure_channel(address) as channel:
             stub = retriever_pb2_grpc.RetrieverStub(channel)
             while time.perf_counter() < stop_at:
                 q = sample[rng.randrange(len(sample))]
@@ -273,7 +272,7 @@ def correctness(index_dir: Path, queries: list[str], k: int, clients: int, durat
     server = ServerProcess(index_dir, max_batch, clients + 8)
     try:
         stop_at = time.perf_counter() + duration
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+        threads = [threading.Thread(target=client, args=(n, server.address, stop_at)) for n in range(clients)]
         for t in threads:
             t.start()
         for t in threads:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import shutil
@@ -72,7 +73,7 @@ def sweep_stale(final: Path) -> list[Path]:
     concurrent build of the same name keeps its staging directory. Returns what was removed.
     """
     removed = []
-    for path in final.parent.glob(f".{final.name}.*-*"):
+    for path in final.parent.glob(f".{glob.escape(final.name)}.*-*"):
         kind, _, rest = path.name[len(final.name) + 2:].partition("-")
         pid = rest.split("-", 1)[0]
         if kind not in ("building", "old") or not pid.isdigit() or _alive(int(pid)):

@@ -41,6 +41,16 @@ class GatedEncoder:
         return self.inner.encode_queries(questions, instructions)
 
 
+def occupy_worker(stub: retriever_pb2_grpc.RetrieverStub, gated: GatedEncoder) -> grpc.Future:
+    """Close the gate and start one call that holds the batcher's worker until ``gated.gate.set()``."""
+    gated.gate.clear()
+    gated.entered.clear()
+    busy = stub.Retrieve.future(request("keeps the worker busy"), timeout=60)
+    if not gated.entered.wait(10):
+        raise AssertionError("the worker never picked up the busy call")
+    return busy
+
+
 @contextmanager
 def running_server(encoder: Any, indexes: Sequence[tuple[str, Path]], load: bool = True,
                    limits: Limits | None = None, **settings: Any) -> Iterator[RetrieverServer]:

@@ -15,7 +15,15 @@ from retriever.errors import CorruptIndexError, NotFoundError, OverloadedError
 from retriever.service.config import Limits
 from retriever.service.errors import scrub, status_for
 from retriever.service.proto import retriever_pb2 as pb
-from tests.service.helpers import GatedEncoder, channel_to, request, running_server, stub_for, wait_until
+from tests.service.helpers import (
+    GatedEncoder,
+    channel_to,
+    occupy_worker,
+    request,
+    running_server,
+    stub_for,
+    wait_until,
+)
 
 RETRIEVE = "/retriever.v1.Retriever/Retrieve"
 LIMITS = Limits()
@@ -118,10 +126,7 @@ def test_over_queue_bound_is_resource_exhausted(encoder, tiny_index_dir):
     limits = Limits(max_queued_queries=4, max_batch_queries=4)
     with running_server(gated, [("tiny", tiny_index_dir)], limits=limits) as srv, channel_to(srv) as channel:
         stub = stub_for(channel)
-        gated.gate.clear()
-        gated.entered.clear()
-        busy = stub.Retrieve.future(request("keeps the worker busy"), timeout=60)
-        assert gated.entered.wait(10)
+        busy = occupy_worker(stub, gated)
         queued = stub.RetrieveBatch.future(pb.RetrieveBatchRequest(requests=[request()] * 4), timeout=60)
         wait_until(lambda: srv.batcher.stats.in_flight == 2)
         with pytest.raises(grpc.RpcError) as err:
@@ -135,10 +140,7 @@ def test_deadline_passed_in_queue_starts_no_work(encoder, tiny_index_dir):
     gated = GatedEncoder(encoder)
     with running_server(gated, [("tiny", tiny_index_dir)]) as srv, channel_to(srv) as channel:
         stub = stub_for(channel)
-        gated.gate.clear()
-        gated.entered.clear()
-        busy = stub.Retrieve.future(request("keeps the worker busy"), timeout=60)
-        assert gated.entered.wait(10)
+        busy = occupy_worker(stub, gated)
         with pytest.raises(grpc.RpcError) as err:
             stub.Retrieve(request("too late to answer"), timeout=0.3)
         assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
@@ -185,10 +187,7 @@ def test_cancelled_call_starts_no_work(encoder, tiny_index_dir):
     gated = GatedEncoder(encoder)
     with running_server(gated, [("tiny", tiny_index_dir)]) as srv, channel_to(srv) as channel:
         stub = stub_for(channel)
-        gated.gate.clear()
-        gated.entered.clear()
-        busy = stub.Retrieve.future(request("keeps the worker busy"), timeout=60)
-        assert gated.entered.wait(10)
+        busy = occupy_worker(stub, gated)
         abandoned = stub.Retrieve.future(request("nobody waits for this"), timeout=60)
         wait_until(lambda: srv.batcher.stats.in_flight == 2)
         assert abandoned.cancel()
