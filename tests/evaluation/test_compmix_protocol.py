@@ -27,6 +27,9 @@ from retriever.evaluation.heteromix import Scenario
 from retriever.records import Source
 
 COMPMIX = DATA_DIR / "compmix"
+
+needs_data = pytest.mark.skipif(not COMPMIX.exists(), reason=f"{COMPMIX} not present (the shared data lives at ../shared/data)")
+
 SAMPLE = COMPMIX / "subset_kb_wikipedia_mixed_rd.json"
 DEV = COMPMIX / "dev_set.json"
 
@@ -57,6 +60,7 @@ def test_normalize_label() -> None:
     assert normalize_label("  1962\\u201363  United States ") == "1962–63 united states"
 
 
+@needs_data
 def test_readers_on_the_real_sample() -> None:
     evidences = read_compmix_corpus(SAMPLE)
     assert len(evidences) == 100 and evidences[57].id == "57"
@@ -69,6 +73,7 @@ def test_readers_on_the_real_sample() -> None:
     assert "57" in AnswerIndex(evidences).relevant(by_id["5226"].answers)
 
 
+@needs_data
 def test_index_agrees_with_the_definition_on_real_data() -> None:
     evidences = read_compmix_corpus(SAMPLE)
     index = AnswerIndex(evidences)
@@ -87,6 +92,7 @@ def test_reader_errors_name_the_evidence(tmp_path: Path) -> None:
     assert read_compmix_corpus(lines)[0].source is Source.INFOBOX
 
 
+@needs_data
 def test_fixed_source_and_gold_mapping() -> None:
     evidences = read_compmix_corpus(SAMPLE)
     questions = [q for q in read_compmix_questions(DEV) if q.id == "5226"]
@@ -96,6 +102,7 @@ def test_fixed_source_and_gold_mapping() -> None:
     assert fixed[0].gold_sources == (Source.TABLE,)
 
 
+@needs_data
 def test_compmix_end_to_end_on_the_sample(tmp_path: Path, encoder) -> None:
     config = CompMixBenchConfig(corpus=SAMPLE, questions=DEV, out=tmp_path / "out", methods=(Method.BM25, Method.DENSE),
                                 only_answerable=True, cache_dir=tmp_path / "cache", show_progress=False)
