@@ -38,12 +38,14 @@ def info_nce(queries: torch.Tensor, docs: torch.Tensor, temperature: float,
 
 
 def source_preference(queries: torch.Tensor, docs: torch.Tensor, temperature: float,
-                      wanted: torch.Tensor) -> torch.Tensor:
+                      wanted: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax mass of the requested source's docs: ``-log sum_{wanted} p(doc | query)``.
 
-    The InfoNCE term only orders the gold unit above its negatives; this term orders *every*
-    unit of the requested source above units of other sources, which is what "retrieve from
-    tables" asks of the whole top-k.
+    The InfoNCE term only orders the gold unit above its negatives; this term orders the other
+    units of the requested source above units of other sources, which is what "retrieve from
+    tables" asks of the whole top-k. Stage 3 passes each query's own gold unit in ``ignore``:
+    left in, the gold alone carries nearly all the wanted mass once InfoNCE has ranked it first,
+    and the term stops teaching anything about the rest of the ranking.
 
     Args:
         queries: ``[B, d]`` L2-normalised.
@@ -51,15 +53,21 @@ def source_preference(queries: torch.Tensor, docs: torch.Tensor, temperature: fl
         temperature: softmax temperature.
         wanted: bool ``[B, N]``; True where doc ``j`` is of the source query ``i`` asked for.
             Rows with no wanted doc, or nothing but wanted docs, are skipped.
+        ignore: optional bool ``[B, N]``; docs left out of both sums for that query.
 
     Returns:
         The mean over the scored rows (0 when none).
     """
     scores = queries @ docs.T / temperature  # [B, N]
-    count = wanted.sum(dim=1)
-    rows = (count > 0) & (count < wanted.shape[1])
+    if ignore is not None:
+        scores = scores.masked_fill(ignore, float("-inf"))
+        wanted = wanted & ~ignore
+        unwanted = ~wanted & ~ignore
+    else:
+        unwanted = ~wanted
+    rows = wanted.any(dim=1) & unwanted.any(dim=1)
     if not bool(rows.any()):
-        return scores.sum() * 0.0
+        return (queries @ docs.T).sum() * 0.0
     scores, wanted = scores[rows], wanted[rows]
     inside = torch.logsumexp(scores.masked_fill(~wanted, float("-inf")), dim=1)
     return (torch.logsumexp(scores, dim=1) - inside).mean()

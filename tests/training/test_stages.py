@@ -109,6 +109,25 @@ def test_source_preference_is_the_requested_sources_softmax_mass():
     assert source_preference(queries, docs, 0.5, torch.zeros(3, 3, dtype=torch.bool)).item() == 0.0
 
 
+def test_source_preference_ignores_the_masked_docs():
+    torch.manual_seed(0)
+    queries = torch.nn.functional.normalize(torch.randn(2, 4), dim=-1)
+    docs = torch.nn.functional.normalize(torch.randn(5, 4), dim=-1)
+    wanted = torch.tensor([[True, False, True, False, True], [True, True, False, False, False]])
+    ignore = torch.zeros(2, 5, dtype=torch.bool)
+    ignore[0, 0] = True  # query 0's own gold: the rest of its source must outrank docs 1 and 3
+    ignore[1, 1] = True
+    got = source_preference(queries, docs, 0.5, wanted, ignore=ignore)
+    s0 = queries[0] @ docs.T / 0.5
+    s1 = queries[1] @ docs.T / 0.5
+    expected0 = -(s0[[2, 4]].exp().sum() / s0[1:].exp().sum()).log()
+    expected1 = -(s1[0].exp() / s1[[0, 2, 3, 4]].exp().sum()).log()
+    assert torch.allclose(got, (expected0 + expected1) / 2)
+    # A query whose only wanted doc is ignored is skipped, not scored as -log 0.
+    only = torch.tensor([[True, False, False, False, False]])
+    assert source_preference(queries[:1], docs, 0.5, only, ignore=only).item() == 0.0
+
+
 def test_info_nce_scores_only_the_selected_rows():
     torch.manual_seed(1)
     queries = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
