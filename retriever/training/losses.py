@@ -58,16 +58,13 @@ def source_preference(queries: torch.Tensor, docs: torch.Tensor, temperature: fl
     Returns:
         The mean over the scored rows (0 when none).
     """
-    scores = queries @ docs.T / temperature  # [B, N]
-    if ignore is not None:
-        scores = scores.masked_fill(ignore, float("-inf"))
-        wanted = wanted & ~ignore
-        unwanted = ~wanted & ~ignore
-    else:
-        unwanted = ~wanted
-    rows = wanted.any(dim=1) & unwanted.any(dim=1)
+    if ignore is None:
+        ignore = torch.zeros_like(wanted)
+    scores = (queries @ docs.T / temperature).masked_fill(ignore, float("-inf"))  # [B, N]
+    wanted = wanted & ~ignore
+    rows = wanted.any(dim=1) & (~wanted & ~ignore).any(dim=1)
     if not bool(rows.any()):
-        return (queries @ docs.T).sum() * 0.0
+        return (queries.sum() + docs.sum()) * 0.0
     scores, wanted = scores[rows], wanted[rows]
     inside = torch.logsumexp(scores.masked_fill(~wanted, float("-inf")), dim=1)
     return (torch.logsumexp(scores, dim=1) - inside).mean()

@@ -10,9 +10,9 @@ source types, and the question's gold units of other sources are added too.
 That orders the gold unit above its negatives, but not the rest of the top-k: two further
 (configurable) parts teach the model to put the requested source first. ``source_loss_weight``
 adds :func:`~retriever.training.losses.source_preference`, which pushes the batch's other units
-of the requested source (the query's own gold left out) above units of other sources; ``counterfactual_prob`` asks
-for sources the question has no gold in, so the instruction, not the question's style, has to
-decide the source.
+of the requested source (the query's own gold left out) above units of other sources;
+``counterfactual_prob`` asks for sources the question has no gold in, so the instruction, not the
+question's style, has to decide the source.
 """
 
 from __future__ import annotations
@@ -175,9 +175,10 @@ class FinetuneTask:
             sources = [self.data.units[i].source for i in doc_ids]
             wanted = torch.tensor([[e.requested is not None and s is e.requested for s in sources] for e in examples],
                                   dtype=torch.bool, device=device)
-            # A scored query's own gold unit is left out: the term ranks the rest of its source.
-            own = torch.zeros_like(wanted)
-            own[torch.arange(len(examples), device=device), torch.arange(len(examples), device=device)] = scored
+            # A scored query's own gold unit (every copy of it in the batch) is left out: the term
+            # ranks the rest of its source. A counterfactual's positive is only a stand-in; it stays.
+            own = torch.tensor([[not e.counterfactual and unit == e.positive for unit in doc_ids] for e in examples],
+                               dtype=torch.bool, device=device)
             loss = loss + self.config.source_loss_weight * source_preference(queries, docs, self.config.temperature,
                                                                              wanted, ignore=own)
         return loss, q_tokens + d_tokens

@@ -71,6 +71,12 @@ def test_finetune_loss_decreases_on_a_fixed_batch(model, data):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+def _draw(model, data, config: FinetuneConfig, seed: int, count: int = 40) -> list:
+    task = FinetuneTask(model, data, config, mine_bm25(data, 10))
+    rng, _ = step_generators(seed, "finetune", 0, 0)
+    return [task.draw(rng) for _ in range(count)]
+
+
 def test_finetune_with_source_preference_and_counterfactuals_decreases_on_a_fixed_batch(model, data):
     config = FinetuneConfig(steps=1, batch_size=6, temperature=0.05, hard_negatives=2, mine_depth=5,
                             source_loss_weight=1.0, counterfactual_prob=0.5, general_instruction_prob=0.2)
@@ -82,9 +88,7 @@ def test_finetune_with_source_preference_and_counterfactuals_decreases_on_a_fixe
 def test_counterfactual_examples_ask_for_a_source_without_gold(model, data):
     config = FinetuneConfig(steps=1, batch_size=4, hard_negatives=4, general_instruction_prob=0.0,
                             canonical_phrasing_prob=1.0, counterfactual_prob=1.0)
-    task = FinetuneTask(model, data, config, mine_bm25(data, 10))
-    rng, _ = step_generators(4, "finetune", 0, 0)
-    examples = [task.draw(rng) for _ in range(40)]
+    examples = _draw(model, data, config, seed=4)
     counterfactual = [e for e in examples if e.counterfactual]
     assert counterfactual
     for e in counterfactual:
@@ -96,6 +100,30 @@ def test_counterfactual_examples_ask_for_a_source_without_gold(model, data):
         assert data.units[e.positive].record_id not in item.gold_records
         assert {data.units[i].record_id for i in e.negatives} & item.gold_records  # the real answer ranks below
         assert all(data.units[i].source is not e.requested for i in e.negatives)
+
+
+def test_finetune_source_term_leaves_out_each_querys_own_gold(model, data, monkeypatch):
+    import retriever.training.stage3_finetune as stage3
+
+    seen = {}
+
+    def spy(queries, docs, temperature, wanted, ignore=None):
+        seen.update(wanted=wanted, ignore=ignore)
+        return source_preference(queries, docs, temperature, wanted, ignore=ignore)
+
+    monkeypatch.setattr(stage3, "source_preference", spy)
+    config = FinetuneConfig(steps=1, batch_size=8, hard_negatives=2, source_loss_weight=1.0,
+                            counterfactual_prob=0.5, general_instruction_prob=0.0)
+    task = FinetuneTask(model, data, config, mine_bm25(data, 10))
+    examples = task.batch(step_generators(2, "finetune", 0, 0)[0])
+    monkeypatch.setattr(task, "batch", lambda rng: examples)
+    task.loss(*step_generators(2, "finetune", 0, 0))
+    doc_ids = [e.positive for e in examples] + [n for e in examples for n in e.negatives]
+    assert any(e.counterfactual for e in examples) and not all(e.counterfactual for e in examples)
+    for r, e in enumerate(examples):
+        expected = [not e.counterfactual and unit == e.positive for unit in doc_ids]
+        assert seen["ignore"][r].tolist() == expected
+    assert seen["wanted"][~seen["ignore"]].any()
 
 
 def test_source_preference_is_the_requested_sources_softmax_mass():
@@ -151,9 +179,7 @@ def test_mined_negatives_never_contain_gold_records(data):
 def test_source_specific_examples_get_other_source_negatives(model, data):
     config = FinetuneConfig(steps=1, batch_size=4, hard_negatives=4, other_source_share=0.5,
                             general_instruction_prob=0.0, canonical_phrasing_prob=1.0)
-    task = FinetuneTask(model, data, config, mine_bm25(data, 10))
-    rng, _ = step_generators(1, "finetune", 0, 0)
-    examples = [task.draw(rng) for _ in range(40)]
+    examples = _draw(model, data, config, seed=1)
     for e in examples:
         assert e.requested is not None
         assert e.query.startswith("Given a question, retrieve relevant evidence that can answer the question from")
