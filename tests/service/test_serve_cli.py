@@ -68,6 +68,9 @@ def test_serve_query_publish_and_sigterm_drain(tiny_index_dir, tmp_path, capsys)
 
         with grpc.insecure_channel(address) as channel:
             stub = stub_for(channel)
+            # Open the connection first: a call still connecting when SIGTERM lands is refused
+            # (UNAVAILABLE, GOAWAY), which is right for the server but not what this test checks.
+            stub.Retrieve(request("warm up", top_k=1), timeout=30)
             big = pb.RetrieveBatchRequest(requests=[request(f"question number {i} about music", top_k=50)
                                                     for i in range(256)])
             in_flight = stub.RetrieveBatch.future(big, timeout=60)
