@@ -32,6 +32,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "strings")
     parser.set_defaults(func=run_train)
 
+    merge = subparsers.add_parser(
+        "merge-models", help="average the weights of two models of one architecture (a two-model soup)",
+        description="Write (1 - WEIGHT) * FIRST + WEIGHT * SECOND, tensor by tensor, as a new model directory; "
+        "prompts, pooling, tokenizer and manifest come from FIRST. Meant for two fine-tunes of one starting "
+        "model, e.g. a stage-3 run with the source-preference term (FIRST) and one without it (SECOND): the "
+        "weight trades instruction following (low) against general ranking (high). Check the result with "
+        "`retriever bench heteromix`.")
+    merge.add_argument("first", type=Path, help="model directory (weight 1 - WEIGHT)")
+    merge.add_argument("second", type=Path, help="model directory (weight WEIGHT)")
+    merge.add_argument("--weight", type=float, required=True, help="share of SECOND, in [0, 1]")
+    merge.add_argument("--out", type=Path, required=True, help="output model directory")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    merge.set_defaults(func=run_merge)
+
 
 def run_train(args: argparse.Namespace) -> int:
     from retriever.training import StopRequested, load_config, train
@@ -68,6 +82,17 @@ def run_train(args: argparse.Namespace) -> int:
               f"{stage['tokens_per_second']:.0f} tokens/s, loss {stage['first_loss']:.4f} → {stage['last_loss']:.4f}")
     if report.dev_metrics:
         print("dev sample (proxy):", json.dumps(report.dev_metrics, indent=1))
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from retriever.errors import InvalidInputError
+    from retriever.training.merge import interpolate_models
+
+    if args.out.exists() and not args.overwrite:
+        raise InvalidInputError(f"{args.out} exists; pass --overwrite to replace it")
+    out = interpolate_models(args.first, args.second, args.weight, args.out)
+    print(f"model: {out} ({1 - args.weight:g} × {args.first} + {args.weight:g} × {args.second})")
     return 0
 
 

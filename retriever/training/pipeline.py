@@ -19,7 +19,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 RUN_STATE = "run_state.json"
 MANIFEST_NAME = "training_manifest.json"
+# Stage 3's two runs when [finetune] plain_merge_weight > 0 (merged into stages/finetune).
+INSTRUCTED = "finetune-instructed"
+PLAIN = "finetune-plain"
 
 
 @dataclass
@@ -113,9 +116,16 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         _write_state(out, state)
 
     fingerprint = config.fingerprint()
+    stage_start = start_dir
     for stage in config.run.stages:
         if stage.value in completed:
             logger.info("%s already completed in %s; skipping", stage.value, out)
+            stage_start = out / "stages" / stage.value
+            continue
+        if stage is StageName.FINETUNE and config.finetune.plain_merge_weight > 0:
+            device_name = model.device
+            del model  # the two stage-3 runs load their own copies of the starting model
+            model = _finetune_and_merge(device_name, stage_start, data, config, pairs, out, state, should_stop)
             continue
         model.start_stage()
         task = _build_task(stage, model, data, config, pairs)
@@ -126,6 +136,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         completed[stage.value] = result.to_json()
         _write_state(out, state)
         shutil.rmtree(out / "checkpoints" / stage.value, ignore_errors=True)
+        stage_start = out / "stages" / stage.value
 
     model_dir = out / "model"
     model.save(model_dir, default_prompts())
@@ -134,11 +145,55 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                                                           config.run.seed)
         _write_state(out, state)
     stages = [completed[s.value] for s in config.run.stages]
+    if PLAIN in completed and StageName.FINETUNE in config.run.stages:
+        stages.append(completed[PLAIN])
     manifest = _manifest(config, base_dir, stages, state["dev_metrics"], data, device, window)
     (model_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     seconds = time.perf_counter() - started
     logger.info("training finished in %.1fs; model in %s", seconds, model_dir)
     return TrainReport(model_dir, stages, state["dev_metrics"], seconds)
+
+
+def _finetune_and_merge(device: str, start: Path, data: TrainingData, config: TrainConfig,
+                        pairs: list[DataTextPair], out: Path, state: dict[str, Any],
+                        should_stop: Callable[[int], bool] | None) -> EmbeddingModel:
+    """Stage 3 twice from ``start`` (instructed, then plain), merged into ``stages/finetune``.
+
+    Both runs use the stage name ``finetune`` for their per-step seeds, so they draw the same
+    questions, instructions and dropout except where the plain run leaves the counterfactual
+    instructions out; each is exactly what a standalone ``--stages finetune`` run from ``start``
+    would train. Each completed run is recorded in the run state, so a resume skips it.
+    """
+    from retriever.training.merge import interpolate_models
+
+    completed: dict[str, Any] = state["completed"]
+    settings = config.finetune
+    plain_config = replace(config, finetune=replace(settings, source_loss_weight=0.0, counterfactual_prob=0.0))
+    runs = ((INSTRUCTED, config), (PLAIN, plain_config))
+    for name, run_config in runs:
+        if name in completed:
+            logger.info("%s already completed in %s; skipping", name, out)
+            continue
+        logger.info("stage 3, %s model (merge weight %.2f on the plain one)", name.partition("-")[2],
+                    settings.plain_merge_weight)
+        model = EmbeddingModel(start, config.model, device)
+        model.start_stage()
+        task = _build_task(StageName.FINETUNE, model, data, run_config, pairs)
+        result = run_stage(task, model, run_config.stage(StageName.FINETUNE), config.run, out / "checkpoints" / name,
+                           extra_state={"config_fingerprint": config.fingerprint()}, should_stop=should_stop)
+        model.end_stage()
+        model.save(out / "stages" / name)
+        completed[name] = {**result.to_json(), "stage": name}
+        _write_state(out, state)
+        shutil.rmtree(out / "checkpoints" / name, ignore_errors=True)
+        del model
+    merged = interpolate_models(out / "stages" / INSTRUCTED, out / "stages" / PLAIN, settings.plain_merge_weight,
+                                out / "stages" / StageName.FINETUNE.value)
+    completed[StageName.FINETUNE.value] = {**completed[INSTRUCTED], "stage": StageName.FINETUNE.value,
+                                           "merged": {"plain_merge_weight": settings.plain_merge_weight,
+                                                      "from": [INSTRUCTED, PLAIN]}}
+    _write_state(out, state)
+    return EmbeddingModel(merged, config.model, device)
 
 
 def _build_task(stage: StageName, model: EmbeddingModel, data: TrainingData, config: TrainConfig,
