@@ -61,3 +61,24 @@ def test_llm_variant_runs_three_stages_and_reloads(tiny_data, tiny_decoder, tmp_
     np.testing.assert_array_equal(vectors, again.encode_documents(texts))
     single = np.stack([first.encode_documents([t])[0] for t in texts])
     np.testing.assert_allclose(vectors, single, atol=1e-5)  # last-token pooling ignores padding
+
+
+def test_llm_variant_plain_merge_lerps_the_two_merged_lora_runs(tiny_data, tiny_decoder, tmp_path):
+    raw = tiny_config(tiny_data, tiny_decoder, tmp_path / "run",
+                      run={"stages": ["finetune"]},
+                      model={"pooling": "lasttoken", "max_seq_length": 48,
+                             "lora": {"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
+                      finetune={"steps": 2, "source_loss_weight": 1.0, "counterfactual_prob": 0.3,
+                                "plain_merge_weight": 0.5})
+    report = train(config_from_dict(raw))
+    stages = tmp_path / "run" / "stages"
+    a = load_file(str(stages / "finetune-instructed" / "model.safetensors"))
+    b = load_file(str(stages / "finetune-plain" / "model.safetensors"))
+    merged = load_file(str(report.model_dir / "model.safetensors"))
+    assert not any("lora" in k for k in merged)
+    q = next(k for k in merged if k.endswith("layers.0.self_attn.q_proj.weight"))
+    assert not np.array_equal(a[q].numpy(), b[q].numpy())
+    for name in a:
+        np.testing.assert_allclose(merged[name].numpy(), (0.5 * a[name] + 0.5 * b[name]).numpy(), atol=1e-6)
+    vectors = Encoder(EncoderConfig(model=str(report.model_dir), show_progress=False)).encode_documents(["a b c"])
+    assert vectors.shape[0] == 1 and np.isfinite(vectors).all()
