@@ -20,9 +20,9 @@ from pathlib import Path
 
 from retriever.encoder import resolve_model_dir
 from retriever.training.config import load_config
-from retriever.training.data import load_training_data, tokenizer_budget
-from retriever.training.devcheck import dev_record_ids, evaluate_sample, sample_dev
+from retriever.training.devcheck import evaluate_sample, sample_dev
 from retriever.training.model import EmbeddingModel
+from retriever.training.pipeline import read_run_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,17 +42,12 @@ def main() -> None:
         parser.error(f"{args.config}: [evaluation] needs dev_queries and dev_ids")
     sample = sample_dev(ev.dev_queries, ev.dev_ids, ev.questions, ev.distractor_units, config.run.seed)
     first = EmbeddingModel(resolve_model_dir(args.models[0]), config.model, "cpu")
-    window = config.data.window_tokens or first.saved_max_seq_length - 2
     # Read exactly as the trainer does (training questions included), so the sample's units match.
-    data = load_training_data(
-        config.data.corpus, config.data.train_queries, tokenizer_budget(first.tokenizer, window), config.run.seed,
-        config.data.pool_ids, config.data.pool_records, config.data.max_train_queries,
-        extra_ids=lambda records: dev_record_ids(sample, records))
-    del first
+    data, _ = read_run_data(config, first, sample)
 
     results: dict[str, dict[str, float]] = {}
-    for name in args.models:
-        model = EmbeddingModel(resolve_model_dir(name), config.model, "cpu")
+    for i, name in enumerate(args.models):
+        model = first if i == 0 else EmbeddingModel(resolve_model_dir(name), config.model, "cpu")
         metrics = evaluate_sample(model, data, sample, ev.distractor_units, config.run.seed)
         results[name] = metrics
         print(f"{name}: s1 MRR@100 {metrics['s1_mrr@100']:.3f}, s2 MRR@100 {metrics['s2_mrr@100']:.3f}, "

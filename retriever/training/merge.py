@@ -9,7 +9,6 @@ source-preference term's instruction following against general ranking without r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from safetensors.torch import save_file
 
 from retriever.encoder import model_checksum
 from retriever.errors import InvalidInputError
+from retriever.records import file_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def interpolate_models(first: Path, second: Path, weight: float, out: Path) -> P
         raise InvalidInputError(f"{first} and {second} have different weight files")
     for name in MUST_MATCH:
         a, b = first / name, second / name
-        if a.is_file() != b.is_file() or (a.is_file() and _sha256(a) != _sha256(b)):
+        if a.is_file() != b.is_file() or (a.is_file() and file_fingerprint(a) != file_fingerprint(b)):
             raise InvalidInputError(f"{first} and {second} differ in {name}; only models of one architecture "
                                     "and tokenizer can be merged")
 
@@ -106,6 +106,3 @@ def _merge_shard(first: Path, second: Path, weight: float) -> tuple[dict[str, to
                 raise InvalidInputError(f"{first.name}: integer tensor {name} differs between the models")
     return merged, metadata
 
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -6,12 +6,12 @@ Run directory layout (``[run] output_dir``)::
     config.json                 the resolved configuration
     checkpoints/<stage>/step-*  resumable checkpoints of the stage in progress
     stages/<stage>/             the model after each completed stage (sentence-transformers)
+    stages/finetune-instructed/, stages/finetune-plain/   stage 3's two runs when merged
     model/                      the final model: safetensors, prompts, training_manifest.json
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,11 +33,12 @@ from retriever.instructions import default_prompts
 from retriever.linearize import LINEARIZER_VERSION
 from retriever.records import file_fingerprint, read_id_list
 from retriever.training.anchors import DataTextPair, read_pairs_file
-from retriever.training.config import DeviceChoice, NegativeMiner, StageName, TrainConfig
+from retriever.training.config import DeviceChoice, FinetuneConfig, NegativeMiner, StageName, TrainConfig
 from retriever.training.data import TrainingData, load_training_data, tokenizer_budget
 from retriever.training.devcheck import DevSample, dev_record_ids, evaluate_sample, sample_dev
+from retriever.training.merge import MANIFEST_NAME, interpolate_models
 from retriever.training.model import EmbeddingModel
-from retriever.training.negatives import mine_bm25, mine_with_model
+from retriever.training.negatives import Mined, mine_bm25, mine_with_model
 from retriever.training.stage1_pretrain import PretrainTask
 from retriever.training.stage2_align import AlignTask
 from retriever.training.stage3_finetune import FinetuneTask
@@ -46,7 +47,6 @@ from retriever.training.trainer import StageTask, run_stage
 logger = logging.getLogger(__name__)
 
 RUN_STATE = "run_state.json"
-MANIFEST_NAME = "training_manifest.json"
 # Stage 3's two runs when [finetune] plain_merge_weight > 0 (merged into stages/finetune).
 INSTRUCTED = "finetune-instructed"
 PLAIN = "finetune-plain"
@@ -93,19 +93,11 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         if stage.value in completed:
             start_dir = out / "stages" / stage.value
     model = EmbeddingModel(start_dir, config.model, device)
-    window = config.data.window_tokens or model.saved_max_seq_length - 2
-
     dev: DevSample | None = None
     if config.evaluation.enabled and config.evaluation.dev_queries and config.evaluation.dev_ids:
         dev = sample_dev(config.evaluation.dev_queries, config.evaluation.dev_ids, config.evaluation.questions,
                          config.evaluation.distractor_units, config.run.seed)
-    dev_sample = dev
-    needs_questions = StageName.FINETUNE in config.run.stages
-    data = load_training_data(
-        config.data.corpus, config.data.train_queries if needs_questions else None,
-        tokenizer_budget(model.tokenizer, window), config.run.seed, config.data.pool_ids,
-        config.data.pool_records, config.data.max_train_queries,
-        extra_ids=(lambda records: dev_record_ids(dev_sample, records)) if dev_sample else None)
+    data, window = read_run_data(config, model, dev, with_questions=StageName.FINETUNE in config.run.stages)
     pairs = [p for path in config.data.pairs_files for p in read_pairs_file(path)]
 
     if dev is not None and config.evaluation.evaluate_base and "base" not in state["dev_metrics"]:
@@ -115,28 +107,16 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         del base_model
         _write_state(out, state)
 
-    fingerprint = config.fingerprint()
-    stage_start = start_dir
     for stage in config.run.stages:
         if stage.value in completed:
             logger.info("%s already completed in %s; skipping", stage.value, out)
-            stage_start = out / "stages" / stage.value
-            continue
-        if stage is StageName.FINETUNE and config.finetune.plain_merge_weight > 0:
+        elif stage is StageName.FINETUNE and config.finetune.plain_merge_weight > 0:
             device_name = model.device
             del model  # the two stage-3 runs load their own copies of the starting model
-            model = _finetune_and_merge(device_name, stage_start, data, config, pairs, out, state, should_stop)
-            continue
-        model.start_stage()
-        task = _build_task(stage, model, data, config, pairs)
-        result = run_stage(task, model, config.stage(stage), config.run, out / "checkpoints" / stage.value,
-                           extra_state={"config_fingerprint": fingerprint}, should_stop=should_stop)
-        model.end_stage()
-        model.save(out / "stages" / stage.value)
-        completed[stage.value] = result.to_json()
-        _write_state(out, state)
-        shutil.rmtree(out / "checkpoints" / stage.value, ignore_errors=True)
-        stage_start = out / "stages" / stage.value
+            model = _finetune_and_merge(device_name, _stage_start(config, stage, out, base_dir), data, config, pairs,
+                                        out, state, should_stop)
+        else:
+            _train_stage(stage.value, stage, model, data, config, pairs, out, state, should_stop)
 
     model_dir = out / "model"
     model.save(model_dir, default_prompts())
@@ -154,38 +134,65 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     return TrainReport(model_dir, stages, state["dev_metrics"], seconds)
 
 
+def read_run_data(config: TrainConfig, model: EmbeddingModel, dev: DevSample | None,
+                  with_questions: bool = True) -> tuple[TrainingData, int]:
+    """The corpus units (pool, gold, dev sample) and questions as a run of ``config`` reads them.
+
+    Returns the data and the linearization window in tokens.
+    """
+    window = config.data.window_tokens or model.saved_max_seq_length - 2
+    data = load_training_data(
+        config.data.corpus, config.data.train_queries if with_questions else None,
+        tokenizer_budget(model.tokenizer, window), config.run.seed, config.data.pool_ids,
+        config.data.pool_records, config.data.max_train_queries,
+        extra_ids=(lambda records: dev_record_ids(dev, records)) if dev is not None else None)
+    return data, window
+
+
+def _train_stage(name: str, stage: StageName, model: EmbeddingModel, data: TrainingData, config: TrainConfig,
+                 pairs: list[DataTextPair], out: Path, state: dict[str, Any],
+                 should_stop: Callable[[int], bool] | None, mined: Mined | None = None) -> None:
+    """Train ``model`` through one stage, save it as ``stages/<name>`` and record it in the run state."""
+    model.start_stage()
+    task = _build_task(stage, model, data, config, pairs, mined)
+    result = run_stage(task, model, config.stage(stage), config.run, out / "checkpoints" / name,
+                       extra_state={"config_fingerprint": config.fingerprint()}, should_stop=should_stop)
+    model.end_stage()
+    model.save(out / "stages" / name)
+    state["completed"][name] = {**result.to_json(), "stage": name}
+    _write_state(out, state)
+    shutil.rmtree(out / "checkpoints" / name, ignore_errors=True)
+
+
+def _stage_start(config: TrainConfig, stage: StageName, out: Path, base_dir: Path) -> Path:
+    """The model a stage starts from: the previous listed stage's output, else the base model."""
+    index = config.run.stages.index(stage)
+    return out / "stages" / config.run.stages[index - 1].value if index else base_dir
+
+
 def _finetune_and_merge(device: str, start: Path, data: TrainingData, config: TrainConfig,
                         pairs: list[DataTextPair], out: Path, state: dict[str, Any],
                         should_stop: Callable[[int], bool] | None) -> EmbeddingModel:
     """Stage 3 twice from ``start`` (instructed, then plain), merged into ``stages/finetune``.
 
-    Both runs use the stage name ``finetune`` for their per-step seeds, so they draw the same
-    questions, instructions and dropout except where the plain run leaves the counterfactual
-    instructions out; each is exactly what a standalone ``--stages finetune`` run from ``start``
-    would train. Each completed run is recorded in the run state, so a resume skips it.
+    Both runs use the stage name ``finetune`` for their per-step seeds and share one set of mined
+    negatives, so each is exactly what a standalone ``--stages finetune`` run from ``start`` would
+    train. Each completed run is recorded in the run state, so a resume skips it.
     """
-    from retriever.training.merge import interpolate_models
-
     completed: dict[str, Any] = state["completed"]
     settings = config.finetune
     plain_config = replace(config, finetune=replace(settings, source_loss_weight=0.0, counterfactual_prob=0.0))
-    runs = ((INSTRUCTED, config), (PLAIN, plain_config))
-    for name, run_config in runs:
+    mined: Mined | None = None
+    for name, run_config in ((INSTRUCTED, config), (PLAIN, plain_config)):
         if name in completed:
             logger.info("%s already completed in %s; skipping", name, out)
             continue
-        logger.info("stage 3, %s model (merge weight %.2f on the plain one)", name.partition("-")[2],
+        logger.info("stage 3, %s run (merge weight %.2f on the plain one)", name.partition("-")[2],
                     settings.plain_merge_weight)
         model = EmbeddingModel(start, config.model, device)
-        model.start_stage()
-        task = _build_task(StageName.FINETUNE, model, data, run_config, pairs)
-        result = run_stage(task, model, run_config.stage(StageName.FINETUNE), config.run, out / "checkpoints" / name,
-                           extra_state={"config_fingerprint": config.fingerprint()}, should_stop=should_stop)
-        model.end_stage()
-        model.save(out / "stages" / name)
-        completed[name] = {**result.to_json(), "stage": name}
-        _write_state(out, state)
-        shutil.rmtree(out / "checkpoints" / name, ignore_errors=True)
+        if mined is None:
+            mined = _mine(model, data, settings)
+        _train_stage(name, StageName.FINETUNE, model, data, run_config, pairs, out, state, should_stop, mined)
         del model
     merged = interpolate_models(out / "stages" / INSTRUCTED, out / "stages" / PLAIN, settings.plain_merge_weight,
                                 out / "stages" / StageName.FINETUNE.value)
@@ -196,18 +203,19 @@ def _finetune_and_merge(device: str, start: Path, data: TrainingData, config: Tr
     return EmbeddingModel(merged, config.model, device)
 
 
+def _mine(model: EmbeddingModel, data: TrainingData, settings: FinetuneConfig) -> Mined:
+    if settings.miner is NegativeMiner.BM25:
+        return mine_bm25(data, settings.mine_depth)
+    return mine_with_model(data, model, settings.mine_depth)
+
+
 def _build_task(stage: StageName, model: EmbeddingModel, data: TrainingData, config: TrainConfig,
-                pairs: list[DataTextPair]) -> StageTask:
+                pairs: list[DataTextPair], mined: Mined | None = None) -> StageTask:
     if stage is StageName.PRETRAIN:
         return PretrainTask(model, data, config.pretrain, config.run.seed)
     if stage is StageName.ALIGN:
         return AlignTask(model, data, config.align, pairs)
-    settings = config.finetune
-    if settings.miner is NegativeMiner.BM25:
-        mined = mine_bm25(data, settings.mine_depth)
-    else:
-        mined = mine_with_model(data, model, settings.mine_depth)
-    return FinetuneTask(model, data, settings, mined)
+    return FinetuneTask(model, data, config.finetune, _mine(model, data, config.finetune) if mined is None else mined)
 
 
 def _prepare(out: Path, config: TrainConfig, resume: bool, overwrite: bool) -> dict[str, Any]:
@@ -239,14 +247,6 @@ def _write_state(out: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, out / RUN_STATE)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _manifest(config: TrainConfig, base_dir: Path, stages: list[dict[str, Any]], dev: dict[str, Any],
               data: TrainingData, device: str, window: int) -> dict[str, Any]:
     import sentence_transformers
@@ -256,8 +256,8 @@ def _manifest(config: TrainConfig, base_dir: Path, stages: list[dict[str, Any]],
     fingerprints: dict[str, Any] = {
         "corpus": {"path": str(d.corpus),
                    "sha256": file_fingerprint(d.corpus, read_id_list(d.pool_ids) if d.pool_ids else None)},
-        "train_queries": {"path": str(d.train_queries), "sha256": _sha256(d.train_queries)},
-        "pairs_files": [{"path": str(p), "sha256": _sha256(p)} for p in d.pairs_files],
+        "train_queries": {"path": str(d.train_queries), "sha256": file_fingerprint(d.train_queries)},
+        "pairs_files": [{"path": str(p), "sha256": file_fingerprint(p)} for p in d.pairs_files],
         "pool_units": len(data.pool),
         "training_questions": len(data.questions),
     }
