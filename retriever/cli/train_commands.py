@@ -77,9 +77,14 @@ def run_train(args: argparse.Namespace) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     print(f"model: {report.model_dir} ({report.seconds:.0f}s)")
+    width = max((len(stage["stage"]) for stage in report.stages), default=0)
     for stage in report.stages:
-        print(f"  {stage['stage']:<9} {stage['steps']} steps, {stage['tokens']} tokens, "
-              f"{stage['tokens_per_second']:.0f} tokens/s, loss {stage['first_loss']:.4f} → {stage['last_loss']:.4f}")
+        merged = stage.get("merged")
+        note = (f" (instructed run; saved merged with {merged['from'][1]}, "
+                f"{merged['plain_merge_weight']:g} on it)" if merged else "")
+        print(f"  {stage['stage']:<{width}}  {stage['steps']} steps, {stage['tokens']} tokens, "
+              f"{stage['seconds']:.0f}s, {stage['tokens_per_second']:.0f} tokens/s, "
+              f"loss {stage['first_loss']:.4f} → {stage['last_loss']:.4f}{note}")
     if report.dev_metrics:
         print("dev sample (proxy):", json.dumps(report.dev_metrics, indent=1))
     return 0

@@ -120,3 +120,25 @@ def test_plain_merge_resumes_inside_the_plain_run(tiny_data, tiny_st_model, tmp_
     a, b = _weights(full.model_dir), _weights(resumed.model_dir)
     for name in a:
         assert (a[name] - b[name]).abs().max() < 1e-6, name
+
+
+def _toml(raw: dict) -> str:
+    """The tiny config as TOML (values are scalars or lists; JSON literals are valid TOML there)."""
+    lines = []
+    for section, values in raw.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_train_command_reports_the_merged_stage(tiny_data, tiny_st_model, tmp_path: Path, capsys):
+    raw = tiny_config(tiny_data, tiny_st_model, tmp_path / "run", run={"stages": ["finetune"]},
+                      finetune={"source_loss_weight": 1.0, "plain_merge_weight": 0.25})
+    config = tmp_path / "train.toml"
+    config.write_text(_toml(raw), encoding="utf-8")
+    assert main(["train", "--config", str(config), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"model: {tmp_path / 'run' / 'model'}" in out
+    finetune = next(line for line in out.splitlines() if line.strip().startswith("finetune "))
+    assert "3 steps" in finetune and "merged with finetune-plain, 0.25 on it" in finetune
+    assert any(line.strip().startswith("finetune-plain ") for line in out.splitlines())
