@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from retriever.evaluation.collection import UnitScheme
     from retriever.evaluation.heteromix import DEFAULT_SCENARIOS, Scenario
 
-    bench = subparsers.add_parser("bench", help="run a retrieval benchmark (heteromix, routing, compmix)",
+    bench = subparsers.add_parser("bench",
+                                  help="run a retrieval benchmark (heteromix, routing, compmix) or compare saved ones",
                                   description="Reproducible retrieval benchmarks; see docs/BENCHMARKS.md.")
     kinds = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     hetero_data = data_dir() / "heteromix"
@@ -105,6 +106,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cm.set_defaults(func=run_compmix)
 
 
+    cmp = kinds.add_parser(
+        "compare", help="side-by-side tables of saved benchmark outputs (no recomputation)",
+        description="Read the metrics.json of several `retriever bench heteromix` output directories (one per "
+        "model: an ablation, merge weights, a checkpoint against the bundled model) and print one Markdown table "
+        "per metric: rows are scenario, method and run; columns are datasets and pooled.")
+    cmp.add_argument("runs", type=Path, nargs="+", metavar="DIR", help="--out directories of earlier bench runs")
+    cmp.add_argument("--labels", type=comma_list, default=None,
+                     help="comma-separated names for the runs, in order (default: the directory paths)")
+    cmp.add_argument("--metrics", type=comma_list, default=["mrr@100", "source@10"],
+                     help="comma-separated metric keys of metrics.json (default mrr@100,source@10; others: hit@1, "
+                     "hit@5, hit@10, hit@100, row_hit@10, row_hit@100)")
+    cmp.add_argument("--scenarios", type=comma_list, default=None, help="only these scenarios, in this order")
+    cmp.add_argument("--methods", type=comma_list, default=None, help="only these methods (bm25, dense, hybrid)")
+    cmp.set_defaults(func=run_compare)
+
+
+def comma_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
 def add_output_args(parser: argparse.ArgumentParser, name: str) -> None:
     group = parser.add_argument_group("outputs")
     group.add_argument("--out", type=Path, default=Path("benchmarks") / "results" / name,
@@ -161,4 +182,11 @@ def run_compmix(args: argparse.Namespace) -> int:
         results_md=None if args.no_results_md else args.results_md, limit=args.limit,
         show_progress=not args.no_progress))
     print(report)
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from retriever.evaluation.compare import compare_markdown
+
+    print(compare_markdown(args.runs, args.labels, args.metrics, args.scenarios, args.methods))
     return 0
