@@ -5,21 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retriever.index.shards import SearchParams, Shard, ShardedIndex, create_index, gpu_count
-from tests.index.test_shards import DIM, SIZES, SOURCES, data  # noqa: F401  (the fixture)
+from retriever.index.shards import gpu_count
+from tests.index.test_shards import build, data  # noqa: F401  (data is the fixture)
 
 pytestmark = pytest.mark.gpu
-
-
-def build(vectors: np.ndarray, factory: str, use_gpu: bool) -> ShardedIndex:
-    shards, start = [], 0
-    for source, size in zip(SOURCES, SIZES):
-        index, used = create_index(DIM, factory, vectors[start:start + size])
-        shards.append(Shard(source, start, index, used, use_gpu=use_gpu))
-        start += size
-    sharded = ShardedIndex(shards)
-    sharded.set_params(SearchParams(nprobe=64, ef_search=256))
-    return sharded
 
 
 @pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat"])

@@ -27,11 +27,11 @@ def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return vectors, labels, normalized(rng, 50)
 
 
-def build(vectors: np.ndarray, factory: str) -> ShardedIndex:
+def build(vectors: np.ndarray, factory: str, use_gpu: bool = False) -> ShardedIndex:
     shards, start = [], 0
     for source, size in zip(SOURCES, SIZES):
         index, used = create_index(DIM, factory, vectors[start:start + size])
-        shards.append(Shard(source, start, index, used, use_gpu=False))
+        shards.append(Shard(source, start, index, used, use_gpu=use_gpu))
         start += size
     sharded = ShardedIndex(shards)
     sharded.set_params(SearchParams(nprobe=64, ef_search=256))
