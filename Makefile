@@ -68,5 +68,5 @@ clean:
 FAISS_CPU_VENV ?= .venv-faiss-cpu
 test-faiss-cpu:
 	test -x $(FAISS_CPU_VENV)/bin/python || $(PYTHON) -m venv $(FAISS_CPU_VENV)
-	$(FAISS_CPU_VENV)/bin/python -m pip install -q faiss-cpu numpy orjson tqdm pytest
+	$(FAISS_CPU_VENV)/bin/python -m pip install -q faiss-cpu numpy orjson pyarrow tqdm pytest
 	$(FAISS_CPU_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/index/test_shards.py

@@ -145,8 +145,8 @@ class HybridSearcher:
         store = self.index.store
         results = []
         for (ids, scores), sources, was_resolved in zip(rankings, filters, resolved, strict=True):
-            hits = [Hit(i, store.record_ids[i], store.source_of(i), int(store.parts[i]), store.titles[i],
-                        store.texts[i], s) for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
+            hits = [Hit(i, store.record_id(i), store.source_of(i), int(store.parts[i]), store.title(i),
+                        store.text(i), s) for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
             results.append(SearchResult(hits, sources, was_resolved))
         return results
 

@@ -127,6 +127,6 @@ class Searcher:
         for score, unit_id in zip(scores.tolist(), ids.tolist()):
             if unit_id < 0 or (threshold is not None and score < threshold):
                 continue
-            hits.append(Hit(unit_id, store.record_ids[unit_id], store.source_of(unit_id), int(store.parts[unit_id]),
-                            store.titles[unit_id], store.texts[unit_id], float(score)))
+            hits.append(Hit(unit_id, store.record_id(unit_id), store.source_of(unit_id), int(store.parts[unit_id]),
+                            store.title(unit_id), store.text(unit_id), float(score)))
         return hits

@@ -40,7 +40,7 @@ from retriever.evaluation.metrics import (
 )
 from retriever.evaluation.retrievers import UnitRetriever
 from retriever.hybrid import Ranking
-from retriever.index.store import UnitStore
+from retriever.index.store import SOURCE_ORDER, UnitStore
 from retriever.instructions import SOURCE_NAMES, SOURCE_TEMPLATE, instruction_for
 from retriever.records import Source, iter_lines
 from retriever.searcher import Query
@@ -180,15 +180,15 @@ def judge(question: HeteroQuestion, scenario: Scenario, record_sources: Mapping[
 
 def record_sources(store: UnitStore) -> dict[str, Source]:
     out: dict[str, Source] = {}
-    for i, rid in enumerate(store.record_ids):
+    for rid, code in zip(store.record_ids, store.sources.tolist(), strict=True):
         if rid not in out:
-            out[rid] = store.source_of(i)
+            out[rid] = SOURCE_ORDER[code]
     return out
 
 
 def ranked_units(store: UnitStore, ranking: Ranking) -> RankedUnits:
     ids = ranking[0].tolist()
-    return RankedUnits([store.record_ids[i] for i in ids], [store.source_of(i) for i in ids],
+    return RankedUnits([store.record_id(i) for i in ids], [store.source_of(i) for i in ids],
                        [int(store.parts[i]) for i in ids])
 
 

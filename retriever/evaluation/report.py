@@ -42,7 +42,7 @@ class Column:
 
 def trec_docid(store: UnitStore, unit_id: int) -> str:
     """A unit's document id in run files: ``record#row`` for table rows, ``record#w<n>`` for window n > 0."""
-    rid = store.record_ids[unit_id]
+    rid = store.record_id(unit_id)
     part = int(store.parts[unit_id])
     if store.source_of(unit_id) is Source.TABLE:
         return f"{rid}#{part}"

@@ -6,7 +6,7 @@ number of units and the SHA-256 of the unit texts it was built from, and the siz
 of every file. Loading checks all of it, so a lexical index can never be paired with the
 units of another index by mistake. The default location is ``<index dir>/lexical``.
 
-Unit ids are the dense index's unit ids (the row numbers of ``units.jsonl``).
+Unit ids are the dense index's unit ids (the row numbers of ``units.arrow``).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ class Index:
         started = time.perf_counter()
         manifest = Manifest.read(path)
         verify_files(path, manifest)
-        store = UnitStore.read(path / UNITS_NAME, manifest.total_units)
+        store = UnitStore.open(path / UNITS_NAME, manifest.total_units)
         shards = []
         for info in manifest.shards:
             index = read_shard(path / info.file, manifest.dimension, info.count)

@@ -11,7 +11,7 @@ import orjson
 from retriever.errors import CorruptIndexError, IncompatibleIndexError
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the unit store is units.arrow (Arrow IPC), was units.jsonl
 
 
 @dataclass(frozen=True)

@@ -1,80 +1,292 @@
 """The unit store: for each unit id, its record id, source, part, title and embedded text.
 
-Stored as ``units.jsonl`` (one JSON array per line; no pickle). Unit ids are line numbers,
-and units are ordered by source so that each source is one contiguous id range.
+Stored as ``units.arrow``, an uncompressed Arrow IPC file (no pickle) with the columns of
+:data:`UNITS_SCHEMA`. Unit ids are row numbers, and units are ordered by source so that each
+source is one contiguous id range. :meth:`UnitStore.open` memory-maps the file: loading reads the
+footer and the small ``source`` and ``part`` columns, and a hit's record id, title and text are
+paged in only when asked for, so a 10M-unit index never holds every text as a Python object.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import logging
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Any, overload
 
 import numpy as np
-import orjson
+import pyarrow as pa
 
 from retriever.errors import CorruptIndexError
 from retriever.linearize import Unit
 from retriever.records import Source
 
-UNITS_NAME = "units.jsonl"
+logger = logging.getLogger(__name__)
+
+UNITS_NAME = "units.arrow"
 SOURCE_ORDER: tuple[Source, ...] = (Source.TEXT, Source.TABLE, Source.KB, Source.INFOBOX)
 SOURCE_CODE: dict[Source, int] = {s: i for i, s in enumerate(SOURCE_ORDER)}
 
+UNITS_SCHEMA = pa.schema([
+    pa.field("record_id", pa.string(), nullable=False),
+    pa.field("source", pa.uint8(), nullable=False),  # SOURCE_CODE of the unit's source
+    pa.field("part", pa.int32(), nullable=False),
+    pa.field("title", pa.string(), nullable=False),
+    pa.field("text", pa.string(), nullable=False),
+])
+_STRINGS = (pa.string(), pa.large_string())
+# Types accepted when opening; large_string too, for stores whose batches pass 2 GiB of text.
+_ACCEPTED_TYPES: dict[str, tuple[pa.DataType, ...]] = {
+    "record_id": _STRINGS, "source": (pa.uint8(),), "part": (pa.int32(),), "title": _STRINGS, "text": _STRINGS,
+}
+_BATCH_ROWS = 65_536  # record-batch size of UnitStore.from_units / write
+_ITER_ROWS = 8_192  # rows converted to Python objects at a time when iterating a column
 
-@dataclass
-class UnitStore:
-    record_ids: list[str]
-    sources: np.ndarray  # [n] uint8, SOURCE_CODE of each unit
-    parts: np.ndarray  # [n] int32
-    titles: list[str]
-    texts: list[str]
+
+def _batches(units: Sequence[Unit]) -> Iterator[pa.RecordBatch]:
+    """One record batch of ``units``, split in halves only where a string column passes 2 GiB."""
+    if not units:
+        return
+    strings = [pa.array([u.record_id for u in units], type=pa.string()),
+               pa.array([u.title for u in units], type=pa.string()),
+               pa.array([u.text for u in units], type=pa.string())]
+    if any(isinstance(a, pa.ChunkedArray) for a in strings) and len(units) > 1:  # overflowed int32 offsets
+        half = len(units) // 2
+        yield from _batches(units[:half])
+        yield from _batches(units[half:])
+        return
+    sources = np.fromiter((SOURCE_CODE[u.source] for u in units), dtype=np.uint8, count=len(units))
+    parts = np.fromiter((u.part for u in units), dtype=np.int32, count=len(units))
+    yield pa.RecordBatch.from_arrays([strings[0], pa.array(sources), pa.array(parts), strings[1], strings[2]],
+                                     schema=UNITS_SCHEMA)
+
+
+class UnitStoreWriter:
+    """Streams units into a ``units.arrow`` file, one record batch per :meth:`write`.
+
+    The Arrow IPC file format keeps its schema and batch index in a footer written by
+    :meth:`close`, so a file whose writer crashed or raised never opens (:meth:`UnitStore.open`
+    raises :class:`CorruptIndexError`). Leaving a ``with`` block by an exception closes the file
+    without its footer for the same reason. Writes go to ``path`` directly: write into a staging
+    directory and rename.
+
+    Args:
+        path: the file to create (replaced if it exists).
+
+    Raises:
+        OSError: the file cannot be created.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._count = 0
+        self._sink = pa.OSFile(str(self.path), "wb")
+        try:
+            self._writer = pa.ipc.new_file(self._sink, UNITS_SCHEMA)
+        except BaseException:
+            self._sink.close()
+            raise
+        self._closed = False
+
+    @property
+    def count(self) -> int:
+        """Units written so far."""
+        return self._count
+
+    def write(self, units: Sequence[Unit]) -> None:
+        """Append ``units`` (in unit-id order) as one record batch; holds nothing after it returns.
+
+        Raises:
+            ValueError: the writer is closed.
+        """
+        for batch in _batches(units):
+            self.write_batch(batch)
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        """Append a record batch that already has the columns of :data:`UNITS_SCHEMA`.
+
+        Raises:
+            ValueError: the writer is closed, or the batch has other columns or types.
+        """
+        if self._closed:
+            raise ValueError(f"{self.path}: the unit store writer is closed")
+        if not batch.schema.equals(UNITS_SCHEMA):
+            batch = pa.RecordBatch.from_arrays([batch.column(f.name).cast(f.type) for f in UNITS_SCHEMA],
+                                               schema=UNITS_SCHEMA)
+        self._writer.write_batch(batch)
+        self._count += batch.num_rows
+
+    def close(self) -> None:
+        """Write the footer and close the file; the store is complete only after this."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._writer.close()
+        finally:
+            self._sink.close()
+
+    def abort(self) -> None:
+        """Close the file without its footer, so it can never be opened as a store."""
+        if not self._closed:
+            self._closed = True
+            self._sink.close()
+
+    def __enter__(self) -> UnitStoreWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class StringColumn(Sequence[str]):
+    """A read-only, lazy view of one string column: rows become Python strings only when read.
+
+    ``column[i]`` touches row ``i`` only; iteration converts a bounded slice of rows at a time.
+    """
+
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        self._column = column
 
     def __len__(self) -> int:
-        return len(self.record_ids)
+        return len(self._column)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step == 1:
+                return list(self._column.slice(start, max(stop - start, 0)).to_pylist())
+            return [self[i] for i in range(start, stop, step)]
+        value: str = self._column[index].as_py()  # IndexError when out of range, as for a list
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        for chunk in self._column.chunks:
+            for start in range(0, len(chunk), _ITER_ROWS):
+                yield from chunk.slice(start, _ITER_ROWS).to_pylist()
+
+
+def _numpy(column: pa.ChunkedArray, dtype: type[np.generic]) -> np.ndarray:
+    """A read-only numpy view of a null-free numeric column (a copy only when it has several chunks)."""
+    chunks = [c.to_numpy(zero_copy_only=True) for c in column.chunks]
+    if len(chunks) == 1:
+        return chunks[0]
+    out = np.concatenate(chunks) if chunks else np.empty(0, dtype=dtype)
+    out.flags.writeable = False
+    return out
+
+
+class UnitStore:
+    """Units by id, over an Arrow table (memory-mapped when opened from a file).
+
+    Attributes:
+        sources: ``[n]`` uint8, the SOURCE_CODE of each unit (read-only).
+        parts: ``[n]`` int32, each unit's part (read-only).
+        record_ids, titles, texts: lazy read-only sequences of the string columns.
+    """
+
+    def __init__(self, table: pa.Table, mapped: Any = None) -> None:
+        """Wrap a table with the columns of :data:`UNITS_SCHEMA`; use :meth:`open` or :meth:`from_units`."""
+        self._table = table
+        self._mapped = mapped  # the memory map the table's buffers point into, kept open with them
+        self.sources: np.ndarray = _numpy(table.column("source"), np.uint8)
+        self.parts: np.ndarray = _numpy(table.column("part"), np.int32)
+        self.record_ids = StringColumn(table.column("record_id"))
+        self.titles = StringColumn(table.column("title"))
+        self.texts = StringColumn(table.column("text"))
+
+    def __len__(self) -> int:
+        return int(self._table.num_rows)
 
     @classmethod
     def from_units(cls, units: Sequence[Unit]) -> UnitStore:
-        return cls(
-            record_ids=[u.record_id for u in units],
-            sources=np.fromiter((SOURCE_CODE[u.source] for u in units), dtype=np.uint8, count=len(units)),
-            parts=np.fromiter((u.part for u in units), dtype=np.int32, count=len(units)),
-            titles=[u.title for u in units],
-            texts=[u.text for u in units],
-        )
+        """An in-memory store of ``units`` (unit id = position)."""
+        batches = [b for start in range(0, len(units), _BATCH_ROWS)
+                   for b in _batches(units[start:start + _BATCH_ROWS])]
+        return cls(pa.Table.from_batches(batches, schema=UNITS_SCHEMA))
+
+    @classmethod
+    def open(cls, path: Path, expected: int) -> UnitStore:
+        """Memory-map a ``units.arrow`` file; only the pages that are read become resident.
+
+        Args:
+            path: the file.
+            expected: the number of units the manifest lists.
+
+        Returns:
+            The store, whose string columns stay on disk until read.
+
+        Raises:
+            CorruptIndexError: the file is missing or not a complete Arrow IPC file, has other columns or
+                types, nulls, another number of units than ``expected``, or unknown source codes.
+        """
+        try:
+            mapped = pa.memory_map(str(path), "r")
+            table = pa.ipc.open_file(mapped).read_all()
+            table.validate()  # buffer sizes only; a full check would page in every text
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise CorruptIndexError(f"{path}: not a complete Arrow IPC unit store ({exc})") from exc
+        names = [f.name for f in table.schema]
+        if names != UNITS_SCHEMA.names:
+            raise CorruptIndexError(f"{path}: columns {names}, expected {UNITS_SCHEMA.names}")
+        for field in table.schema:
+            if field.type not in _ACCEPTED_TYPES[field.name]:
+                raise CorruptIndexError(f"{path}: column '{field.name}' has type {field.type}, expected "
+                                        f"{' or '.join(str(t) for t in _ACCEPTED_TYPES[field.name])}")
+            if table.column(field.name).null_count:
+                raise CorruptIndexError(f"{path}: column '{field.name}' has null values")
+        if table.num_rows != expected:
+            raise CorruptIndexError(f"{path}: {table.num_rows} units, manifest says {expected}")
+        store = cls(table, mapped)
+        if len(store) and int(store.sources.max()) >= len(SOURCE_ORDER):
+            bad = int(np.flatnonzero(store.sources >= len(SOURCE_ORDER))[0])
+            raise CorruptIndexError(f"{path}: column 'source' of unit {bad} is {int(store.sources[bad])}, expected "
+                                    f"0-{len(SOURCE_ORDER) - 1} ({', '.join(s.value for s in SOURCE_ORDER)})")
+        logger.debug("memory-mapped %d units from %s", len(store), path)
+        return store
+
+    def write(self, path: Path) -> None:
+        """Write the store to ``path`` through :class:`UnitStoreWriter`.
+
+        The file is written beside ``path`` and renamed over it, so ``path`` may be the file this
+        store is mapped from.
+
+        Raises:
+            OSError: the file cannot be written.
+        """
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with UnitStoreWriter(tmp) as writer:
+                for batch in self._table.to_batches(max_chunksize=_BATCH_ROWS):
+                    writer.write_batch(batch)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def unit(self, i: int) -> Unit:
-        return Unit(self.record_ids[i], SOURCE_ORDER[int(self.sources[i])], int(self.parts[i]),
-                    self.titles[i], self.texts[i])
+        return Unit(self.record_id(i), self.source_of(i), int(self.parts[i]), self.title(i), self.text(i))
 
     def source_of(self, i: int) -> Source:
         return SOURCE_ORDER[int(self.sources[i])]
 
-    def write(self, path: Path) -> None:
-        with path.open("wb") as fh:
-            for i in range(len(self)):
-                fh.write(orjson.dumps([self.record_ids[i], SOURCE_ORDER[int(self.sources[i])].value,
-                                       int(self.parts[i]), self.titles[i], self.texts[i]]))
-                fh.write(b"\n")
+    def record_id(self, i: int) -> str:
+        return self.record_ids[i]
 
-    @classmethod
-    def read(cls, path: Path, expected: int) -> UnitStore:
-        record_ids: list[str] = []
-        codes: list[int] = []
-        parts: list[int] = []
-        titles: list[str] = []
-        texts: list[str] = []
-        with path.open("rb") as fh:
-            for number, line in enumerate(fh, 1):
-                try:
-                    rid, source, part, title, text = orjson.loads(line)
-                    codes.append(SOURCE_CODE[Source(source)])
-                except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
-                    raise CorruptIndexError(f"{path}:{number}: malformed unit: {exc}") from exc
-                record_ids.append(rid)
-                parts.append(part)
-                titles.append(title)
-                texts.append(text)
-        if len(record_ids) != expected:
-            raise CorruptIndexError(f"{path}: {len(record_ids)} units, manifest says {expected}")
-        return cls(record_ids, np.asarray(codes, dtype=np.uint8), np.asarray(parts, dtype=np.int32), titles, texts)
+    def title(self, i: int) -> str:
+        return self.titles[i]
+
+    def text(self, i: int) -> str:
+        return self.texts[i]

@@ -76,7 +76,8 @@ def run_canary(generation: Generation, search: CanarySearch) -> None:
     store = generation.index.store
     if len(store) == 0:
         raise CorruptIndexError("canary: the index has no units")
-    text = store.texts[0].strip() or "canary"
+    first = store.text(0).strip()
+    text = first or "canary"
     try:
         result = search(generation, text)
     except RetrieverError:
@@ -89,7 +90,7 @@ def run_canary(generation: Generation, search: CanarySearch) -> None:
     if not all(math.isfinite(s) for s in scores) or scores != sorted(scores, reverse=True):
         raise CorruptIndexError("canary: scores are not finite or not sorted")
     exact = all(shard.factory == "Flat" for shard in generation.manifest.shards)
-    if exact and store.texts[0].strip() and 0 not in {hit.unit_id for hit in result.hits}:
+    if exact and first and 0 not in {hit.unit_id for hit in result.hits}:
         raise CorruptIndexError("canary: an exact index did not find its own first unit; the vectors do not "
                                 "match the unit store or the model embeds differently than at build time")
 

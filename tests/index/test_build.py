@@ -11,6 +11,7 @@ import pytest
 
 from retriever.errors import CorpusError, CorruptIndexError, IncompatibleIndexError, NotFoundError
 from retriever.index import BuildConfig, Index, Manifest, build_index
+from retriever.index.store import UNITS_NAME
 from retriever.linearize import LINEARIZER_VERSION
 from retriever.records import Source
 from retriever.searcher import Query, Searcher
@@ -36,7 +37,7 @@ def test_manifest_describes_the_build(tiny_index_dir: Path, tiny_records: list[d
     assert manifest.counts["table"] == rows
     assert manifest.counts["kb"] == records["kb"]
     names = {f.name for f in manifest.files}
-    assert names == {"units.jsonl"} | {f"{s.value}.faiss" for s in Source}
+    assert names == {"units.arrow"} | {f"{s.value}.faiss" for s in Source}
     assert sorted(p.name for p in tiny_index_dir.iterdir()) == sorted(names | {"manifest.json"})
 
 
@@ -158,8 +159,8 @@ def test_corrupt_files_are_refused(tmp_path: Path, tiny_index_dir: Path, damage:
     elif damage == "delete":
         faiss_file.unlink()
     else:
-        text = (path / "units.jsonl").read_text()
-        (path / "units.jsonl").write_text(text.replace("table", "tabel", 1))
+        units = path / UNITS_NAME
+        flip_byte(units, units.stat().st_size // 2)
     with pytest.raises(CorruptIndexError):
         Index.load(path)
 
@@ -179,6 +180,16 @@ def test_missing_or_unfinished_directories(tmp_path: Path) -> None:
     (tmp_path / "half").mkdir()
     with pytest.raises(CorruptIndexError, match="no manifest.json"):
         Index.load(tmp_path / "half")
+
+
+def test_format_1_indexes_with_a_jsonl_unit_store_are_refused(tmp_path: Path, tiny_index_dir: Path) -> None:
+    path = copy_index(tiny_index_dir, tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["format_version"] == 2
+    manifest["format_version"] = 1
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CorruptIndexError, match="expected format_version 2.*rebuild the index"):
+        Index.load(path)
 
 
 @pytest.mark.parametrize("field", ["model_checksum", "prompts"])

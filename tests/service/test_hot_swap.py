@@ -15,6 +15,8 @@ import pytest
 from retriever.client import RemoteError, RetrieverClient
 from retriever.index import Index
 from retriever.index.files import sha256_file
+from retriever.index.manifest import Manifest
+from retriever.index.store import UNITS_NAME, UnitStore
 from retriever.service.proto import retriever_pb2 as pb
 from tests.service.helpers import channel_to, copy_index, request, running_server, stub_for
 
@@ -49,7 +51,7 @@ def flip_bit(d: Path) -> None:
 
 
 def append_bytes(d: Path) -> None:
-    with (d / "units.jsonl").open("ab") as fh:
+    with (d / UNITS_NAME).open("ab") as fh:
         fh.write(b"\0" * 8)
 
 
@@ -75,11 +77,11 @@ def malformed_manifest(d: Path) -> None:
 
 def shuffled_units(d: Path) -> None:
     """Unit store no longer lines up with the vectors, but every hash is consistent: only the canary sees it."""
-    f = d / "units.jsonl"
-    lines = f.read_bytes().splitlines(keepends=True)
-    lines[0], lines[-1] = lines[-1], lines[0]
-    f.write_bytes(b"".join(lines))
-    refresh_entry(d, "units.jsonl")
+    store = UnitStore.open(d / UNITS_NAME, Manifest.read(d).total_units)
+    units = [store.unit(i) for i in range(len(store))]
+    units[0], units[-1] = units[-1], units[0]
+    UnitStore.from_units(units).write(d / UNITS_NAME)
+    refresh_entry(d, UNITS_NAME)
 
 
 CORRUPTIONS = [truncate, flip_bit, append_bytes, missing_file, wrong_hash, other_model, wrong_dimension,
