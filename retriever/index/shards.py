@@ -47,10 +47,46 @@ class SearchParams:
     Attributes:
         nprobe: IVF lists visited per query; more is slower and more accurate.
         ef_search: HNSW candidate-list size; more is slower and more accurate.
+        k_factor: refinement indexes (``...,RFlat``, ``...,Refine(SQ8)``) fetch ``k * k_factor``
+            candidates from their compressed base index and re-rank them with the finer codes;
+            more is slower and more accurate.
+
+    Raises:
+        InvalidInputError: a knob is below 1.
     """
 
     nprobe: int = 16
     ef_search: int = 128
+    k_factor: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("nprobe", "ef_search", "k_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"search parameter {name} must be an integer >= 1, got {value!r}")
+
+
+def apply_search_params(index: Any, params: SearchParams) -> None:
+    """Set ``params`` on a CPU FAISS index, reaching through wrappers.
+
+    ``nprobe`` goes to the IVF index found by ``faiss.try_extract_index_ivf`` (which looks inside
+    ``IndexRefine``, ``IndexPreTransform`` and ID maps), ``k_factor`` to an ``IndexRefine`` at the
+    top, and ``ef_search`` to an HNSW index at the top or as the refinement's base. Knobs an
+    index does not have are ignored. (``faiss.ParameterSpace`` calls the refinement knob
+    ``k_factor_rf``; setting the attribute directly avoids depending on that name.)
+    """
+    faiss = faiss_module()
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = params.nprobe
+    top = faiss.downcast_index(index)
+    base = top
+    if isinstance(top, faiss.IndexRefine):
+        top.k_factor = float(params.k_factor)
+        base = faiss.downcast_index(top.base_index)
+    hnsw = getattr(base, "hnsw", None)
+    if hnsw is not None:
+        hnsw.efSearch = params.ef_search
 
 
 def create_index(dimension: int, factory: str, vectors: np.ndarray) -> tuple[Any, str]:
@@ -98,13 +134,9 @@ class Shard:
             self._flat = np.asarray(ptr).reshape(self.count, index.d)
 
     def set_params(self, params: SearchParams) -> None:
+        """Apply ``params`` (see :func:`apply_search_params`); on GPU, ``nprobe`` as well."""
         faiss = faiss_module()
-        base = faiss.extract_index_ivf(self.cpu_index) if "IVF" in self.factory else None
-        if base is not None:
-            base.nprobe = params.nprobe
-        hnsw = getattr(faiss.downcast_index(self.cpu_index), "hnsw", None)
-        if hnsw is not None:
-            hnsw.efSearch = params.ef_search
+        apply_search_params(self.cpu_index, params)
         if self.index is not self.cpu_index:
             try:
                 faiss.GpuParameterSpace().set_index_parameter(self.index, "nprobe", params.nprobe)
