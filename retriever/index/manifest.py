@@ -32,6 +32,9 @@ class ShardInfo:
     count: int
     factory: str
     file: str
+    reason: str = ""  # why this factory was chosen (``--factory auto``) or "given"
+    recall_at_10: float | None = None  # measured against exact search; None for exact shards
+    search: dict[str, int] = field(default_factory=dict)  # tuned search parameters (nprobe, ...)
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Manifest:
     files: list[FileEntry]
     created: str
     build_seconds: float
+    build: dict[str, Any] = field(default_factory=dict)  # engine, parts, encode time, recall gate
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -14,14 +14,14 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from retriever.encoder import Encoder
 from retriever.errors import CorruptIndexError, InvalidInputError, NotFoundError, NotReadyError, RetrieverError
-from retriever.index import Index, Manifest, SearchParams
+from retriever.index import Index, Manifest
 from retriever.searcher import Searcher, SearchResult, SourceResolution
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class IndexRegistry:
     """The served indexes. Reads are lock-free; publishes are serialized."""
 
     def __init__(self, encoder: Encoder, resolution: SourceResolution = SourceResolution.FILTER,
-                 use_gpu: bool = True, params: SearchParams | None = None) -> None:
+                 use_gpu: bool = True, params: Mapping[str, int] | None = None) -> None:
         self.encoder, self.resolution, self.use_gpu, self.params = encoder, resolution, use_gpu, params
         self._current: dict[str, Generation] = {}
         self._default: str | None = None

@@ -1,0 +1,112 @@
+"""One source shard of a build: choose its FAISS index, train it once, add the parts, gate its recall.
+
+The vectors of a shard are read part by part (memory-mapped ``.npy`` files of the build's work
+directory), so a shard never needs all its float32 vectors in memory unless its index stores
+them (``Flat``). Approximate shards are tuned and checked against exact search on held-aside
+queries (perturbed copies of sampled vectors, so no query is itself a stored vector); a shard
+below ``min_recall`` fails the build before anything is published.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from retriever.errors import InvalidInputError
+from retriever.index.factory import (
+    DEFAULT_QUERY_NOISE,
+    choose_factory,
+    exact_ground_truth,
+    held_aside_queries,
+    train_index,
+    tune_search,
+)
+from retriever.index.shards import faiss_module
+
+logger = logging.getLogger(__name__)
+
+#: Vectors sampled to train a shard's quantizers (IVF centroids, PQ/SQ codebooks).
+TRAIN_SAMPLE = 200_000
+#: Held-aside queries for the recall gate, and the neighbours compared.
+RECALL_QUERIES = 1000
+RECALL_K = 10
+SEED = 1234
+
+
+class RecallTooLowError(InvalidInputError):
+    """An approximate shard cannot reach the required recall; nothing was published."""
+
+
+@dataclass
+class BuiltShard:
+    index: Any
+    factory: str
+    reason: str
+    recall: float | None
+    search: dict[str, int]
+
+
+def build_shard(factory: str, count: int, dimension: int, memory_budget: int | None, min_recall: float,
+                vectors: Callable[[], Iterator[np.ndarray]], source: str) -> BuiltShard:
+    """Build the FAISS index of one source shard.
+
+    Args:
+        factory: ``auto`` or a FAISS factory string.
+        count: vectors in the shard.
+        dimension: their dimension.
+        memory_budget: bytes this shard may take when served (``auto`` only).
+        min_recall: the lowest acceptable recall@10 against exact search.
+        vectors: yields the shard's vectors chunk by chunk, in unit-id order (callable again).
+        source: the shard's source type, for messages.
+
+    Raises:
+        RecallTooLowError: the tuned index stays below ``min_recall``.
+    """
+    started = time.perf_counter()
+    if factory == "auto":
+        choice = choose_factory(count, dimension, memory_budget)
+        factory, reason = choice.factory, choice.reason
+    else:
+        reason = "given (--factory)"
+    faiss = faiss_module()
+    sample = _sample(vectors, count, TRAIN_SAMPLE, np.random.default_rng(SEED))
+    index, factory = train_index(factory, dimension, sample, SEED)
+    for chunk in vectors():
+        index.add(np.ascontiguousarray(chunk, dtype=np.float32))
+    if isinstance(index, faiss.IndexFlat):
+        logger.info("shard %s: %s, %d vectors (exact) in %.1fs", source, factory, count,
+                    time.perf_counter() - started)
+        return BuiltShard(index, factory, reason, None, {})
+    queries = held_aside_queries(sample, min(RECALL_QUERIES, count), SEED, DEFAULT_QUERY_NOISE)
+    truth = exact_ground_truth(queries, vectors(), RECALL_K)
+    params, recall = tune_search(index, factory, queries, truth, min_recall, RECALL_K)
+    search = {k: int(v) for k, v in asdict(params).items()}
+    logger.info("shard %s: %s, %d vectors, recall@%d %.4f with %s in %.1fs", source, factory, count, RECALL_K,
+                recall, search, time.perf_counter() - started)
+    if recall < min_recall:
+        raise RecallTooLowError(
+            f"shard {source}: {factory} reaches recall@{RECALL_K} {recall:.4f} against exact search on "
+            f"{len(queries)} held-aside queries, below --min-recall {min_recall}; choose a larger --memory-budget "
+            "or another --factory (the encoded parts are kept: re-run with --resume)")
+    return BuiltShard(index, factory, reason, round(float(recall), 4), search)
+
+
+def _sample(vectors: Callable[[], Iterator[np.ndarray]], count: int, size: int,
+            rng: np.random.Generator) -> np.ndarray:
+    """A uniform sample of ``min(size, count)`` rows, in row order, read chunk by chunk."""
+    if count <= size:
+        return np.concatenate([np.asarray(c, dtype=np.float32) for c in vectors()])
+    wanted = np.sort(rng.choice(count, size=size, replace=False))
+    out = []
+    offset = 0
+    for chunk in vectors():
+        lo, hi = np.searchsorted(wanted, [offset, offset + len(chunk)])
+        if hi > lo:
+            out.append(np.asarray(chunk[wanted[lo:hi] - offset], dtype=np.float32))
+        offset += len(chunk)
+    return np.concatenate(out)
