@@ -159,14 +159,34 @@ class ModelInfo:
 
 
 def _saved_max_seq_length(model_dir: Path) -> int:
-    path = model_dir / "sentence_bert_config.json"
+    """The model's max sequence length as sentence-transformers derives it.
+
+    ``sentence_bert_config.json``'s ``max_seq_length``; when that is null, the smaller of the
+    transformer's ``max_position_embeddings`` and the tokenizer's ``model_max_length``.
+    """
+    saved = _json_field(model_dir / "sentence_bert_config.json", "max_seq_length")
+    if saved is not None:
+        if not isinstance(saved, int) or saved < 8:
+            raise ModelError(f"{model_dir}/sentence_bert_config.json: 'max_seq_length' must be an integer >= 8, "
+                             f"got {saved!r}")
+        return saved
+    limits = [v for v in (_json_field(model_dir / "config.json", "max_position_embeddings"),
+                          _json_field(model_dir / "tokenizer_config.json", "model_max_length"))
+              if isinstance(v, int) and 8 <= v < 1 << 24]
+    if not limits:
+        raise ModelError(f"{model_dir}: cannot tell the model's max sequence length (no max_seq_length, "
+                         "max_position_embeddings or model_max_length)")
+    return min(limits)
+
+
+def _json_field(path: Path, name: str) -> Any:
+    if not path.is_file():
+        return None
     try:
-        value = json.loads(path.read_text(encoding="utf-8")).get("max_seq_length")
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot read the model's max_seq_length: {exc}") from exc
-    if not isinstance(value, int) or value < 8:
-        raise ModelError(f"{path}: 'max_seq_length' must be an integer >= 8, got {value!r}")
-    return value
+        raise ModelError(f"{path}: unreadable: {exc}") from exc
+    return data.get(name) if isinstance(data, dict) else None
 
 
 def saved_prompts(model_dir: Path) -> dict[str, str]:

@@ -67,3 +67,28 @@ def test_checksum_sees_a_flipped_weight_bit(tmp_path: Path) -> None:
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         EncoderConfig(batch_size=0)
+
+
+def test_model_info_matches_the_loaded_encoder_without_loading_weights(tmp_path, encoder) -> None:
+    """Builds plan with ModelInfo (tokenizer only); it must agree with the loaded model."""
+    import json
+    import shutil
+
+    from retriever.encoder import Encoder, EncoderConfig, ModelInfo, model_prompts
+
+    info = ModelInfo.describe(EncoderConfig())
+    assert (info.name, info.checksum, info.max_seq_length) == (encoder.name, encoder.checksum, encoder.max_seq_length)
+    assert model_prompts(info.model_dir) == encoder.prompts
+    texts = ["a short one", "Jenson Button, was born in, Frome, Somerset, England " * 20, ""]
+    assert info.token_counter()(texts) == encoder.count_tokens(texts)
+    # A saved null max_seq_length falls back as sentence-transformers does, and saved prompts are read.
+    copy = tmp_path / "model"
+    shutil.copytree(info.model_dir, copy)
+    (copy / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": None, "do_lower_case": False}))
+    config = json.loads((copy / "config_sentence_transformers.json").read_text())
+    config["prompts"] = {"query": "Find evidence: ", "query_table": "Find tables: ", "document": ""}
+    (copy / "config_sentence_transformers.json").write_text(json.dumps(config))
+    loaded = Encoder(EncoderConfig(model=str(copy), show_progress=False))
+    described = ModelInfo.describe(EncoderConfig(model=str(copy)))
+    assert described.max_seq_length == loaded.max_seq_length
+    assert model_prompts(copy) == loaded.prompts and loaded.prompts["query_table"] == "Find tables: "

@@ -175,7 +175,7 @@ def _run(config: BuildConfig, encoder: Encoder | EncoderConfig, plan_units: Any,
         if built is None:
             raise FileExistsError(f"{config.out} already exists (use --overwrite to replace it)")
         return built
-    work = BuildWork.open(config.out, config.resume)
+    work = BuildWork.open(config.out)
     try:
         plan = _resumed_plan(work, key, config)
         with _engine_session(config):
@@ -222,22 +222,36 @@ def _already_built(config: BuildConfig, key: dict[str, Any]) -> BuildReport | No
         return None
     logger.info("%s is already built from these inputs; nothing to resume", config.out)
     if work_dir_for(config.out).exists():
-        BuildWork.open(config.out, resume=True).remove()
+        BuildWork.open(config.out).remove()
     return BuildReport(config.out, sum(manifest.records.values()), manifest.total_units, 0.0, 0.0,
                        sum(f.bytes for f in manifest.files), 0, int(manifest.build.get("parts", 0)))
 
 
 def _resumed_plan(work: BuildWork, key: dict[str, Any], config: BuildConfig) -> BuildPlan | None:
+    """The plan of an interrupted build of the same inputs, to continue; None to plan afresh.
+
+    Encoded parts of the same inputs are never thrown away silently: without ``resume`` they are
+    an error that says how to continue. State of other inputs cannot serve this build: with
+    ``resume`` that is an error too, without it the state is discarded.
+    """
     plan = work.read_plan()
-    if plan is None:
-        work.clear()
-        return None
-    if plan.key != key:
+    done = len(work.finished_parts(plan)) if plan is not None else 0
+    if plan is not None and plan.key == key:
+        if config.resume or not done:
+            return plan
+        raise InvalidInputError(
+            f"{work.path} holds an interrupted build of {config.out} from the same inputs with {done} of "
+            f"{len(plan.parts)} parts encoded: continue it with --resume, or delete {work.path} to start over")
+    if plan is not None and config.resume:
         changed = sorted(k for k in set(key) | set(plan.key) if key.get(k) != plan.key.get(k))
         raise InvalidInputError(
             f"{work.path} holds an interrupted build of {config.out} with other inputs (differing: "
-            f"{', '.join(changed)}); delete {work.path} to start over")
-    return plan
+            f"{', '.join(changed)}); run without --resume to discard it, or delete {work.path}")
+    if plan is not None:
+        logger.warning("discarding %s: an interrupted build of %s from other inputs (%d parts encoded)",
+                       work.path, config.out, done)
+    work.clear()
+    return None
 
 
 @contextmanager

@@ -114,16 +114,11 @@ class BuildWork:
         self._lock_fd = lock_fd
 
     @classmethod
-    def open(cls, out: Path, resume: bool) -> BuildWork:
-        """Lock (creating if needed) the work directory of ``out``.
-
-        Without ``resume``, state left by an earlier, interrupted build is an error when it holds
-        encoded parts (so hours of encoding are never thrown away by a re-run), and is discarded
-        otherwise.
+    def open(cls, out: Path) -> BuildWork:
+        """Lock (creating if needed) the work directory of ``out``; what it holds is kept.
 
         Raises:
-            InvalidInputError: another builder holds the directory, or there is state to resume
-                and ``resume`` is False.
+            InvalidInputError: another builder holds the directory.
         """
         path = work_dir_for(out)
         path.mkdir(parents=True, exist_ok=True)
@@ -133,16 +128,7 @@ class BuildWork:
         except BlockingIOError:
             os.close(fd)
             raise InvalidInputError(f"another build of {out} is running (it holds {path}/lock)") from None
-        work = cls(path, fd)
-        if not resume:
-            done = len(work.journal())
-            if done:
-                work.close()
-                raise InvalidInputError(
-                    f"{path} holds an interrupted build of {out} with {done} encoded part(s): continue it with "
-                    f"--resume, or delete {path} to start over")
-            work.clear()
-        return work
+        return cls(path, fd)
 
     def close(self) -> None:
         if self._lock_fd >= 0:

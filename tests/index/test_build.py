@@ -28,7 +28,8 @@ def test_manifest_describes_the_build(tiny_index_dir: Path, tiny_records: list[d
     assert manifest.linearizer_version == LINEARIZER_VERSION
     assert manifest.dimension == 384
     assert manifest.metric == "inner_product"
-    assert manifest.factory == "Flat"
+    assert manifest.factory == "auto"
+    assert {s.factory for s in manifest.shards} == {"Flat"}
     assert len(manifest.corpus_fingerprint) == 64
     assert set(manifest.counts) == {s.value for s in Source}
     records = {s.value: sum(1 for r in tiny_records if r["source"] == s.value) for s in Source}
@@ -115,13 +116,13 @@ def test_failure_while_writing_leaves_nothing_and_keeps_the_old_build(tmp_path: 
     monkeypatch.setattr(encoder, "encode_documents", lambda texts, **kw: np.zeros((len(texts), 384), np.float32))
     import retriever.index.build as build_module
 
-    def broken_store(*args, **kwargs):
+    def broken_shard(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(build_module.UnitStore, "write", broken_store)
+    monkeypatch.setattr(build_module, "write_shard", broken_shard)
     with pytest.raises(OSError, match="disk full"):
         build_index(BuildConfig(corpus=tiny_corpus, out=out, overwrite=True), encoder)
-    assert leftovers(tmp_path) == ["idx"]
+    assert leftovers(tmp_path) == [".idx.build", "idx"]  # the encoded parts, kept for --resume
     assert (out / "manifest.json").read_bytes() == before
     Index.load(out)
 
