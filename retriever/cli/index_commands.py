@@ -59,6 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--resume", action="store_true",
                        help="continue an interrupted build of --out (same corpus, ids and model): only the parts its "
                        "journal does not vouch for are encoded again")
+    build.add_argument("--keep-parts", action="store_true",
+                       help="keep the encoded vectors (.OUT.build/parts, 4*d bytes/unit) after publishing: to measure "
+                       "approximate shards against exact search, or to index again with another --factory "
+                       "(--overwrite --resume) without encoding again")
     build.add_argument("--engine", type=Engine, choices=list(Engine), default=Engine.LOCAL,
                        help="local (default): plan and encode in this process. ray: validate in parallel and encode "
                        "on a pool of encoder actors on Ray Data (a local instance, or a cluster with --ray-address)")
@@ -147,7 +151,7 @@ def run_build(args: argparse.Namespace) -> int:
     config = BuildConfig(corpus=args.corpus, out=args.out, ids_file=args.ids, factory=args.factory,
                          max_tokens=args.max_tokens, overwrite=args.overwrite, resume=args.resume, engine=args.engine,
                          ray_address=args.ray_address, workers=args.workers, part_size=args.part_size,
-                         memory_budget=args.memory_budget, min_recall=args.min_recall)
+                         memory_budget=args.memory_budget, min_recall=args.min_recall, keep_parts=args.keep_parts)
     report = build_index(config, encoder_config(args))
     reused = f", {report.parts_reused} parts reused" if report.parts_reused else ""
     print(f"built {report.out}: {report.records} records, {report.units} units, "

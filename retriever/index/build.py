@@ -76,6 +76,9 @@ class BuildConfig:
         part_size: units per encoded part.
         memory_budget: bytes the FAISS shards may take in memory when served (``auto`` only).
         min_recall: the lowest recall@10 against exact search a shard may have.
+        keep_parts: keep the work directory with the encoded parts after publishing, to evaluate
+            approximate shards against exact search or to index again with another ``factory``
+            (``--overwrite --resume``) without encoding again.
     """
 
     corpus: Path
@@ -91,6 +94,7 @@ class BuildConfig:
     part_size: int = DEFAULT_PART_SIZE
     memory_budget: int | None = None
     min_recall: float = 0.95
+    keep_parts: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 16:
@@ -201,7 +205,11 @@ def _run(config: BuildConfig, encoder: Encoder | EncoderConfig, plan_units: Any,
         else:
             work.remove()
         raise
-    work.remove()
+    if config.keep_parts:
+        logger.info("encoded parts kept in %s (--keep-parts)", work.path)
+        work.close()
+    else:
+        work.remove()
     seconds = time.perf_counter() - started
     logger.info("index written to %s (%d units, %.1f MB) in %.1fs", config.out, plan.total_units,
                 index_bytes / 1e6, seconds)
@@ -221,7 +229,7 @@ def _already_built(config: BuildConfig, key: dict[str, Any]) -> BuildReport | No
     if any(key[k] != v for k, v in made.items()):
         return None
     logger.info("%s is already built from these inputs; nothing to resume", config.out)
-    if work_dir_for(config.out).exists():
+    if work_dir_for(config.out).exists() and not config.keep_parts:
         BuildWork.open(config.out).remove()
     return BuildReport(config.out, sum(manifest.records.values()), manifest.total_units, 0.0, 0.0,
                        sum(f.bytes for f in manifest.files), 0, int(manifest.build.get("parts", 0)))

@@ -244,3 +244,37 @@ def test_ray_build_reports_bad_input_at_its_line(ray_local, tmp_path: Path, tiny
         build_index(BuildConfig(corpus=dup, out=tmp_path / "idx", engine=Engine.RAY),
                     EncoderConfig(show_progress=False))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "dup.jsonl"]
+
+
+def test_kept_parts_index_again_with_another_factory_without_encoding(tmp_path: Path, tiny_corpus: Path, encoder,
+                                                                      monkeypatch) -> None:
+    out = tmp_path / "idx"
+    build_index(BuildConfig(corpus=tiny_corpus, out=out, part_size=16, keep_parts=True), encoder)
+    assert (work_dir_for(out) / "plan.json").is_file()
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(encoder, "encode_documents", no_encoding)
+    # --resume on a published build of the same inputs: nothing to do, parts still kept.
+    assert build_index(BuildConfig(corpus=tiny_corpus, out=out, part_size=16, resume=True, keep_parts=True),
+                       encoder).parts_encoded == 0
+    report = build_index(BuildConfig(corpus=tiny_corpus, out=out, part_size=16, resume=True, overwrite=True,
+                                     factory="IVF4,Flat", min_recall=0.5), encoder)
+    assert report.parts_encoded == 0 and report.parts_reused > 0
+    manifest = Manifest.read(out)
+    ivf = [s for s in manifest.shards if s.factory == "IVF4,Flat"]
+    assert ivf and all(s.recall_at_10 is not None and s.recall_at_10 >= 0.5 and s.search["nprobe"] >= 1 for s in ivf)
+    assert all(s.reason == "given (--factory)" for s in manifest.shards)
+    assert not work_dir_for(out).exists()
+    index = Index.load(out, use_gpu=False)
+    assert len(index.store) == manifest.total_units
+
+
+def test_recall_gate_refuses_to_publish_and_keeps_the_parts(tmp_path: Path, tiny_corpus: Path, encoder) -> None:
+    from retriever.index.shard_builder import RecallTooLowError
+
+    out = tmp_path / "idx"
+    with pytest.raises(RecallTooLowError, match=r"recall@10 0\.\d+ .* below --min-recall 1\.0"):
+        build_index(BuildConfig(corpus=tiny_corpus, out=out, factory="IVF4,PQ4x4fs", min_recall=1.0), encoder)
+    assert not out.exists() and (work_dir_for(out) / "plan.json").is_file()
