@@ -220,12 +220,21 @@ def run_info(args: argparse.Namespace) -> int:
     per_source = ", ".join(f"{k} {v}" for k, v in manifest.records.items())
     print(f"records      {sum(manifest.records.values())} ({per_source})")
     print(f"model        {manifest.model_name} (sha256 {manifest.model_checksum[:16]}…), {manifest.dimension}-d")
-    print(f"index type   {manifest.factory}, {manifest.metric}; shards: "
-          + ", ".join(f"{s.source}={s.factory}" for s in manifest.shards))
+    print(f"index type   {manifest.factory} (requested), {manifest.metric}")
+    for shard in manifest.shards:
+        recall = "exact" if shard.recall_at_10 is None else f"recall@10 {shard.recall_at_10:.4f}"
+        search = " ".join(f"{k}={v}" for k, v in sorted(shard.search.items()))
+        print(f"  {shard.source:<8} {shard.count:>10} units  {shard.factory}  {recall}  {search}".rstrip())
+        if shard.reason:
+            print(f"           {shard.reason}")
     print(f"linearizer   v{manifest.linearizer_version}, windows of {manifest.max_tokens} tokens")
     print(f"corpus       {manifest.corpus_path} (sha256 {manifest.corpus_fingerprint[:16]}…)")
     print(f"built        {manifest.created} in {manifest.build_seconds:.1f}s; "
           f"{sum(f.bytes for f in manifest.files) / 1e6:.1f} MB")
+    if manifest.build:
+        b = manifest.build
+        print(f"build        engine {b.get('engine')}, {b.get('parts')} parts of {b.get('part_size')} units, "
+              f"{b.get('units_per_second')} units/s encoding over all parts")
     prompts = "; ".join(f"{k}={v!r}" for k, v in sorted(manifest.prompts.items()))
     print(f"prompts      {len(manifest.prompts)}: {prompts}")
     return 0

@@ -52,6 +52,10 @@ class RaySession:
         import ray
 
         if not ray.is_initialized():
+            if self.address is None:
+                # Ray runs its workers at nice 15 by default; on a local instance the actors are the
+                # build's main work, so they compete with other processes like the driver does.
+                os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING, configure_logging=False)
             self.started = True
