@@ -440,5 +440,6 @@ def _write_shards(staged: Path, work: BuildWork, plan: BuildPlan, dimension: int
         write_shard(built.index, staged / name)
         shards.append(ShardInfo(source=source, start=start, count=count, factory=built.factory, file=name,
                                 reason=built.reason, recall_at_10=built.recall, search=built.search))
+        del built  # one shard's FAISS index in memory at a time
         start += count
     return shards
