@@ -275,7 +275,7 @@ def train_index(factory: str, dimension: int, sample: np.ndarray, seed: int) -> 
 
     Clustering (IVF centroids, PQ codebooks) is seeded with ``seed``. A sample too small to train
     the index (e.g. fewer vectors than IVF lists) falls back to exact ``Flat`` with a logged
-    reason, as :func:`retriever.index.shards.create_index` does.
+    reason.
 
     Returns:
         The trained, empty index and the factory string actually used.

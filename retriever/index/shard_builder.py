@@ -20,6 +20,7 @@ import numpy as np
 from retriever.errors import InvalidInputError
 from retriever.index.factory import (
     DEFAULT_QUERY_NOISE,
+    add_in_chunks,
     choose_factory,
     exact_ground_truth,
     held_aside_queries,
@@ -74,11 +75,13 @@ def build_shard(factory: str, count: int, dimension: int, memory_budget: int | N
     else:
         reason = "given (--factory)"
     faiss = faiss_module()
-    sample = _sample(vectors, count, TRAIN_SAMPLE, np.random.default_rng(SEED))
-    index, factory = train_index(factory, dimension, sample, SEED)
-    for chunk in vectors():
-        index.add(np.ascontiguousarray(chunk, dtype=np.float32))
-    if isinstance(index, faiss.IndexFlat):
+    if factory == "Flat":  # nothing to train or tune: the vectors are read once, to add them
+        index, sample = faiss.IndexFlatIP(dimension), None
+    else:
+        sample = _sample(vectors, count, TRAIN_SAMPLE, np.random.default_rng(SEED))
+        index, factory = train_index(factory, dimension, sample, SEED)
+    add_in_chunks(index, vectors())
+    if sample is None or isinstance(index, faiss.IndexFlat):
         logger.info("shard %s: %s, %d vectors (exact) in %.1fs", source, factory, count,
                     time.perf_counter() - started)
         return BuiltShard(index, factory, reason, None, {})

@@ -89,29 +89,6 @@ def apply_search_params(index: Any, params: SearchParams) -> None:
         hnsw.efSearch = params.ef_search
 
 
-def create_index(dimension: int, factory: str, vectors: np.ndarray) -> tuple[Any, str]:
-    """Build and fill a FAISS index from a factory string; returns it and the factory used.
-
-    Shards too small to train the requested index (e.g. IVF with more lists than vectors)
-    fall back to ``Flat``, which is exact, and say so in the log and the manifest.
-    """
-    faiss = faiss_module()
-    try:
-        index = faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise InvalidInputError(f"invalid FAISS factory string {factory!r}: {exc}") from exc
-    if not index.is_trained:
-        try:
-            index.train(vectors)
-        except RuntimeError as exc:
-            logger.warning("cannot train %r on %d vectors (%s); using exact Flat for this shard",
-                           factory, len(vectors), str(exc).splitlines()[0])
-            index = faiss.index_factory(dimension, "Flat", faiss.METRIC_INNER_PRODUCT)
-            factory = "Flat"
-    index.add(vectors)
-    return index, factory
-
-
 class Shard:
     """One FAISS index over the unit ids ``[start, start + count)``."""
 

@@ -52,6 +52,19 @@ def same_index(a: Path, b: Path, atol: float = 0.0) -> None:
         [(s.source, s.start, s.count, s.factory) for s in ib.manifest.shards]
 
 
+def dies_on_call(encode, n: int):
+    """``encode`` that raises on its n-th call (an encoder lost mid-build)."""
+    calls = {"n": 0}
+
+    def wrapped(texts, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError("worker lost")
+        return encode(texts, **kwargs)
+
+    return wrapped
+
+
 def test_build_records_parts_and_cleans_its_work(tmp_path: Path, tiny_corpus: Path, encoder) -> None:
     out = tmp_path / "idx"
     report = build_index(BuildConfig(corpus=tiny_corpus, out=out, part_size=32), encoder)
@@ -66,16 +79,8 @@ def test_build_records_parts_and_cleans_its_work(tmp_path: Path, tiny_corpus: Pa
 def test_resume_reuses_journalled_parts_and_equals_a_fresh_build(tmp_path: Path, tiny_corpus: Path, encoder,
                                                                   tiny_index_dir: Path, monkeypatch) -> None:
     out = tmp_path / "idx"
-    calls = {"n": 0}
     real = encoder.encode_documents
-
-    def dies_on_fifth(texts, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise RuntimeError("worker lost")
-        return real(texts, **kwargs)
-
-    monkeypatch.setattr(encoder, "encode_documents", dies_on_fifth)
+    monkeypatch.setattr(encoder, "encode_documents", dies_on_call(real, 5))
     config = BuildConfig(corpus=tiny_corpus, out=out, part_size=16)
     with pytest.raises(RuntimeError, match="worker lost"):
         build_index(config, encoder)
@@ -105,15 +110,7 @@ def test_resume_refuses_other_inputs_and_a_corrupt_part_is_encoded_again(tmp_pat
                                                                          monkeypatch) -> None:
     out = tmp_path / "idx"
     real = encoder.encode_documents
-    calls = {"n": 0}
-
-    def dies_on_third(texts, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("worker lost")
-        return real(texts, **kwargs)
-
-    monkeypatch.setattr(encoder, "encode_documents", dies_on_third)
+    monkeypatch.setattr(encoder, "encode_documents", dies_on_call(real, 3))
     with pytest.raises(RuntimeError):
         build_index(BuildConfig(corpus=tiny_corpus, out=out, part_size=16), encoder)
     monkeypatch.setattr(encoder, "encode_documents", real)

@@ -7,7 +7,14 @@ import itertools
 import numpy as np
 import pytest
 
-from retriever.index.shards import SearchParams, Shard, ShardedIndex, create_index, exact_topk, merge_topk
+from retriever.index.factory import train_index
+from retriever.index.shards import SearchParams, Shard, ShardedIndex, exact_topk, merge_topk
+
+
+def create_index(dim: int, factory: str, vectors: np.ndarray):
+    index, used = train_index(factory, dim, vectors, seed=0)
+    index.add(vectors)
+    return index, used
 
 SOURCES = ("text", "table", "kb", "infobox")
 SIZES = (700, 500, 300, 120)
