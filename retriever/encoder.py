@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -227,6 +228,9 @@ class Encoder:
         self.model_dir, self.name, self.checksum = info.model_dir, info.name, info.checksum
         self.device = pick_device(self.config.device)
         self.model = self._load()
+        # The tokenizer and model are not safe to call from two threads at once (the server's batcher
+        # and a publish's canary both encode); calls hold this lock, so keep them short.
+        self._lock = threading.Lock()
         logger.info("loaded model %s (%s, %d-d) on %s in %.1fs", self.name, self.checksum[:12],
                     self.dimension, self.device, time.perf_counter() - started)
 
@@ -317,8 +321,9 @@ class Encoder:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         # sentence-transformers sorts by length inside encode(), so batches are padded little.
-        vectors = self.model.encode(
-            texts, batch_size=self.config.batch_size, show_progress_bar=show_progress,
-            convert_to_numpy=True, normalize_embeddings=True,
-        )
+        with self._lock:
+            vectors = self.model.encode(
+                texts, batch_size=self.config.batch_size, show_progress_bar=show_progress,
+                convert_to_numpy=True, normalize_embeddings=True,
+            )
         return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -49,6 +49,10 @@ class OverloadedError(RetrieverError):
     """Too many requests in flight or queued (maps to RESOURCE_EXHAUSTED)."""
 
 
+class InsufficientMemoryError(RetrieverError):
+    """Loading something would need more memory than the machine has available (RESOURCE_EXHAUSTED)."""
+
+
 class NotReadyError(RetrieverError):
     """The service is not ready to answer yet (maps to UNAVAILABLE)."""
 

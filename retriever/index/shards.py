@@ -25,9 +25,6 @@ from retriever.errors import CorruptIndexError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-#: Refuse FAISS files that claim vectors larger than this (size-bomb protection).
-DESERIALIZATION_BYTE_LIMIT = 1 << 36
-
 
 def faiss_module() -> Any:
     import faiss
@@ -105,10 +102,17 @@ class Shard:
                 logger.info("shard %s (%s, %d vectors) moved to GPU", source, factory, self.count)
             except RuntimeError as exc:
                 logger.info("shard %s (%s) stays on CPU: %s", source, factory, str(exc).splitlines()[0])
-        if self.index is index and isinstance(index, faiss.IndexFlat) and self.count:
+        self._vectors: np.ndarray | None = None
+        if isinstance(index, faiss.IndexFlat) and self.count:
             # [count, d] view of FAISS's own buffer; no copy.
             ptr = faiss.rev_swig_ptr(index.get_xb(), self.count * index.d)
-            self._flat = np.asarray(ptr).reshape(self.count, index.d)
+            self._vectors = np.asarray(ptr).reshape(self.count, index.d)
+        if self.index is index:
+            self._flat = self._vectors
+
+    def flat_vectors(self) -> np.ndarray | None:
+        """The ``[count, d]`` vectors of an exact shard (read-only view, no copy); None for compressed ones."""
+        return self._vectors
 
     def set_params(self, params: SearchParams) -> None:
         """Apply ``params`` (see :func:`apply_search_params`); on GPU, ``nprobe`` as well."""
@@ -186,14 +190,30 @@ def write_shard(index: Any, path: Path) -> None:
 
 
 def read_shard(path: Path, dimension: int, count: int) -> Any:
-    """Read one FAISS file with a deserialization size limit and check its shape."""
+    """Read one FAISS file, trusting nothing in it, and check its shape.
+
+    No vector in the file may claim more bytes than the file holds (FAISS's deserialization
+    limit is set to the file's size, so a lying header is refused before anything is
+    allocated), and the reader must end exactly at the end of the file (appended bytes are
+    refused).
+    """
     faiss = faiss_module()
-    if hasattr(faiss, "set_deserialization_vector_byte_limit"):
-        faiss.set_deserialization_vector_byte_limit(DESERIALIZATION_BYTE_LIMIT)
+    size = path.stat().st_size
+    limit = hasattr(faiss, "set_deserialization_vector_byte_limit")  # absent from older wheels
+    previous = faiss.get_deserialization_vector_byte_limit() if limit else 0
+    if limit:
+        faiss.set_deserialization_vector_byte_limit(max(size, 1))
     try:
-        index = faiss.read_index(str(path))
+        with path.open("rb") as fh:
+            index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))
+            consumed = fh.tell()
     except RuntimeError as exc:
-        raise CorruptIndexError(f"{path.name}: unreadable FAISS file: {str(exc).splitlines()[0]}") from exc
+        raise CorruptIndexError(f"{path.name}: unreadable FAISS file: {str(exc).splitlines()[0][:200]}") from exc
+    finally:
+        if limit:
+            faiss.set_deserialization_vector_byte_limit(previous)
+    if consumed != size:
+        raise CorruptIndexError(f"{path.name}: {size - consumed} bytes after the end of the FAISS index")
     if index.d != dimension or index.ntotal != count:
         raise CorruptIndexError(f"{path.name}: holds {index.ntotal} vectors of dimension {index.d}, "
                                 f"manifest says {count} of dimension {dimension}")

@@ -1,9 +1,11 @@
 """Served indexes by name, each with a generation number, and atomic hot swap.
 
-Publishing loads a directory (every file verified against its manifest), checks it against the
-loaded model, runs a canary query on it, and only then replaces the name's current generation
-in one reference assignment. A request holds the :class:`Generation` it resolved at its start,
-so calls in flight finish on that generation; the old one is freed when the last of them ends.
+Publishing loads a directory (the manifest validated in full, every file verified against it),
+checks it against the loaded model, re-encodes a sample of its units to check the data (the
+data canary, :mod:`retriever.index.verify`), runs a canary query through the serving path, and
+only then replaces the name's current generation in one reference assignment. A request holds
+the :class:`Generation` it resolved at its start, so calls in flight finish on that generation;
+the old one is freed when the last of them ends.
 Any failure leaves the previous generation serving.
 """
 
@@ -22,6 +24,7 @@ from pathlib import Path
 from retriever.encoder import Encoder
 from retriever.errors import CorruptIndexError, InvalidInputError, NotFoundError, NotReadyError, RetrieverError
 from retriever.index import Index, Manifest
+from retriever.index.verify import run_data_canary
 from retriever.searcher import Searcher, SearchResult, SourceResolution
 
 logger = logging.getLogger(__name__)
@@ -65,19 +68,18 @@ def check_name(name: str) -> str:
 
 
 def run_canary(generation: Generation, search: CanarySearch) -> None:
-    """Search the text of the index's first unit and check the answer is sane.
+    """Query the new generation through the serving path and check the answer is sane.
 
-    Exact (Flat) indexes must return that unit among the top hits: this catches a unit store
-    that does not line up with the vectors, or a model that embeds differently from the build.
+    The data itself is checked by :func:`retriever.index.verify.run_data_canary` first; this
+    checks that the serving path (batcher, search, hit building) answers on the new index.
 
     Raises:
-        CorruptIndexError: the canary found nothing, non-finite or unsorted scores, or missed.
+        CorruptIndexError: the canary found nothing, non-finite or unsorted scores, or failed.
     """
     store = generation.index.store
     if len(store) == 0:
         raise CorruptIndexError("canary: the index has no units")
-    first = store.text(0).strip()
-    text = first or "canary"
+    text = store.text(0).strip() or "canary"
     try:
         result = search(generation, text)
     except RetrieverError:
@@ -89,10 +91,6 @@ def run_canary(generation: Generation, search: CanarySearch) -> None:
         raise CorruptIndexError("canary: the query returned no hits")
     if not all(math.isfinite(s) for s in scores) or scores != sorted(scores, reverse=True):
         raise CorruptIndexError("canary: scores are not finite or not sorted")
-    exact = all(shard.factory == "Flat" for shard in generation.manifest.shards)
-    if exact and first and 0 not in {hit.unit_id for hit in result.hits}:
-        raise CorruptIndexError("canary: an exact index did not find its own first unit; the vectors do not "
-                                "match the unit store or the model embeds differently than at build time")
 
 
 class IndexRegistry:
@@ -157,7 +155,8 @@ class IndexRegistry:
                 index = Index.load(path, use_gpu=self.use_gpu, params=self.params)
             except OSError as exc:
                 raise CorruptIndexError(f"cannot read the index directory: {exc.strerror or exc}") from exc
-            searcher = Searcher(index, self.encoder, self.resolution)
+            searcher = Searcher(index, self.encoder, self.resolution)  # checks the model and prompts match
+            run_data_canary(index, self.encoder.encode_documents)
             number = previous.number + 1 if previous else 1
             loaded = datetime.now(UTC).isoformat(timespec="seconds")
             generation = Generation(name, number, searcher, loaded)

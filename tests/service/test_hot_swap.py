@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import faiss
 import grpc
 import pytest
 
@@ -76,7 +77,7 @@ def malformed_manifest(d: Path) -> None:
 
 
 def shuffled_units(d: Path) -> None:
-    """Unit store no longer lines up with the vectors, but every hash is consistent: only the canary sees it."""
+    """Unit store no longer lines up with the shards, though every hash is consistent."""
     store = UnitStore.open(d / UNITS_NAME, Manifest.read(d).total_units)
     units = [store.unit(i) for i in range(len(store))]
     units[0], units[-1] = units[-1], units[0]
@@ -84,8 +85,22 @@ def shuffled_units(d: Path) -> None:
     refresh_entry(d, UNITS_NAME)
 
 
+def evil_source(d: Path) -> None:
+    edit_manifest(d, lambda m: m["shards"][2].update(source="evil"))
+
+
+def negated_kb_vectors(d: Path) -> None:
+    """Every kb vector negated, hashes rewritten: only the data canary sees it."""
+    index = Index.load(d, use_gpu=False)
+    vectors = -index.shards.shards["kb"].flat_vectors()
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(vectors)
+    faiss.write_index(flat, str(d / "kb.faiss"))
+    refresh_entry(d, "kb.faiss")
+
+
 CORRUPTIONS = [truncate, flip_bit, append_bytes, missing_file, wrong_hash, other_model, wrong_dimension,
-               malformed_manifest, shuffled_units]
+               malformed_manifest, shuffled_units, evil_source, negated_kb_vectors]
 
 
 def test_bad_builds_are_refused_and_the_old_generation_keeps_serving(encoder, tiny_index_dir, tmp_path):
@@ -100,6 +115,8 @@ def test_bad_builds_are_refused_and_the_old_generation_keeps_serving(encoder, ti
             assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION, (corrupt.__name__, err.value.details())
             assert str(tmp_path) not in err.value.details()
             if corrupt is shuffled_units:
+                assert "unit store" in err.value.details()
+            if corrupt is negated_kb_vectors:
                 assert "canary" in err.value.details()
             after = stub.Retrieve(request(top_k=5))
             assert after.generation == 1 and [h.unit_id for h in after.hits] == before, corrupt.__name__
