@@ -57,5 +57,9 @@ class NotReadyError(RetrieverError):
     """The service is not ready to answer yet (maps to UNAVAILABLE)."""
 
 
+class CancelledError(RetrieverError):
+    """The caller went away before its work was done (CANCELLED; logged at debug, not as an error)."""
+
+
 class DeadlineExceededError(RetrieverError):
     """The caller's deadline passed before work could start (DEADLINE_EXCEEDED)."""

@@ -62,8 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--tls-key", type=Path, default=None, help="PEM private key (with --tls-cert)")
     serve.add_argument("--tls-client-ca", type=Path, default=None,
                        help="PEM roots: require clients to present a certificate they signed (mTLS)")
-    serve.add_argument("--no-publish", dest="allow_publish", action="store_false", default=None,
-                       help="refuse the PublishIndex admin RPC")
+    serve.add_argument("--admin-token-file", type=Path, default=None,
+                       help="file holding the admin token that the PublishIndex RPC (hot swap) must carry (or "
+                       "RETRIEVER_ADMIN_TOKEN); without one, publishing is off. It must differ from the query token")
+    serve.add_argument("--publish-root", action="append", type=Path, default=None, metavar="DIR",
+                       help="directory PublishIndex may load indexes from (anything below it); repeatable "
+                       "(RETRIEVER_PUBLISH_ROOTS, ':'-separated); default: the directories holding the served indexes")
     serve.add_argument("--grace", type=float, default=None,
                        help="seconds SIGTERM waits for calls in flight (default 10)")
     serve.add_argument("--cpu-index", action="store_true", help="keep index shards on the CPU even with a GPU")
@@ -93,25 +97,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Ask a running server to load DIR, verify it, run a canary query and make it the new "
         "generation of NAME. Calls in flight finish on the old generation; a failed load keeps it serving.")
     publish.add_argument("name", help="served index name (a new name adds an index)")
-    publish.add_argument("dir", help="index directory on the server's machine (made absolute when it exists here)")
-    add_client_args(publish)
+    publish.add_argument("dir", help="index directory on the server's machine, under one of its publish roots "
+                         "(made absolute when it exists here)")
+    add_client_args(publish, admin=True)
     publish.set_defaults(func=run_publish)
 
 
-def add_client_args(parser: argparse.ArgumentParser) -> None:
+def add_client_args(parser: argparse.ArgumentParser, admin: bool = False) -> None:
     parser.add_argument("--server", default=os.environ.get("RETRIEVER_SERVER", DEFAULT_SERVER),
                         help=f"server address (default {DEFAULT_SERVER}; RETRIEVER_SERVER)")
-    parser.add_argument("--token-file", type=Path, default=None,
-                        help="file holding the bearer token (or RETRIEVER_AUTH_TOKEN)")
+    if admin:
+        parser.add_argument("--token-file", type=Path, default=None,
+                            help="file holding the server's admin token (or RETRIEVER_ADMIN_TOKEN)")
+    else:
+        parser.add_argument("--token-file", type=Path, default=None,
+                            help="file holding the bearer token (or RETRIEVER_AUTH_TOKEN)")
+    parser.set_defaults(token_env="RETRIEVER_ADMIN_TOKEN" if admin else "RETRIEVER_AUTH_TOKEN")
     parser.add_argument("--tls-ca", type=Path, default=None, help="PEM root certificate to connect with TLS")
     parser.add_argument("--tls-cert", type=Path, default=None, help="client certificate for mTLS (with --tls-key)")
     parser.add_argument("--tls-key", type=Path, default=None, help="client private key for mTLS")
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds (default 30)")
 
 
-def read_token(path: Path | None) -> str | None:
+def read_token(path: Path | None, env: str = "RETRIEVER_AUTH_TOKEN") -> str | None:
     if path is None:
-        return os.environ.get("RETRIEVER_AUTH_TOKEN") or None
+        return os.environ.get(env) or None
     try:
         token = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -140,8 +150,10 @@ def run_serve(args: argparse.Namespace) -> int:
         "host": args.host, "port": args.port, "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
         "resolution": args.resolve, "insecure": args.insecure, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
         "tls_client_ca": args.tls_client_ca,
-        "allow_publish": args.allow_publish, "grace_seconds": args.grace, "use_gpu": False if args.cpu_index else None,
+        "grace_seconds": args.grace, "use_gpu": False if args.cpu_index else None,
         "token": read_token(args.token_file) if args.token_file else None,
+        "admin_token": read_token(args.admin_token_file) if args.admin_token_file else None,
+        "publish_roots": tuple(args.publish_root) if args.publish_root else None,
     }
     overrides.update({name: getattr(args, name) for _, name, _ in LIMIT_FLAGS})
     config = build_config(overrides)
@@ -178,6 +190,10 @@ def serve_until_signalled(server: Any) -> int:
     threading.Thread(target=load, name="retriever-load", daemon=True).start()
     while not stop.wait(0.5):
         pass
+    # Whatever a handler thread is stuck in, the process ends within the grace plus EXIT_MARGIN seconds.
+    watchdog = threading.Timer(server.config.grace_seconds + EXIT_MARGIN_SECONDS, _force_exit)
+    watchdog.daemon = True
+    watchdog.start()
     server.stop()
     if failure:
         if isinstance(failure[0], RetrieverError):
@@ -187,10 +203,22 @@ def serve_until_signalled(server: Any) -> int:
     return 0
 
 
+#: Shutdown's hard limit beyond the grace period (the documented promise is grace + 5 s).
+EXIT_MARGIN_SECONDS = 4.0
+
+
+def _force_exit() -> None:
+    alive = [t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    logger.warning("forcing exit: shutdown ran past its grace period (%d threads still running: %s)", len(alive),
+                   ", ".join(alive[:5]))
+    logging.shutdown()
+    os._exit(0)
+
+
 def make_client(args: argparse.Namespace) -> Any:
     from retriever.client import RetrieverClient
 
-    return RetrieverClient(args.server, token=read_token(args.token_file), timeout=args.timeout,
+    return RetrieverClient(args.server, token=read_token(args.token_file, args.token_env), timeout=args.timeout,
                            root_certificates=args.tls_ca, client_certificate=args.tls_cert,
                            client_key=args.tls_key)
 

@@ -1,4 +1,4 @@
-"""Bearer-token authentication for every method except the standard health check."""
+"""Bearer-token authentication: a query token for every method but health, an admin token for publishing."""
 
 from __future__ import annotations
 
@@ -25,22 +25,49 @@ def _deny_stream(request_iterator: Any, context: grpc.ServicerContext) -> Any:
                   "Bearer <token>')")
 
 
+#: The admin method: it needs the admin token, whatever the query token is.
+ADMIN_METHODS = ("/retriever.v1.Retriever/PublishIndex",)
+
+
 class BearerTokenInterceptor(grpc.ServerInterceptor):
-    """Refuse calls whose ``authorization`` metadata is not ``Bearer <token>`` (constant-time compare)."""
+    """Refuse calls whose ``authorization`` metadata is not exactly one ``Bearer <token>`` header.
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+    Query methods accept the query token (any call passes when there is none) or the admin token;
+    admin methods accept only the admin token (without one they are judged like query methods,
+    then refused as disabled by the servicer).
+    Tokens are compared in constant time; a call carrying two ``authorization`` headers is refused.
+    """
 
-    def authorized(self, metadata: Any) -> bool:
-        presented = b""
-        for key, value in metadata or ():
-            if key == "authorization":
-                presented = value.encode() if isinstance(value, str) else bytes(value)
-        return hmac.compare_digest(presented, self._expected)
+    def __init__(self, token: str | None, admin_token: str | None = None) -> None:
+        self._query = f"Bearer {token}".encode() if token else None
+        self._admin = f"Bearer {admin_token}".encode() if admin_token else None
+
+    @staticmethod
+    def presented(metadata: Any) -> bytes | None:
+        """The one ``authorization`` value of a call; None when it has none or more than one."""
+        values = [value for key, value in metadata or () if key == "authorization"]
+        if len(values) != 1:
+            return None
+        value = values[0]
+        return value.encode() if isinstance(value, str) else bytes(value)
+
+    def authorized(self, method: str, metadata: Any) -> bool:
+        if method.startswith(PUBLIC_PREFIXES):
+            return True
+        if method in ADMIN_METHODS and self._admin is not None:
+            accepted = [self._admin]
+        elif self._query is None:
+            return True  # queries need no token (an admin method without an admin token is refused later)
+        else:
+            accepted = [t for t in (self._query, self._admin) if t is not None]
+        presented = self.presented(metadata)
+        # compare against every accepted token, so timing does not tell which one was close
+        matches = [hmac.compare_digest(presented or b"", t) for t in accepted]
+        return presented is not None and any(matches)
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
         method = handler_call_details.method or ""
-        if method.startswith(PUBLIC_PREFIXES) or self.authorized(handler_call_details.invocation_metadata):
+        if self.authorized(method, handler_call_details.invocation_metadata):
             return continuation(handler_call_details)
         handler = continuation(handler_call_details)
         if handler is None:

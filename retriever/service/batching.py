@@ -20,16 +20,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from retriever.encoder import Encoder
-from retriever.errors import DeadlineExceededError, NotReadyError, OverloadedError, RetrieverError
+from retriever.errors import CancelledError, DeadlineExceededError, NotReadyError, OverloadedError
 from retriever.records import Source
 from retriever.searcher import SearchResult
 from retriever.service.registry import Generation
 
 logger = logging.getLogger(__name__)
-
-
-class CancelledError(RetrieverError):
-    """The caller went away before its query was encoded."""
 
 
 @dataclass(frozen=True)

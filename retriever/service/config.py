@@ -69,7 +69,10 @@ class ServiceConfig:
         insecure: allow a non-loopback bind without a token.
         tls_cert, tls_key: PEM files; when both are set the port uses TLS.
         tls_client_ca: PEM roots; when set, clients must present a certificate they signed (mTLS).
-        allow_publish: accept the PublishIndex admin RPC.
+        admin_token: bearer token of the PublishIndex admin RPC, which is off without one; separate
+            from ``token`` (which it may not equal) and accepted by every other method too.
+        publish_roots: directories PublishIndex may load from (anything below them); empty means
+            the parent directories of the indexes served at start.
         grace_seconds: how long shutdown waits for calls in flight.
         use_gpu: move index shards to a GPU when FAISS sees one.
     """
@@ -85,7 +88,8 @@ class ServiceConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
-    allow_publish: bool = True
+    admin_token: str | None = None
+    publish_roots: tuple[Path, ...] = ()
     grace_seconds: float = 10.0
     use_gpu: bool = True
 
@@ -100,6 +104,10 @@ class ServiceConfig:
             raise InvalidInputError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
         if self.token is not None and len(self.token) < 16:
             raise InvalidInputError("the auth token must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            raise InvalidInputError("the admin token must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+        if self.admin_token is not None and self.admin_token == self.token:
+            raise InvalidInputError("the admin token must differ from the query token")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidInputError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -124,8 +132,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def parse_paths(raw: str) -> tuple[Path, ...]:
+    """Directories separated by ``os.pathsep`` (``:`` on Linux), as in ``PATH``."""
+    return tuple(Path(p) for p in raw.split(os.pathsep) if p)
+
+
 #: ``RETRIEVER_*`` variable → (ServiceConfig or Limits field, type).
-ENV_VARS: dict[str, tuple[str, type]] = {
+ENV_VARS: dict[str, tuple[str, Any]] = {
     "RETRIEVER_HOST": ("host", str),
     "RETRIEVER_PORT": ("port", int),
     "RETRIEVER_MAX_BATCH": ("max_batch", int),
@@ -136,7 +149,8 @@ ENV_VARS: dict[str, tuple[str, type]] = {
     "RETRIEVER_TLS_CERT": ("tls_cert", Path),
     "RETRIEVER_TLS_KEY": ("tls_key", Path),
     "RETRIEVER_TLS_CLIENT_CA": ("tls_client_ca", Path),
-    "RETRIEVER_ALLOW_PUBLISH": ("allow_publish", bool),
+    "RETRIEVER_ADMIN_TOKEN": ("admin_token", str),
+    "RETRIEVER_PUBLISH_ROOTS": ("publish_roots", parse_paths),
     "RETRIEVER_GRACE_SECONDS": ("grace_seconds", float),
     "RETRIEVER_MAX_MESSAGE_BYTES": ("max_message_bytes", int),
     "RETRIEVER_MAX_TOP_K": ("max_top_k", int),
@@ -150,7 +164,7 @@ _LIMIT_FIELDS = frozenset(f.name for f in dataclasses.fields(Limits))
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
-def _parse(name: str, raw: str, kind: type) -> Any:
+def _parse(name: str, raw: str, kind: Any) -> Any:
     try:
         if kind is bool:
             lowered = raw.strip().lower()
@@ -173,6 +187,9 @@ def build_config(overrides: Mapping[str, Any], environ: Mapping[str, str] | None
         InvalidInputError: an unknown field, an unparsable variable or an invalid value.
     """
     environ = os.environ if environ is None else environ
+    if environ.get("RETRIEVER_ALLOW_PUBLISH", "") != "":
+        raise InvalidInputError("RETRIEVER_ALLOW_PUBLISH is no longer read: PublishIndex is off unless the server has "
+                                "an admin token (RETRIEVER_ADMIN_TOKEN or --admin-token-file)")
     values: dict[str, Any] = {}
     for var, (name, kind) in ENV_VARS.items():
         if environ.get(var, "") != "":

@@ -14,6 +14,7 @@ import uuid
 import grpc
 
 from retriever.errors import (
+    CancelledError,
     CorruptIndexError,
     DeadlineExceededError,
     IncompatibleIndexError,
@@ -48,6 +49,7 @@ STATUS_CODES: tuple[tuple[type[RetrieverError], grpc.StatusCode], ...] = (
     (InsufficientMemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (CancelledError, grpc.StatusCode.CANCELLED),
     (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
 )
@@ -74,6 +76,8 @@ def status_for(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
             if isinstance(exc, cls):
                 if code is grpc.StatusCode.FAILED_PRECONDITION:
                     logger.warning("%s: %s", method, exc)
+                elif code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    logger.debug("%s: %s", method, exc)
                 return code, scrub(str(exc)) or cls.__name__
     error_id = uuid.uuid4().hex[:12]
     logger.error("%s: internal error %s", method, error_id, exc_info=exc)

@@ -16,7 +16,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ from pathlib import Path
 from retriever.encoder import Encoder
 from retriever.errors import CorruptIndexError, InvalidInputError, NotFoundError, NotReadyError, RetrieverError
 from retriever.index import Index, Manifest
+from retriever.index.manifest import MANIFEST_NAME
 from retriever.index.verify import run_data_canary
 from retriever.searcher import Searcher, SearchResult, SourceResolution
 
@@ -65,6 +66,29 @@ def check_name(name: str) -> str:
     if not _NAME.match(name):
         raise InvalidInputError(f"index name {name!r} is invalid: use 1 to 64 characters from A-Z a-z 0-9 _ . -")
     return name
+
+
+def resolve_publish_path(path: str, roots: Sequence[Path]) -> Path:
+    """The index directory a PublishIndex call names, when it is one and lies under a publish root.
+
+    A path that does not exist, is not an index directory (no manifest) or resolves (symbolic
+    links followed) outside every root gets the same NotFoundError, so the answer tells a caller
+    nothing about the rest of the server's file system.
+
+    Raises:
+        InvalidInputError: an empty path.
+        NotFoundError: anything else that is not an index directory under a root.
+    """
+    if not path.strip():
+        raise InvalidInputError("path must name an index directory")
+    try:
+        resolved: Path | None = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError):
+        resolved = None
+    if resolved is None or not any(resolved.is_relative_to(root) for root in roots) \
+            or not (resolved / MANIFEST_NAME).is_file():
+        raise NotFoundError("no index directory at that path under the server's publish roots")
+    return resolved
 
 
 def run_canary(generation: Generation, search: CanarySearch) -> None:

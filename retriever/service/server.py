@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 IndexSource = Path | Callable[[Encoder], Path]
 
 CANARY_TIMEOUT_SECONDS = 120.0
+#: How long shutdown keeps answering health (NOT_SERVING) before closing the port.
+ANNOUNCE_SECONDS = 1.0
 #: Handler threads beyond the concurrency cap (health probes while every call slot is busy).
 SPARE_THREADS = 4
 
@@ -57,7 +59,7 @@ class RetrieverServer:
             raise InvalidInputError(f"index names must be unique, got {names}")
         self.config, self.indexes = config, list(indexes)
         self._encoder, self._encoder_config = encoder, encoder_config or EncoderConfig(show_progress=False)
-        self.servicer = RetrieverServicer(config.limits, config.allow_publish)
+        self.servicer = RetrieverServicer(config.limits, allow_publish=config.admin_token is not None)
         self.health = health.HealthServicer()
         self.registry: IndexRegistry | None = None
         self.batcher: Batcher | None = None
@@ -77,7 +79,8 @@ class RetrieverServer:
             ("grpc.max_send_message_length", limits.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a port already in use is an error, not a silent second listener
         ]
-        interceptors = [BearerTokenInterceptor(self.config.token)] if self.config.token else []
+        tokens = (self.config.token, self.config.admin_token)
+        interceptors = [BearerTokenInterceptor(*tokens)] if any(tokens) else []
         server = grpc.server(
             ThreadPoolExecutor(max_workers=limits.max_concurrent_calls + SPARE_THREADS,
                                thread_name_prefix="retriever-rpc"),
@@ -107,8 +110,8 @@ class RetrieverServer:
         server.start()
         self._server, self.port = server, port
         transport = "mTLS" if self.config.tls_client_ca else "TLS" if self.config.tls_cert else "plaintext"
-        logger.info("listening on %s:%d (%s, auth %s)", self.config.host, port, transport,
-                    "on" if self.config.token else "off")
+        logger.info("listening on %s:%d (%s, auth %s, publishing %s)", self.config.host, port, transport,
+                    "on" if self.config.token else "off", "on (admin token)" if self.config.admin_token else "off")
         return port
 
     def load(self) -> None:
@@ -130,21 +133,36 @@ class RetrieverServer:
         registry.set_canary(canary)
         self.registry, self.batcher = registry, batcher
         self.servicer.attach(registry, batcher, encoder.name)
+        paths = []
         for name, source in self.indexes:
             path = source if isinstance(source, Path) else source(encoder)
             registry.publish(name, path)
+            paths.append(path)
+        roots = self.config.publish_roots or tuple(p.resolve().parent for p in paths)
+        self.servicer.publish_roots = tuple(dict.fromkeys(r.resolve() for r in roots))
         self.servicer.ready.set()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         logger.info("ready: %d index(es) (%s), model %s, in %.1fs", len(self.indexes),
                     ", ".join(registry.names()), encoder.name, time.perf_counter() - started)
 
     def stop(self, grace: float | None = None) -> None:
-        """Report NOT_SERVING, refuse new calls, let calls in flight finish within ``grace`` seconds."""
+        """Shut down in order, within ``grace`` seconds plus the batcher's last batch.
+
+        1. Health turns NOT_SERVING (and stays: later updates are ignored) and new calls get
+           UNAVAILABLE while health keeps answering for :data:`ANNOUNCE_SECONDS` (capped by the
+           grace), so load balancers polling health see NOT_SERVING before the port closes.
+        2. The port closes; calls in flight finish within what is left of the grace, then are
+           cancelled.
+        3. The batcher stops: queued queries fail at once and its worker ends.
+        """
         grace = self.config.grace_seconds if grace is None else grace
+        deadline = time.monotonic() + grace
         self.health.enter_graceful_shutdown()
+        self.servicer.draining.set()
         if self._server is not None:
-            logger.info("shutting down: draining calls in flight for up to %.1fs", grace)
-            self._server.stop(grace).wait()
+            logger.info("shutting down: health NOT_SERVING, draining calls in flight for up to %.1fs", grace)
+            time.sleep(min(ANNOUNCE_SECONDS, grace))
+            self._server.stop(max(0.0, deadline - time.monotonic())).wait(grace + 1.0)
         self.servicer.ready.clear()
         if self.batcher is not None:
             self.batcher.stop()

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -23,7 +24,7 @@ from retriever.service.batching import Batcher, PlannedQuery
 from retriever.service.config import Limits
 from retriever.service.errors import PermissionDeniedError, status_for
 from retriever.service.proto import retriever_pb2 as pb
-from retriever.service.registry import Generation, IndexRegistry
+from retriever.service.registry import Generation, IndexRegistry, check_name, resolve_publish_path
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +46,17 @@ def parse(cls: type[M], data: bytes) -> M:
 class RetrieverServicer:
     """Answers the four RPCs; holds no state of its own besides its collaborators."""
 
-    def __init__(self, limits: Limits, allow_publish: bool = True) -> None:
+    def __init__(self, limits: Limits, allow_publish: bool = False) -> None:
         self.limits, self.allow_publish = limits, allow_publish
+        #: Directories PublishIndex may load from (set by the server when it loads).
+        self.publish_roots: tuple[Path, ...] = ()
         self.registry: IndexRegistry | None = None
         self.batcher: Batcher | None = None
         self.model = ""
         #: Set once the model, every index and their canary queries are ready.
         self.ready = threading.Event()
+        #: Set when shutdown starts: new calls get UNAVAILABLE, calls in flight finish.
+        self.draining = threading.Event()
 
     def attach(self, registry: IndexRegistry, batcher: Batcher, model: str) -> None:
         """Connect the loaded model's registry and batcher (the server sets ``ready`` after the canaries)."""
@@ -81,6 +86,8 @@ class RetrieverServicer:
 
     # -- the RPCs --------------------------------------------------------------------------------
     def _parts(self) -> tuple[IndexRegistry, Batcher]:
+        if self.draining.is_set():
+            raise NotReadyError("the server is shutting down")
         if not self.ready.is_set() or self.registry is None or self.batcher is None:
             raise NotReadyError("the server is not ready: the model, index or canary query is still loading, "
                                 "or it is shutting down")
@@ -133,9 +140,11 @@ class RetrieverServicer:
 
     def _publish(self, request: pb.PublishIndexRequest) -> pb.PublishIndexResponse:
         if not self.allow_publish:
-            raise PermissionDeniedError("publishing is disabled on this server (RETRIEVER_ALLOW_PUBLISH)")
+            raise PermissionDeniedError("publishing is off on this server: start it with an admin token "
+                                        "(--admin-token-file or RETRIEVER_ADMIN_TOKEN)")
         registry, _ = self._parts()
-        result = registry.publish(request.index, request.path)
+        check_name(request.index)
+        result = registry.publish(request.index, resolve_publish_path(request.path, self.publish_roots))
         is_default = result.generation.name == registry.default_name
         return pb.PublishIndexResponse(info=convert.index_info(result.generation, is_default),
                                        previous_generation=result.previous, load_seconds=result.seconds)

@@ -16,6 +16,15 @@ from retriever.service.proto import retriever_pb2 as pb
 from retriever.service.proto import retriever_pb2_grpc
 from retriever.service.server import RetrieverServer
 
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+#: Call metadata carrying the admin token that :func:`publishing` servers expect on PublishIndex.
+ADMIN = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+
+
+def publishing(root: Path) -> dict[str, Any]:
+    """Server settings that turn PublishIndex on for indexes under ``root``."""
+    return {"admin_token": ADMIN_TOKEN, "publish_roots": (root,)}
+
 
 class GatedEncoder:
     """Wraps the real encoder; ``encode_queries`` blocks while ``gate`` is clear and records each call."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,7 +14,16 @@ from retriever.client import RemoteError, RetrieverClient
 from retriever.errors import InvalidInputError
 from retriever.service.config import ServiceConfig, build_config
 from retriever.service.proto import retriever_pb2 as pb
-from tests.service.helpers import channel_to, request, running_server, stub_for
+from tests.service.helpers import (
+    ADMIN,
+    ADMIN_TOKEN,
+    channel_to,
+    copy_index,
+    publishing,
+    request,
+    running_server,
+    stub_for,
+)
 
 TOKEN = "s3cret-token-0123456789abcdef"
 
@@ -71,10 +81,15 @@ def test_non_loopback_bind_needs_auth_or_insecure():
 
 
 def test_environment_variables_and_flags():
-    env = {"RETRIEVER_MAX_TOP_K": "7", "RETRIEVER_PORT": "6000", "RETRIEVER_ALLOW_PUBLISH": "off",
-           "RETRIEVER_RESOLUTION": "encoder-only"}
+    env = {"RETRIEVER_MAX_TOP_K": "7", "RETRIEVER_PORT": "6000", "RETRIEVER_ADMIN_TOKEN": ADMIN_TOKEN,
+           "RETRIEVER_PUBLISH_ROOTS": "/srv/a:/srv/b", "RETRIEVER_RESOLUTION": "encoder-only"}
     config = build_config({"port": 7000, "max_batch": None}, env)
-    assert config.limits.max_top_k == 7 and config.port == 7000 and not config.allow_publish
+    assert config.limits.max_top_k == 7 and config.port == 7000 and config.admin_token == ADMIN_TOKEN
+    assert config.publish_roots == (Path("/srv/a"), Path("/srv/b"))
+    with pytest.raises(InvalidInputError, match="RETRIEVER_ALLOW_PUBLISH is no longer read"):
+        build_config({}, {"RETRIEVER_ALLOW_PUBLISH": "1"})
+    with pytest.raises(InvalidInputError, match="admin token must differ"):
+        build_config({"token": TOKEN, "admin_token": TOKEN}, {})
     assert config.resolution.value == "encoder-only"
     with pytest.raises(InvalidInputError, match="RETRIEVER_MAX_TOP_K"):
         build_config({}, {"RETRIEVER_MAX_TOP_K": "many"})
@@ -85,8 +100,8 @@ def test_environment_variables_and_flags():
 
 
 def test_limits_from_config_are_enforced(encoder, tiny_index_dir):
-    config = build_config({"port": 0, "use_gpu": False}, {"RETRIEVER_MAX_TOP_K": "3", "RETRIEVER_ALLOW_PUBLISH": "0"})
-    with running_server(encoder, [("tiny", tiny_index_dir)], limits=config.limits, allow_publish=False) as srv, \
+    config = build_config({"port": 0, "use_gpu": False}, {"RETRIEVER_MAX_TOP_K": "3"})
+    with running_server(encoder, [("tiny", tiny_index_dir)], limits=config.limits) as srv, \
             channel_to(srv) as channel:
         stub = stub_for(channel)
         assert len(stub.Retrieve(request(top_k=3)).hits) == 3
@@ -149,3 +164,45 @@ def test_mutual_tls_requires_a_client_certificate(encoder, tiny_index_dir, tmp_p
         assert err.value.code is grpc.StatusCode.UNAVAILABLE
     with pytest.raises(InvalidInputError, match="need TLS"):
         ServiceConfig(tls_client_ca=ca[1])
+
+
+def test_publishing_needs_the_admin_token_and_stays_inside_the_publish_roots(encoder, tiny_index_dir, tmp_path):
+    root = tmp_path / "builds"
+    good = copy_index(tiny_index_dir, root / "g2")
+    outside = copy_index(tiny_index_dir, tmp_path / "outside")
+    (root / "not-an-index").mkdir()
+    (root / "escape").symlink_to(outside)
+    with running_server(encoder, [("tiny", tiny_index_dir)], token=TOKEN, **publishing(root)) as srv, \
+            channel_to(srv) as channel:
+        stub = stub_for(channel)
+        query = (("authorization", f"Bearer {TOKEN}"),)
+
+        def publish(path: Path, metadata) -> grpc.RpcError | pb.PublishIndexResponse:
+            try:
+                return stub.PublishIndex(pb.PublishIndexRequest(index="tiny", path=str(path)), metadata=metadata,
+                                         timeout=60)
+            except grpc.RpcError as exc:
+                return exc
+
+        # the query token does not publish; two authorization headers are refused even if one is right
+        for metadata in [query, (), ADMIN + query, query + ADMIN, ADMIN + ADMIN]:
+            assert publish(good, metadata).code() is grpc.StatusCode.UNAUTHENTICATED, metadata
+        assert stub.Retrieve(request(), metadata=query).hits
+        assert stub.Retrieve(request(), metadata=ADMIN).hits  # the admin token also queries
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Retrieve(request(), metadata=query + query)
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        # missing, not an index, outside the roots (directly or through a link): one answer for all
+        answers = [publish(path, ADMIN) for path in (root / "missing", root / "not-an-index", outside,
+                                                       root / "escape", Path("/etc"), root / ".." / "outside")]
+        assert {(a.code(), a.details()) for a in answers} == {
+            (grpc.StatusCode.NOT_FOUND, "no index directory at that path under the server's publish roots")}
+        assert publish(good, ADMIN).info.generation == 2
+
+
+def test_publishing_is_off_without_an_admin_token(encoder, tiny_index_dir):
+    with running_server(encoder, [("tiny", tiny_index_dir)], token=TOKEN) as srv, channel_to(srv) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            stub_for(channel).PublishIndex(pb.PublishIndexRequest(index="tiny", path=str(tiny_index_dir)),
+                                           metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=30)
+        assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED and "admin token" in err.value.details()

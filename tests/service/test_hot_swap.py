@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -19,7 +20,16 @@ from retriever.index.files import sha256_file
 from retriever.index.manifest import Manifest
 from retriever.index.store import UNITS_NAME, UnitStore
 from retriever.service.proto import retriever_pb2 as pb
-from tests.service.helpers import channel_to, copy_index, request, running_server, stub_for
+from tests.service.helpers import (
+    ADMIN,
+    ADMIN_TOKEN,
+    channel_to,
+    copy_index,
+    publishing,
+    request,
+    running_server,
+    stub_for,
+)
 
 
 def edit_manifest(directory: Path, change: Callable[[dict], None]) -> None:
@@ -104,14 +114,15 @@ CORRUPTIONS = [truncate, flip_bit, append_bytes, missing_file, wrong_hash, other
 
 
 def test_bad_builds_are_refused_and_the_old_generation_keeps_serving(encoder, tiny_index_dir, tmp_path):
-    with running_server(encoder, [("tiny", tiny_index_dir)]) as srv, channel_to(srv) as channel:
+    root = Path(os.path.commonpath([tmp_path, tiny_index_dir]))
+    with running_server(encoder, [("tiny", tiny_index_dir)], **publishing(root)) as srv, channel_to(srv) as channel:
         stub = stub_for(channel)
         before = [h.unit_id for h in stub.Retrieve(request(top_k=5)).hits]
         for corrupt in CORRUPTIONS:
             bad = copy_index(tiny_index_dir, tmp_path / corrupt.__name__)
             corrupt(bad)
             with pytest.raises(grpc.RpcError) as err:
-                stub.PublishIndex(pb.PublishIndexRequest(index="tiny", path=str(bad)), timeout=60)
+                stub.PublishIndex(pb.PublishIndexRequest(index="tiny", path=str(bad)), timeout=60, metadata=ADMIN)
             assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION, (corrupt.__name__, err.value.details())
             assert str(tmp_path) not in err.value.details()
             if corrupt is shuffled_units:
@@ -121,10 +132,12 @@ def test_bad_builds_are_refused_and_the_old_generation_keeps_serving(encoder, ti
             after = stub.Retrieve(request(top_k=5))
             assert after.generation == 1 and [h.unit_id for h in after.hits] == before, corrupt.__name__
         with pytest.raises(grpc.RpcError) as err:
-            stub.PublishIndex(pb.PublishIndexRequest(index="tiny", path=str(tmp_path / "nothing")), timeout=60)
+            stub.PublishIndex(pb.PublishIndexRequest(index="tiny", path=str(tmp_path / "nothing")), timeout=60,
+                              metadata=ADMIN)
         assert err.value.code() is grpc.StatusCode.NOT_FOUND and str(tmp_path) not in err.value.details()
         with pytest.raises(grpc.RpcError) as err:
-            stub.PublishIndex(pb.PublishIndexRequest(index="bad/name", path=str(tiny_index_dir)), timeout=60)
+            stub.PublishIndex(pb.PublishIndexRequest(index="bad/name", path=str(tiny_index_dir)), timeout=60,
+                              metadata=ADMIN)
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert stub.GetIndexInfo(pb.GetIndexInfoRequest()).indexes[0].generation == 1
 
@@ -159,12 +172,12 @@ def test_hot_swap_under_load_loses_no_call_and_never_mixes_generations(encoder, 
                     continue
                 answers.append((result.generation, [(h.unit_id, h.record_id) for h in result.hits]))
 
-    with running_server(encoder, [("tiny", tiny_index_dir)]) as srv:
+    with running_server(encoder, [("tiny", tiny_index_dir)], **publishing(tmp_path)) as srv:
         address = f"127.0.0.1:{srv.port}"
         threads = [threading.Thread(target=client_loop, args=(i, address)) for i in range(CLIENTS)]
         for t in threads:
             t.start()
-        with RetrieverClient(address, timeout=120) as admin:
+        with RetrieverClient(address, timeout=120, token=ADMIN_TOKEN) as admin:
             for generation in range(2, NEW_GENERATIONS + 2):
                 time.sleep(0.4)
                 build = copy_index(sources[plan[generation]], tmp_path / f"gen{generation}")

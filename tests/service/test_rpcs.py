@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import grpc
 import pytest
 
@@ -10,7 +13,7 @@ from retriever.index import Index, Manifest
 from retriever.instructions import general_instruction, source_instruction
 from retriever.records import Source
 from retriever.service.proto import retriever_pb2 as pb
-from tests.service.helpers import channel_to, copy_index, request, running_server, stub_for
+from tests.service.helpers import ADMIN, channel_to, copy_index, publishing, request, running_server, stub_for
 
 
 def test_retrieve_returns_sorted_hits_with_generation_and_model(stub, server):
@@ -113,14 +116,15 @@ def test_get_index_info_reports_the_manifest(stub, tiny_index_dir):
 
 
 def test_publish_new_generation_and_new_name(encoder, tiny_index_dir, alt_index_dir, tmp_path):
-    with running_server(encoder, [("tiny", tiny_index_dir)]) as srv, channel_to(srv) as channel:
+    root = Path(os.path.commonpath([tmp_path, alt_index_dir]))
+    with running_server(encoder, [("tiny", tiny_index_dir)], **publishing(root)) as srv, channel_to(srv) as channel:
         stub = stub_for(channel)
         copy = copy_index(tiny_index_dir, tmp_path / "tiny-copy")
-        published = stub.PublishIndex(pb.PublishIndexRequest(index="tiny", path=str(copy)))
+        published = stub.PublishIndex(pb.PublishIndexRequest(index="tiny", path=str(copy)), metadata=ADMIN)
         assert published.info.generation == 2 and published.previous_generation == 1
         assert published.info.is_default and published.load_seconds > 0
         assert stub.Retrieve(request()).generation == 2
-        added = stub.PublishIndex(pb.PublishIndexRequest(index="alt", path=str(alt_index_dir)))
+        added = stub.PublishIndex(pb.PublishIndexRequest(index="alt", path=str(alt_index_dir)), metadata=ADMIN)
         assert added.info.generation == 1 and added.previous_generation == 0 and not added.info.is_default
         alt_ids = set(Index.load(alt_index_dir, use_gpu=False).store.record_ids)
         response = stub.Retrieve(request(index="alt", top_k=5))
@@ -145,4 +149,4 @@ def test_client_wraps_every_rpc(server, tiny_index_dir, tmp_path):
         assert err.value.code is grpc.StatusCode.INVALID_ARGUMENT and "query" in err.value.details
         with pytest.raises(RemoteError) as err:
             client.publish("tiny", tmp_path / "missing")
-        assert err.value.code is grpc.StatusCode.NOT_FOUND
+        assert err.value.code is grpc.StatusCode.PERMISSION_DENIED and "admin token" in err.value.details

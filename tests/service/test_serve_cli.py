@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from retriever.cli.main import main
 from retriever.service.proto import retriever_pb2 as pb
-from tests.service.helpers import copy_index, request, stub_for
+from tests.service.helpers import ADMIN_TOKEN, copy_index, request, stub_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,8 +37,30 @@ def wait_serving(address: str, timeout: float = 180.0) -> None:
     raise AssertionError(f"{address} never became SERVING")
 
 
-def test_serve_query_publish_and_sigterm_drain(tiny_index_dir, tmp_path, capsys):
-    env = {**os.environ, "RETRIEVER_CACHE_DIR": str(tmp_path / "cache"), "RETRIEVER_MAX_TOP_K": "50"}
+def poll_health_and_queries(channel: grpc.Channel, seen: list[str]) -> None:
+    """Every 20 ms: a health check, and a query while health says NOT_SERVING; until the port closes."""
+    health = health_pb2_grpc.HealthStub(channel)
+    stub = stub_for(channel)
+    while True:
+        try:
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        except grpc.RpcError:
+            seen.append("port closed")
+            return
+        seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+        if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+            try:
+                stub.Retrieve(request("during shutdown", top_k=1), timeout=5)
+                seen.append("query answered")
+            except grpc.RpcError as exc:
+                seen.append(f"query {exc.code().name}")
+        time.sleep(0.02)
+
+
+def test_serve_query_publish_and_sigterm_drain(tiny_index_dir, tmp_path, capsys, monkeypatch):
+    env = {**os.environ, "RETRIEVER_CACHE_DIR": str(tmp_path / "cache"), "RETRIEVER_MAX_TOP_K": "50",
+           "RETRIEVER_ADMIN_TOKEN": ADMIN_TOKEN, "RETRIEVER_PUBLISH_ROOTS": str(tmp_path)}
+    monkeypatch.setenv("RETRIEVER_ADMIN_TOKEN", ADMIN_TOKEN)  # read by `retriever publish`
     process = subprocess.Popen(
         [sys.executable, "-m", "retriever", "serve", "--index", f"tiny={tiny_index_dir}", "--port", "0",
          "--grace", "20", "--no-progress"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
@@ -74,12 +96,23 @@ def test_serve_query_publish_and_sigterm_drain(tiny_index_dir, tmp_path, capsys)
             big = pb.RetrieveBatchRequest(requests=[request(f"question number {i} about music", top_k=50)
                                                     for i in range(256)])
             in_flight = stub.RetrieveBatch.future(big, timeout=60)
+            seen: list[str] = []  # a 20 ms health poller and a query sender, through the shutdown
+            polling = threading.Thread(target=poll_health_and_queries, args=(channel, seen), daemon=True)
+            polling.start()
             time.sleep(0.3)
+            signalled = time.monotonic()
             process.send_signal(signal.SIGTERM)
             answered = in_flight.result()
+            assert process.wait(60) == 0
+            exited = time.monotonic() - signalled
+            polling.join(10)
         assert len(answered.responses) == 256 and all(r.generation == 2 for r in answered.responses)
-        assert process.wait(60) == 0
         assert any("shutting down" in line for line in lines)
+        assert exited < 20 + 5
+        # SERVING, then NOT_SERVING while new queries are refused, and only then the port closes
+        assert seen[0] == "SERVING" and "NOT_SERVING" in seen, seen
+        first_down = seen.index("NOT_SERVING")
+        assert "SERVING" not in seen[first_down:] and "query UNAVAILABLE" in seen[first_down:], seen
     finally:
         if process.poll() is None:
             process.kill()
