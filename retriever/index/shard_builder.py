@@ -10,6 +10,7 @@ below ``min_recall`` fails the build before anything is published.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -31,8 +32,11 @@ from retriever.index.shards import faiss_module
 
 logger = logging.getLogger(__name__)
 
-#: Vectors sampled to train a shard's quantizers (IVF centroids, PQ/SQ codebooks).
+#: Vectors sampled to train a shard's quantizers (IVF centroids, PQ/SQ codebooks): at least this many,
+#: and TRAIN_PER_LIST per IVF list (FAISS warns below 39 per centroid), at most TRAIN_SAMPLE_MAX.
 TRAIN_SAMPLE = 200_000
+TRAIN_PER_LIST = 40
+TRAIN_SAMPLE_MAX = 1_000_000  # 1.5 GB of 384-d float32
 #: Held-aside queries for the recall gate, and the neighbours compared.
 RECALL_QUERIES = 1000
 RECALL_K = 10
@@ -78,7 +82,7 @@ def build_shard(factory: str, count: int, dimension: int, memory_budget: int | N
     if factory == "Flat":  # nothing to train or tune: the vectors are read once, to add them
         index, sample = faiss.IndexFlatIP(dimension), None
     else:
-        sample = _sample(vectors, count, TRAIN_SAMPLE, np.random.default_rng(SEED))
+        sample = _sample(vectors, count, train_sample_size(factory), np.random.default_rng(SEED))
         index, factory = train_index(factory, dimension, sample, SEED)
     add_in_chunks(index, vectors())
     if sample is None or isinstance(index, faiss.IndexFlat):
@@ -97,6 +101,13 @@ def build_shard(factory: str, count: int, dimension: int, memory_budget: int | N
             f"{len(queries)} held-aside queries, below --min-recall {min_recall}; choose a larger --memory-budget "
             "or another --factory (the encoded parts are kept: re-run with --resume)")
     return BuiltShard(index, factory, reason, round(float(recall), 4), search)
+
+
+def train_sample_size(factory: str) -> int:
+    """How many vectors train ``factory``: TRAIN_SAMPLE, or TRAIN_PER_LIST per IVF list when more (capped)."""
+    match = re.search(r"IVF(\d+)", factory)
+    lists = int(match.group(1)) if match else 0
+    return min(TRAIN_SAMPLE_MAX, max(TRAIN_SAMPLE, TRAIN_PER_LIST * lists))
 
 
 def _sample(vectors: Callable[[], Iterator[np.ndarray]], count: int, size: int,

@@ -350,3 +350,12 @@ def test_shard_set_params_still_sets_hnsw_and_plain_ivf(data) -> None:
 def test_search_params_reject_values_below_one(field: str) -> None:
     with pytest.raises(InvalidInputError, match=field):
         SearchParams(**{field: 0})
+
+
+@pytest.mark.parametrize(("factory", "expected"), [
+    ("IVF1024,SQ8", 200_000), ("HNSW32", 200_000), ("IVF8192,SQ8", 327_680),
+    ("IVF16384,PQ96x4fsr,Refine(SQ8)", 655_360), ("IVF65536,SQ8", 1_000_000)])
+def test_training_samples_grow_with_the_ivf_list_count(factory: str, expected: int) -> None:
+    from retriever.index.shard_builder import train_sample_size
+
+    assert train_sample_size(factory) == expected
