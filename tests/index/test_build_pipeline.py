@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,48 @@ def test_ray_build_equals_the_local_build_on_the_sample_corpus(ray_local, tmp_pa
         queries = [Query(q, sources=sources) for q in questions]
         for ra, rb in zip(a.search(queries, k=10), b.search(queries, k=10)):
             assert [h.unit_id for h in ra.hits] == [h.unit_id for h in rb.hits]
+
+
+def encoder_actor_pids() -> list[int]:
+    """Processes of Ray encoder actors (Ray titles them ``ray::MapWorker(MapBatches(_EncodeParts))``)."""
+    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    return [int(line.split(None, 1)[0]) for line in listing.splitlines() if "_EncodeParts" in line
+            and "ps -eo" not in line]
+
+
+def test_a_ray_encoder_killed_mid_build_loses_no_part(ray_local, tmp_path: Path, tiny_corpus: Path,
+                                                      encoder) -> None:
+    """kill -9 of an encoder actor while it encodes: Ray Data restarts it and retries its part; if it
+    gave up, --resume finishes from the journal. Either way the index equals an uninterrupted build."""
+    import threading
+
+    local, distributed = tmp_path / "local", tmp_path / "ray"
+    build_index(BuildConfig(corpus=tiny_corpus, out=local, part_size=8), encoder)
+    config = BuildConfig(corpus=tiny_corpus, out=distributed, part_size=8, engine=Engine.RAY, workers=1)
+    killed: list[int] = []
+
+    def kill_once_parts_are_flowing() -> None:
+        journal = work_dir_for(distributed) / JOURNAL_NAME
+        end = time.monotonic() + 240
+        while time.monotonic() < end:
+            pids = encoder_actor_pids()
+            if pids and journal.is_file() and journal.read_bytes().count(b"\n") >= 2:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_once_parts_are_flowing, daemon=True)
+    killer.start()
+    try:
+        report = build_index(config, encoder.config)
+    except Exception:  # Ray gave up on the part: the journal has what was done
+        report = build_index(replace(config, resume=True), encoder.config)
+        assert report.parts_reused >= 2
+    killer.join(10)
+    assert killed, "the encoder actor was never seen, so nothing was killed"
+    assert not any(p == killed[0] for p in encoder_actor_pids())
+    same_index(local, distributed, atol=1e-5)
 
 
 def test_ray_build_reports_bad_input_at_its_line(ray_local, tmp_path: Path, tiny_records: list[dict]) -> None:
