@@ -22,8 +22,8 @@ from typing import Any
 import grpc
 
 from retriever.errors import RetrieverError
+from retriever.query import Query
 from retriever.records import Source
-from retriever.searcher import Query
 from retriever.service import convert
 from retriever.service.convert import RemoteResult
 from retriever.service.proto import retriever_pb2 as pb
@@ -133,15 +133,17 @@ class RetrieverClient:
         Raises:
             RemoteError: the server refused or failed the call.
         """
-        request = convert.retrieve_request(Query(query, instruction, _sources(sources)), top_k, score_threshold,
+        request = convert.retrieve_request(Query(query, instruction, _sources(sources), top_k, score_threshold),
                                            with_text, index)
         return convert.result_from_proto(self._call(self.stub.Retrieve, request, timeout))
 
-    def retrieve_batch(self, queries: Sequence[Query], *, top_k: int = 10, score_threshold: float | None = None,
-                       with_text: bool = False, index: str = "", timeout: float | None = None) -> list[RemoteResult]:
-        """Retrieve for many queries in one call; results keep the input order."""
-        request = pb.RetrieveBatchRequest(requests=[
-            convert.retrieve_request(q, top_k, score_threshold, with_text, index) for q in queries])
+    def retrieve_batch(self, queries: Sequence[Query], *, with_text: bool = False, index: str = "",
+                       timeout: float | None = None) -> list[RemoteResult]:
+        """Retrieve for many queries in one call; results keep the input order.
+
+        Each query carries its own ``k`` and ``score_threshold``.
+        """
+        request = pb.RetrieveBatchRequest(requests=[convert.retrieve_request(q, with_text, index) for q in queries])
         response = self._call(self.stub.RetrieveBatch, request, timeout)
         return [convert.result_from_proto(r) for r in response.responses]
 

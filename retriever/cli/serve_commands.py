@@ -13,8 +13,8 @@ from typing import Any
 from retriever.cli.index_commands import add_encoder_args, encoder_config, model_for_index, print_result
 from retriever.errors import InvalidInputError, RetrieverError
 from retriever.index import Manifest
+from retriever.query import SourceResolution
 from retriever.records import Source
-from retriever.searcher import SourceResolution
 
 logger = logging.getLogger(__name__)
 

@@ -8,15 +8,24 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from retriever.errors import InvalidInputError
-from retriever.searcher import SourceResolution
+from retriever.query import SourceResolution
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+_INDEX_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def check_name(name: str) -> str:
+    """A served index's name, checked (``InvalidInputError`` says which characters are allowed)."""
+    if not _INDEX_NAME.match(name):
+        raise InvalidInputError(f"index name {name!r} is invalid: use 1 to 64 characters from A-Z a-z 0-9 _ . -")
+    return name
 
 
 @dataclass(frozen=True)

@@ -2,19 +2,26 @@
 
 Validation errors are :class:`~retriever.errors.InvalidInputError` whose message names the field
 (``requests[3].top_k``) and the limit, so a client can fix the call without reading the server.
+This module imports no model or index code (the client uses it): only the stubs, the query
+types and the service's limits.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from retriever.errors import InvalidInputError
+from retriever.query import Hit, Query, SearchResult
 from retriever.records import Source
-from retriever.searcher import Hit, Query, SearchResult
-from retriever.service.config import Limits
+from retriever.service.config import Limits, check_name
 from retriever.service.proto import retriever_pb2 as pb
-from retriever.service.registry import Generation, check_name
+
+if TYPE_CHECKING:
+    import grpc
+
+    from retriever.service.registry import Generation
 
 SOURCE_TO_PROTO: dict[Source, pb.Source] = {
     Source.TEXT: pb.SOURCE_TEXT,
@@ -24,6 +31,8 @@ SOURCE_TO_PROTO: dict[Source, pb.Source] = {
 }
 PROTO_TO_SOURCE: dict[int, Source] = {v: k for k, v in SOURCE_TO_PROTO.items()}
 _VALID_NAMES = ", ".join(pb.Source.Name(v) for v in PROTO_TO_SOURCE)
+#: Remaining times above this (about 11 days) mean the caller set no deadline.
+NO_DEADLINE_SECONDS = 1e6
 
 
 @dataclass(frozen=True)
@@ -31,8 +40,6 @@ class RetrieveSpec:
     """A validated RetrieveRequest in library terms."""
 
     query: Query
-    k: int
-    score_threshold: float | None
     with_text: bool
     index: str  # "" for the default index
 
@@ -61,7 +68,7 @@ class RemoteResult:
     server_seconds: float
 
     def as_search_result(self) -> SearchResult:
-        return SearchResult(self.hits, self.sources, self.resolved)
+        return SearchResult(self.hits, self.sources, self.resolved, self.instruction)
 
 
 def _utf8_len(text: str) -> int:
@@ -117,7 +124,7 @@ def parse_retrieve(request: pb.RetrieveRequest, limits: Limits, prefix: str = ""
         except InvalidInputError as exc:
             raise InvalidInputError(f"{prefix}index: {exc}") from None
     sources = parse_sources(list(request.sources), f"{prefix}sources")
-    return RetrieveSpec(Query(query, instruction, sources), request.top_k, threshold, request.with_text,
+    return RetrieveSpec(Query(query, instruction, sources, request.top_k, threshold), request.with_text,
                         request.index)
 
 
@@ -136,13 +143,21 @@ def hit_to_proto(hit: Hit, with_text: bool) -> pb.Hit:
                   title=hit.title, text=hit.text if with_text else "", unit_id=hit.unit_id)
 
 
-def result_to_proto(result: SearchResult, spec: RetrieveSpec, instruction: str, generation: Generation,
-                    model: str, seconds: float) -> pb.RetrieveResponse:
+def time_remaining(context: grpc.ServicerContext) -> float | None:
+    """The caller's remaining time in seconds; None when it set no deadline."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > NO_DEADLINE_SECONDS:
+        return None  # grpcio reports "no deadline" as a huge number of seconds
+    return float(remaining)
+
+
+def result_to_proto(result: SearchResult, with_text: bool, generation: Generation, model: str,
+                    seconds: float) -> pb.RetrieveResponse:
     return pb.RetrieveResponse(
-        hits=[hit_to_proto(h, spec.with_text) for h in result.hits],
+        hits=[hit_to_proto(h, with_text) for h in result.hits],
         sources=[SOURCE_TO_PROTO[s] for s in result.sources],
         sources_resolved=result.resolved,
-        instruction=instruction,
+        instruction=result.instruction,
         index=generation.name,
         generation=generation.number,
         model=model,
@@ -168,15 +183,14 @@ def index_info(generation: Generation, is_default: bool) -> pb.IndexInfo:
     )
 
 
-def retrieve_request(query: Query, k: int, score_threshold: float | None = None, with_text: bool = False,
-                     index: str = "") -> pb.RetrieveRequest:
+def retrieve_request(query: Query, with_text: bool = False, index: str = "") -> pb.RetrieveRequest:
     """Build a RetrieveRequest from library types (client side)."""
     request = pb.RetrieveRequest(query=query.text, sources=[SOURCE_TO_PROTO[s] for s in query.sources],
-                                 top_k=k, with_text=with_text, index=index)
+                                 top_k=query.k, with_text=with_text, index=index)
     if query.instruction is not None:
         request.instruction = query.instruction
-    if score_threshold is not None:
-        request.score_threshold = score_threshold
+    if query.score_threshold is not None:
+        request.score_threshold = query.score_threshold
     return request
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,12 +21,11 @@ from pathlib import Path
 from retriever.encoder import Encoder
 from retriever.errors import CorruptIndexError, InvalidInputError, NotFoundError, NotReadyError, RetrieverError
 from retriever.index import Index, Manifest
-from retriever.searcher import Searcher, SearchResult, SourceResolution
+from retriever.query import SearchResult, SourceResolution
+from retriever.searcher import Searcher
+from retriever.service.config import check_name
 
 logger = logging.getLogger(__name__)
-
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
 
 @dataclass(frozen=True, eq=False)
 class Generation:
@@ -56,12 +54,6 @@ class PublishResult:
 
 #: Runs one query with an explicit generation through the serving path: ``(generation, text) -> result``.
 CanarySearch = Callable[[Generation, str], SearchResult]
-
-
-def check_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise InvalidInputError(f"index name {name!r} is invalid: use 1 to 64 characters from A-Z a-z 0-9 _ . -")
-    return name
 
 
 def run_canary(generation: Generation, search: CanarySearch) -> None:

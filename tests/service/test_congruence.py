@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import random
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
 from retriever.client import RetrieverClient
 from retriever.instructions import general_instruction, source_instruction
+from retriever.query import Query
 from retriever.records import Source
-from retriever.searcher import Query, Searcher
+from retriever.searcher import Searcher
 
 QUERIES = 200
 INSTRUCTIONS = [None, None, "", general_instruction(), source_instruction(Source.TABLE),
@@ -36,7 +38,7 @@ def seeded_queries(records: list[dict], n: int = QUERIES, seed: int = 1234) -> l
 def test_grpc_hits_equal_in_process_hits(server, tiny_index, encoder, tiny_records):
     queries = seeded_queries(tiny_records)
     searcher = Searcher(tiny_index, encoder)
-    expected = [searcher.search([q], k=k)[0] for q, k in queries]
+    expected = [searcher.search([replace(q, k=k)])[0] for q, k in queries]
     with RetrieverClient(f"127.0.0.1:{server.port}", timeout=60) as client, ThreadPoolExecutor(4) as pool:
         # four concurrent callers, so the server batches different instructions, filters and k together
         got = list(pool.map(lambda qk: client.retrieve(qk[0].text, instruction=qk[0].instruction,
