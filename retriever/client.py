@@ -9,6 +9,10 @@
 
 Errors come back as :class:`RemoteError` (a :class:`~retriever.errors.RetrieverError`) carrying
 the gRPC status code and the server's message.
+
+Importing this module loads grpc, protobuf, the generated stubs and the query types only: no
+torch, FAISS, NumPy or model code, and it sets no environment variables
+(``tests/test_client_imports.py`` checks this in a fresh interpreter).
 """
 
 from __future__ import annotations
