@@ -26,14 +26,14 @@ from typing import Any
 import grpc
 
 from retriever.errors import RetrieverError
-from retriever.query import Query
+from retriever.query import FusionConfig, Mode, Query
 from retriever.records import Source
 from retriever.service import convert
 from retriever.service.convert import RemoteResult
 from retriever.service.proto import retriever_pb2 as pb
 from retriever.service.proto import retriever_pb2_grpc
 
-__all__ = ["PublishedIndex", "RemoteError", "RemoteResult", "RetrieverClient"]
+__all__ = ["FusionConfig", "Mode", "PublishedIndex", "Query", "RemoteError", "RemoteResult", "RetrieverClient"]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
@@ -131,14 +131,19 @@ class RetrieverClient:
 
     def retrieve(self, query: str, *, instruction: str | None = None, sources: Iterable[Source | str] = (),
                  top_k: int = 10, score_threshold: float | None = None, with_text: bool = False, index: str = "",
+                 mode: Mode | str = Mode.DENSE, fusion: FusionConfig | None = None,
                  timeout: float | None = None) -> RemoteResult:
         """Retrieve the best ``top_k`` units for one query (see docs/SERVICE.md for the semantics).
+
+        ``mode`` is dense, bm25 or hybrid (the last two need an index with a lexical part, see
+        :meth:`index_info`); ``fusion`` sets the hybrid's reciprocal-rank fusion.
 
         Raises:
             RemoteError: the server refused or failed the call.
         """
-        request = convert.retrieve_request(Query(query, instruction, _sources(sources), top_k, score_threshold),
-                                           with_text, index)
+        request = convert.retrieve_request(
+            Query(query, instruction, _sources(sources), top_k, score_threshold, Mode(mode), fusion or FusionConfig()),
+            with_text, index)
         return convert.result_from_proto(self._call(self.stub.Retrieve, request, timeout))
 
     def retrieve_batch(self, queries: Sequence[Query], *, with_text: bool = False, index: str = "",

@@ -9,9 +9,11 @@ encode with and the filter to apply, resolved once) and answers a :class:`Search
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from retriever.errors import InvalidInputError
 from retriever.records import Source
 
 
@@ -53,23 +55,33 @@ class Mode(StrEnum):
 class FusionConfig:
     """Reciprocal-rank fusion settings (Cormack et al., 2009) for ``Mode.HYBRID``.
 
-    A unit scores ``sum_i 1 / (rrf_k + rank_i)`` over the rankings it appears in (rank from 1);
-    each ranking is cut at ``max(k, depth)``. Fused ties are broken by unit id, ascending.
+    A unit scores ``dense_weight / (rrf_k + dense rank) + bm25_weight / (rrf_k + BM25 rank)``
+    over the rankings it appears in (ranks from 1); each ranking is cut at ``max(k, depth)``.
+    Fused ties are broken by unit id, ascending.
 
     Attributes:
         rrf_k: the RRF constant (60 in the original paper; larger flattens rank differences).
         depth: how many hits of each ranking are fused (at least the k asked for).
+        dense_weight, bm25_weight: each ranking's weight; 0 leaves that ranking out.
 
     Raises:
-        ValueError: ``rrf_k < 0`` or ``depth < 1``.
+        InvalidInputError: a negative or non-finite ``rrf_k`` or weight, both weights 0, or ``depth < 1``.
     """
 
     rrf_k: float = 60.0
     depth: int = 100
+    dense_weight: float = 1.0
+    bm25_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.rrf_k < 0 or self.depth < 1:
-            raise ValueError(f"need rrf_k >= 0 and depth >= 1, got rrf_k={self.rrf_k}, depth={self.depth}")
+        numbers = {"rrf_k": self.rrf_k, "dense_weight": self.dense_weight, "bm25_weight": self.bm25_weight}
+        for name, value in numbers.items():
+            if not math.isfinite(value) or value < 0:
+                raise InvalidInputError(f"fusion.{name}: must be a finite number >= 0, got {value}")
+        if self.dense_weight == 0 and self.bm25_weight == 0:
+            raise InvalidInputError("fusion.dense_weight, fusion.bm25_weight: must not both be 0")
+        if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
+            raise InvalidInputError(f"fusion.depth: must be an integer >= 1, got {self.depth!r}")
 
 
 @dataclass(frozen=True)
@@ -144,9 +156,11 @@ class SearchResult:
         sources: the filter applied; empty when none.
         resolved: True when ``sources`` came from the instruction.
         instruction: the instruction the query was encoded with ("" for none, and for BM25).
+        mode: the mode that ranked the hits.
     """
 
     hits: list[Hit]
     sources: tuple[Source, ...]
     resolved: bool
     instruction: str = ""
+    mode: Mode = Mode.DENSE

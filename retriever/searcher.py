@@ -25,7 +25,7 @@ import numpy as np
 from retriever.encoder import Encoder
 from retriever.errors import InvalidInputError
 from retriever.index import Index
-from retriever.index.lexical import LEXICAL_DIR, Bm25Config, LexicalIndex, texts_sha256
+from retriever.index.lexical import LEXICAL_DIR, LEXICAL_MANIFEST, Bm25Config, LexicalIndex, texts_sha256
 from retriever.index.store import SOURCE_CODE, UnitStore
 from retriever.instructions import instruction_for, resolve_sources
 from retriever.query import Hit, Mode, PlannedQuery, Query, SearchResult, SourceResolution
@@ -154,7 +154,9 @@ class Searcher:
             elif p.query.mode is Mode.BM25:
                 ranking = lexical[i]
             else:
-                ranking = rrf_fuse([dense[i], lexical[i]], p.query.k, p.query.fusion.rrf_k)
+                fusion = p.query.fusion
+                ranking = rrf_fuse([dense[i], lexical[i]], p.query.k, fusion.rrf_k,
+                                   (fusion.dense_weight, fusion.bm25_weight))
             out.append(threshold(ranking, p.query.score_threshold))
         return out
 
@@ -166,7 +168,7 @@ class Searcher:
             hits = [Hit(i, store.record_id(i), store.source_of(i), int(store.parts[i]), store.title(i),
                         store.text(i), s) for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
             instruction = p.instruction if p.query.mode.uses_vectors else ""
-            results.append(SearchResult(hits, p.sources, p.resolved, instruction))
+            results.append(SearchResult(hits, p.sources, p.resolved, instruction, p.query.mode))
         return results
 
     def _dense(self, planned: Sequence[PlannedQuery], vectors: np.ndarray, rows: list[int]) -> dict[int, Ranking]:
@@ -229,13 +231,20 @@ def encode(encoder: Encoder | None, planned: Sequence[PlannedQuery], show_progre
     return vectors
 
 
-def rrf_fuse(rankings: Sequence[Ranking], k: int, rrf_k: float = 60.0) -> Ranking:
-    """Fuse rank-ordered rankings of unit ids; returns the top ``k`` by fused score (ties: smaller id)."""
+def rrf_fuse(rankings: Sequence[Ranking], k: int, rrf_k: float = 60.0,
+             weights: Sequence[float] | None = None) -> Ranking:
+    """Fuse rank-ordered rankings of unit ids; returns the top ``k`` by fused score (ties: smaller id).
+
+    A unit scores ``sum_i weights[i] / (rrf_k + rank_i)`` over the rankings it appears in (rank
+    from 1); a ranking of weight 0 is left out. ``weights`` default to 1 each.
+    """
     fused: dict[int, float] = {}
-    for ids, _ in rankings:
+    for weight, (ids, _) in zip(weights or [1.0] * len(rankings), rankings, strict=True):
+        if weight == 0:
+            continue
         for rank, unit_id in enumerate(ids.tolist(), 1):
             if unit_id >= 0:
-                fused[unit_id] = fused.get(unit_id, 0.0) + 1.0 / (rrf_k + rank)
+                fused[unit_id] = fused.get(unit_id, 0.0) + weight / (rrf_k + rank)
     if not fused:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     ids = np.fromiter(fused.keys(), dtype=np.int64, count=len(fused))
@@ -276,3 +285,14 @@ def build_lexical(index: Index, out: Path | None = None, config: Bm25Config | No
 def load_lexical(index: Index, path: Path | None = None) -> LexicalIndex:
     """Load the lexical index of ``index``, refusing one built from other units."""
     return LexicalIndex.load(lexical_path(index, path), units_sha256=texts_sha256(index.store.texts))
+
+
+def find_lexical(index: Index) -> LexicalIndex | None:
+    """The index's own lexical part (``<index dir>/lexical``), loaded and checked; None when it has none.
+
+    Raises:
+        CorruptIndexError, IncompatibleIndexError: it is there but altered or built from other units.
+    """
+    if not (lexical_path(index) / LEXICAL_MANIFEST).is_file():
+        return None
+    return load_lexical(index)

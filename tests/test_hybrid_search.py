@@ -29,6 +29,22 @@ def test_rrf_by_hand() -> None:
     assert scores.tolist() == pytest.approx([1 / 12 + 1 / 11, 1 / 11, 1 / 12, 1 / 13], rel=1e-6)
 
 
+def test_weighted_rrf_by_hand() -> None:
+    # A (weight 2): 7, 3   B (weight 0.5): 3, 9
+    ids, scores = rrf_fuse([arr(7, 3), arr(3, 9)], k=10, rrf_k=10, weights=(2.0, 0.5))
+    assert ids.tolist() == [3, 7, 9]  # 3: 2/12 + 0.5/11 = 0.2121; 7: 2/11 = 0.1818; 9: 0.5/12
+    assert scores.tolist() == pytest.approx([2 / 12 + 0.5 / 11, 2 / 11, 0.5 / 12], rel=1e-6)
+    only_a, _ = rrf_fuse([arr(7, 3), arr(3, 9)], k=10, rrf_k=10, weights=(1.0, 0.0))
+    assert only_a.tolist() == [7, 3]  # a ranking of weight 0 is left out entirely
+
+
+def test_fusion_settings_are_checked() -> None:
+    for bad in ({"rrf_k": -1.0}, {"rrf_k": float("nan")}, {"depth": 0}, {"dense_weight": 0.0, "bm25_weight": 0.0},
+                {"bm25_weight": float("inf")}):
+        with pytest.raises(InvalidInputError, match="fusion"):
+            FusionConfig(**bad)
+
+
 def test_rrf_ties_by_unit_id_and_cut_at_k() -> None:
     ids, _ = rrf_fuse([arr(8, 2), arr(2, 8)], k=1, rrf_k=60)
     assert ids.tolist() == [2]  # 2 and 8 tie exactly; the smaller id wins

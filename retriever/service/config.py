@@ -42,6 +42,8 @@ class Limits:
             (RETRIEVER_MAX_CONCURRENT_CALLS).
         max_queued_queries: queries waiting for the encoder; more are refused with
             RESOURCE_EXHAUSTED (RETRIEVER_MAX_QUEUED_QUERIES).
+        max_fusion_depth: largest hybrid ``fusion.depth``, the hits each ranking contributes
+            (RETRIEVER_MAX_FUSION_DEPTH).
     """
 
     max_message_bytes: int = 16 * 1024 * 1024
@@ -51,6 +53,7 @@ class Limits:
     max_batch_queries: int = 256
     max_concurrent_calls: int = 64
     max_queued_queries: int = 2048
+    max_fusion_depth: int = 1000
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -154,6 +157,7 @@ ENV_VARS: dict[str, tuple[str, type]] = {
     "RETRIEVER_MAX_BATCH_QUERIES": ("max_batch_queries", int),
     "RETRIEVER_MAX_CONCURRENT_CALLS": ("max_concurrent_calls", int),
     "RETRIEVER_MAX_QUEUED_QUERIES": ("max_queued_queries", int),
+    "RETRIEVER_MAX_FUSION_DEPTH": ("max_fusion_depth", int),
 }
 _LIMIT_FIELDS = frozenset(f.name for f in dataclasses.fields(Limits))
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from retriever.errors import InvalidInputError
-from retriever.query import Hit, Query, SearchResult
+from retriever.query import FusionConfig, Hit, Mode, Query, SearchResult
 from retriever.records import Source
 from retriever.service.config import Limits, check_name
 from retriever.service.proto import retriever_pb2 as pb
@@ -31,6 +31,13 @@ SOURCE_TO_PROTO: dict[Source, pb.Source] = {
 }
 PROTO_TO_SOURCE: dict[int, Source] = {v: k for k, v in SOURCE_TO_PROTO.items()}
 _VALID_NAMES = ", ".join(pb.Source.Name(v) for v in PROTO_TO_SOURCE)
+MODE_TO_PROTO: dict[Mode, pb.SearchMode] = {
+    Mode.DENSE: pb.SEARCH_MODE_DENSE,
+    Mode.BM25: pb.SEARCH_MODE_BM25,
+    Mode.HYBRID: pb.SEARCH_MODE_HYBRID,
+}
+PROTO_TO_MODE: dict[int, Mode] = {pb.SEARCH_MODE_UNSPECIFIED: Mode.DENSE, **{v: k for k, v in MODE_TO_PROTO.items()}}
+_FUSION_FIELDS = ("rrf_k", "depth", "dense_weight", "bm25_weight")
 #: Remaining times above this (about 11 days) mean the caller set no deadline.
 NO_DEADLINE_SECONDS = 1e6
 
@@ -56,6 +63,7 @@ class RemoteResult:
         index, generation: the index generation that answered.
         model: the model that encoded the query.
         server_seconds: time spent in the server.
+        mode: the mode that ranked the hits.
     """
 
     hits: list[Hit]
@@ -66,9 +74,10 @@ class RemoteResult:
     generation: int
     model: str
     server_seconds: float
+    mode: Mode = Mode.DENSE
 
     def as_search_result(self) -> SearchResult:
-        return SearchResult(self.hits, self.sources, self.resolved, self.instruction)
+        return SearchResult(self.hits, self.sources, self.resolved, self.instruction, self.mode)
 
 
 def _utf8_len(text: str) -> int:
@@ -124,8 +133,32 @@ def parse_retrieve(request: pb.RetrieveRequest, limits: Limits, prefix: str = ""
         except InvalidInputError as exc:
             raise InvalidInputError(f"{prefix}index: {exc}") from None
     sources = parse_sources(list(request.sources), f"{prefix}sources")
-    return RetrieveSpec(Query(query, instruction, sources, request.top_k, threshold), request.with_text,
-                        request.index)
+    mode = PROTO_TO_MODE.get(request.mode)
+    if mode is None:
+        raise InvalidInputError(f"{prefix}mode: unknown value {request.mode}; expected one of "
+                                f"{', '.join(pb.SearchMode.Name(v) for v in PROTO_TO_MODE)}")
+    fusion = parse_fusion(request, mode, limits, prefix)
+    return RetrieveSpec(Query(query, instruction, sources, request.top_k, threshold, mode, fusion),
+                        request.with_text, request.index)
+
+
+def parse_fusion(request: pb.RetrieveRequest, mode: Mode, limits: Limits, prefix: str = "") -> FusionConfig:
+    """The request's fusion settings over the defaults (hybrid only)."""
+    if not request.HasField("fusion"):
+        return FusionConfig()
+    if mode is not Mode.HYBRID:
+        raise InvalidInputError(f"{prefix}fusion: only for SEARCH_MODE_HYBRID; leave it unset in mode "
+                                f"{pb.SearchMode.Name(MODE_TO_PROTO[mode])}")
+    fusion = request.fusion
+    values = {name: getattr(fusion, name) for name in _FUSION_FIELDS if fusion.HasField(name)}
+    depth = values.get("depth", FusionConfig.depth)
+    if not 1 <= depth <= limits.max_fusion_depth:
+        raise InvalidInputError(f"{prefix}fusion.depth: must be between 1 and {limits.max_fusion_depth} "
+                                f"(RETRIEVER_MAX_FUSION_DEPTH), got {depth}")
+    try:
+        return FusionConfig(**values)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{prefix}{exc}") from None
 
 
 def parse_batch(request: pb.RetrieveBatchRequest, limits: Limits) -> list[RetrieveSpec]:
@@ -162,6 +195,7 @@ def result_to_proto(result: SearchResult, with_text: bool, generation: Generatio
         generation=generation.number,
         model=model,
         server_seconds=seconds,
+        mode=MODE_TO_PROTO[result.mode],
     )
 
 
@@ -180,13 +214,18 @@ def index_info(generation: Generation, is_default: bool) -> pb.IndexInfo:
         factory=m.factory, metric=m.metric, dimension=m.dimension, shards=shards,
         linearizer_version=m.linearizer_version, max_tokens=m.max_tokens, corpus_fingerprint=m.corpus_fingerprint,
         created=m.created, loaded=generation.loaded,
+        modes=[MODE_TO_PROTO[mode] for mode in generation.searcher.modes],
     )
 
 
 def retrieve_request(query: Query, with_text: bool = False, index: str = "") -> pb.RetrieveRequest:
     """Build a RetrieveRequest from library types (client side)."""
     request = pb.RetrieveRequest(query=query.text, sources=[SOURCE_TO_PROTO[s] for s in query.sources],
-                                 top_k=query.k, with_text=with_text, index=index)
+                                 top_k=query.k, with_text=with_text, index=index, mode=MODE_TO_PROTO[query.mode])
+    if query.mode is Mode.HYBRID:
+        f = query.fusion
+        request.fusion.CopyFrom(pb.Fusion(rrf_k=f.rrf_k, depth=f.depth, dense_weight=f.dense_weight,
+                                          bm25_weight=f.bm25_weight))
     if query.instruction is not None:
         request.instruction = query.instruction
     if query.score_threshold is not None:
@@ -200,4 +239,4 @@ def result_from_proto(response: pb.RetrieveResponse) -> RemoteResult:
             for h in response.hits]
     return RemoteResult(hits, tuple(PROTO_TO_SOURCE[s] for s in response.sources), response.sources_resolved,
                         response.instruction, response.index, response.generation, response.model,
-                        response.server_seconds)
+                        response.server_seconds, PROTO_TO_MODE.get(response.mode, Mode.DENSE))
