@@ -32,9 +32,10 @@ sys.path.insert(0, str(ROOT))
 
 from retriever.encoder import Encoder, EncoderConfig  # noqa: E402
 from retriever.index import Index, Manifest  # noqa: E402
+from retriever.query import Query  # noqa: E402
 from retriever.records import Source  # noqa: E402
 from retriever.sample import SAMPLE_CORPUS, data_file  # noqa: E402
-from retriever.searcher import Query, Searcher  # noqa: E402
+from retriever.searcher import Searcher  # noqa: E402
 
 
 def tree_rss(pid: int) -> int:
@@ -99,7 +100,7 @@ def compare(local: Path, ray: Path, questions: list[str]) -> dict[str, Any]:
     same, total = 0, 0
     for sources in [(), (Source.TABLE,), (Source.KB, Source.INFOBOX)]:
         queries = [Query(q, sources=sources) for q in questions]
-        for ra, rb in zip(sa.search(queries, k=10), sb.search(queries, k=10)):
+        for ra, rb in zip(sa.search(queries), sb.search(queries)):
             total += 1
             same += [h.unit_id for h in ra.hits] == [h.unit_id for h in rb.hits]
     return {"units": len(a.store), "same_units_in_same_order": same_units, "max_abs_vector_difference": diff,

@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 from retriever.encoder import Encoder, EncoderConfig  # noqa: E402
 from retriever.index import Index  # noqa: E402
-from retriever.searcher import Query, Searcher  # noqa: E402
+from retriever.query import Query  # noqa: E402
+from retriever.searcher import Searcher  # noqa: E402
 from retriever.service.proto import retriever_pb2 as pb  # noqa: E402
 from retriever.service.proto import retriever_pb2_grpc  # noqa: E402
 
@@ -81,13 +82,13 @@ def summary(latencies: list[float], seconds: float, errors: int = 0) -> dict[str
 def in_process(index_dir: Path, queries: list[str], k: int, duration: float) -> dict[str, Any]:
     encoder = Encoder(EncoderConfig(show_progress=False))
     searcher = Searcher(Index.load(index_dir), encoder)
-    searcher.search([Query(queries[0])], k=k)  # warm-up
+    searcher.search([Query(queries[0], k=k)])  # warm-up
     latencies: list[float] = []
     started = time.perf_counter()
     i = 0
     while time.perf_counter() - started < duration:
         t = time.perf_counter()
-        searcher.search([Query(queries[i % len(queries)])], k=k)
+        searcher.search([Query(queries[i % len(queries)], k=k)])
         latencies.append(time.perf_counter() - t)
         i += 1
     single = summary(latencies, time.perf_counter() - started)
@@ -95,8 +96,8 @@ def in_process(index_dir: Path, queries: list[str], k: int, duration: float) -> 
     done = 0
     started = time.perf_counter()
     while time.perf_counter() - started < duration:
-        chunk = [Query(queries[(done + j) % len(queries)]) for j in range(batch)]
-        searcher.search(chunk, k=k)
+        chunk = [Query(queries[(done + j) % len(queries)], k=k) for j in range(batch)]
+        searcher.search(chunk)
         done += batch
     seconds = time.perf_counter() - started
     return {"one_at_a_time": single, "batches_of_32": {"queries": done, "seconds": round(seconds, 3),
@@ -241,7 +242,7 @@ def correctness(index_dir: Path, queries: list[str], k: int, clients: int, durat
     encoder = Encoder(EncoderConfig(show_progress=False))
     searcher = Searcher(Index.load(index_dir), encoder)
     sample = queries[:distinct]
-    expected = {q: searcher.search([Query(q)], k=k)[0].hits for q in sample}
+    expected = {q: searcher.search([Query(q, k=k)])[0].hits for q in sample}
     del searcher, encoder
     counts = {"calls": 0, "failed": 0, "incorrect": 0}
     worst = [0.0]

@@ -9,6 +9,10 @@
 
 Errors come back as :class:`RemoteError` (a :class:`~retriever.errors.RetrieverError`) carrying
 the gRPC status code and the server's message.
+
+Importing this module loads grpc, protobuf, the generated stubs and the query types only: no
+torch, FAISS, NumPy or model code, and it sets no environment variables
+(``tests/test_client_imports.py`` checks this in a fresh interpreter).
 """
 
 from __future__ import annotations
@@ -22,14 +26,14 @@ from typing import Any
 import grpc
 
 from retriever.errors import RetrieverError
+from retriever.query import FusionConfig, Mode, Query
 from retriever.records import Source
-from retriever.searcher import Query
 from retriever.service import convert
 from retriever.service.convert import RemoteResult
 from retriever.service.proto import retriever_pb2 as pb
 from retriever.service.proto import retriever_pb2_grpc
 
-__all__ = ["PublishedIndex", "RemoteError", "RemoteResult", "RetrieverClient"]
+__all__ = ["FusionConfig", "Mode", "PublishedIndex", "Query", "RemoteError", "RemoteResult", "RetrieverClient"]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
@@ -127,21 +131,28 @@ class RetrieverClient:
 
     def retrieve(self, query: str, *, instruction: str | None = None, sources: Iterable[Source | str] = (),
                  top_k: int = 10, score_threshold: float | None = None, with_text: bool = False, index: str = "",
+                 mode: Mode | str = Mode.DENSE, fusion: FusionConfig | None = None,
                  timeout: float | None = None) -> RemoteResult:
         """Retrieve the best ``top_k`` units for one query (see docs/SERVICE.md for the semantics).
+
+        ``mode`` is dense, bm25 or hybrid (the last two need an index with a lexical part, see
+        :meth:`index_info`); ``fusion`` sets the hybrid's reciprocal-rank fusion.
 
         Raises:
             RemoteError: the server refused or failed the call.
         """
-        request = convert.retrieve_request(Query(query, instruction, _sources(sources)), top_k, score_threshold,
-                                           with_text, index)
+        request = convert.retrieve_request(
+            Query(query, instruction, _sources(sources), top_k, score_threshold, Mode(mode), fusion or FusionConfig()),
+            with_text, index)
         return convert.result_from_proto(self._call(self.stub.Retrieve, request, timeout))
 
-    def retrieve_batch(self, queries: Sequence[Query], *, top_k: int = 10, score_threshold: float | None = None,
-                       with_text: bool = False, index: str = "", timeout: float | None = None) -> list[RemoteResult]:
-        """Retrieve for many queries in one call; results keep the input order."""
-        request = pb.RetrieveBatchRequest(requests=[
-            convert.retrieve_request(q, top_k, score_threshold, with_text, index) for q in queries])
+    def retrieve_batch(self, queries: Sequence[Query], *, with_text: bool = False, index: str = "",
+                       timeout: float | None = None) -> list[RemoteResult]:
+        """Retrieve for many queries in one call; results keep the input order.
+
+        Each query carries its own ``k`` and ``score_threshold``.
+        """
+        request = pb.RetrieveBatchRequest(requests=[convert.retrieve_request(q, with_text, index) for q in queries])
         response = self._call(self.stub.RetrieveBatch, request, timeout)
         return [convert.result_from_proto(r) for r in response.responses]
 

@@ -29,9 +29,16 @@ logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
 
-# Never reach for a model hub at run time.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+def hub_offline() -> None:
+    """Keep Hugging Face libraries off the network: call before the first import of one of them.
+
+    Set where a model loads rather than at import time, so importing the package (the gRPC
+    client, the CLI's parser) changes nothing in the caller's environment. A value the caller
+    set wins.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 class Precision(StrEnum):
@@ -149,6 +156,7 @@ class ModelInfo:
 
     def token_counter(self) -> Any:
         """A :data:`~retriever.linearize.TokenCounter` with the model's own tokenizer (no weights)."""
+        hub_offline()
         from transformers import AutoTokenizer
 
         try:
@@ -235,6 +243,7 @@ class Encoder:
                     self.dimension, self.device, time.perf_counter() - started)
 
     def _load(self) -> Any:
+        hub_offline()
         import torch
         from sentence_transformers import SentenceTransformer
 

@@ -1,82 +1,109 @@
-"""Query → instruction → encoder → index → ranked units."""
+"""The search engine: query → plan → encode → rank by mode → threshold → hits.
+
+One :class:`Searcher` answers every caller: the CLI, the gRPC service (its batcher decides only
+*when* to call it) and the benchmarks (which call :meth:`Searcher.rank` for the rankings alone).
+Three modes share the plan, the exact source filter and the threshold:
+
+* dense: the query embedding against the FAISS shards of the requested sources;
+* bm25: the lexical index (``retriever build-lexical``) masked to the requested sources; the
+  instruction is not part of a lexical query;
+* hybrid: reciprocal-rank fusion (Cormack et al., 2009) of the two, each cut at the fusion depth.
+
+Rankings travel as ``(unit ids int64 [n], scores float32 [n])`` arrays, best first, until they
+become :class:`~retriever.query.Hit` s at the very end.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import StrEnum
+from pathlib import Path
 
 import numpy as np
 
 from retriever.encoder import Encoder
 from retriever.errors import InvalidInputError
 from retriever.index import Index
+from retriever.index.lexical import LEXICAL_DIR, LEXICAL_MANIFEST, Bm25Config, LexicalIndex, texts_sha256
+from retriever.index.store import SOURCE_CODE, UnitStore
 from retriever.instructions import instruction_for, resolve_sources
+from retriever.query import Hit, Mode, PlannedQuery, Query, SearchResult, SourceResolution
 from retriever.records import Source
 
 logger = logging.getLogger(__name__)
 
-
-class SourceResolution(StrEnum):
-    """What to do when a query names no sources but its instruction does ("from tables").
-
-    FILTER: resolve the named source types and filter on them exactly.
-    ENCODER_ONLY: leave it to the encoder, which reads the instruction; no filter.
-    """
-
-    FILTER = "filter"
-    ENCODER_ONLY = "encoder-only"
-
-
-@dataclass(frozen=True)
-class Query:
-    """One retrieval request.
-
-    Attributes:
-        text: the question.
-        instruction: free text that conditions the query encoder. None uses the model's
-            saved prompt (the source-specific one when exactly one source is asked for,
-            else the general one) when the model was trained with instructions, and the bare
-            question otherwise; "" always encodes the question alone.
-        sources: source types to filter on exactly; empty means all (or, under
-            ``SourceResolution.FILTER``, the ones the instruction names).
-    """
-
-    text: str
-    instruction: str | None = None
-    sources: tuple[Source, ...] = ()
-
-
-@dataclass(frozen=True)
-class Hit:
-    unit_id: int
-    record_id: str
-    source: Source
-    part: int
-    title: str
-    text: str
-    score: float
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    hits: list[Hit]
-    sources: tuple[Source, ...]  # the filter applied; empty when none
-    resolved: bool  # True when ``sources`` came from the instruction
+#: (unit ids int64 [n], scores float32 [n]), best first.
+Ranking = tuple[np.ndarray, np.ndarray]
 
 
 class Searcher:
-    """Dense search over one loaded index with the encoder it was built with."""
+    """Dense, BM25 and hybrid search over one unit collection.
 
-    def __init__(self, index: Index, encoder: Encoder, resolution: SourceResolution = SourceResolution.FILTER) -> None:
-        index.manifest.check_compatible(encoder.checksum, encoder.prompts, str(index.path))
-        self.index, self.encoder, self.resolution = index, encoder, resolution
+    Args:
+        index: the loaded index (its FAISS shards and unit store); None for a BM25-only
+            collection given as ``store``.
+        encoder: the model the index was built with (checked against the manifest); None when
+            only BM25 is wanted.
+        resolution: what an instruction naming source types does when a query gives none.
+        lexical: the BM25 index over the same units (``bm25`` and ``hybrid`` modes).
+        store: the units, when there is no ``index``.
 
-    def plan(self, query: Query) -> tuple[str, tuple[Source, ...], bool]:
-        """The instruction to encode with and the source filter to apply."""
+    Raises:
+        IncompatibleIndexError: the index was built with another model or other prompts.
+        InvalidInputError: the lexical index covers other units.
+    """
+
+    def __init__(self, index: Index | None, encoder: Encoder | None = None,
+                 resolution: SourceResolution = SourceResolution.FILTER, lexical: LexicalIndex | None = None,
+                 store: UnitStore | None = None) -> None:
+        if index is not None:
+            if store is not None:
+                raise ValueError("give an index or a unit store, not both")
+            if encoder is not None:
+                index.manifest.check_compatible(encoder.checksum, encoder.prompts, str(index.path))
+            store = index.store
+        elif store is None:
+            raise ValueError("give an index or a unit store")
+        self.store = store
+        where = str(index.path) if index is not None else "these units"
+        if lexical is not None and (lexical.units != len(self.store)
+                                    or lexical.units_sha256 != texts_sha256(self.store.texts)):
+            raise InvalidInputError(f"the lexical index covers other units than {where}; "
+                                    "rebuild it with `retriever build-lexical`")
+        self._index, self.encoder, self.lexical, self.resolution = index, encoder, lexical, resolution
+
+    @property
+    def index(self) -> Index:
+        if self._index is None:
+            raise InvalidInputError("this searcher has no dense index (BM25 over a unit store only)")
+        return self._index
+
+    @property
+    def modes(self) -> tuple[Mode, ...]:
+        """The modes this searcher can answer."""
+        dense = self._index is not None and self.encoder is not None
+        lexical = self.lexical is not None
+        return tuple(m for m in Mode if (dense or not m.uses_vectors) and (lexical or not m.uses_lexical))
+
+    # -- plan ------------------------------------------------------------------------------------
+    def plan(self, query: Query) -> PlannedQuery:
+        """Validate a query and resolve the instruction to encode with and the source filter to apply.
+
+        Raises:
+            InvalidInputError: empty text, ``k < 1``, a NaN threshold, or a mode this searcher lacks.
+        """
         if not query.text or not query.text.strip():
             raise InvalidInputError("query text must not be empty")
+        if query.k < 1:
+            raise InvalidInputError(f"k must be >= 1, got {query.k}")
+        if query.score_threshold is not None and math.isnan(query.score_threshold):
+            raise InvalidInputError("score_threshold must be a number, got NaN")
+        if query.mode not in self.modes:
+            missing = "a lexical index (build it with `retriever build-lexical`)" \
+                if query.mode.uses_lexical and self.lexical is None else "a dense index and its model"
+            have = ", ".join(m.value for m in self.modes) or "none"
+            raise InvalidInputError(f"mode {query.mode.value} needs {missing}; this index answers: {have}")
         sources = tuple(dict.fromkeys(query.sources))
         resolved = False
         if not sources and self.resolution is SourceResolution.FILTER and query.instruction:
@@ -84,49 +111,188 @@ class Searcher:
             resolved = bool(sources)
         instruction = query.instruction
         if instruction is None:
-            tuned = self.encoder.instruction_tuned
-            instruction = instruction_for(self.encoder.prompts, sources) if tuned else ""
-        return instruction, sources, resolved
+            encoder = self.encoder
+            tuned = encoder is not None and encoder.instruction_tuned
+            instruction = instruction_for(encoder.prompts, sources) if encoder is not None and tuned else ""
+        return PlannedQuery(query, instruction, sources, resolved)
 
-    def embed(self, queries: Sequence[Query]) -> tuple[np.ndarray, list[tuple[Source, ...]], list[bool]]:
-        plans = [self.plan(q) for q in queries]
-        vectors = self.encoder.encode_queries([q.text for q in queries], [p[0] for p in plans])
-        return vectors, [p[1] for p in plans], [p[2] for p in plans]
-
-    def search(self, queries: Sequence[Query], k: int = 10, score_threshold: float | None = None) -> list[SearchResult]:
+    # -- the whole path --------------------------------------------------------------------------
+    def search(self, queries: Sequence[Query]) -> list[SearchResult]:
         """Search a batch of queries (encoded together); results keep the input order.
 
         Raises:
-            InvalidInputError: an empty query or ``k < 1``.
+            InvalidInputError: see :meth:`plan`.
         """
-        if k < 1:
-            raise InvalidInputError(f"k must be >= 1, got {k}")
-        if not queries:
+        return self.search_planned([self.plan(q) for q in queries])
+
+    def search_planned(self, planned: Sequence[PlannedQuery], vectors: np.ndarray | None = None) -> list[SearchResult]:
+        """Answer planned queries; ``vectors`` are their embeddings when already encoded (see :func:`encode`)."""
+        if not planned:
             return []
-        vectors, filters, resolved = self.embed(queries)
-        return self.search_vectors(vectors, filters, resolved, k, score_threshold)
+        if vectors is None:
+            vectors = self.encode(planned)
+        return self.hits(planned, self.rank(planned, vectors))
 
-    def search_vectors(self, vectors: np.ndarray, filters: Sequence[tuple[Source, ...]], resolved: Sequence[bool],
-                       k: int, score_threshold: float | None = None) -> list[SearchResult]:
-        """Search already-encoded queries, grouping those with the same filter into one FAISS call."""
-        results: list[SearchResult | None] = [None] * len(filters)
-        groups: dict[tuple[Source, ...], list[int]] = {}
-        for i, sources in enumerate(filters):
-            groups.setdefault(tuple(sorted(sources, key=lambda s: s.value)), []).append(i)
-        for sources, rows in groups.items():
-            names = [s.value for s in sources] if sources else None
-            scores, ids = self.index.shards.search(vectors[rows], k, names)
-            for row, score_row, id_row in zip(rows, scores, ids):
-                hits = self._hits(score_row, id_row, score_threshold)
-                results[row] = SearchResult(hits, filters[row], resolved[row])
-        return [r for r in results if r is not None]
+    # -- the steps -------------------------------------------------------------------------------
+    def encode(self, planned: Sequence[PlannedQuery], show_progress: bool = False) -> np.ndarray:
+        """Embeddings of the planned queries (see :func:`encode`)."""
+        return encode(self.encoder, planned, show_progress)
 
-    def _hits(self, scores: np.ndarray, ids: np.ndarray, threshold: float | None) -> list[Hit]:
-        store = self.index.store
-        hits = []
-        for score, unit_id in zip(scores.tolist(), ids.tolist()):
-            if unit_id < 0 or (threshold is not None and score < threshold):
-                continue
-            hits.append(Hit(unit_id, store.record_id(unit_id), store.source_of(unit_id), int(store.parts[unit_id]),
-                            store.title(unit_id), store.text(unit_id), float(score)))
-        return hits
+    def rank(self, planned: Sequence[PlannedQuery], vectors: np.ndarray) -> list[Ranking]:
+        """Each query's ranking in its mode, cut at its ``k`` and its score threshold.
+
+        Args:
+            planned: planned queries (any mix of modes, filters and k).
+            vectors: ``[len(planned), dim]`` embeddings; rows of BM25 queries are not read.
+        """
+        dense = self._dense(planned, vectors, [i for i, p in enumerate(planned) if p.query.mode.uses_vectors])
+        lexical = self._bm25(planned, [i for i, p in enumerate(planned) if p.query.mode.uses_lexical])
+        out = []
+        for i, p in enumerate(planned):
+            if p.query.mode is Mode.DENSE:
+                ranking = dense[i]
+            elif p.query.mode is Mode.BM25:
+                ranking = lexical[i]
+            else:
+                fusion = p.query.fusion
+                ranking = rrf_fuse([dense[i], lexical[i]], p.query.k, fusion.rrf_k,
+                                   (fusion.dense_weight, fusion.bm25_weight))
+            out.append(threshold(ranking, p.query.score_threshold))
+        return out
+
+    def hits(self, planned: Sequence[PlannedQuery], rankings: Sequence[Ranking]) -> list[SearchResult]:
+        """Rankings as results: each unit id becomes a :class:`Hit` with its record, part and text."""
+        store = self.store
+        results = []
+        for p, (ids, scores) in zip(planned, rankings, strict=True):
+            hits = [Hit(i, store.record_id(i), store.source_of(i), int(store.parts[i]), store.title(i),
+                        store.text(i), s) for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
+            instruction = p.instruction if p.query.mode.uses_vectors else ""
+            results.append(SearchResult(hits, p.sources, p.resolved, instruction, p.query.mode))
+        return results
+
+    def _dense(self, planned: Sequence[PlannedQuery], vectors: np.ndarray, rows: list[int]) -> dict[int, Ranking]:
+        """Exact-filtered top-depth per query: one FAISS search per (filter, depth) group."""
+        out: dict[int, Ranking] = {}
+        groups: dict[tuple[tuple[str, ...], int], list[int]] = {}
+        for i in rows:
+            groups.setdefault((tuple(sorted(s.value for s in planned[i].sources)), planned[i].depth), []).append(i)
+        for (names, depth), group in groups.items():
+            scores, ids = self.index.shards.search(vectors[group], depth, list(names) if names else None)
+            for row, score_row, id_row in zip(group, scores, ids, strict=True):
+                keep = id_row >= 0  # shards with fewer than depth units pad with -1
+                out[row] = (id_row[keep].astype(np.int64), score_row[keep].astype(np.float32))
+        return out
+
+    def _bm25(self, planned: Sequence[PlannedQuery], rows: list[int]) -> dict[int, Ranking]:
+        """BM25 top-depth per query, masked to its filter (only positive scores count)."""
+        if not rows:
+            return {}
+        if self.lexical is None:
+            raise InvalidInputError("no lexical index: build one with `retriever build-lexical`")
+        masks: dict[tuple[Source, ...], np.ndarray | None] = {}
+        groups: dict[int, list[int]] = {}
+        for i in rows:
+            groups.setdefault(planned[i].depth, []).append(i)
+            sources = planned[i].sources
+            if sources not in masks:
+                masks[sources] = source_mask(self.store, sources)
+        out: dict[int, Ranking] = {}
+        for depth, group in groups.items():
+            found = self.lexical.search([planned[i].query.text for i in group], depth,
+                                        [masks[planned[i].sources] for i in group])
+            out.update(zip(group, found, strict=True))
+        return out
+
+
+def encode(encoder: Encoder | None, planned: Sequence[PlannedQuery], show_progress: bool = False) -> np.ndarray:
+    """Embed ``instruction + question`` of the planned queries that need a vector, in one encoder call.
+
+    The batcher calls this once per batch across index generations (they share the encoder).
+
+    Returns:
+        float32 ``[len(planned), dim]``; rows of BM25 queries are zeros (``[n, 0]`` when no query
+        needs a vector).
+
+    Raises:
+        InvalidInputError: a query needs a vector and there is no encoder.
+    """
+    rows = [i for i, p in enumerate(planned) if p.query.mode.uses_vectors]
+    if not rows:
+        return np.zeros((len(planned), 0), dtype=np.float32)
+    if encoder is None:
+        raise InvalidInputError("dense and hybrid search need the model; load an encoder")
+    encoded = encoder.encode_queries([planned[i].query.text for i in rows], [planned[i].instruction for i in rows],
+                                     show_progress=show_progress)
+    if len(rows) == len(planned):
+        return encoded
+    vectors = np.zeros((len(planned), encoded.shape[1]), dtype=np.float32)
+    vectors[rows] = encoded
+    return vectors
+
+
+def rrf_fuse(rankings: Sequence[Ranking], k: int, rrf_k: float = 60.0,
+             weights: Sequence[float] | None = None) -> Ranking:
+    """Fuse rank-ordered rankings of unit ids; returns the top ``k`` by fused score (ties: smaller id).
+
+    A unit scores ``sum_i weights[i] / (rrf_k + rank_i)`` over the rankings it appears in (rank
+    from 1); a ranking of weight 0 is left out. ``weights`` default to 1 each.
+    """
+    fused: dict[int, float] = {}
+    for weight, (ids, _) in zip(weights or [1.0] * len(rankings), rankings, strict=True):
+        if weight == 0:
+            continue
+        for rank, unit_id in enumerate(ids.tolist(), 1):
+            if unit_id >= 0:
+                fused[unit_id] = fused.get(unit_id, 0.0) + weight / (rrf_k + rank)
+    if not fused:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    ids = np.fromiter(fused.keys(), dtype=np.int64, count=len(fused))
+    scores = np.fromiter(fused.values(), dtype=np.float64, count=len(fused))
+    order = np.lexsort((ids, -scores))[:k]
+    return ids[order], scores[order].astype(np.float32)
+
+
+def threshold(ranking: Ranking, floor: float | None) -> Ranking:
+    """Drop the entries scoring below ``floor`` (compared in float64, as a client compares them)."""
+    if floor is None:
+        return ranking
+    ids, scores = ranking
+    keep = scores.astype(np.float64) >= floor
+    return ids[keep], scores[keep]
+
+
+def source_mask(store: UnitStore, sources: Sequence[Source]) -> np.ndarray | None:
+    """Boolean ``[units]`` mask of the units of ``sources`` (None for no filter)."""
+    if not sources:
+        return None
+    return np.isin(store.sources, [SOURCE_CODE[s] for s in sources])
+
+
+def lexical_path(index: Index, path: Path | None = None) -> Path:
+    """Where an index's lexical index lives: ``path`` if given, else ``<index dir>/lexical``."""
+    return path if path is not None else index.path / LEXICAL_DIR
+
+
+def build_lexical(index: Index, out: Path | None = None, config: Bm25Config | None = None,
+                  overwrite: bool = False, show_progress: bool = False) -> Path:
+    """Build the BM25 index over an index's units and save it (default ``<index dir>/lexical``)."""
+    path = lexical_path(index, out)
+    LexicalIndex.build(index.store.texts, config, show_progress=show_progress).save(path, overwrite=overwrite)
+    return path
+
+
+def load_lexical(index: Index, path: Path | None = None) -> LexicalIndex:
+    """Load the lexical index of ``index``, refusing one built from other units."""
+    return LexicalIndex.load(lexical_path(index, path), units_sha256=texts_sha256(index.store.texts))
+
+
+def find_lexical(index: Index) -> LexicalIndex | None:
+    """The index's own lexical part (``<index dir>/lexical``), loaded and checked; None when it has none.
+
+    Raises:
+        CorruptIndexError, IncompatibleIndexError: it is there but altered or built from other units.
+    """
+    if not (lexical_path(index) / LEXICAL_MANIFEST).is_file():
+        return None
+    return load_lexical(index)

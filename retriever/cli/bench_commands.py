@@ -141,7 +141,7 @@ def add_output_args(parser: argparse.ArgumentParser, name: str) -> None:
 def run_heteromix(args: argparse.Namespace) -> int:
     from retriever.evaluation.bench import HeteroBenchConfig, command_line, run_heteromix_bench
     from retriever.evaluation.heteromix import HeteroConfig
-    from retriever.hybrid import FusionConfig
+    from retriever.query import FusionConfig
 
     ids = None if args.ids is None or str(args.ids).lower() == "none" else args.ids
     config = HeteroBenchConfig(

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from retriever.encoder import BUNDLED_MODEL, Encoder, EncoderConfig, Precision
-from retriever.hybrid import FusionConfig, HybridSearcher, SearchMode, build_lexical, load_lexical
 from retriever.index import BuildConfig, Index, Manifest, build_index
 from retriever.index.build import DEFAULT_PART_SIZE, Engine
+from retriever.query import FusionConfig, Mode, Query, SearchResult, SourceResolution
 from retriever.records import Source
-from retriever.searcher import Query, Searcher, SearchResult, SourceResolution
+from retriever.searcher import Searcher, build_lexical, load_lexical
 
 
 def add_encoder_args(parser: argparse.ArgumentParser, model_help: str) -> None:
@@ -99,9 +100,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--k-factor", type=int, default=None,
                         help="re-ranked candidates per hit for refined indexes (default: the build's tuned value)")
     search.add_argument("--json", action="store_true", help="print one JSON object per hit")
-    search.add_argument("--mode", type=SearchMode, choices=list(SearchMode), default=SearchMode.DENSE,
-                        help="dense (default), bm25 (lexical, ignores the instruction) or hybrid (reciprocal-rank "
-                        "fusion of both); bm25 and hybrid need a lexical index (retriever build-lexical)")
+    search.add_argument("--mode", type=Mode, choices=list(Mode), default=Mode.DENSE,
+                        help="dense (default), bm25 (lexical, ignores the instruction; no model is loaded) or hybrid "
+                        "(reciprocal-rank fusion of both); bm25 and hybrid need a lexical index (retriever "
+                        "build-lexical). --score-threshold applies to the mode's score: cosine, BM25 or fused RRF")
     search.add_argument("--lexical", type=Path, default=None,
                         help="lexical index directory (default INDEX/lexical)")
     search.add_argument("--rrf-k", type=float, default=60.0, help="hybrid: reciprocal-rank-fusion constant")
@@ -168,19 +170,17 @@ def model_for_index(manifest: Manifest, requested: str | None) -> str | None:
 
 def run_search(args: argparse.Namespace) -> int:
     manifest = Manifest.read(args.index)
-    encoder = Encoder(encoder_config(args, model_for_index(manifest, args.model)))
+    encoder = None
+    if args.mode.uses_vectors:
+        encoder = Encoder(encoder_config(args, model_for_index(manifest, args.model)))
     overrides = {k: v for k, v in (("nprobe", args.nprobe), ("ef_search", args.ef_search),
                                    ("k_factor", args.k_factor)) if v is not None}
     index = Index.load(args.index, params=overrides)
-    searcher = Searcher(index, encoder, resolution=args.resolve)
-    query = Query(args.query, instruction=args.instruction, sources=tuple(args.source))
-    if args.mode is SearchMode.DENSE:
-        result = searcher.search([query], k=args.top_k, score_threshold=args.score_threshold)[0]
-    else:
-        hybrid = HybridSearcher(searcher, load_lexical(index, args.lexical),
-                                FusionConfig(rrf_k=args.rrf_k, depth=args.fusion_depth))
-        result = hybrid.search([query], k=args.top_k, mode=args.mode)[0]
-    print_result(result, args.json)
+    lexical = load_lexical(index, args.lexical) if args.mode.uses_lexical else None
+    searcher = Searcher(index, encoder, args.resolve, lexical)
+    query = Query(args.query, args.instruction, tuple(args.source), args.top_k, args.score_threshold, args.mode,
+                  FusionConfig(rrf_k=args.rrf_k, depth=args.fusion_depth))
+    print_result(searcher.search([query])[0], args.json)
     return 0
 
 
@@ -254,7 +254,8 @@ def run_demo(args: argparse.Namespace) -> int:
     path = ensure_sample_index(encoder)
     searcher = Searcher(Index.load(path), encoder)
     print(f"sample index: {path}")
-    for query, result in zip(DEMO_QUERIES, searcher.search(DEMO_QUERIES, k=args.top_k)):
+    queries = [replace(q, k=args.top_k) for q in DEMO_QUERIES]
+    for query, result in zip(queries, searcher.search(queries)):
         extra = f"  [instruction: {query.instruction}]" if query.instruction else ""
         extra += f"  [sources: {', '.join(s.value for s in query.sources)}]" if query.sources else ""
         print(f"\n? {query.text}{extra}")

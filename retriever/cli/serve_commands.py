@@ -13,8 +13,8 @@ from typing import Any
 from retriever.cli.index_commands import add_encoder_args, encoder_config, model_for_index, print_result
 from retriever.errors import InvalidInputError, RetrieverError
 from retriever.index import Manifest
+from retriever.query import FusionConfig, Mode, SourceResolution
 from retriever.records import Source
-from retriever.searcher import SourceResolution
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ LIMIT_FLAGS = [
      "calls handled at once; more get RESOURCE_EXHAUSTED at once (default 64)"),
     ("--max-queued-queries", "max_queued_queries",
      "queries waiting for the encoder; more get RESOURCE_EXHAUSTED (default 2048)"),
+    ("--max-fusion-depth", "max_fusion_depth", "largest hybrid fusion depth a request may ask for (default 1000)"),
 ]
 
 
@@ -88,6 +89,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     query.add_argument("-k", "--top-k", type=int, default=10, help="number of hits (default 10)")
     query.add_argument("--score-threshold", type=float, default=None, help="drop hits scoring below this")
     query.add_argument("--index", default="", help="served index name (default: the server's default index)")
+    query.add_argument("--mode", type=Mode, choices=list(Mode), default=Mode.DENSE,
+                       help="dense (default), bm25 or hybrid; bm25 and hybrid need an index with a lexical part")
+    query.add_argument("--rrf-k", type=float, default=60.0, help="hybrid: reciprocal-rank-fusion constant")
+    query.add_argument("--fusion-depth", type=int, default=100, help="hybrid: hits of each mode fused")
     query.add_argument("--json", action="store_true", help="print one JSON object per hit")
     add_client_args(query)
     query.set_defaults(func=run_query)
@@ -226,7 +231,8 @@ def make_client(args: argparse.Namespace) -> Any:
 def run_query(args: argparse.Namespace) -> int:
     with make_client(args) as client:
         result = client.retrieve(args.query, instruction=args.instruction, sources=args.source, top_k=args.top_k,
-                                 score_threshold=args.score_threshold, with_text=True, index=args.index)
+                                 score_threshold=args.score_threshold, with_text=True, index=args.index,
+                                 mode=args.mode, fusion=FusionConfig(rrf_k=args.rrf_k, depth=args.fusion_depth))
     if not args.json:
         print(f"index {result.index} generation {result.generation} ({result.server_seconds * 1000:.1f} ms in server)")
     print_result(result.as_search_result(), args.json)

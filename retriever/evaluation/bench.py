@@ -13,7 +13,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -44,21 +43,17 @@ from retriever.evaluation.report import (
     write_json,
     write_trec,
 )
-from retriever.evaluation.retrievers import Bm25Retriever, DenseRetriever, HybridRetriever, Memo, UnitRetriever
-from retriever.hybrid import FusionConfig
+from retriever.evaluation.retrievers import UnitRetriever, engine_retrievers
 from retriever.index import Index, Manifest
 from retriever.index.lexical import Bm25Config
 from retriever.index.store import UnitStore
 from retriever.instructions import default_prompts
-from retriever.searcher import Searcher, SourceResolution
+from retriever.query import FusionConfig, Mode
 
 logger = logging.getLogger(__name__)
 
-
-class Method(StrEnum):
-    BM25 = "bm25"
-    DENSE = "dense"
-    HYBRID = "hybrid"
+#: The methods a benchmark compares are the engine's search modes.
+Method = Mode
 
 
 @dataclass(frozen=True)
@@ -166,16 +161,11 @@ def run_heteromix_bench(config: HeteroBenchConfig, encoder: Encoder | None = Non
 
 def _retrievers(config: HeteroBenchConfig, store: UnitStore, index: Index | None, encoder: Encoder | None,
                 root: Path) -> list[UnitRetriever]:
-    built: dict[Method, UnitRetriever] = {}
+    lexical = None
     if Method.BM25 in config.methods or Method.HYBRID in config.methods:
         lexical = lexical_index(store, root, config.bm25, show_progress=config.hetero.show_progress)
-        built[Method.BM25] = Memo(Bm25Retriever(lexical, store), uses_instruction=False)
-    if index is not None and encoder is not None:
-        searcher = Searcher(index, encoder, resolution=SourceResolution.ENCODER_ONLY)
-        built[Method.DENSE] = Memo(DenseRetriever(searcher, show_progress=config.hetero.show_progress))
-    if Method.HYBRID in config.methods:
-        built[Method.HYBRID] = HybridRetriever(built[Method.DENSE], built[Method.BM25], config.fusion)
-    return [built[m] for m in config.methods]
+    return engine_retrievers(config.methods, store, index, encoder if index is not None else None, lexical,
+                             config.fusion, config.hetero.show_progress)
 
 
 HETERO_COLUMNS = (

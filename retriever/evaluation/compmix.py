@@ -42,15 +42,14 @@ from retriever.errors import InvalidInputError, RetrieverError
 from retriever.evaluation.bench import Method, command_line, write_run_outputs
 from retriever.evaluation.collection import cache_root, lexical_index
 from retriever.evaluation.heteromix import DEFAULT_SCENARIOS, HeteroConfig, HeteroQuestion, RunResult, run_heteromix
-from retriever.evaluation.retrievers import Bm25Retriever, DenseRetriever, HybridRetriever, Memo, UnitRetriever
-from retriever.hybrid import FusionConfig
+from retriever.evaluation.retrievers import engine_retrievers
 from retriever.index import BuildConfig, Index, build_index_from_units
 from retriever.index.lexical import Bm25Config
 from retriever.index.store import SOURCE_CODE, UnitStore
 from retriever.instructions import default_prompts
 from retriever.linearize import LINEARIZER_VERSION, Unit
+from retriever.query import FusionConfig
 from retriever.records import Source, file_fingerprint
-from retriever.searcher import Searcher, SourceResolution
 
 logger = logging.getLogger(__name__)
 
@@ -306,18 +305,11 @@ def run_compmix_bench(config: CompMixBenchConfig, encoder: Encoder | None = None
         store = index.store
     else:
         encoder, store = None, UnitStore.from_units(units)
-    retrievers: dict[Method, UnitRetriever] = {}
-    if {Method.BM25, Method.HYBRID} & set(config.methods):
-        retrievers[Method.BM25] = Memo(Bm25Retriever(lexical_index(store, root, config.bm25), store), False)
-    if index is not None and encoder is not None:
-        searcher = Searcher(index, encoder, resolution=SourceResolution.ENCODER_ONLY)
-        retrievers[Method.DENSE] = Memo(DenseRetriever(searcher, config.show_progress))
-    if Method.HYBRID in config.methods:
-        retrievers[Method.HYBRID] = HybridRetriever(retrievers[Method.DENSE], retrievers[Method.BM25], config.fusion)
+    lexical = lexical_index(store, root, config.bm25) if {Method.BM25, Method.HYBRID} & set(config.methods) else None
+    retrievers = engine_retrievers(config.methods, store, index, encoder, lexical, config.fusion, config.show_progress)
     hetero = HeteroConfig(scenarios=config.scenarios, depth=config.depth, show_progress=config.show_progress,
                           score_unanswerable=not config.only_answerable)
-    runs = run_heteromix(questions, store, [retrievers[m] for m in config.methods],
-                         encoder.prompts if encoder else default_prompts(), hetero)
+    runs = run_heteromix(questions, store, retrievers, encoder.prompts if encoder else default_prompts(), hetero)
     description = {
         "protocol": "compmix-ir", "corpus": str(config.corpus), "questions": str(config.questions),
         "units": len(store), "methods": [m.value for m in config.methods], "group": "domain",

@@ -39,11 +39,11 @@ from retriever.evaluation.metrics import (
     mean_metrics,
 )
 from retriever.evaluation.retrievers import UnitRetriever
-from retriever.hybrid import Ranking
 from retriever.index.store import SOURCE_ORDER, UnitStore
 from retriever.instructions import SOURCE_NAMES, SOURCE_TEMPLATE, instruction_for
+from retriever.query import Query
 from retriever.records import Source, iter_lines
-from retriever.searcher import Query
+from retriever.searcher import Ranking
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from retriever.hybrid import Ranking
 from retriever.index.store import UnitStore
 from retriever.records import Source
+from retriever.searcher import Ranking
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,12 @@
-"""The retrievers a benchmark compares, behind one small protocol.
+"""The retrievers a benchmark compares: each is one mode of the search engine.
 
-Each takes :class:`~retriever.searcher.Query` objects and returns rank-ordered
-``(unit ids, scores)`` arrays over one unit collection (a :class:`UnitStore`); nothing in
-between passes through a set. ``Memo`` caches rankings so scenarios that ask the same
-question twice (BM25 ignores instructions) are ranked once.
+A retriever takes :class:`~retriever.query.Query` objects and returns rank-ordered
+``(unit ids, scores)`` arrays over one unit collection, computed by
+:meth:`retriever.searcher.Searcher.rank` (the same planning, filter, ranking and fusion as the
+CLI and the server); nothing in between passes through a set. Benchmarks search with
+``SourceResolution.ENCODER_ONLY`` (scenarios set their filters explicitly). ``Memo`` caches
+rankings so scenarios that ask the same question twice (BM25 ignores instructions) are ranked
+once, and :class:`QueryVectors` encodes each (instruction, question) once for every mode.
 """
 
 from __future__ import annotations
@@ -11,15 +14,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
 
-from retriever.hybrid import FusionConfig, Ranking, dense_rankings, rrf_fuse
+from retriever.encoder import Encoder
+from retriever.index import Index
 from retriever.index.lexical import LexicalIndex
-from retriever.index.store import SOURCE_CODE, UnitStore
-from retriever.records import Source
-from retriever.searcher import Query, Searcher
+from retriever.index.store import UnitStore
+from retriever.query import FusionConfig, Mode, PlannedQuery, Query, SourceResolution
+from retriever.searcher import Ranking, Searcher
 
 logger = logging.getLogger(__name__)
 
@@ -32,64 +37,42 @@ class UnitRetriever(Protocol):
         ...
 
 
-def store_mask(store: UnitStore, sources: Sequence[Source]) -> np.ndarray | None:
-    """Boolean ``[units]`` mask of the units of ``sources`` (None when no filter)."""
-    if not sources:
-        return None
-    return np.isin(store.sources, [SOURCE_CODE[s] for s in sources])
+class QueryVectors:
+    """Query embeddings by (instruction, question), each encoded once per benchmark run."""
 
-
-class Bm25Retriever:
-    """BM25 over the collection's unit texts; the instruction is ignored, the source filter applied exactly."""
-
-    name = "bm25"
-
-    def __init__(self, lexical: LexicalIndex, store: UnitStore) -> None:
-        if lexical.units != len(store):
-            raise ValueError(f"lexical index has {lexical.units} units, the collection {len(store)}")
-        self.lexical, self.store = lexical, store
-
-    def rank(self, queries: Sequence[Query], depth: int) -> list[Ranking]:
-        masks = [store_mask(self.store, q.sources) for q in queries]
-        return self.lexical.search([q.text for q in queries], depth, masks)
-
-
-class DenseRetriever:
-    """Dense search through the engine's searcher (use ``SourceResolution.ENCODER_ONLY`` for soft runs)."""
-
-    name = "dense"
-
-    def __init__(self, searcher: Searcher, show_progress: bool = False) -> None:
-        self.searcher, self.show_progress = searcher, show_progress
+    def __init__(self, show_progress: bool = False) -> None:
+        self.show_progress = show_progress
         self._vectors: dict[tuple[str, str], np.ndarray] = {}  # (instruction, text) → [dim]
 
-    def rank(self, queries: Sequence[Query], depth: int) -> list[Ranking]:
-        plans = [self.searcher.plan(q) for q in queries]
-        keys = [(p[0], q.text) for p, q in zip(plans, queries, strict=True)]
+    def __call__(self, searcher: Searcher, planned: Sequence[PlannedQuery]) -> np.ndarray:
+        """``[len(planned), dim]`` embeddings; the ones not seen yet are encoded in one call, in order."""
+        keys = [(p.instruction, p.query.text) for p in planned]
+        first = {k: p for k, p in zip(keys, planned, strict=True)}
         todo = [k for k in dict.fromkeys(keys) if k not in self._vectors]
         if todo:
             started = time.perf_counter()
-            vectors = self.searcher.encoder.encode_queries([t for _, t in todo], [i for i, _ in todo],
-                                                           show_progress=self.show_progress)
+            vectors = searcher.encode([first[k] for k in todo], show_progress=self.show_progress)
             self._vectors.update(zip(todo, vectors, strict=True))
             logger.info("encoded %d queries in %.1fs", len(todo), time.perf_counter() - started)
-        matrix = np.stack([self._vectors[k] for k in keys]) if keys else np.zeros((0, 1), np.float32)
-        return dense_rankings(self.searcher.index, matrix, [p[1] for p in plans], depth)
+        return np.stack([self._vectors[k] for k in keys]) if keys else np.zeros((0, 1), np.float32)
 
 
-class HybridRetriever:
-    """Reciprocal-rank fusion of two retrievers, each cut at ``max(depth, fusion.depth)``."""
+class EngineRetriever:
+    """One search mode of a :class:`~retriever.searcher.Searcher` at the benchmark's depth."""
 
-    name = "hybrid"
-
-    def __init__(self, dense: UnitRetriever, lexical: UnitRetriever, fusion: FusionConfig | None = None) -> None:
-        self.dense, self.lexical, self.fusion = dense, lexical, fusion or FusionConfig()
+    def __init__(self, searcher: Searcher, mode: Mode, fusion: FusionConfig | None = None,
+                 vectors: QueryVectors | None = None) -> None:
+        self.searcher, self.mode, self.fusion = searcher, mode, fusion or FusionConfig()
+        self.vectors = vectors or QueryVectors()
+        self.name = mode.value
 
     def rank(self, queries: Sequence[Query], depth: int) -> list[Ranking]:
-        inner = max(depth, self.fusion.depth)
-        dense = self.dense.rank(queries, inner)
-        lexical = self.lexical.rank(queries, inner)
-        return [rrf_fuse([d, b], depth, self.fusion.rrf_k) for d, b in zip(dense, lexical, strict=True)]
+        planned = [self.searcher.plan(replace(q, k=depth, mode=self.mode, fusion=self.fusion)) for q in queries]
+        if self.mode.uses_vectors:
+            vectors = self.vectors(self.searcher, planned)
+        else:
+            vectors = np.zeros((len(planned), 0), np.float32)
+        return self.searcher.rank(planned, vectors)
 
 
 class Memo:
@@ -111,3 +94,20 @@ class Memo:
             for (key, _), ranking in zip(todo, self.inner.rank([q for _, q in todo], depth), strict=True):
                 self._cache[key] = ranking
         return [self._cache[k] for k in keys]
+
+
+def engine_retrievers(modes: Sequence[Mode], store: UnitStore, index: Index | None, encoder: Encoder | None,
+                      lexical: LexicalIndex | None, fusion: FusionConfig | None = None,
+                      show_progress: bool = False) -> list[UnitRetriever]:
+    """One memoized retriever per mode, all over one searcher and sharing the query embeddings.
+
+    Dense and hybrid need ``index`` and ``encoder``, BM25 and hybrid need ``lexical``; without an
+    index, BM25 searches ``store``.
+    """
+    if index is not None:
+        searcher = Searcher(index, encoder, SourceResolution.ENCODER_ONLY, lexical)
+    else:
+        searcher = Searcher(None, None, SourceResolution.ENCODER_ONLY, lexical, store=store)
+    vectors = QueryVectors(show_progress)
+    return [Memo(EngineRetriever(searcher, mode, fusion, vectors), uses_instruction=mode.uses_vectors)
+            for mode in modes]

@@ -1,12 +1,14 @@
-"""Dynamic batching: concurrent calls share one encoder pass and one FAISS search per group.
+"""Dynamic batching: concurrent calls share one encoder pass; the batcher decides only *when* to search.
 
-Handler threads submit jobs (one Retrieve = one query, one RetrieveBatch = many) to a bounded
-queue and wait on a future. A single worker thread owns the encoder: it takes the oldest job,
-adds queued jobs until ``max_batch`` queries or until ``wait`` has passed with nothing new,
-drops jobs whose deadline passed or whose caller went away (no work starts for them), encodes
-all remaining queries in one ``encode_queries`` call and searches them with one
-``search_vectors`` call per (generation, top_k) group, which itself issues one FAISS search per
-source filter. One worker also means the tokenizer and model are never used from two threads.
+Handler threads plan their queries on the generation of each index they name (:func:`bind`) and
+submit them (one Retrieve = one query, one RetrieveBatch = many) to a bounded queue, then wait on
+a future. A single worker thread takes the oldest job, adds queued jobs until ``max_batch``
+queries or until ``wait`` has passed with nothing new, drops jobs whose deadline passed or whose
+caller went away (no work starts for them), embeds all remaining queries in one
+:func:`retriever.searcher.encode` call (generations share the encoder) and hands each
+generation's rows to its :meth:`~retriever.searcher.Searcher.search_planned`, which ranks,
+filters and thresholds them. One worker also means the tokenizer and model are never used from
+two threads.
 """
 
 from __future__ import annotations
@@ -21,29 +23,47 @@ from dataclasses import dataclass, field
 
 from retriever.encoder import Encoder
 from retriever.errors import CancelledError, DeadlineExceededError, NotReadyError, OverloadedError
-from retriever.records import Source
-from retriever.searcher import SearchResult
+from retriever.query import PlannedQuery, Query, SearchResult
+from retriever.searcher import encode
 from retriever.service.registry import Generation
 
 logger = logging.getLogger(__name__)
 
+#: How long past its deadline a caller waits for an answer already being computed.
+ANSWER_GRACE_SECONDS = 1.0
+
 
 @dataclass(frozen=True)
-class PlannedQuery:
-    """A validated query, bound to the generation that will answer it."""
+class BoundQuery:
+    """A planned query and the index generation that will answer it."""
 
     generation: Generation
-    text: str
-    instruction: str
-    sources: tuple[Source, ...]
-    resolved: bool
-    k: int
-    score_threshold: float | None = None
+    planned: PlannedQuery
+
+
+def bind(requests: Sequence[tuple[str, Query]], generation_of: Callable[[str], Generation]) -> list[BoundQuery]:
+    """Plan each ``(index name, query)`` on the current generation of that index.
+
+    Every query naming the same index is bound to the same generation, even if a publish swaps
+    it meanwhile, so one call never mixes two builds of an index.
+
+    Raises:
+        NotFoundError, NotReadyError: from ``generation_of``.
+        InvalidInputError: a query the searcher refuses (see ``Searcher.plan``).
+    """
+    generations: dict[str, Generation] = {}
+    bound = []
+    for name, query in requests:
+        if name not in generations:
+            generations[name] = generation_of(name)
+        generation = generations[name]
+        bound.append(BoundQuery(generation, generation.searcher.plan(query)))
+    return bound
 
 
 @dataclass
 class _Job:
-    queries: Sequence[PlannedQuery]
+    queries: Sequence[BoundQuery]
     deadline: float | None  # time.monotonic() seconds
     is_active: Callable[[], bool]
     future: Future[list[SearchResult]] = field(default_factory=Future)
@@ -79,7 +99,7 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="retriever-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, queries: Sequence[PlannedQuery], deadline: float | None = None,
+    def submit(self, queries: Sequence[BoundQuery], deadline: float | None = None,
                is_active: Callable[[], bool] = lambda: True) -> Future[list[SearchResult]]:
         """Queue queries for the worker; the future resolves to one result per query, in order.
 
@@ -107,10 +127,25 @@ class Batcher:
             self._cond.notify()
         return job.future
 
-    def search(self, queries: Sequence[PlannedQuery], timeout: float | None = None) -> list[SearchResult]:
-        """Submit and wait (for callers without a gRPC context, e.g. the canary)."""
+    def search(self, queries: Sequence[BoundQuery], timeout: float | None = None,
+               is_active: Callable[[], bool] = lambda: True) -> list[SearchResult]:
+        """Submit and wait for one result per query, in order.
+
+        Args:
+            queries: bound queries (see :func:`bind`).
+            timeout: the caller's remaining time in seconds; None for no deadline.
+            is_active: False once the caller went away (its queries are then skipped).
+
+        Raises:
+            DeadlineExceededError: the deadline passed before or while the queries were answered.
+            OverloadedError, NotReadyError: see :meth:`submit`.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self.submit(queries, deadline).result(timeout)
+        future = self.submit(queries, deadline, is_active)
+        try:
+            return future.result(timeout=None if timeout is None else max(timeout, 0.0) + ANSWER_GRACE_SECONDS)
+        except TimeoutError as exc:
+            raise DeadlineExceededError("the deadline passed while the query was being answered") from exc
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Answer what is queued, then end the worker."""
@@ -176,17 +211,16 @@ class Batcher:
         queries = [q for job in jobs for q in job.queries]
         if not queries:
             return
-        vectors = self.encoder.encode_queries([q.text for q in queries], [q.instruction for q in queries])
+        vectors = encode(self.encoder, [q.planned for q in queries])  # one encoder call for the whole batch
         results: list[SearchResult | None] = [None] * len(queries)
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[int, list[int]] = {}
         for i, q in enumerate(queries):
-            groups.setdefault((id(q.generation), q.k), []).append(i)
+            groups.setdefault(id(q.generation), []).append(i)
         for rows in groups.values():
-            first = queries[rows[0]]
-            found = first.generation.searcher.search_vectors(
-                vectors[rows], [queries[i].sources for i in rows], [queries[i].resolved for i in rows], first.k)
+            searcher = queries[rows[0]].generation.searcher
+            found = searcher.search_planned([queries[i].planned for i in rows], vectors[rows])
             for i, result in zip(rows, found, strict=True):
-                results[i] = _threshold(result, queries[i].score_threshold)
+                results[i] = result
         self.stats.batches += 1
         self.stats.queries += len(queries)
         self.stats.largest_batch = max(self.stats.largest_batch, len(queries))
@@ -195,9 +229,3 @@ class Batcher:
             end = start + len(job.queries)
             job.future.set_result([r for r in results[start:end] if r is not None])
             start = end
-
-
-def _threshold(result: SearchResult, threshold: float | None) -> SearchResult:
-    if threshold is None:
-        return result
-    return SearchResult([h for h in result.hits if h.score >= threshold], result.sources, result.resolved)

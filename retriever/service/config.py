@@ -8,15 +8,24 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from retriever.errors import InvalidInputError
-from retriever.searcher import SourceResolution
+from retriever.query import SourceResolution
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+_INDEX_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def check_name(name: str) -> str:
+    """A served index's name, checked (``InvalidInputError`` says which characters are allowed)."""
+    if not _INDEX_NAME.match(name):
+        raise InvalidInputError(f"index name {name!r} is invalid: use 1 to 64 characters from A-Z a-z 0-9 _ . -")
+    return name
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,8 @@ class Limits:
             (RETRIEVER_MAX_CONCURRENT_CALLS).
         max_queued_queries: queries waiting for the encoder; more are refused with
             RESOURCE_EXHAUSTED (RETRIEVER_MAX_QUEUED_QUERIES).
+        max_fusion_depth: largest hybrid ``fusion.depth``, the hits each ranking contributes
+            (RETRIEVER_MAX_FUSION_DEPTH).
     """
 
     max_message_bytes: int = 16 * 1024 * 1024
@@ -42,6 +53,7 @@ class Limits:
     max_batch_queries: int = 256
     max_concurrent_calls: int = 64
     max_queued_queries: int = 2048
+    max_fusion_depth: int = 1000
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -159,6 +171,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "RETRIEVER_MAX_BATCH_QUERIES": ("max_batch_queries", int),
     "RETRIEVER_MAX_CONCURRENT_CALLS": ("max_concurrent_calls", int),
     "RETRIEVER_MAX_QUEUED_QUERIES": ("max_queued_queries", int),
+    "RETRIEVER_MAX_FUSION_DEPTH": ("max_fusion_depth", int),
 }
 _LIMIT_FIELDS = frozenset(f.name for f in dataclasses.fields(Limits))
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}

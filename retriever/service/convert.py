@@ -2,19 +2,26 @@
 
 Validation errors are :class:`~retriever.errors.InvalidInputError` whose message names the field
 (``requests[3].top_k``) and the limit, so a client can fix the call without reading the server.
+This module imports no model or index code (the client uses it): only the stubs, the query
+types and the service's limits.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from retriever.errors import InvalidInputError
+from retriever.query import FusionConfig, Hit, Mode, Query, SearchResult
 from retriever.records import Source
-from retriever.searcher import Hit, Query, SearchResult
-from retriever.service.config import Limits
+from retriever.service.config import Limits, check_name
 from retriever.service.proto import retriever_pb2 as pb
-from retriever.service.registry import Generation, check_name
+
+if TYPE_CHECKING:
+    import grpc
+
+    from retriever.service.registry import Generation
 
 SOURCE_TO_PROTO: dict[Source, pb.Source] = {
     Source.TEXT: pb.SOURCE_TEXT,
@@ -24,6 +31,15 @@ SOURCE_TO_PROTO: dict[Source, pb.Source] = {
 }
 PROTO_TO_SOURCE: dict[int, Source] = {v: k for k, v in SOURCE_TO_PROTO.items()}
 _VALID_NAMES = ", ".join(pb.Source.Name(v) for v in PROTO_TO_SOURCE)
+MODE_TO_PROTO: dict[Mode, pb.SearchMode] = {
+    Mode.DENSE: pb.SEARCH_MODE_DENSE,
+    Mode.BM25: pb.SEARCH_MODE_BM25,
+    Mode.HYBRID: pb.SEARCH_MODE_HYBRID,
+}
+PROTO_TO_MODE: dict[int, Mode] = {pb.SEARCH_MODE_UNSPECIFIED: Mode.DENSE, **{v: k for k, v in MODE_TO_PROTO.items()}}
+_FUSION_FIELDS = ("rrf_k", "depth", "dense_weight", "bm25_weight")
+#: Remaining times above this (about 11 days) mean the caller set no deadline.
+NO_DEADLINE_SECONDS = 1e6
 
 
 @dataclass(frozen=True)
@@ -31,8 +47,6 @@ class RetrieveSpec:
     """A validated RetrieveRequest in library terms."""
 
     query: Query
-    k: int
-    score_threshold: float | None
     with_text: bool
     index: str  # "" for the default index
 
@@ -49,6 +63,7 @@ class RemoteResult:
         index, generation: the index generation that answered.
         model: the model that encoded the query.
         server_seconds: time spent in the server.
+        mode: the mode that ranked the hits.
     """
 
     hits: list[Hit]
@@ -59,9 +74,10 @@ class RemoteResult:
     generation: int
     model: str
     server_seconds: float
+    mode: Mode = Mode.DENSE
 
     def as_search_result(self) -> SearchResult:
-        return SearchResult(self.hits, self.sources, self.resolved)
+        return SearchResult(self.hits, self.sources, self.resolved, self.instruction, self.mode)
 
 
 def _utf8_len(text: str) -> int:
@@ -117,8 +133,32 @@ def parse_retrieve(request: pb.RetrieveRequest, limits: Limits, prefix: str = ""
         except InvalidInputError as exc:
             raise InvalidInputError(f"{prefix}index: {exc}") from None
     sources = parse_sources(list(request.sources), f"{prefix}sources")
-    return RetrieveSpec(Query(query, instruction, sources), request.top_k, threshold, request.with_text,
-                        request.index)
+    mode = PROTO_TO_MODE.get(request.mode)
+    if mode is None:
+        raise InvalidInputError(f"{prefix}mode: unknown value {request.mode}; expected one of "
+                                f"{', '.join(pb.SearchMode.Name(v) for v in PROTO_TO_MODE)}")
+    fusion = parse_fusion(request, mode, limits, prefix)
+    return RetrieveSpec(Query(query, instruction, sources, request.top_k, threshold, mode, fusion),
+                        request.with_text, request.index)
+
+
+def parse_fusion(request: pb.RetrieveRequest, mode: Mode, limits: Limits, prefix: str = "") -> FusionConfig:
+    """The request's fusion settings over the defaults (hybrid only)."""
+    if not request.HasField("fusion"):
+        return FusionConfig()
+    if mode is not Mode.HYBRID:
+        raise InvalidInputError(f"{prefix}fusion: only for SEARCH_MODE_HYBRID; leave it unset in mode "
+                                f"{pb.SearchMode.Name(MODE_TO_PROTO[mode])}")
+    fusion = request.fusion
+    values = {name: getattr(fusion, name) for name in _FUSION_FIELDS if fusion.HasField(name)}
+    depth = values.get("depth", FusionConfig.depth)
+    if not 1 <= depth <= limits.max_fusion_depth:
+        raise InvalidInputError(f"{prefix}fusion.depth: must be between 1 and {limits.max_fusion_depth} "
+                                f"(RETRIEVER_MAX_FUSION_DEPTH), got {depth}")
+    try:
+        return FusionConfig(**values)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{prefix}{exc}") from None
 
 
 def parse_batch(request: pb.RetrieveBatchRequest, limits: Limits) -> list[RetrieveSpec]:
@@ -136,17 +176,26 @@ def hit_to_proto(hit: Hit, with_text: bool) -> pb.Hit:
                   title=hit.title, text=hit.text if with_text else "", unit_id=hit.unit_id)
 
 
-def result_to_proto(result: SearchResult, spec: RetrieveSpec, instruction: str, generation: Generation,
-                    model: str, seconds: float) -> pb.RetrieveResponse:
+def time_remaining(context: grpc.ServicerContext) -> float | None:
+    """The caller's remaining time in seconds; None when it set no deadline."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > NO_DEADLINE_SECONDS:
+        return None  # grpcio reports "no deadline" as a huge number of seconds
+    return float(remaining)
+
+
+def result_to_proto(result: SearchResult, with_text: bool, generation: Generation, model: str,
+                    seconds: float) -> pb.RetrieveResponse:
     return pb.RetrieveResponse(
-        hits=[hit_to_proto(h, spec.with_text) for h in result.hits],
+        hits=[hit_to_proto(h, with_text) for h in result.hits],
         sources=[SOURCE_TO_PROTO[s] for s in result.sources],
         sources_resolved=result.resolved,
-        instruction=instruction,
+        instruction=result.instruction,
         index=generation.name,
         generation=generation.number,
         model=model,
         server_seconds=seconds,
+        mode=MODE_TO_PROTO[result.mode],
     )
 
 
@@ -165,18 +214,22 @@ def index_info(generation: Generation, is_default: bool) -> pb.IndexInfo:
         factory=m.factory, metric=m.metric, dimension=m.dimension, shards=shards,
         linearizer_version=m.linearizer_version, max_tokens=m.max_tokens, corpus_fingerprint=m.corpus_fingerprint,
         created=m.created, loaded=generation.loaded,
+        modes=[MODE_TO_PROTO[mode] for mode in generation.searcher.modes],
     )
 
 
-def retrieve_request(query: Query, k: int, score_threshold: float | None = None, with_text: bool = False,
-                     index: str = "") -> pb.RetrieveRequest:
+def retrieve_request(query: Query, with_text: bool = False, index: str = "") -> pb.RetrieveRequest:
     """Build a RetrieveRequest from library types (client side)."""
     request = pb.RetrieveRequest(query=query.text, sources=[SOURCE_TO_PROTO[s] for s in query.sources],
-                                 top_k=k, with_text=with_text, index=index)
+                                 top_k=query.k, with_text=with_text, index=index, mode=MODE_TO_PROTO[query.mode])
+    if query.mode is Mode.HYBRID:
+        f = query.fusion
+        request.fusion.CopyFrom(pb.Fusion(rrf_k=f.rrf_k, depth=f.depth, dense_weight=f.dense_weight,
+                                          bm25_weight=f.bm25_weight))
     if query.instruction is not None:
         request.instruction = query.instruction
-    if score_threshold is not None:
-        request.score_threshold = score_threshold
+    if query.score_threshold is not None:
+        request.score_threshold = query.score_threshold
     return request
 
 
@@ -186,4 +239,4 @@ def result_from_proto(response: pb.RetrieveResponse) -> RemoteResult:
             for h in response.hits]
     return RemoteResult(hits, tuple(PROTO_TO_SOURCE[s] for s in response.sources), response.sources_resolved,
                         response.instruction, response.index, response.generation, response.model,
-                        response.server_seconds)
+                        response.server_seconds, PROTO_TO_MODE.get(response.mode, Mode.DENSE))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,12 +25,11 @@ from retriever.errors import CorruptIndexError, InvalidInputError, NotFoundError
 from retriever.index import Index, Manifest
 from retriever.index.manifest import MANIFEST_NAME
 from retriever.index.verify import run_data_canary
-from retriever.searcher import Searcher, SearchResult, SourceResolution
+from retriever.query import SearchResult, SourceResolution
+from retriever.searcher import Searcher, find_lexical
+from retriever.service.config import check_name
 
 logger = logging.getLogger(__name__)
-
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
 
 @dataclass(frozen=True, eq=False)
 class Generation:
@@ -60,12 +58,6 @@ class PublishResult:
 
 #: Runs one query with an explicit generation through the serving path: ``(generation, text) -> result``.
 CanarySearch = Callable[[Generation, str], SearchResult]
-
-
-def check_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise InvalidInputError(f"index name {name!r} is invalid: use 1 to 64 characters from A-Z a-z 0-9 _ . -")
-    return name
 
 
 def resolve_publish_path(path: str, roots: Sequence[Path]) -> Path:
@@ -179,7 +171,8 @@ class IndexRegistry:
                 index = Index.load(path, use_gpu=self.use_gpu, params=self.params)
             except OSError as exc:
                 raise CorruptIndexError(f"cannot read the index directory: {exc.strerror or exc}") from exc
-            searcher = Searcher(index, self.encoder, self.resolution)  # checks the model and prompts match
+            # checks the model and prompts match; serves bm25 and hybrid when the index has a lexical part
+            searcher = Searcher(index, self.encoder, self.resolution, find_lexical(index))
             run_data_canary(index, self.encoder.encode_documents)
             number = previous.number + 1 if previous else 1
             loaded = datetime.now(UTC).isoformat(timespec="seconds")

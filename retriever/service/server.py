@@ -21,9 +21,9 @@ from grpc_reflection.v1alpha import reflection
 
 from retriever.encoder import Encoder, EncoderConfig
 from retriever.errors import InvalidInputError
-from retriever.searcher import SearchResult
+from retriever.query import Query, SearchResult
 from retriever.service.auth import BearerTokenInterceptor
-from retriever.service.batching import Batcher, PlannedQuery
+from retriever.service.batching import Batcher, BoundQuery
 from retriever.service.config import ServiceConfig
 from retriever.service.registry import Generation, IndexRegistry
 from retriever.service.servicer import SERVICE_NAME, RetrieverServicer, generic_handler
@@ -127,7 +127,7 @@ class RetrieverServer:
         registry = IndexRegistry(encoder, self.config.resolution, use_gpu=self.config.use_gpu)
 
         def canary(generation: Generation, text: str) -> SearchResult:
-            query = PlannedQuery(generation, text, "", (), False, 10)
+            query = BoundQuery(generation, generation.searcher.plan(Query(text, instruction="", k=10)))
             return batcher.search([query], timeout=CANARY_TIMEOUT_SECONDS)[0]
 
         registry.set_canary(canary)

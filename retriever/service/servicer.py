@@ -1,4 +1,4 @@
-"""The ``retriever.v1.Retriever`` servicer: parse → validate → call the library → convert.
+"""The ``retriever.v1.Retriever`` servicer: parse → validate → call the library → convert, nothing else.
 
 Methods are registered with raw bytes in and out (:func:`generic_handler`) and parse the
 request themselves, so malformed wire bytes become INVALID_ARGUMENT instead of the INTERNAL that
@@ -18,19 +18,17 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from retriever.errors import DeadlineExceededError, InvalidInputError, NotReadyError
+from retriever.errors import InvalidInputError, NotReadyError
 from retriever.service import convert
-from retriever.service.batching import Batcher, PlannedQuery
-from retriever.service.config import Limits
+from retriever.service.batching import Batcher, bind
+from retriever.service.config import Limits, check_name
 from retriever.service.errors import PermissionDeniedError, status_for
 from retriever.service.proto import retriever_pb2 as pb
-from retriever.service.registry import Generation, IndexRegistry, check_name, resolve_publish_path
+from retriever.service.registry import IndexRegistry, resolve_publish_path
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "retriever.v1.Retriever"
-#: Remaining times above this (about 11 days) mean the caller set no deadline.
-NO_DEADLINE_SECONDS = 1e6
 M = TypeVar("M", bound=Message)
 
 
@@ -96,27 +94,11 @@ class RetrieverServicer:
     def _answer(self, specs: list[convert.RetrieveSpec], context: grpc.ServicerContext,
                 started: float) -> list[pb.RetrieveResponse]:
         registry, batcher = self._parts()
-        planned = []
-        generations: dict[str, Generation] = {}  # one generation per index name for the whole call
-        for spec in specs:
-            if spec.index not in generations:
-                generations[spec.index] = registry.get(spec.index)
-            generation = generations[spec.index]
-            instruction, sources, resolved = generation.searcher.plan(spec.query)
-            planned.append(PlannedQuery(generation, spec.query.text, instruction, sources, resolved, spec.k,
-                                        spec.score_threshold))
-        remaining = context.time_remaining()
-        if remaining is not None and remaining > NO_DEADLINE_SECONDS:
-            remaining = None  # grpcio reports "no deadline" as a huge number of seconds
-        deadline = None if remaining is None else time.monotonic() + remaining
-        future = batcher.submit(planned, deadline, context.is_active)
-        try:
-            results = future.result(timeout=None if remaining is None else max(remaining, 0.0) + 1.0)
-        except TimeoutError as exc:
-            raise DeadlineExceededError("the deadline passed while the query was being answered") from exc
+        bound = bind([(spec.index, spec.query) for spec in specs], registry.get)
+        results = batcher.search(bound, convert.time_remaining(context), context.is_active)
         seconds = time.perf_counter() - started
-        return [convert.result_to_proto(result, spec, plan.instruction, plan.generation, self.model, seconds)
-                for result, spec, plan in zip(results, specs, planned, strict=True)]
+        return [convert.result_to_proto(result, spec.with_text, b.generation, self.model, seconds)
+                for result, spec, b in zip(results, specs, bound, strict=True)]
 
     def _retrieve(self, request: pb.RetrieveRequest, context: grpc.ServicerContext) -> pb.RetrieveResponse:
         started = time.perf_counter()

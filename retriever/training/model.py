@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from retriever.encoder import _check_safe, resolve_model_dir
+from retriever.encoder import _check_safe, hub_offline, resolve_model_dir
 from retriever.errors import ModelError
 from retriever.instructions import default_prompts
 from retriever.training import llm
@@ -53,6 +53,7 @@ class EmbeddingModel:
         return cls(resolve_model_dir(config.base), config, device)
 
     def _load(self, path: Path) -> Any:
+        hub_offline()
         from sentence_transformers import SentenceTransformer
 
         if not llm.is_sentence_transformers_dir(path):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import DATA_DIR
 
 from retriever.errors import InvalidInputError
 from retriever.evaluation.bench import Method
@@ -25,6 +24,7 @@ from retriever.evaluation.compmix import (
 )
 from retriever.evaluation.heteromix import Scenario
 from retriever.records import Source
+from tests.conftest import DATA_DIR
 
 COMPMIX = DATA_DIR / "compmix"
 

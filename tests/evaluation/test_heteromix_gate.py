@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR
 
 from retriever.evaluation.bench import HeteroBenchConfig, Method, run_heteromix_bench
 from retriever.evaluation.collection import UnitScheme
 from retriever.evaluation.heteromix import HeteroConfig, Scenario
+from tests.conftest import DATA_DIR
 
 TOLERANCE = 0.01
 HETEROMIX = DATA_DIR / "heteromix"

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import DATA_DIR
 
 from retriever.errors import InvalidInputError
 from retriever.evaluation.bench import Method
@@ -21,6 +20,7 @@ from retriever.evaluation.routing import (
 )
 from retriever.linearize import Unit
 from retriever.records import Source
+from tests.conftest import DATA_DIR
 
 ROUTING = DATA_DIR / "heteromix" / "routing.dev.jsonl"
 

@@ -56,9 +56,9 @@ def test_filtered_search_equals_brute_force_on_real_embeddings(tiny_index, encod
     vectors = np.vstack([shard.cpu_index.reconstruct_n(0, shard.count) for shard in tiny_index.shards.shards.values()])
     questions = ["who was born in 1980?", "which film came out in 1997?", "what genre is the album?"]
     for sources in [(), (Source.TABLE,), (Source.KB, Source.INFOBOX), (Source.TEXT,)]:
-        queries = [Query(q, sources=sources) for q in questions]
-        results = searcher.search(queries, k=5)
-        embedded, _, _ = searcher.embed(queries)
+        queries = [Query(q, sources=sources, k=5) for q in questions]
+        results = searcher.search(queries)
+        embedded = searcher.encode([searcher.plan(q) for q in queries])
         allowed = [i for i in range(len(tiny_index.store)) if not sources or tiny_index.store.source_of(i) in sources]
         for result, qvec in zip(results, embedded):
             sims = vectors[allowed] @ qvec

@@ -222,7 +222,7 @@ def test_ray_build_equals_the_local_build_on_the_sample_corpus(ray_local, tmp_pa
     b = Searcher(Index.load(distributed, use_gpu=False), encoder)
     for sources in [(), (Source.TABLE,), (Source.KB, Source.INFOBOX)]:
         queries = [Query(q, sources=sources) for q in questions]
-        for ra, rb in zip(a.search(queries, k=10), b.search(queries, k=10)):
+        for ra, rb in zip(a.search(queries), b.search(queries)):
             assert [h.unit_id for h in ra.hits] == [h.unit_id for h in rb.hits]
 
 

@@ -7,8 +7,9 @@ import time
 import pytest
 
 from retriever.errors import DeadlineExceededError, OverloadedError
+from retriever.query import Query
 from retriever.searcher import Searcher
-from retriever.service.batching import Batcher, CancelledError, PlannedQuery
+from retriever.service.batching import Batcher, BoundQuery, CancelledError, bind
 from retriever.service.registry import Generation
 from tests.service.helpers import GatedEncoder, wait_until
 
@@ -19,7 +20,7 @@ def generation(tiny_index, encoder):
 
 
 def planned(generation, text, k=3, sources=(), threshold=None):
-    return PlannedQuery(generation, text, "", sources, False, k, threshold)
+    return BoundQuery(generation, generation.searcher.plan(Query(text, "", sources, k, threshold)))
 
 
 def test_queued_queries_are_encoded_in_one_call(encoder, generation):
@@ -92,4 +93,32 @@ def test_encoder_failure_fails_the_batch_and_the_worker_survives(encoder, genera
         gated.fail = None
         assert batcher.search([planned(generation, "music")], timeout=30)[0].hits
     finally:
+        batcher.stop()
+
+
+def test_bind_plans_every_query_of_a_call_on_one_generation(tiny_index, encoder):
+    first, second = (Generation("tiny", n, Searcher(tiny_index, encoder), "now") for n in (1, 2))
+    current = {"tiny": first}
+    calls = []
+
+    def generation_of(name):
+        calls.append(name)
+        found = current[name]
+        current[name] = second  # a publish swaps the generation after the first lookup
+        return found
+
+    bound = bind([("tiny", Query("a")), ("tiny", Query("b", instruction="from tables"))], generation_of)
+    assert [b.generation for b in bound] == [first, first] and calls == ["tiny"]
+    assert bound[1].planned.sources and bound[1].planned.resolved
+
+
+def test_search_turns_a_missed_deadline_into_deadline_exceeded(encoder, generation):
+    gated = GatedEncoder(encoder)
+    batcher = Batcher(gated, wait_seconds=0.0)
+    try:
+        gated.gate.clear()
+        with pytest.raises(DeadlineExceededError):
+            batcher.search([planned(generation, "slow")], timeout=0.05)  # picked up, then held past deadline + grace
+    finally:
+        gated.gate.set()
         batcher.stop()

@@ -138,9 +138,9 @@ def test_client_wraps_every_rpc(server, tiny_index_dir, tmp_path):
         result = client.retrieve("spouse of the senator", sources=["infobox"], top_k=3, with_text=True)
         assert len(result.hits) == 3 and all(h.source is Source.INFOBOX and h.text for h in result.hits)
         assert result.sources == (Source.INFOBOX,) and result.index == "tiny" and result.generation >= 1
-        from retriever.searcher import Query
+        from retriever.query import Query
 
-        batch = client.retrieve_batch([Query("a"), Query("b", sources=(Source.KB,))], top_k=2)
+        batch = client.retrieve_batch([Query("a", k=2), Query("b", sources=(Source.KB,), k=2)])
         assert [len(r.hits) for r in batch] == [2, 2] and batch[1].hits[0].source is Source.KB
         info = client.index_info()
         assert info.indexes[0].name == "tiny"

@@ -43,6 +43,15 @@ INVALID = [
     ("duplicate source", request(sources=[pb.SOURCE_TABLE, pb.SOURCE_TABLE]), "sources[1]: duplicate"),
     ("NaN threshold", request(score_threshold=math.nan), "score_threshold"),
     ("bad index name", request(index="../etc/passwd"), "index"),
+    ("unknown mode", request(mode=7), "mode: unknown value 7"),
+    ("fusion without hybrid", request(mode=pb.SEARCH_MODE_BM25, fusion=pb.Fusion(rrf_k=10)),
+     "fusion: only for SEARCH_MODE_HYBRID"),
+    ("fusion depth max+1", request(mode=pb.SEARCH_MODE_HYBRID, fusion=pb.Fusion(depth=LIMITS.max_fusion_depth + 1)),
+     f"fusion.depth: must be between 1 and {LIMITS.max_fusion_depth}"),
+    ("negative rrf_k", request(mode=pb.SEARCH_MODE_HYBRID, fusion=pb.Fusion(rrf_k=-1)), "fusion.rrf_k"),
+    ("zero weights", request(mode=pb.SEARCH_MODE_HYBRID, fusion=pb.Fusion(dense_weight=0, bm25_weight=0)),
+     "must not both be 0"),
+    ("mode the index lacks", request(mode=pb.SEARCH_MODE_BM25), "retriever build-lexical"),
 ]
 
 

@@ -14,14 +14,25 @@ class Source(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SOURCE_TABLE: _ClassVar[Source]
     SOURCE_KB: _ClassVar[Source]
     SOURCE_INFOBOX: _ClassVar[Source]
+
+class SearchMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEARCH_MODE_UNSPECIFIED: _ClassVar[SearchMode]
+    SEARCH_MODE_DENSE: _ClassVar[SearchMode]
+    SEARCH_MODE_BM25: _ClassVar[SearchMode]
+    SEARCH_MODE_HYBRID: _ClassVar[SearchMode]
 SOURCE_UNSPECIFIED: Source
 SOURCE_TEXT: Source
 SOURCE_TABLE: Source
 SOURCE_KB: Source
 SOURCE_INFOBOX: Source
+SEARCH_MODE_UNSPECIFIED: SearchMode
+SEARCH_MODE_DENSE: SearchMode
+SEARCH_MODE_BM25: SearchMode
+SEARCH_MODE_HYBRID: SearchMode
 
 class RetrieveRequest(_message.Message):
-    __slots__ = ("query", "instruction", "sources", "top_k", "score_threshold", "with_text", "index")
+    __slots__ = ("query", "instruction", "sources", "top_k", "score_threshold", "with_text", "index", "mode", "fusion")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +40,8 @@ class RetrieveRequest(_message.Message):
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     WITH_TEXT_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
     query: str
     instruction: str
     sources: _containers.RepeatedScalarFieldContainer[Source]
@@ -36,7 +49,21 @@ class RetrieveRequest(_message.Message):
     score_threshold: float
     with_text: bool
     index: str
-    def __init__(self, query: _Optional[str] = ..., instruction: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[Source, str]]] = ..., top_k: _Optional[int] = ..., score_threshold: _Optional[float] = ..., with_text: _Optional[bool] = ..., index: _Optional[str] = ...) -> None: ...
+    mode: SearchMode
+    fusion: Fusion
+    def __init__(self, query: _Optional[str] = ..., instruction: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[Source, str]]] = ..., top_k: _Optional[int] = ..., score_threshold: _Optional[float] = ..., with_text: _Optional[bool] = ..., index: _Optional[str] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ...) -> None: ...
+
+class Fusion(_message.Message):
+    __slots__ = ("rrf_k", "depth", "dense_weight", "bm25_weight")
+    RRF_K_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    DENSE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    BM25_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    rrf_k: float
+    depth: int
+    dense_weight: float
+    bm25_weight: float
+    def __init__(self, rrf_k: _Optional[float] = ..., depth: _Optional[int] = ..., dense_weight: _Optional[float] = ..., bm25_weight: _Optional[float] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("record_id", "source", "part", "score", "title", "text", "unit_id")
@@ -57,7 +84,7 @@ class Hit(_message.Message):
     def __init__(self, record_id: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., part: _Optional[int] = ..., score: _Optional[float] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., unit_id: _Optional[int] = ...) -> None: ...
 
 class RetrieveResponse(_message.Message):
-    __slots__ = ("hits", "sources", "sources_resolved", "instruction", "index", "generation", "model", "server_seconds")
+    __slots__ = ("hits", "sources", "sources_resolved", "instruction", "index", "generation", "model", "server_seconds", "mode")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     SOURCES_RESOLVED_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +93,7 @@ class RetrieveResponse(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SERVER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     sources: _containers.RepeatedScalarFieldContainer[Source]
     sources_resolved: bool
@@ -74,7 +102,8 @@ class RetrieveResponse(_message.Message):
     generation: int
     model: str
     server_seconds: float
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., sources: _Optional[_Iterable[_Union[Source, str]]] = ..., sources_resolved: _Optional[bool] = ..., instruction: _Optional[str] = ..., index: _Optional[str] = ..., generation: _Optional[int] = ..., model: _Optional[str] = ..., server_seconds: _Optional[float] = ...) -> None: ...
+    mode: SearchMode
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., sources: _Optional[_Iterable[_Union[Source, str]]] = ..., sources_resolved: _Optional[bool] = ..., instruction: _Optional[str] = ..., index: _Optional[str] = ..., generation: _Optional[int] = ..., model: _Optional[str] = ..., server_seconds: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ...) -> None: ...
 
 class RetrieveBatchRequest(_message.Message):
     __slots__ = ("requests",)
@@ -117,7 +146,7 @@ class ShardInfo(_message.Message):
     def __init__(self, source: _Optional[_Union[Source, str]] = ..., factory: _Optional[str] = ..., units: _Optional[int] = ...) -> None: ...
 
 class IndexInfo(_message.Message):
-    __slots__ = ("name", "generation", "is_default", "total_units", "counts", "model_name", "model_checksum", "prompts", "factory", "metric", "dimension", "shards", "linearizer_version", "max_tokens", "corpus_fingerprint", "created", "loaded")
+    __slots__ = ("name", "generation", "is_default", "total_units", "counts", "model_name", "model_checksum", "prompts", "factory", "metric", "dimension", "shards", "linearizer_version", "max_tokens", "corpus_fingerprint", "created", "loaded", "modes")
     class PromptsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +171,7 @@ class IndexInfo(_message.Message):
     CORPUS_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
+    MODES_FIELD_NUMBER: _ClassVar[int]
     name: str
     generation: int
     is_default: bool
@@ -159,7 +189,8 @@ class IndexInfo(_message.Message):
     corpus_fingerprint: str
     created: str
     loaded: str
-    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., is_default: _Optional[bool] = ..., total_units: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[SourceCount, _Mapping]]] = ..., model_name: _Optional[str] = ..., model_checksum: _Optional[str] = ..., prompts: _Optional[_Mapping[str, str]] = ..., factory: _Optional[str] = ..., metric: _Optional[str] = ..., dimension: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., linearizer_version: _Optional[str] = ..., max_tokens: _Optional[int] = ..., corpus_fingerprint: _Optional[str] = ..., created: _Optional[str] = ..., loaded: _Optional[str] = ...) -> None: ...
+    modes: _containers.RepeatedScalarFieldContainer[SearchMode]
+    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., is_default: _Optional[bool] = ..., total_units: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[SourceCount, _Mapping]]] = ..., model_name: _Optional[str] = ..., model_checksum: _Optional[str] = ..., prompts: _Optional[_Mapping[str, str]] = ..., factory: _Optional[str] = ..., metric: _Optional[str] = ..., dimension: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., linearizer_version: _Optional[str] = ..., max_tokens: _Optional[int] = ..., corpus_fingerprint: _Optional[str] = ..., created: _Optional[str] = ..., loaded: _Optional[str] = ..., modes: _Optional[_Iterable[_Union[SearchMode, str]]] = ...) -> None: ...
 
 class GetIndexInfoResponse(_message.Message):
     __slots__ = ("indexes", "default_index", "model")

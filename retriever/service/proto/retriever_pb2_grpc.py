@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class RetrieverStub:
-    """Dense retrieval over the served indexes.
+    """Dense, BM25 and hybrid retrieval over the served indexes.
     """
 
     def __init__(self, channel):
@@ -58,7 +58,7 @@ class RetrieverStub:
 
 
 class RetrieverServicer:
-    """Dense retrieval over the served indexes.
+    """Dense, BM25 and hybrid retrieval over the served indexes.
     """
 
     def Retrieve(self, request, context):
@@ -125,7 +125,7 @@ def add_RetrieverServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Retriever:
-    """Dense retrieval over the served indexes.
+    """Dense, BM25 and hybrid retrieval over the served indexes.
     """
 
     @staticmethod
