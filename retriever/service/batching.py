@@ -5,10 +5,13 @@ submit them (one Retrieve = one query, one RetrieveBatch = many) to a bounded qu
 a future. A single worker thread takes the oldest job, adds queued jobs until ``max_batch``
 queries or until ``wait`` has passed with nothing new, drops jobs whose deadline passed or whose
 caller went away (no work starts for them), embeds all remaining queries in one
-:func:`retriever.searcher.encode` call (generations share the encoder) and hands each
-generation's rows to its :meth:`~retriever.searcher.Searcher.search_planned`, which ranks,
-filters and thresholds them. One worker also means the tokenizer and model are never used from
-two threads.
+:func:`retriever.searcher.encode` call (generations share the encoder), ranks each generation's
+rows with its :meth:`~retriever.searcher.Searcher.rank` (filters, modes, thresholds) and builds
+the hits with :meth:`~retriever.searcher.Searcher.hits`. Deadlines and cancellation are checked
+again between encoding and ranking and between ranking and building hits; a caller whose
+deadline passes, or who goes away, returns at once and its job is cancelled, so it holds no
+concurrency slot while the worker catches up. One worker also means the tokenizer and model are
+never used from two threads.
 """
 
 from __future__ import annotations
@@ -18,19 +21,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError as FutureCancelled
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 from retriever.encoder import Encoder
 from retriever.errors import CancelledError, DeadlineExceededError, NotReadyError, OverloadedError
 from retriever.query import PlannedQuery, Query, SearchResult
-from retriever.searcher import encode
+from retriever.searcher import Ranking, encode
 from retriever.service.registry import Generation
 
 logger = logging.getLogger(__name__)
-
-#: How long past its deadline a caller waits for an answer already being computed.
-ANSWER_GRACE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class BatcherStats:
     cancelled: int = 0
     rejected: int = 0
     failed: int = 0
+    dropped_after_encoding: int = 0  # jobs whose deadline passed or caller left after their encoding began
     in_flight: int = 0  # jobs submitted and not yet answered
 
 
@@ -128,24 +130,40 @@ class Batcher:
         return job.future
 
     def search(self, queries: Sequence[BoundQuery], timeout: float | None = None,
-               is_active: Callable[[], bool] = lambda: True) -> list[SearchResult]:
+               is_active: Callable[[], bool] = lambda: True,
+               on_end: Callable[[Callable[[], object]], object] | None = None) -> list[SearchResult]:
         """Submit and wait for one result per query, in order.
+
+        A caller whose deadline passes, or who goes away, returns at once (freeing its handler
+        thread and concurrency slot) and its job is cancelled: the worker skips it wherever it
+        is, before encoding, between encoding and search, or before building hits.
 
         Args:
             queries: bound queries (see :func:`bind`).
             timeout: the caller's remaining time in seconds; None for no deadline.
             is_active: False once the caller went away (its queries are then skipped).
+            on_end: registers a callback to run when the call ends for any reason (gRPC's
+                ``context.add_callback``); the job is cancelled from it.
 
         Raises:
             DeadlineExceededError: the deadline passed before or while the queries were answered.
+            CancelledError: the caller went away.
             OverloadedError, NotReadyError: see :meth:`submit`.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         future = self.submit(queries, deadline, is_active)
+        if on_end is not None:
+            on_end(future.cancel)  # a no-op once answered
         try:
-            return future.result(timeout=None if timeout is None else max(timeout, 0.0) + ANSWER_GRACE_SECONDS)
+            return future.result(timeout=None if timeout is None else max(timeout, 0.0))
         except TimeoutError as exc:
+            if not future.cancel():  # answered in the meantime
+                return future.result()
             raise DeadlineExceededError("the deadline passed while the query was being answered") from exc
+        except FutureCancelled as exc:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceededError("the deadline passed while the query was being answered") from exc
+            raise CancelledError("the call was cancelled") from exc
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Answer what is queued, then end the worker."""
@@ -183,49 +201,80 @@ class Batcher:
             if not jobs:
                 return
             try:
-                self._answer(self._live(jobs))
+                self._answer(jobs)
             except Exception as exc:  # keep the worker alive; the callers get the error (mapped upstream)
                 self.stats.failed += 1
                 for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+                    _fail(job, exc)
             finally:
                 with self._cond:
                     self.stats.in_flight -= len(jobs)
 
-    def _live(self, jobs: list[_Job]) -> list[_Job]:
+    def _live(self, jobs: list[_Job], stage: str) -> list[_Job]:
+        """The jobs still worth work at ``stage``; the others are answered with their error now."""
         now = time.monotonic()
         live = []
         for job in jobs:
-            if job.deadline is not None and now >= job.deadline:
+            expired = job.deadline is not None and now >= job.deadline
+            if job.future.done():  # cancelled by its caller, whose deadline passed or who went away
+                if expired:
+                    self.stats.expired += 1
+                else:
+                    self.stats.cancelled += 1
+            elif expired:
                 self.stats.expired += 1
-                job.future.set_exception(DeadlineExceededError("the deadline passed while the query was queued"))
+                _fail(job, DeadlineExceededError(f"the deadline passed {stage}"))
             elif not job.is_active():
                 self.stats.cancelled += 1
-                job.future.set_exception(CancelledError("the call was cancelled"))
+                _fail(job, CancelledError("the call was cancelled"))
             else:
                 live.append(job)
+                continue
+            if stage != "while the query was queued":
+                self.stats.dropped_after_encoding += 1
         return live
 
     def _answer(self, jobs: list[_Job]) -> None:
+        """Encode, rank, build hits; jobs expired or cancelled meanwhile are dropped between the steps."""
+        jobs = self._live(jobs, "while the query was queued")
         queries = [q for job in jobs for q in job.queries]
         if not queries:
             return
         vectors = encode(self.encoder, [q.planned for q in queries])  # one encoder call for the whole batch
-        results: list[SearchResult | None] = [None] * len(queries)
+        rows_of: dict[int, range] = {}
+        start = 0
+        for job in jobs:
+            rows_of[id(job)] = range(start, start + len(job.queries))
+            start += len(job.queries)
+        jobs = self._live(jobs, "while the query was encoded")
+        rankings: dict[int, Ranking] = {}
         groups: dict[int, list[int]] = {}
-        for i, q in enumerate(queries):
-            groups.setdefault(id(q.generation), []).append(i)
+        for job in jobs:
+            for i in rows_of[id(job)]:
+                groups.setdefault(id(queries[i].generation), []).append(i)
         for rows in groups.values():
             searcher = queries[rows[0]].generation.searcher
-            found = searcher.search_planned([queries[i].planned for i in rows], vectors[rows])
-            for i, result in zip(rows, found, strict=True):
-                results[i] = result
+            ranked = searcher.rank([queries[i].planned for i in rows], vectors[rows])
+            rankings.update(zip(rows, ranked, strict=True))
+        jobs = self._live(jobs, "while the query was searched")
+        for job in jobs:
+            results = [queries[i].generation.searcher.hits([queries[i].planned], [rankings[i]])[0]
+                       for i in rows_of[id(job)]]
+            _resolve(job, results)
         self.stats.batches += 1
         self.stats.queries += len(queries)
         self.stats.largest_batch = max(self.stats.largest_batch, len(queries))
-        start = 0
-        for job in jobs:
-            end = start + len(job.queries)
-            job.future.set_result([r for r in results[start:end] if r is not None])
-            start = end
+
+
+def _resolve(job: _Job, results: list[SearchResult]) -> None:
+    try:
+        job.future.set_result(results)
+    except InvalidStateError:  # cancelled by its caller at this very moment
+        pass
+
+
+def _fail(job: _Job, error: Exception) -> None:
+    try:
+        job.future.set_exception(error)
+    except InvalidStateError:
+        pass

@@ -95,7 +95,7 @@ class RetrieverServicer:
                 started: float) -> list[pb.RetrieveResponse]:
         registry, batcher = self._parts()
         bound = bind([(spec.index, spec.query) for spec in specs], registry.get)
-        results = batcher.search(bound, convert.time_remaining(context), context.is_active)
+        results = batcher.search(bound, convert.time_remaining(context), context.is_active, context.add_callback)
         seconds = time.perf_counter() - started
         return [convert.result_to_proto(result, spec.with_text, b.generation, self.model, seconds)
                 for result, spec, b in zip(results, specs, bound, strict=True)]

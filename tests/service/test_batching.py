@@ -122,3 +122,88 @@ def test_search_turns_a_missed_deadline_into_deadline_exceeded(encoder, generati
     finally:
         gated.gate.set()
         batcher.stop()
+
+
+def counting_rank(monkeypatch, generation) -> list[int]:
+    """Count the rows the generation's searcher ranks."""
+    ranked: list[int] = []
+    rank = generation.searcher.rank
+
+    def spy(planned, vectors):
+        ranked.append(len(planned))
+        return rank(planned, vectors)
+
+    monkeypatch.setattr(generation.searcher, "rank", spy)
+    return ranked
+
+
+def test_a_deadline_passing_during_encoding_skips_the_search(encoder, generation, monkeypatch):
+    gated = GatedEncoder(encoder)
+    batcher = Batcher(gated, max_batch=8, wait_seconds=0.0)
+    ranked = counting_rank(monkeypatch, generation)
+    try:
+        gated.gate.clear()
+        slow = batcher.submit([planned(generation, "slow to encode")], deadline=time.monotonic() + 0.2)
+        assert gated.entered.wait(10)  # the worker is encoding it
+        time.sleep(0.3)  # the deadline passes mid-encoding
+        gated.gate.set()
+        with pytest.raises(DeadlineExceededError, match="while the query was encoded"):
+            slow.result(30)
+        wait_until(lambda: batcher.stats.in_flight == 0)
+        assert ranked == [] and batcher.stats.dropped_after_encoding == 1 and batcher.stats.expired == 1
+        assert batcher.search([planned(generation, "music")], timeout=30)[0].hits and ranked == [1]
+    finally:
+        batcher.stop()
+
+
+def test_a_caller_returns_at_its_deadline_and_its_job_is_never_encoded(encoder, generation):
+    gated = GatedEncoder(encoder)
+    batcher = Batcher(gated, max_batch=8, wait_seconds=0.0)
+    try:
+        gated.gate.clear()
+        busy = batcher.submit([planned(generation, "busy")])
+        assert gated.entered.wait(10)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError):
+            batcher.search([planned(generation, "waits behind busy")], timeout=0.2)
+        assert time.monotonic() - started < 0.6  # at its deadline, not a grace period later
+        gated.gate.set()
+        assert busy.result(30)[0].hits
+        wait_until(lambda: batcher.stats.in_flight == 0)
+        assert not any("waits behind busy" in q for call in gated.calls for q in call)
+        assert batcher.stats.expired == 1
+    finally:
+        batcher.stop()
+
+
+def test_a_caller_that_goes_away_returns_at_once_and_its_job_is_never_encoded(encoder, generation):
+    import threading
+
+    gated = GatedEncoder(encoder)
+    batcher = Batcher(gated, max_batch=8, wait_seconds=0.0)
+    callbacks: list = []
+    outcome: list = []
+    try:
+        gated.gate.clear()
+        busy = batcher.submit([planned(generation, "busy")])
+        assert gated.entered.wait(10)
+
+        def call() -> None:
+            try:
+                batcher.search([planned(generation, "abandoned")], timeout=30, on_end=callbacks.append)
+            except CancelledError as exc:
+                outcome.append(exc)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        wait_until(lambda: callbacks)
+        callbacks[0]()  # what gRPC does when the client cancels
+        caller.join(2)
+        assert not caller.is_alive() and len(outcome) == 1
+        gated.gate.set()
+        assert busy.result(30)[0].hits
+        wait_until(lambda: batcher.stats.in_flight == 0)
+        assert not any("abandoned" in q for call in gated.calls for q in call)
+        assert batcher.stats.cancelled == 1
+    finally:
+        batcher.stop()

@@ -24,7 +24,7 @@ from retriever.evaluation.retrievers import EngineRetriever
 from retriever.instructions import general_instruction, source_instruction
 from retriever.query import FusionConfig, Mode, Query, SearchResult
 from retriever.records import Source
-from retriever.searcher import Searcher, build_lexical, find_lexical, load_lexical
+from retriever.searcher import Searcher, build_lexical, load_lexical
 from retriever.service.proto import retriever_pb2 as pb
 from retriever.service.server import RetrieverServer
 from tests.service.helpers import copy_index, running_server
@@ -70,21 +70,13 @@ def lexical_dir(tiny_index, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def modes_server(encoder, tiny_index_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RetrieverServer]:
-    """A server over a copy of the tiny index that has its lexical part (``<index>/lexical``).
-
-    ``IndexRegistry.publish`` builds its searchers without a lexical index so far; until it
-    passes ``find_lexical(index)`` (a one-line change left to the owner of publish), the test
-    builds them the way it will.
-    """
+    """A server over a copy of the tiny index that has its lexical part (``<index>/lexical``), loaded by publish."""
     from retriever.index import Index
 
     copy = copy_index(tiny_index_dir, tmp_path_factory.mktemp("modes") / "tiny")
     build_lexical(Index.load(copy, use_gpu=False))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("retriever.service.registry.Searcher",
-                      lambda index, encoder, resolution: Searcher(index, encoder, resolution, find_lexical(index)))
-        with running_server(encoder, [("tiny", copy)]) as srv:
-            yield srv
+    with running_server(encoder, [("tiny", copy)]) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

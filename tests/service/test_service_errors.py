@@ -243,3 +243,37 @@ def test_retry_policy_covers_reads_only():
     assert {n["method"] for n in config["name"]} == {"Retrieve", "RetrieveBatch", "GetIndexInfo"}
     assert config["retryPolicy"]["maxAttempts"] == 5
     assert set(config["retryPolicy"]["retryableStatusCodes"]) == {"RESOURCE_EXHAUSTED", "UNAVAILABLE"}
+
+
+def test_an_expired_call_frees_its_concurrency_slot_at_its_deadline(encoder, tiny_index_dir):
+    gated = GatedEncoder(encoder)
+    with running_server(gated, [("tiny", tiny_index_dir)], limits=Limits(max_concurrent_calls=2)) as srv, \
+            channel_to(srv) as channel:
+        stub = stub_for(channel)
+        busy = occupy_worker(stub, gated)  # one slot
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Retrieve(request("expires"), timeout=0.3)  # the second slot, until its deadline
+        assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(0.1)
+        waiting = stub.Retrieve.future(request("takes the freed slot"), timeout=60)
+        time.sleep(0.3)
+        assert not waiting.done(), waiting.exception()  # accepted and waiting, not RESOURCE_EXHAUSTED
+        gated.gate.set()
+        assert busy.result().hits and waiting.result().hits
+
+
+def test_a_client_cancellation_is_cancelled_and_not_logged_as_an_error(encoder, tiny_index_dir, caplog):
+    gated = GatedEncoder(encoder)
+    with running_server(gated, [("tiny", tiny_index_dir)]) as srv, channel_to(srv) as channel:
+        stub = stub_for(channel)
+        busy = occupy_worker(stub, gated)
+        abandoned = stub.Retrieve.future(request("abandoned by its client"), timeout=60)
+        wait_until(lambda: srv.batcher.stats.in_flight == 2)
+        with caplog.at_level("DEBUG", logger="retriever"):
+            abandoned.cancel()
+            wait_until(lambda: srv.batcher.stats.in_flight == 1 or srv.batcher.stats.cancelled == 1)
+            gated.gate.set()
+            assert busy.result().hits
+            wait_until(lambda: srv.batcher.stats.cancelled == 1)
+        assert not any("abandoned by its client" in q for call in gated.calls for q in call)
+        assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")], caplog.text
