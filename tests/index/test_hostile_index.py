@@ -122,6 +122,15 @@ def test_appended_bytes_after_a_faiss_index_are_refused(tiny_index_dir: Path, tm
         Index.load(bad, use_gpu=False)
 
 
+def test_appended_bytes_after_the_unit_store_are_refused(tiny_index_dir: Path, tmp_path: Path) -> None:
+    bad = Path(shutil.copytree(tiny_index_dir, tmp_path / "bad"))
+    with (bad / UNITS_NAME).open("ab") as fh:
+        fh.write(b"\0" * 16)
+    rehash(bad)
+    with pytest.raises(CorruptIndexError, match=r"units\.arrow: not a complete Arrow IPC unit store"):
+        Index.load(bad, use_gpu=False)
+
+
 def test_a_faiss_header_claiming_a_huge_vector_is_refused_before_allocating(tiny_index_dir: Path,
                                                                             tmp_path: Path) -> None:
     bad = Path(shutil.copytree(tiny_index_dir, tmp_path / "bad"))
@@ -185,7 +194,7 @@ def swap_units(directory: Path, a: int, b: int) -> None:
 
 def test_the_data_canary_passes_an_intact_index(tiny_index_dir: Path, encoder) -> None:
     index = Index.load(tiny_index_dir, use_gpu=False)
-    report = run_data_canary(index, encoder.encode_documents, size=len(index.store), seed=1)
+    report = run_data_canary(index, encoder.encode_documents, size=len(index.store), seed=1, budget_seconds=3600)
     assert report.sampled == len(index.store) and report.norms_checked == len(index.store)
     assert report.worst_cosine >= 0.999
 
@@ -196,7 +205,7 @@ def test_the_data_canary_passes_intact_compressed_indexes(factory: str, tiny_cor
     out = tmp_path / "idx"
     build_index(BuildConfig(corpus=tiny_corpus, out=out, factory=factory, min_recall=0.5), encoder)
     index = Index.load(out, use_gpu=False)
-    report = run_data_canary(index, encoder.encode_documents, size=len(index.store), seed=2)
+    report = run_data_canary(index, encoder.encode_documents, size=len(index.store), seed=2, budget_seconds=3600)
     assert report.sampled == len(index.store) and report.norms_checked == 0
     assert report.worst_cosine >= 0.99
 
@@ -217,7 +226,7 @@ def test_the_data_canary_catches_changed_data(case: str, tiny_index_dir: Path, e
     rehash(bad)
     index = Index.load(bad, use_gpu=False)  # every file matches the (rewritten) manifest
     with pytest.raises(CorruptIndexError, match=message):
-        run_data_canary(index, encoder.encode_documents, size=len(index.store), seed=3)
+        run_data_canary(index, encoder.encode_documents, size=len(index.store), seed=3, budget_seconds=3600)
 
 
 def test_the_default_sample_spreads_over_every_shard_and_keeps_each_shards_ends(tiny_index: Index) -> None:
