@@ -35,6 +35,9 @@ LIMIT_FLAGS = [
 ]
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser(
         "serve", help="run the gRPC retrieval server (default: bundled model + sample index on 127.0.0.1:50051)",
@@ -72,6 +75,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--grace", type=float, default=None,
                        help="seconds SIGTERM waits for calls in flight (default 10)")
     serve.add_argument("--cpu-index", action="store_true", help="keep index shards on the CPU even with a GPU")
+    serve.add_argument("--metrics-port", type=int, default=None,
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics on the --host address, plain HTTP "
+                       "and no auth (RETRIEVER_METRICS_PORT; default: off)")
+    serve.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=None,
+                       help="server log level (RETRIEVER_LOG_LEVEL; default INFO); request lines are INFO on "
+                       "logger retriever.requests")
+    serve.add_argument("--log-queries", action="store_true", default=None,
+                       help="put query and instruction texts in the request log (RETRIEVER_LOG_QUERIES; default "
+                       "off: they may hold personal data)")
     limits = serve.add_argument_group("limits")
     for flag, _, text in LIMIT_FLAGS:
         limits.add_argument(flag, type=int, default=None, help=text)
@@ -159,9 +171,13 @@ def run_serve(args: argparse.Namespace) -> int:
         "token": read_token(args.token_file) if args.token_file else None,
         "admin_token": read_token(args.admin_token_file) if args.admin_token_file else None,
         "publish_roots": tuple(args.publish_root) if args.publish_root else None,
+        "metrics_port": args.metrics_port, "log_queries": args.log_queries,
     }
     overrides.update({name: getattr(args, name) for _, name, _ in LIMIT_FLAGS})
     config = build_config(overrides)
+    level = log_level(args.log_level)
+    if level is not None:
+        logging.getLogger().setLevel(level)
     indexes: list[tuple[str, IndexSource]] = [parse_index_arg(v) for v in args.index]
     model = args.model
     if indexes:
@@ -171,6 +187,17 @@ def run_serve(args: argparse.Namespace) -> int:
         indexes = [("sample", ensure_sample_index)]
     server = RetrieverServer(config, indexes, encoder_config=encoder_config(args, model))
     return serve_until_signalled(server)
+
+
+def log_level(flag: str | None, environ: Any = None) -> str | None:
+    """The server's log level: the flag, else RETRIEVER_LOG_LEVEL; None leaves -v/-q (default INFO) to decide."""
+    value = flag or (os.environ if environ is None else environ).get("RETRIEVER_LOG_LEVEL", "")
+    if not value:
+        return None
+    if value.upper() not in LOG_LEVELS:
+        raise InvalidInputError(f"environment variable RETRIEVER_LOG_LEVEL={value!r} is invalid: expected one of "
+                                f"{', '.join(LOG_LEVELS)}")
+    return value.upper()
 
 
 def serve_until_signalled(server: Any) -> int:
@@ -200,6 +227,7 @@ def serve_until_signalled(server: Any) -> int:
     watchdog.daemon = True
     watchdog.start()
     server.stop()
+    server.stop_metrics()
     if failure:
         if isinstance(failure[0], RetrieverError):
             raise failure[0]
