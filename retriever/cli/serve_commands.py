@@ -10,7 +10,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from retriever.cli.index_commands import add_encoder_args, encoder_config, model_for_index, print_result
+from retriever.cli.index_commands import (
+    add_encoder_args,
+    add_grouping_args,
+    encoder_config,
+    model_for_index,
+    print_result,
+)
 from retriever.errors import InvalidInputError, RetrieverError
 from retriever.index import Manifest
 from retriever.query import FusionConfig, Mode, SourceResolution
@@ -105,6 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="dense (default), bm25 or hybrid; bm25 and hybrid need an index with a lexical part")
     query.add_argument("--rrf-k", type=float, default=60.0, help="hybrid: reciprocal-rank-fusion constant")
     query.add_argument("--fusion-depth", type=int, default=100, help="hybrid: hits of each mode fused")
+    add_grouping_args(query)
     query.add_argument("--json", action="store_true", help="print one JSON object per hit")
     add_client_args(query)
     query.set_defaults(func=run_query)
@@ -260,7 +267,8 @@ def run_query(args: argparse.Namespace) -> int:
     with make_client(args) as client:
         result = client.retrieve(args.query, instruction=args.instruction, sources=args.source, top_k=args.top_k,
                                  score_threshold=args.score_threshold, with_text=True, index=args.index,
-                                 mode=args.mode, fusion=FusionConfig(rrf_k=args.rrf_k, depth=args.fusion_depth))
+                                 mode=args.mode, fusion=FusionConfig(rrf_k=args.rrf_k, depth=args.fusion_depth),
+                                 group_by_record=args.group_by_record, max_per_record=args.max_per_record)
     if not args.json:
         print(f"index {result.index} generation {result.generation} ({result.server_seconds * 1000:.1f} ms in server)")
     print_result(result.as_search_result(), args.json)
