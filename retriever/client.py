@@ -132,17 +132,21 @@ class RetrieverClient:
     def retrieve(self, query: str, *, instruction: str | None = None, sources: Iterable[Source | str] = (),
                  top_k: int = 10, score_threshold: float | None = None, with_text: bool = False, index: str = "",
                  mode: Mode | str = Mode.DENSE, fusion: FusionConfig | None = None,
+                 group_by_record: bool = False, max_per_record: int = 1,
                  timeout: float | None = None) -> RemoteResult:
         """Retrieve the best ``top_k`` units for one query (see docs/SERVICE.md for the semantics).
 
         ``mode`` is dense, bm25 or hybrid (the last two need an index with a lexical part, see
         :meth:`index_info`); ``fusion`` sets the hybrid's reciprocal-rank fusion.
+        ``group_by_record`` makes ``top_k`` count distinct records (a table's rows, a passage's
+        windows are one record), with up to ``max_per_record`` hits each.
 
         Raises:
             RemoteError: the server refused or failed the call.
         """
         request = convert.retrieve_request(
-            Query(query, instruction, _sources(sources), top_k, score_threshold, Mode(mode), fusion or FusionConfig()),
+            Query(query, instruction, _sources(sources), top_k, score_threshold, Mode(mode), fusion or FusionConfig(),
+                  group_by_record, max_per_record),
             with_text, index)
         return convert.result_from_proto(self._call(self.stub.Retrieve, request, timeout))
 

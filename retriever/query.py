@@ -101,6 +101,10 @@ class Query:
             similarity, BM25 score or fused RRF score); None keeps all.
         mode: dense, BM25 or hybrid ranking.
         fusion: reciprocal-rank fusion settings (``Mode.HYBRID`` only).
+        group_by_record: rank records instead of units: at most ``k`` distinct records (a table's
+            rows and a long passage's windows are units of one record), each record's units
+            together and best first, records ordered by their best unit.
+        max_per_record: units kept per record when grouping (at least 1).
     """
 
     text: str
@@ -110,6 +114,14 @@ class Query:
     score_threshold: float | None = None
     mode: Mode = Mode.DENSE
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    group_by_record: bool = False
+    max_per_record: int = 1
+
+
+#: A grouped query first fetches this many units per record it may return (see ``PlannedQuery.depth``).
+GROUP_OVERFETCH = 4
+#: When too few records came back, the grouped query is searched again this many times deeper.
+GROUP_DEEPEN = 4
 
 
 @dataclass(frozen=True)
@@ -130,10 +142,13 @@ class PlannedQuery:
 
     @property
     def depth(self) -> int:
-        """Hits each ranking must produce: ``k``, or for hybrid the fusion depth when larger."""
-        if self.query.mode is Mode.HYBRID:
-            return max(self.query.k, self.query.fusion.depth)
-        return self.query.k
+        """Hits each ranking must produce first: ``k`` (grouped: ``k * max_per_record *
+        GROUP_OVERFETCH`` units), or for hybrid the fusion depth when larger."""
+        q = self.query
+        want = q.k * q.max_per_record * GROUP_OVERFETCH if q.group_by_record else q.k
+        if q.mode is Mode.HYBRID:
+            return max(want, q.fusion.depth)
+        return want
 
 
 @dataclass(frozen=True)
@@ -152,7 +167,8 @@ class SearchResult:
     """Ranked hits of one query, best first.
 
     Attributes:
-        hits: at most ``k`` hits.
+        hits: at most ``k`` hits (grouped by record: at most ``k`` records, ``max_per_record``
+            hits each, each record's hits together).
         sources: the filter applied; empty when none.
         resolved: True when ``sources`` came from the instruction.
         instruction: the instruction the query was encoded with ("" for none, and for BM25).

@@ -28,7 +28,7 @@ from retriever.index import Index
 from retriever.index.lexical import LEXICAL_DIR, LEXICAL_MANIFEST, Bm25Config, LexicalIndex, texts_sha256
 from retriever.index.store import SOURCE_CODE, UnitStore
 from retriever.instructions import instruction_for, resolve_sources
-from retriever.query import Hit, Mode, PlannedQuery, Query, SearchResult, SourceResolution
+from retriever.query import GROUP_DEEPEN, Hit, Mode, PlannedQuery, Query, SearchResult, SourceResolution
 from retriever.records import Source
 
 logger = logging.getLogger(__name__)
@@ -99,6 +99,10 @@ class Searcher:
             raise InvalidInputError(f"k must be >= 1, got {query.k}")
         if query.score_threshold is not None and math.isnan(query.score_threshold):
             raise InvalidInputError("score_threshold must be a number, got NaN")
+        if query.max_per_record < 1:
+            raise InvalidInputError(f"max_per_record must be >= 1, got {query.max_per_record}")
+        if query.max_per_record != 1 and not query.group_by_record:
+            raise InvalidInputError("max_per_record: only with group_by_record")
         if query.mode not in self.modes:
             missing = "a lexical index (build it with `retriever build-lexical`)" \
                 if query.mode.uses_lexical and self.lexical is None else "a dense index and its model"
@@ -141,23 +145,57 @@ class Searcher:
     def rank(self, planned: Sequence[PlannedQuery], vectors: np.ndarray) -> list[Ranking]:
         """Each query's ranking in its mode, cut at its ``k`` and its score threshold.
 
+        A query grouped by record is searched :data:`~retriever.query.GROUP_OVERFETCH` units per
+        record it may return deep, then :data:`~retriever.query.GROUP_DEEPEN` times deeper each
+        time until it has ``k`` records, its ranking ends (the filter's units, the BM25 matches
+        or the score threshold run out) or it covers every unit; then it returns the records found.
+
         Args:
             planned: planned queries (any mix of modes, filters and k).
             vectors: ``[len(planned), dim]`` embeddings; rows of BM25 queries are not read.
         """
-        dense = self._dense(planned, vectors, [i for i, p in enumerate(planned) if p.query.mode.uses_vectors])
-        lexical = self._bm25(planned, [i for i, p in enumerate(planned) if p.query.mode.uses_lexical])
-        out = []
-        for i, p in enumerate(planned):
+        units = len(self.store)
+        depths = {i: min(p.depth, units) if p.query.group_by_record else p.depth for i, p in enumerate(planned)}
+        ranked = self._rank_rows(planned, vectors, list(range(len(planned))), depths)
+        out = {i: ranking for i, (ranking, _) in ranked.items()}
+        pending = [i for i, p in enumerate(planned) if p.query.group_by_record]
+        while pending:
+            deeper = []
+            for i in pending:
+                q = planned[i].query
+                ranking, ended = ranked[i]
+                grouped, records = group_by_record(ranking, self.store, q.k, q.max_per_record)
+                if records < q.k and not ended and depths[i] < units:
+                    depths[i] = min(depths[i] * GROUP_DEEPEN, units)
+                    deeper.append(i)
+                else:
+                    out[i] = grouped
+            if deeper:
+                logger.debug("searching %d grouped queries deeper (%s units)", len(deeper),
+                             sorted({depths[i] for i in deeper}))
+                ranked.update(self._rank_rows(planned, vectors, deeper, depths))
+            pending = deeper
+        return [out[i] for i in range(len(planned))]
+
+    def _rank_rows(self, planned: Sequence[PlannedQuery], vectors: np.ndarray, rows: list[int],
+                   depths: dict[int, int]) -> dict[int, tuple[Ranking, bool]]:
+        """Rankings of ``rows`` at ``depths``, thresholded, with whether each ranking ended before its depth."""
+        dense = self._dense(planned, vectors, [i for i in rows if planned[i].query.mode.uses_vectors], depths)
+        lexical = self._bm25(planned, [i for i in rows if planned[i].query.mode.uses_lexical], depths)
+        out = {}
+        for i in rows:
+            p = planned[i]
             if p.query.mode is Mode.DENSE:
                 ranking = dense[i]
             elif p.query.mode is Mode.BM25:
                 ranking = lexical[i]
             else:
                 fusion = p.query.fusion
-                ranking = rrf_fuse([dense[i], lexical[i]], p.query.k, fusion.rrf_k,
+                cut = depths[i] if p.query.group_by_record else p.query.k
+                ranking = rrf_fuse([dense[i], lexical[i]], cut, fusion.rrf_k,
                                    (fusion.dense_weight, fusion.bm25_weight))
-            out.append(threshold(ranking, p.query.score_threshold))
+            kept = threshold(ranking, p.query.score_threshold)
+            out[i] = (kept, len(ranking[0]) < depths[i] or len(kept[0]) < len(ranking[0]))
         return out
 
     def hits(self, planned: Sequence[PlannedQuery], rankings: Sequence[Ranking]) -> list[SearchResult]:
@@ -171,12 +209,13 @@ class Searcher:
             results.append(SearchResult(hits, p.sources, p.resolved, instruction, p.query.mode))
         return results
 
-    def _dense(self, planned: Sequence[PlannedQuery], vectors: np.ndarray, rows: list[int]) -> dict[int, Ranking]:
+    def _dense(self, planned: Sequence[PlannedQuery], vectors: np.ndarray, rows: list[int],
+               depths: dict[int, int]) -> dict[int, Ranking]:
         """Exact-filtered top-depth per query: one FAISS search per (filter, depth) group."""
         out: dict[int, Ranking] = {}
         groups: dict[tuple[tuple[str, ...], int], list[int]] = {}
         for i in rows:
-            groups.setdefault((tuple(sorted(s.value for s in planned[i].sources)), planned[i].depth), []).append(i)
+            groups.setdefault((tuple(sorted(s.value for s in planned[i].sources)), depths[i]), []).append(i)
         for (names, depth), group in groups.items():
             scores, ids = self.index.shards.search(vectors[group], depth, list(names) if names else None)
             for row, score_row, id_row in zip(group, scores, ids, strict=True):
@@ -184,7 +223,7 @@ class Searcher:
                 out[row] = (id_row[keep].astype(np.int64), score_row[keep].astype(np.float32))
         return out
 
-    def _bm25(self, planned: Sequence[PlannedQuery], rows: list[int]) -> dict[int, Ranking]:
+    def _bm25(self, planned: Sequence[PlannedQuery], rows: list[int], depths: dict[int, int]) -> dict[int, Ranking]:
         """BM25 top-depth per query, masked to its filter (only positive scores count)."""
         if not rows:
             return {}
@@ -193,7 +232,7 @@ class Searcher:
         masks: dict[tuple[Source, ...], np.ndarray | None] = {}
         groups: dict[int, list[int]] = {}
         for i in rows:
-            groups.setdefault(planned[i].depth, []).append(i)
+            groups.setdefault(depths[i], []).append(i)
             sources = planned[i].sources
             if sources not in masks:
                 masks[sources] = source_mask(self.store, sources)
@@ -251,6 +290,29 @@ def rrf_fuse(rankings: Sequence[Ranking], k: int, rrf_k: float = 60.0,
     scores = np.fromiter(fused.values(), dtype=np.float64, count=len(fused))
     order = np.lexsort((ids, -scores))[:k]
     return ids[order], scores[order].astype(np.float32)
+
+
+def group_by_record(ranking: Ranking, store: UnitStore, k: int, max_per_record: int) -> tuple[Ranking, int]:
+    """The first ``k`` records of a ranking, at most ``max_per_record`` units each.
+
+    Records are ordered by their best unit; each record's units follow it, best first. A record
+    is its (source, record id): a table's rows and a passage's windows are one record.
+
+    Returns:
+        The grouped ranking and the number of records in it.
+    """
+    ids, _ = ranking
+    kept: dict[tuple[int, str], list[int]] = {}  # record -> positions in the ranking, best first
+    for position, unit in enumerate(ids.tolist()):
+        record = (int(store.sources[unit]), store.record_id(unit))
+        positions = kept.get(record)
+        if positions is None:
+            if len(kept) < k:
+                kept[record] = [position]
+        elif len(positions) < max_per_record:
+            positions.append(position)
+    order = np.fromiter((p for positions in kept.values() for p in positions), dtype=np.int64)
+    return (ranking[0][order], ranking[1][order]), len(kept)
 
 
 def threshold(ranking: Ranking, floor: float | None) -> Ranking:

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from retriever.errors import InvalidInputError
 from retriever.instructions import resolve_sources, source_instruction
-from retriever.query import Query, SourceResolution
+from retriever.query import GROUP_OVERFETCH, Mode, Query, SourceResolution
 from retriever.records import Source
 from retriever.searcher import Searcher
 
@@ -92,3 +94,74 @@ def test_default_instruction_depends_on_whether_the_model_was_instruction_tuned(
     assert searcher.plan(Query("q", sources=(Source.TABLE,))).instruction == source_instruction(Source.TABLE)
     assert searcher.plan(Query("q")).instruction == encoder.prompts["query"]
     assert searcher.plan(Query("q", instruction="")).instruction == ""
+
+
+def _records_in_order(hits) -> list[tuple[Source, str]]:
+    return list(dict.fromkeys((h.source, h.record_id) for h in hits))
+
+
+def _grouped_oracle(searcher: Searcher, query: Query, depth: int | None = None) -> list[tuple[int, float]]:
+    """Group the ungrouped ranking (default: all of it) in Python: records by best unit, units best first."""
+    plain = replace(query, group_by_record=False, max_per_record=1, k=depth or len(searcher.store))
+    full = searcher.search([plain])[0].hits
+    by_record: dict[tuple[Source, str], list] = {}
+    for hit in full:
+        by_record.setdefault((hit.source, hit.record_id), []).append(hit)
+    records = list(by_record.values())[:query.k]
+    return [(h.unit_id, h.score) for units in records for h in units[:query.max_per_record]]
+
+
+@pytest.mark.parametrize("max_per_record", [1, 3])
+def test_group_by_record_returns_k_records_best_unit_first(searcher, max_per_record) -> None:
+    query = Query("how many goals did he score in the season", sources=(Source.TABLE,), k=3,
+                  group_by_record=True, max_per_record=max_per_record)
+    ungrouped = searcher.search([replace(query, group_by_record=False, max_per_record=1, k=10)])[0].hits
+    assert len(_records_in_order(ungrouped)) < 10  # rows of one table crowd the plain top-10
+    hits = searcher.search([query])[0].hits
+    records = _records_in_order(hits)
+    assert len(records) == 3
+    counts = {r: sum(1 for h in hits if (h.source, h.record_id) == r) for r in records}
+    assert max(counts.values()) <= max_per_record
+    if max_per_record > 1:
+        assert max(counts.values()) > 1
+    # each record's units are together, best first; records ordered by their best unit
+    assert [(h.source, h.record_id) for h in hits] == [r for r in records for _ in range(counts[r])]
+    firsts = [next(h for h in hits if (h.source, h.record_id) == r).score for r in records]
+    assert firsts == sorted(firsts, reverse=True)
+    assert [(h.unit_id, h.score) for h in hits] == _grouped_oracle(searcher, query)
+
+
+def test_group_by_record_searches_deeper_until_k_records_or_the_end(searcher) -> None:
+    store = searcher.store
+    tables = {store.record_id(i) for i in range(len(store)) if store.source_of(i) is Source.TABLE}
+    rows = sum(1 for i in range(len(store)) if store.source_of(i) is Source.TABLE)
+    k = len(tables)
+    assert rows > k * GROUP_OVERFETCH  # the first fetch (k * 4 units) cannot hold every table
+    every = Query("list of matches", sources=(Source.TABLE,), k=k, group_by_record=True)
+    hits = searcher.search([every])[0].hits
+    assert {h.record_id for h in hits} == tables and len(hits) == k
+    assert [(h.unit_id, h.score) for h in hits] == _grouped_oracle(searcher, every)
+    # asking for more records than there are returns them all
+    more = searcher.search([replace(every, k=k + 5)])[0].hits
+    assert [h.unit_id for h in more] == [h.unit_id for h in hits]
+
+
+@pytest.mark.parametrize("mode", [Mode.BM25, Mode.HYBRID])
+def test_group_by_record_in_every_mode(tiny_index, encoder, mode) -> None:
+    from retriever.index.lexical import LexicalIndex
+
+    lexical = LexicalIndex.build(tiny_index.store.texts)
+    searcher = Searcher(tiny_index, encoder, lexical=lexical)
+    query = Query("goals season club", k=4, mode=mode, group_by_record=True, max_per_record=2)
+    hits = searcher.search([query])[0].hits
+    assert len(_records_in_order(hits)) == 4
+    # hybrid fuses rankings cut at the depth searched (the fusion depth, 100, here): the same cut for the oracle
+    depth = searcher.plan(query).depth if mode is Mode.HYBRID else None
+    assert [(h.unit_id, h.score) for h in hits] == _grouped_oracle(searcher, query, depth)
+
+
+def test_max_per_record_must_be_positive(searcher) -> None:
+    with pytest.raises(InvalidInputError, match="max_per_record"):
+        searcher.plan(Query("x", group_by_record=True, max_per_record=0))
+    with pytest.raises(InvalidInputError, match="max_per_record: only with group_by_record"):
+        searcher.plan(Query("x", max_per_record=2))

@@ -108,6 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="lexical index directory (default INDEX/lexical)")
     search.add_argument("--rrf-k", type=float, default=60.0, help="hybrid: reciprocal-rank-fusion constant")
     search.add_argument("--fusion-depth", type=int, default=100, help="hybrid: hits of each mode fused")
+    add_grouping_args(search)
     add_encoder_args(search, "model directory (default: the model named in the index manifest)")
     search.set_defaults(func=run_search)
 
@@ -179,9 +180,17 @@ def run_search(args: argparse.Namespace) -> int:
     lexical = load_lexical(index, args.lexical) if args.mode.uses_lexical else None
     searcher = Searcher(index, encoder, args.resolve, lexical)
     query = Query(args.query, args.instruction, tuple(args.source), args.top_k, args.score_threshold, args.mode,
-                  FusionConfig(rrf_k=args.rrf_k, depth=args.fusion_depth))
+                  FusionConfig(rrf_k=args.rrf_k, depth=args.fusion_depth), args.group_by_record, args.max_per_record)
     print_result(searcher.search([query])[0], args.json)
     return 0
+
+
+def add_grouping_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--group-by-record", action="store_true",
+                        help="-k counts distinct records: a table's rows and a long passage's windows collapse into "
+                        "their record, best unit first")
+    parser.add_argument("--max-per-record", type=int, default=1,
+                        help="with --group-by-record: units kept per record (default 1)")
 
 
 def print_result(result: SearchResult, as_json: bool, width: int = 160) -> None:

@@ -10,7 +10,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from retriever.cli.index_commands import add_encoder_args, encoder_config, model_for_index, print_result
+from retriever.cli.index_commands import (
+    add_encoder_args,
+    add_grouping_args,
+    encoder_config,
+    model_for_index,
+    print_result,
+)
 from retriever.errors import InvalidInputError, RetrieverError
 from retriever.index import Manifest
 from retriever.query import FusionConfig, Mode, SourceResolution
@@ -33,6 +39,9 @@ LIMIT_FLAGS = [
      "queries waiting for the encoder; more get RESOURCE_EXHAUSTED (default 2048)"),
     ("--max-fusion-depth", "max_fusion_depth", "largest hybrid fusion depth a request may ask for (default 1000)"),
 ]
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -72,6 +81,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--grace", type=float, default=None,
                        help="seconds SIGTERM waits for calls in flight (default 10)")
     serve.add_argument("--cpu-index", action="store_true", help="keep index shards on the CPU even with a GPU")
+    serve.add_argument("--metrics-port", type=int, default=None,
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics on the --host address, plain HTTP "
+                       "and no auth (RETRIEVER_METRICS_PORT; default: off)")
+    serve.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=None,
+                       help="server log level (RETRIEVER_LOG_LEVEL; default INFO); request lines are INFO on "
+                       "logger retriever.requests")
+    serve.add_argument("--log-queries", action="store_true", default=None,
+                       help="put query and instruction texts in the request log (RETRIEVER_LOG_QUERIES; default "
+                       "off: they may hold personal data)")
     limits = serve.add_argument_group("limits")
     for flag, _, text in LIMIT_FLAGS:
         limits.add_argument(flag, type=int, default=None, help=text)
@@ -93,6 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="dense (default), bm25 or hybrid; bm25 and hybrid need an index with a lexical part")
     query.add_argument("--rrf-k", type=float, default=60.0, help="hybrid: reciprocal-rank-fusion constant")
     query.add_argument("--fusion-depth", type=int, default=100, help="hybrid: hits of each mode fused")
+    add_grouping_args(query)
     query.add_argument("--json", action="store_true", help="print one JSON object per hit")
     add_client_args(query)
     query.set_defaults(func=run_query)
@@ -159,9 +178,13 @@ def run_serve(args: argparse.Namespace) -> int:
         "token": read_token(args.token_file) if args.token_file else None,
         "admin_token": read_token(args.admin_token_file) if args.admin_token_file else None,
         "publish_roots": tuple(args.publish_root) if args.publish_root else None,
+        "metrics_port": args.metrics_port, "log_queries": args.log_queries,
     }
     overrides.update({name: getattr(args, name) for _, name, _ in LIMIT_FLAGS})
     config = build_config(overrides)
+    level = log_level(args.log_level)
+    if level is not None:
+        logging.getLogger().setLevel(level)
     indexes: list[tuple[str, IndexSource]] = [parse_index_arg(v) for v in args.index]
     model = args.model
     if indexes:
@@ -171,6 +194,17 @@ def run_serve(args: argparse.Namespace) -> int:
         indexes = [("sample", ensure_sample_index)]
     server = RetrieverServer(config, indexes, encoder_config=encoder_config(args, model))
     return serve_until_signalled(server)
+
+
+def log_level(flag: str | None, environ: Any = None) -> str | None:
+    """The server's log level: the flag, else RETRIEVER_LOG_LEVEL; None leaves -v/-q (default INFO) to decide."""
+    value = flag or (os.environ if environ is None else environ).get("RETRIEVER_LOG_LEVEL", "")
+    if not value:
+        return None
+    if value.upper() not in LOG_LEVELS:
+        raise InvalidInputError(f"environment variable RETRIEVER_LOG_LEVEL={value!r} is invalid: expected one of "
+                                f"{', '.join(LOG_LEVELS)}")
+    return value.upper()
 
 
 def serve_until_signalled(server: Any) -> int:
@@ -200,6 +234,7 @@ def serve_until_signalled(server: Any) -> int:
     watchdog.daemon = True
     watchdog.start()
     server.stop()
+    server.stop_metrics()
     if failure:
         if isinstance(failure[0], RetrieverError):
             raise failure[0]
@@ -232,7 +267,8 @@ def run_query(args: argparse.Namespace) -> int:
     with make_client(args) as client:
         result = client.retrieve(args.query, instruction=args.instruction, sources=args.source, top_k=args.top_k,
                                  score_threshold=args.score_threshold, with_text=True, index=args.index,
-                                 mode=args.mode, fusion=FusionConfig(rrf_k=args.rrf_k, depth=args.fusion_depth))
+                                 mode=args.mode, fusion=FusionConfig(rrf_k=args.rrf_k, depth=args.fusion_depth),
+                                 group_by_record=args.group_by_record, max_per_record=args.max_per_record)
     if not args.json:
         print(f"index {result.index} generation {result.generation} ({result.server_seconds * 1000:.1f} ms in server)")
     print_result(result.as_search_result(), args.json)

@@ -85,14 +85,35 @@ class BatcherStats:
     in_flight: int = 0  # jobs submitted and not yet answered
 
 
+@dataclass(frozen=True)
+class BatchTimings:
+    """One answered batch, as the worker measured it.
+
+    Attributes:
+        queries: queries encoded together (after dropping expired and cancelled jobs).
+        encode_seconds: the one encoder call.
+        search_seconds: ranking and building hits, over every index generation in the batch.
+    """
+
+    queries: int
+    encode_seconds: float
+    search_seconds: float
+
+
 class Batcher:
-    """A bounded queue and the worker thread that batches queries for the encoder."""
+    """A bounded queue and the worker thread that batches queries for the encoder.
+
+    Args:
+        on_batch: called by the worker after each answered batch (the server's metrics); it
+            must be quick and must not raise.
+    """
 
     def __init__(self, encoder: Encoder, max_batch: int = 32, wait_seconds: float = 0.002,
-                 max_queued: int = 2048) -> None:
+                 max_queued: int = 2048, on_batch: Callable[[BatchTimings], object] | None = None) -> None:
         if max_batch < 1 or max_queued < 1 or wait_seconds < 0:
             raise ValueError("max_batch and max_queued must be >= 1 and wait_seconds >= 0")
         self.encoder, self.max_batch, self.wait_seconds, self.max_queued = encoder, max_batch, wait_seconds, max_queued
+        self.on_batch = on_batch
         self.stats = BatcherStats()
         self._queue: deque[_Job] = deque()
         self._queued = 0
@@ -100,6 +121,11 @@ class Batcher:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="retriever-batcher", daemon=True)
         self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        """Queries waiting for the worker (not yet taken into a batch)."""
+        return self._queued
 
     def submit(self, queries: Sequence[BoundQuery], deadline: float | None = None,
                is_active: Callable[[], bool] = lambda: True) -> Future[list[SearchResult]]:
@@ -240,7 +266,9 @@ class Batcher:
         queries = [q for job in jobs for q in job.queries]
         if not queries:
             return
+        started = time.perf_counter()
         vectors = encode(self.encoder, [q.planned for q in queries])  # one encoder call for the whole batch
+        encoded = time.perf_counter()
         rows_of: dict[int, range] = {}
         start = 0
         for job in jobs:
@@ -261,6 +289,8 @@ class Batcher:
             results = [queries[i].generation.searcher.hits([queries[i].planned], [rankings[i]])[0]
                        for i in rows_of[id(job)]]
             _resolve(job, results)
+        if self.on_batch is not None:
+            self.on_batch(BatchTimings(len(queries), encoded - started, time.perf_counter() - encoded))
         self.stats.batches += 1
         self.stats.queries += len(queries)
         self.stats.largest_batch = max(self.stats.largest_batch, len(queries))

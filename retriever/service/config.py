@@ -87,6 +87,9 @@ class ServiceConfig:
             the parent directories of the indexes served at start.
         grace_seconds: how long shutdown waits for calls in flight.
         use_gpu: move index shards to a GPU when FAISS sees one.
+        metrics_port: serve Prometheus metrics over plain HTTP on this port of ``host`` (0 picks
+            one); None turns metrics off.
+        log_queries: put the query and instruction texts in the request log lines.
     """
 
     host: str = "127.0.0.1"
@@ -104,10 +107,16 @@ class ServiceConfig:
     publish_roots: tuple[Path, ...] = ()
     grace_seconds: float = 10.0
     use_gpu: bool = True
+    metrics_port: int | None = None
+    log_queries: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise InvalidInputError(f"port must be in 0..65535, got {self.port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise InvalidInputError(f"metrics port must be in 0..65535, got {self.metrics_port}")
+        if self.metrics_port and self.metrics_port == self.port:
+            raise InvalidInputError(f"the metrics port must differ from the gRPC port ({self.port})")
         if self.max_batch < 1:
             raise InvalidInputError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.batch_wait_ms < 0:
@@ -164,6 +173,8 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "RETRIEVER_ADMIN_TOKEN": ("admin_token", str),
     "RETRIEVER_PUBLISH_ROOTS": ("publish_roots", parse_paths),
     "RETRIEVER_GRACE_SECONDS": ("grace_seconds", float),
+    "RETRIEVER_METRICS_PORT": ("metrics_port", int),
+    "RETRIEVER_LOG_QUERIES": ("log_queries", bool),
     "RETRIEVER_MAX_MESSAGE_BYTES": ("max_message_bytes", int),
     "RETRIEVER_MAX_TOP_K": ("max_top_k", int),
     "RETRIEVER_MAX_QUERY_BYTES": ("max_query_bytes", int),

@@ -138,7 +138,17 @@ def parse_retrieve(request: pb.RetrieveRequest, limits: Limits, prefix: str = ""
         raise InvalidInputError(f"{prefix}mode: unknown value {request.mode}; expected one of "
                                 f"{', '.join(pb.SearchMode.Name(v) for v in PROTO_TO_MODE)}")
     fusion = parse_fusion(request, mode, limits, prefix)
-    return RetrieveSpec(Query(query, instruction, sources, request.top_k, threshold, mode, fusion),
+    max_per_record = 1
+    if request.HasField("max_per_record"):
+        if not request.group_by_record:
+            raise InvalidInputError(f"{prefix}max_per_record: only with group_by_record; set group_by_record "
+                                    "or leave max_per_record unset")
+        max_per_record = request.max_per_record
+        if not 1 <= max_per_record <= limits.max_top_k:
+            raise InvalidInputError(f"{prefix}max_per_record: must be between 1 and {limits.max_top_k} "
+                                    f"(RETRIEVER_MAX_TOP_K), got {max_per_record}")
+    return RetrieveSpec(Query(query, instruction, sources, request.top_k, threshold, mode, fusion,
+                              request.group_by_record, max_per_record),
                         request.with_text, request.index)
 
 
@@ -228,6 +238,9 @@ def retrieve_request(query: Query, with_text: bool = False, index: str = "") -> 
                                           bm25_weight=f.bm25_weight))
     if query.instruction is not None:
         request.instruction = query.instruction
+    if query.group_by_record or query.max_per_record != 1:  # the server refuses max_per_record alone
+        request.group_by_record = query.group_by_record
+        request.max_per_record = query.max_per_record
     if query.score_threshold is not None:
         request.score_threshold = query.score_threshold
     return request

@@ -25,6 +25,7 @@ from retriever.query import Query, SearchResult
 from retriever.service.auth import BearerTokenInterceptor
 from retriever.service.batching import Batcher, BoundQuery
 from retriever.service.config import ServiceConfig
+from retriever.service.metrics import ServiceMetrics
 from retriever.service.registry import Generation, IndexRegistry
 from retriever.service.servicer import SERVICE_NAME, RetrieverServicer, generic_handler
 
@@ -59,7 +60,11 @@ class RetrieverServer:
             raise InvalidInputError(f"index names must be unique, got {names}")
         self.config, self.indexes = config, list(indexes)
         self._encoder, self._encoder_config = encoder, encoder_config or EncoderConfig(show_progress=False)
-        self.servicer = RetrieverServicer(config.limits, allow_publish=config.admin_token is not None)
+        #: Prometheus metrics on their own registry (None unless ``config.metrics_port`` is set).
+        self.metrics = ServiceMetrics() if config.metrics_port is not None else None
+        self.metrics_port: int | None = None
+        self.servicer = RetrieverServicer(config.limits, allow_publish=config.admin_token is not None,
+                                          metrics=self.metrics, log_queries=config.log_queries)
         self.health = health.HealthServicer()
         self.registry: IndexRegistry | None = None
         self.batcher: Batcher | None = None
@@ -107,6 +112,13 @@ class RetrieverServer:
             raise InvalidInputError(f"cannot read a TLS file: {exc}") from exc
         if port == 0:
             raise InvalidInputError(f"cannot listen on {address} (is the port in use?)")
+        if self.metrics is not None and self.config.metrics_port is not None:
+            try:
+                self.metrics_port = self.metrics.serve(self.config.host, self.config.metrics_port)
+            except OSError as exc:
+                server.stop(0)
+                raise InvalidInputError(f"cannot serve metrics on {self.config.host}:{self.config.metrics_port}: "
+                                        f"{exc.strerror or exc} (is the port in use?)") from exc
         server.start()
         self._server, self.port = server, port
         transport = "mTLS" if self.config.tls_client_ca else "TLS" if self.config.tls_cert else "plaintext"
@@ -123,8 +135,11 @@ class RetrieverServer:
         started = time.perf_counter()
         encoder = self._encoder or Encoder(self._encoder_config)
         batcher = Batcher(encoder, self.config.max_batch, self.config.batch_wait_ms / 1000.0,
-                          self.config.limits.max_queued_queries)
+                          self.config.limits.max_queued_queries,
+                          on_batch=self.metrics.observe_batch if self.metrics is not None else None)
         registry = IndexRegistry(encoder, self.config.resolution, use_gpu=self.config.use_gpu)
+        if self.metrics is not None:
+            self.metrics.attach(batcher, registry)
 
         def canary(generation: Generation, text: str) -> SearchResult:
             query = BoundQuery(generation, generation.searcher.plan(Query(text, instruction="", k=10)))
@@ -167,6 +182,11 @@ class RetrieverServer:
         if self.batcher is not None:
             self.batcher.stop()
         logger.info("server stopped")
+
+    def stop_metrics(self) -> None:
+        """Close the metrics endpoint (after :meth:`stop`, so the last calls are still scraped)."""
+        if self.metrics is not None:
+            self.metrics.close()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server terminates (or ``timeout``); True when it did."""

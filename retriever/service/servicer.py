@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -25,6 +25,10 @@ from retriever.service.config import Limits, check_name
 from retriever.service.errors import PermissionDeniedError, status_for
 from retriever.service.proto import retriever_pb2 as pb
 from retriever.service.registry import IndexRegistry, resolve_publish_path
+from retriever.service.requests import CallRecord
+
+if TYPE_CHECKING:
+    from retriever.service.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +48,11 @@ def parse(cls: type[M], data: bytes) -> M:
 class RetrieverServicer:
     """Answers the four RPCs; holds no state of its own besides its collaborators."""
 
-    def __init__(self, limits: Limits, allow_publish: bool = False) -> None:
+    def __init__(self, limits: Limits, allow_publish: bool = False, metrics: ServiceMetrics | None = None,
+                 log_queries: bool = False) -> None:
         self.limits, self.allow_publish = limits, allow_publish
+        #: Call counts and latencies (None: metrics off); see :mod:`retriever.service.requests`.
+        self.metrics, self.log_queries = metrics, log_queries
         #: Directories PublishIndex may load from (set by the server when it loads).
         self.publish_roots: tuple[Path, ...] = ()
         self.registry: IndexRegistry | None = None
@@ -62,23 +69,30 @@ class RetrieverServicer:
 
     # -- raw-bytes entry points ------------------------------------------------------------------
     def retrieve(self, data: bytes, context: grpc.ServicerContext) -> bytes:
-        return self._guard("Retrieve", context, lambda: self._retrieve(parse(pb.RetrieveRequest, data), context))
+        return self._guard("Retrieve", context,
+                           lambda record: self._retrieve(parse(pb.RetrieveRequest, data), context, record))
 
     def retrieve_batch(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         return self._guard("RetrieveBatch", context,
-                           lambda: self._retrieve_batch(parse(pb.RetrieveBatchRequest, data), context))
+                           lambda record: self._retrieve_batch(parse(pb.RetrieveBatchRequest, data), context, record))
 
     def get_index_info(self, data: bytes, context: grpc.ServicerContext) -> bytes:
-        return self._guard("GetIndexInfo", context, lambda: self._index_info(parse(pb.GetIndexInfoRequest, data)))
+        return self._guard("GetIndexInfo", context,
+                           lambda record: self._index_info(parse(pb.GetIndexInfoRequest, data)))
 
     def publish_index(self, data: bytes, context: grpc.ServicerContext) -> bytes:
-        return self._guard("PublishIndex", context, lambda: self._publish(parse(pb.PublishIndexRequest, data)))
+        return self._guard("PublishIndex", context, lambda record: self._publish(parse(pb.PublishIndexRequest, data)))
 
-    def _guard(self, method: str, context: grpc.ServicerContext, call: Callable[[], Message]) -> bytes:
+    def _guard(self, method: str, context: grpc.ServicerContext, call: Callable[[CallRecord], Message]) -> bytes:
+        record = CallRecord(method, context, self.metrics, self.log_queries)
         try:
-            return call().SerializeToString()
+            response = call(record).SerializeToString()
         except Exception as exc:  # the one place every failure becomes a status (errors.STATUS_CODES)
             code, message = status_for(exc, method)
+        else:
+            record.finish(grpc.StatusCode.OK)
+            return response
+        record.finish(code)
         context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")
 
@@ -92,24 +106,28 @@ class RetrieverServicer:
         return self.registry, self.batcher
 
     def _answer(self, specs: list[convert.RetrieveSpec], context: grpc.ServicerContext,
-                started: float) -> list[pb.RetrieveResponse]:
+                started: float, record: CallRecord) -> list[pb.RetrieveResponse]:
+        record.queries, record.indexes = [spec.query for spec in specs], [spec.index for spec in specs]
         registry, batcher = self._parts()
         bound = bind([(spec.index, spec.query) for spec in specs], registry.get)
+        record.generations = [b.generation for b in bound]
         results = batcher.search(bound, convert.time_remaining(context), context.is_active, context.add_callback)
+        record.results = results
         seconds = time.perf_counter() - started
         return [convert.result_to_proto(result, spec.with_text, b.generation, self.model, seconds)
                 for result, spec, b in zip(results, specs, bound, strict=True)]
 
-    def _retrieve(self, request: pb.RetrieveRequest, context: grpc.ServicerContext) -> pb.RetrieveResponse:
+    def _retrieve(self, request: pb.RetrieveRequest, context: grpc.ServicerContext,
+                  record: CallRecord) -> pb.RetrieveResponse:
         started = time.perf_counter()
         spec = convert.parse_retrieve(request, self.limits)
-        return self._answer([spec], context, started)[0]
+        return self._answer([spec], context, started, record)[0]
 
-    def _retrieve_batch(self, request: pb.RetrieveBatchRequest,
-                        context: grpc.ServicerContext) -> pb.RetrieveBatchResponse:
+    def _retrieve_batch(self, request: pb.RetrieveBatchRequest, context: grpc.ServicerContext,
+                        record: CallRecord) -> pb.RetrieveBatchResponse:
         started = time.perf_counter()
         specs = convert.parse_batch(request, self.limits)
-        responses = self._answer(specs, context, started)
+        responses = self._answer(specs, context, started, record)
         return pb.RetrieveBatchResponse(responses=responses, server_seconds=time.perf_counter() - started)
 
     def _index_info(self, request: pb.GetIndexInfoRequest) -> pb.GetIndexInfoResponse:

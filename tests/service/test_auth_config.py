@@ -206,3 +206,21 @@ def test_publishing_is_off_without_an_admin_token(encoder, tiny_index_dir):
             stub_for(channel).PublishIndex(pb.PublishIndexRequest(index="tiny", path=str(tiny_index_dir)),
                                            metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=30)
         assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED and "admin token" in err.value.details()
+
+
+def test_metrics_and_log_settings_from_flags_and_variables():
+    from retriever.cli.serve_commands import log_level
+
+    assert build_config({}, {}).metrics_port is None and not build_config({}, {}).log_queries
+    config = build_config({}, {"RETRIEVER_METRICS_PORT": "9100", "RETRIEVER_LOG_QUERIES": "yes"})
+    assert config.metrics_port == 9100 and config.log_queries
+    assert build_config({"metrics_port": 9200}, {"RETRIEVER_METRICS_PORT": "9100"}).metrics_port == 9200
+    with pytest.raises(InvalidInputError, match="metrics port must differ"):
+        build_config({"port": 9300, "metrics_port": 9300}, {})
+    with pytest.raises(InvalidInputError, match="metrics port must be in"):
+        build_config({"metrics_port": 70000}, {})
+    assert log_level(None, {}) is None
+    assert log_level(None, {"RETRIEVER_LOG_LEVEL": "warning"}) == "WARNING"
+    assert log_level("DEBUG", {"RETRIEVER_LOG_LEVEL": "warning"}) == "DEBUG"
+    with pytest.raises(InvalidInputError, match="RETRIEVER_LOG_LEVEL"):
+        log_level(None, {"RETRIEVER_LOG_LEVEL": "loud"})

@@ -171,3 +171,43 @@ def test_threshold_and_filter_leave_the_ranking_otherwise_unchanged(searcher: Se
             assert want.hits == [h for h in every if h.score >= query.score_threshold], query
             if want.sources:
                 assert {h.source for h in want.hits} <= set(want.sources)
+
+
+def grouped(queries: Sequence[Query], seed: int = 99) -> list[Query]:
+    """The queries grouped by record, with 1 to 3 units per record and k at most 10."""
+    rng = random.Random(seed)
+    return [replace(q, k=min(q.k, 10), group_by_record=True, max_per_record=rng.choice((1, 1, 2, 3)))
+            for q in queries[:60]]
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_grouped_hits_identical_in_process_over_grpc_and_cli(
+        request: pytest.FixtureRequest, searcher: Searcher, expected, mode: Mode, tiny_index_dir: Path,
+        lexical_dir: Path, encoder, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    server = request.getfixturevalue("server" if mode is Mode.DENSE else "modes_server")
+    queries = grouped(expected[mode][0])
+    results = [searcher.search([q])[0] for q in queries]
+    with RetrieverClient(f"127.0.0.1:{server.port}", timeout=60) as client, ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda q: client.retrieve(
+            q.text, instruction=q.instruction, sources=q.sources, top_k=q.k, score_threshold=q.score_threshold,
+            with_text=True, mode=q.mode, fusion=q.fusion, group_by_record=True, max_per_record=q.max_per_record),
+            queries))
+    crowded = 0
+    for query, want, have in zip(queries, results, got, strict=True):
+        records = list(dict.fromkeys((h.source, h.record_id) for h in want.hits))
+        assert len(records) <= query.k
+        counts = [sum((h.source, h.record_id) == r for h in want.hits) for r in records]
+        assert max(counts, default=0) <= query.max_per_record
+        crowded += max(counts, default=0) > 1
+        assert [(h.unit_id, h.record_id, h.part, h.text) for h in have.hits] == \
+            [(h.unit_id, h.record_id, h.part, h.text) for h in want.hits], query
+        assert [h.score for h in have.hits] == pytest.approx([h.score for h in want.hits], abs=1e-6), query
+    assert crowded >= 5  # some records did keep several units
+
+    monkeypatch.setattr("retriever.cli.index_commands.Encoder", lambda config: encoder)
+    for query, want in list(zip(queries, results, strict=True))[:15]:
+        args = [*cli_args(query, tiny_index_dir, lexical_dir), "--group-by-record",
+                "--max-per-record", str(query.max_per_record)]
+        assert main(args) == 0
+        hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [(h["record_id"], h["part"]) for h in hits] == [(h.record_id, h.part) for h in want.hits], query

@@ -150,3 +150,17 @@ def test_client_wraps_every_rpc(server, tiny_index_dir, tmp_path):
         with pytest.raises(RemoteError) as err:
             client.publish("tiny", tmp_path / "missing")
         assert err.value.code is grpc.StatusCode.PERMISSION_DENIED and "admin token" in err.value.details
+
+
+def test_group_by_record_over_grpc_returns_k_distinct_records(stub, server):
+    plain = stub.Retrieve(request("how many goals did he score in the season", top_k=10, sources=[pb.SOURCE_TABLE]))
+    assert len({h.record_id for h in plain.hits}) < 10  # rows of one table crowd the plain top-10
+    grouped = stub.Retrieve(request("how many goals did he score in the season", top_k=3, sources=[pb.SOURCE_TABLE],
+                                    group_by_record=True))
+    assert len(grouped.hits) == 3 and len({h.record_id for h in grouped.hits}) == 3
+    assert grouped.hits[0].unit_id == plain.hits[0].unit_id  # the best record's best unit leads
+    two = stub.Retrieve(request("how many goals did he score in the season", top_k=3, sources=[pb.SOURCE_TABLE],
+                                group_by_record=True, max_per_record=2))
+    records = list(dict.fromkeys(h.record_id for h in two.hits))
+    assert len(records) == 3 and len(two.hits) > 3
+    assert all(sum(h.record_id == r for h in two.hits) <= 2 for r in records)

@@ -52,6 +52,10 @@ INVALID = [
     ("zero weights", request(mode=pb.SEARCH_MODE_HYBRID, fusion=pb.Fusion(dense_weight=0, bm25_weight=0)),
      "must not both be 0"),
     ("mode the index lacks", request(mode=pb.SEARCH_MODE_BM25), "retriever build-lexical"),
+    ("max_per_record without grouping", request(max_per_record=2), "max_per_record: only with group_by_record"),
+    ("max_per_record 0", request(group_by_record=True, max_per_record=0), "max_per_record: must be between 1"),
+    ("max_per_record max+1", request(group_by_record=True, max_per_record=LIMITS.max_top_k + 1),
+     f"max_per_record: must be between 1 and {LIMITS.max_top_k}"),
 ]
 
 

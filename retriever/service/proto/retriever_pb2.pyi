@@ -32,7 +32,7 @@ SEARCH_MODE_BM25: SearchMode
 SEARCH_MODE_HYBRID: SearchMode
 
 class RetrieveRequest(_message.Message):
-    __slots__ = ("query", "instruction", "sources", "top_k", "score_threshold", "with_text", "index", "mode", "fusion")
+    __slots__ = ("query", "instruction", "sources", "top_k", "score_threshold", "with_text", "index", "mode", "fusion", "group_by_record", "max_per_record")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,8 @@ class RetrieveRequest(_message.Message):
     INDEX_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     FUSION_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_RECORD_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_RECORD_FIELD_NUMBER: _ClassVar[int]
     query: str
     instruction: str
     sources: _containers.RepeatedScalarFieldContainer[Source]
@@ -51,7 +53,9 @@ class RetrieveRequest(_message.Message):
     index: str
     mode: SearchMode
     fusion: Fusion
-    def __init__(self, query: _Optional[str] = ..., instruction: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[Source, str]]] = ..., top_k: _Optional[int] = ..., score_threshold: _Optional[float] = ..., with_text: _Optional[bool] = ..., index: _Optional[str] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ...) -> None: ...
+    group_by_record: bool
+    max_per_record: int
+    def __init__(self, query: _Optional[str] = ..., instruction: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[Source, str]]] = ..., top_k: _Optional[int] = ..., score_threshold: _Optional[float] = ..., with_text: _Optional[bool] = ..., index: _Optional[str] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ..., group_by_record: _Optional[bool] = ..., max_per_record: _Optional[int] = ...) -> None: ...
 
 class Fusion(_message.Message):
     __slots__ = ("rrf_k", "depth", "dense_weight", "bm25_weight")

@@ -1,0 +1,95 @@
+"""One record per call: the request log line (logger ``retriever.requests``) and the call metrics.
+
+The servicer opens a :class:`CallRecord` when a call starts, fills in what it learns (the parsed
+queries, the generations that answer them, the results) and closes it with the status code. The
+record then writes one structured line at INFO and updates the metrics. The query and
+instruction texts are logged only when the server runs with ``--log-queries``: they may carry
+personal data, and request logs are usually kept longer and read more widely than the data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from retriever.query import Query, SearchResult
+
+if TYPE_CHECKING:
+    from retriever.service.metrics import ServiceMetrics
+    from retriever.service.registry import Generation
+
+request_log = logging.getLogger("retriever.requests")
+
+#: The metadata key a client may set to correlate its call with the server's log line; the
+#: server sends the id it used back in the trailing metadata under the same key.
+REQUEST_ID_KEY = "x-request-id"
+#: Client ids outside this pattern are replaced by a generated one (no control characters or
+#: unbounded strings in the log).
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:/@+=-]{1,128}$")
+
+
+def request_id(context: grpc.ServicerContext) -> str:
+    """The client's ``x-request-id`` when it sent a well-formed one, else a new random id."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and _CLIENT_ID.match(value):
+            return value
+    return uuid.uuid4().hex
+
+
+class CallRecord:
+    """What one call asked for and got; :meth:`finish` logs it and counts it."""
+
+    def __init__(self, method: str, context: grpc.ServicerContext, metrics: ServiceMetrics | None,
+                 log_queries: bool) -> None:
+        self.method, self.metrics, self.log_queries = method, metrics, log_queries
+        self.started = time.perf_counter()
+        self.request_id = request_id(context)
+        self.queries: Sequence[Query] = ()
+        self.indexes: Sequence[str] = ()
+        self.generations: Sequence[Generation] = ()
+        self.results: Sequence[SearchResult] = ()
+        try:
+            context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
+        except ValueError:  # the call already ended; nothing to send it with
+            pass
+
+    def finish(self, code: grpc.StatusCode) -> None:
+        seconds = time.perf_counter() - self.started
+        name = code.name
+        if self.metrics is not None:
+            self.metrics.observe_call(self.method, name, seconds)
+            self.metrics.observe_results(self.results)
+        if request_log.isEnabledFor(logging.INFO):
+            fields = self.fields(name, seconds)
+            request_log.info("%s", json.dumps(fields, ensure_ascii=False), extra={"request": fields})
+
+    def fields(self, code: str, seconds: float) -> dict[str, Any]:
+        """The log line's fields: per-query values are scalars for Retrieve, lists for RetrieveBatch."""
+        out: dict[str, Any] = {"method": self.method, "request_id": self.request_id, "code": code,
+                               "server_ms": round(seconds * 1000, 3)}
+        if not self.queries:
+            return out
+        per_query: dict[str, list[Any]] = {
+            "index": [g.name for g in self.generations] or list(self.indexes),
+            "generation": [g.number for g in self.generations],
+            "k": [q.k for q in self.queries],
+            "mode": [q.mode.value for q in self.queries],
+            "sources": [[s.value for s in r.sources] for r in self.results],
+            "sources_resolved": [r.resolved for r in self.results],
+            "hits": [len(r.hits) for r in self.results],
+        }
+        if self.log_queries:
+            per_query["query"] = [q.text for q in self.queries]
+            per_query["instruction"] = [q.instruction for q in self.queries]
+        single = self.method == "Retrieve"
+        for key, values in per_query.items():
+            if values:
+                out[key] = values[0] if single else values
+        return out
