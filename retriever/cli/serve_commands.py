@@ -234,7 +234,6 @@ def serve_until_signalled(server: Any) -> int:
     watchdog.daemon = True
     watchdog.start()
     server.stop()
-    server.stop_metrics()
     if failure:
         if isinstance(failure[0], RetrieverError):
             raise failure[0]

@@ -181,10 +181,11 @@ class RetrieverServer:
         self.servicer.ready.clear()
         if self.batcher is not None:
             self.batcher.stop()
+        self.stop_metrics()
         logger.info("server stopped")
 
     def stop_metrics(self) -> None:
-        """Close the metrics endpoint (after :meth:`stop`, so the last calls are still scraped)."""
+        """Close the metrics endpoint (:meth:`stop` does, last, so the final calls are still counted)."""
         if self.metrics is not None:
             self.metrics.close()
 

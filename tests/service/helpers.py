@@ -72,7 +72,6 @@ def running_server(encoder: Any, indexes: Sequence[tuple[str, Path]], load: bool
         yield server
     finally:
         server.stop(grace=0)
-        server.stop_metrics()
 
 
 @contextmanager
