@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -51,10 +50,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from load_test import ServerProcess  # noqa: E402
 
 from retriever.service.proto import retriever_pb2 as pb  # noqa: E402
 from retriever.service.proto import retriever_pb2_grpc  # noqa: E402
@@ -105,40 +107,10 @@ def build(corpus: Path, out: Path) -> None:
                    cwd=ROOT, check=True, capture_output=True)
 
 
-def start_server(index: Path, root: Path, log: Path) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "RETRIEVER_ADMIN_TOKEN": ADMIN_TOKEN}
-    with log.open("a") as fh:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "retriever", "serve", "--index", f"crash={index}", "--port", "0",
-             "--publish-root", str(root), "--grace", "2", "--no-progress"],
-            cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=fh, text=True)
-    assert process.stderr is not None
-    port = None
-    lines = []
-    end = time.monotonic() + 300
-    while port is None and time.monotonic() < end:
-        line = process.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
-            port = int(match.group(1))
-    if port is None:
-        raise RuntimeError("server did not start:\n" + "".join(lines[-20:]))
-    stream = process.stderr
-    threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()  # drain stderr
-    address = f"127.0.0.1:{port}"
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < end:
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
-                    return process, address
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise RuntimeError("server never became SERVING")
+def start_server(index: Path, root: Path) -> ServerProcess:
+    """``retriever serve`` of ``index`` with publishing on (admin token) from ``root``; SERVING on return."""
+    return ServerProcess(index, name="crash", extra=["--publish-root", str(root), "--grace", "2"],
+                         env={"RETRIEVER_ADMIN_TOKEN": ADMIN_TOKEN})
 
 
 def ask(stub: Any, query: int, timeout: float = 30.0) -> tuple[int, list[tuple[str, int, float]]]:
@@ -236,8 +208,8 @@ def run(minutes: float, clients: int, seed: int, work: Path) -> dict[str, Any]:
     build(corpus_b, build_b)
     records = {"a": set(Index.load(build_a, use_gpu=False).store.record_ids),
                "b": set(Index.load(build_b, use_gpu=False).store.record_ids)}
-    log = work / "server.log"
-    process, address = start_server(build_a, root, log)
+    server = start_server(build_a, root)
+    address = server.address
     refs = {"a": references(address)}
     assert publish(address, build_b)[0] == "OK"
     refs["b"] = references(address)
@@ -258,9 +230,10 @@ def run(minutes: float, clients: int, seed: int, work: Path) -> dict[str, Any]:
             event = rng.choice(["kill_server", "publish", "publish", "kill_build"])
             events[event] += 1
             if event == "kill_server":
-                process.send_signal(signal.SIGKILL)
-                process.wait(30)
-                process, address = start_server(rng.choice([build_a, build_b]), root, log)
+                server.process.send_signal(signal.SIGKILL)
+                server.process.wait(30)
+                server = start_server(rng.choice([build_a, build_b]), root)
+                address = server.address
                 with state.lock:
                     state.incarnation += 1
                     state.address = address
@@ -292,8 +265,8 @@ def run(minutes: float, clients: int, seed: int, work: Path) -> dict[str, Any]:
         state.stop.set()
         for t in threads:
             t.join(60)
-        process.send_signal(signal.SIGKILL)
-        process.wait(30)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(30)
     result = check(state, records, refs)
     return {
         "minutes": minutes, "clients": clients, "seed": seed,

@@ -107,11 +107,14 @@ def in_process(index_dir: Path, queries: list[str], k: int, duration: float) -> 
 class ServerProcess:
     """``retriever serve`` in a child process on a free loopback port."""
 
-    def __init__(self, index_dir: Path, max_batch: int, max_concurrent: int) -> None:
-        cmd = [sys.executable, "-m", "retriever", "serve", "--index", f"bench={index_dir}", "--port", "0",
+    def __init__(self, index_dir: Path, max_batch: int = 32, max_concurrent: int = 64, name: str = "bench",
+                 extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        """Start the server and wait until it is SERVING; ``extra`` flags are appended (a repeated flag wins)."""
+        cmd = [sys.executable, "-m", "retriever", "serve", "--index", f"{name}={index_dir}", "--port", "0",
                "--max-batch", str(max_batch), "--max-concurrent-calls", str(max_concurrent), "--no-progress",
-               "--grace", "5"]
-        self.process = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+               "--grace", "5", *(extra or [])]
+        self.process = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                                        env=None if env is None else {**os.environ, **env})
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
         self.address = f"127.0.0.1:{self._port()}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def sample_records() -> list[dict]:
     with gzip.open(data_file(SAMPLE_CORPUS), "rt", encoding="utf-8") as fh:
         return [json.loads(line) for line in fh]
+
+
+def edit_manifest(directory: Path, change: Callable[[dict], object]) -> None:
+    """Apply ``change`` to an index directory's parsed ``manifest.json`` and write it back."""
+    path = directory / "manifest.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def rehash(directory: Path) -> None:
+    """Make every file entry of the manifest agree with the file on disk (a tamperer's last step)."""
+    from retriever.index.files import sha256_file
+
+    def change(data: dict) -> None:
+        for entry in data["files"]:
+            entry["bytes"] = (directory / entry["name"]).stat().st_size
+            entry["sha256"] = sha256_file(directory / entry["name"])
+
+    edit_manifest(directory, change)
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:

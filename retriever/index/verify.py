@@ -115,7 +115,6 @@ def run_data_canary(index: Index, encode: EncodeDocuments, size: int = CANARY_UN
     units = canary_sample(index, size, seed)
     rng = np.random.default_rng(seed)
     units = [units[i] for i in rng.permutation(len(units))]  # a budget cut keeps a spread sample
-    shard_of = {info.source: info for info in index.manifest.shards}
     worst, checked = 1.0, 0
     for begin in range(0, len(units), _BATCH):
         if checked and time.perf_counter() - started > budget_seconds:
@@ -127,7 +126,7 @@ def run_data_canary(index: Index, encode: EncodeDocuments, size: int = CANARY_UN
         for unit, vector in zip(batch, vectors, strict=True):
             source = index.store.source_of(unit).value
             shard = index.shards.shards[source]
-            scores, ids = shard.search(vector[None, :], min(CANARY_K, shard_of[source].count))
+            scores, ids = shard.search(vector[None, :], CANARY_K)  # Shard.search caps k at its size
             hits = {int(i): float(s) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0}
             cosine = hits.get(unit)
             if cosine is None and _duplicate_found(index, unit, hits):

@@ -33,6 +33,9 @@ from retriever.service.registry import Generation
 
 logger = logging.getLogger(__name__)
 
+#: The stage of a job before its encoding began (the other stages count as dropped after encoding).
+QUEUED = "while the query was queued"
+
 
 @dataclass(frozen=True)
 class BoundQuery:
@@ -256,13 +259,13 @@ class Batcher:
             else:
                 live.append(job)
                 continue
-            if stage != "while the query was queued":
+            if stage != QUEUED:
                 self.stats.dropped_after_encoding += 1
         return live
 
     def _answer(self, jobs: list[_Job]) -> None:
         """Encode, rank, build hits; jobs expired or cancelled meanwhile are dropped between the steps."""
-        jobs = self._live(jobs, "while the query was queued")
+        jobs = self._live(jobs, QUEUED)
         queries = [q for job in jobs for q in job.queries]
         if not queries:
             return

@@ -20,26 +20,10 @@ import pytest
 
 from retriever.errors import CorruptIndexError, InsufficientMemoryError
 from retriever.index import BuildConfig, Index, UnitStore, build_index
-from retriever.index.files import sha256_file
 from retriever.index.manifest import MANIFEST_NAME
 from retriever.index.store import UNITS_NAME
 from retriever.index.verify import run_data_canary
-
-
-def edit(directory: Path, change: Callable[[dict], object]) -> None:
-    path = directory / MANIFEST_NAME
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
-
-
-def rehash(directory: Path) -> None:
-    """Make every file entry agree with the file on disk (a tamperer's last step)."""
-    def change(data: dict) -> None:
-        for entry in data["files"]:
-            entry["bytes"] = (directory / entry["name"]).stat().st_size
-            entry["sha256"] = sha256_file(directory / entry["name"])
-    edit(directory, change)
+from tests.conftest import edit_manifest, rehash
 
 
 def shard(data: dict, source: str) -> dict:
@@ -96,7 +80,7 @@ MANIFEST_CASES: dict[str, tuple[Callable[[dict], object], str]] = {
 def test_a_lying_manifest_is_refused_naming_the_field(case: str, tiny_index_dir: Path, tmp_path: Path) -> None:
     change, message = MANIFEST_CASES[case]
     bad = Path(shutil.copytree(tiny_index_dir, tmp_path / "bad"))
-    edit(bad, change)
+    edit_manifest(bad, change)
     with pytest.raises(CorruptIndexError, match=message):
         Index.load(bad, use_gpu=False)
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -16,10 +14,10 @@ import pytest
 
 from retriever.client import RemoteError, RetrieverClient
 from retriever.index import Index
-from retriever.index.files import sha256_file
 from retriever.index.manifest import Manifest
 from retriever.index.store import UNITS_NAME, UnitStore
 from retriever.service.proto import retriever_pb2 as pb
+from tests.conftest import edit_manifest, rehash
 from tests.service.helpers import (
     ADMIN,
     ADMIN_TOKEN,
@@ -30,23 +28,6 @@ from tests.service.helpers import (
     running_server,
     stub_for,
 )
-
-
-def edit_manifest(directory: Path, change: Callable[[dict], None]) -> None:
-    path = directory / "manifest.json"
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
-
-
-def refresh_entry(directory: Path, name: str) -> None:
-    """Make the manifest agree with a changed file (a build that passes the hash check)."""
-    def change(data: dict) -> None:
-        for entry in data["files"]:
-            if entry["name"] == name:
-                entry["bytes"] = (directory / name).stat().st_size
-                entry["sha256"] = sha256_file(directory / name)
-    edit_manifest(directory, change)
 
 
 def truncate(d: Path) -> None:
@@ -92,7 +73,7 @@ def shuffled_units(d: Path) -> None:
     units = [store.unit(i) for i in range(len(store))]
     units[0], units[-1] = units[-1], units[0]
     UnitStore.from_units(units).write(d / UNITS_NAME)
-    refresh_entry(d, UNITS_NAME)
+    rehash(d)
 
 
 def evil_source(d: Path) -> None:
@@ -106,7 +87,7 @@ def negated_kb_vectors(d: Path) -> None:
     flat = faiss.IndexFlatIP(vectors.shape[1])
     flat.add(vectors)
     faiss.write_index(flat, str(d / "kb.faiss"))
-    refresh_entry(d, "kb.faiss")
+    rehash(d)
 
 
 CORRUPTIONS = [truncate, flip_bit, append_bytes, missing_file, wrong_hash, other_model, wrong_dimension,
