@@ -13,7 +13,8 @@ In one run, on the same queries:
     against answers computed single-threaded before the run; failed and incorrect calls;
   * overload (RELIABILITY C): a batched server capped at ``--overload-cap`` concurrent calls,
     one client and then twice the cap: the accepted calls' p99 against the single-client p99,
-    and how fast the excess comes back RESOURCE_EXHAUSTED.
+    and how fast the excess comes back RESOURCE_EXHAUSTED; with the latency budget on (auto)
+    and off, side by side.
 
 The run stops by itself (every level is time-bounded) and writes
 ``benchmarks/results/load_<name>.json``. Figures depend on the machine and on what else runs
@@ -213,25 +214,31 @@ def drive(address: str, queries: list[str], k: int, clients: int, duration: floa
 
 
 def overload(index_dir: Path, queries: list[str], k: int, max_batch: int, cap: int,
-             duration: float) -> dict[str, Any]:
+             duration: float, budgets: tuple[str, ...] = ("auto", "off")) -> dict[str, Any]:
     """RELIABILITY C: a server capped at ``cap`` concurrent calls, driven by 1 and then 2 x cap clients.
 
     Reports the accepted calls' p99 at 2x capacity against the single-client p99 of the same
-    server, and how fast the excess is rejected (RESOURCE_EXHAUSTED).
+    server, and how fast the excess is refused (RESOURCE_EXHAUSTED): clients that re-send at once,
+    then clients that back off like ``RetrieverClient``. Once per ``--latency-budget-ms`` value,
+    side by side.
     """
-    server = ServerProcess(index_dir, max_batch, cap)
-    try:
-        drive(server.address, queries, k, 1, min(2.0, duration))  # warm-up
-        single = drive(server.address, queries, k, 1, duration)
-        immediate = drive(server.address, queries, k, 2 * cap, duration)
-        backing_off = drive(server.address, queries, k, 2 * cap, duration, backoff=True)
-    finally:
-        server.stop()
-    return {"max_concurrent_calls": cap, "max_batch": max_batch, "single_client": single,
-            "two_x_capacity_immediate_retry": immediate, "two_x_capacity_backoff": backing_off,
+    out: dict[str, Any] = {"max_concurrent_calls": cap, "max_batch": max_batch}
+    for budget in budgets:
+        server = ServerProcess(index_dir, max_batch, cap, extra=["--latency-budget-ms", budget])
+        try:
+            drive(server.address, queries, k, 1, min(2.0, duration))  # warm-up
+            single = drive(server.address, queries, k, 1, duration)
+            immediate = drive(server.address, queries, k, 2 * cap, duration)
+            backing_off = drive(server.address, queries, k, 2 * cap, duration, backoff=True)
+        finally:
+            server.stop()
+        out[f"latency_budget_{budget}"] = {
+            "single_client": single, "two_x_capacity_immediate_retry": immediate,
+            "two_x_capacity_backoff": backing_off,
             "accepted_p99_over_single_p99": {
                 "immediate_retry": round(immediate["p99_ms"] / max(single["p99_ms"], 1e-9), 3),
                 "backoff": round(backing_off["p99_ms"] / max(single["p99_ms"], 1e-9), 3)}}
+    return out
 
 
 def correctness(index_dir: Path, queries: list[str], k: int, clients: int, duration: float,
@@ -301,6 +308,9 @@ def main() -> None:
     parser.add_argument("--overload-cap", type=int, default=8,
                         help="also run the overload check: a server capped at this many concurrent calls, driven "
                         "by twice as many clients (0: skip)")
+    parser.add_argument("--latency-budget-ms", default="auto",
+                        help="the batched and unbatched servers' --latency-budget-ms (default auto, the server's "
+                             "default; 'off' measures raw throughput); the overload check runs auto and off")
     parser.add_argument("--modes", default="in-process,batched,unbatched,overload",
                         help="which parts to run, comma-separated: in-process, batched, unbatched, overload, "
                         "correctness (ratios need the first three)")
@@ -332,10 +342,11 @@ def main() -> None:
         if mode not in modes:
             continue
         key = f"server_{mode}"
-        server = ServerProcess(args.index, max_batch, max(levels) + 8)
+        server = ServerProcess(args.index, max_batch, max(levels) + 8,
+                               extra=["--latency-budget-ms", args.latency_budget_ms])
         try:
             drive(server.address, queries, args.top_k, 1, min(2.0, args.duration))  # warm-up
-            result[key] = {"max_batch": max_batch}
+            result[key] = {"max_batch": max_batch, "latency_budget_ms": args.latency_budget_ms}
             for clients in levels:
                 print(f"{key}: {clients} clients...", file=sys.stderr)
                 result[key][str(clients)] = drive(server.address, queries, args.top_k, clients, args.duration)

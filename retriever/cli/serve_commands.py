@@ -44,6 +44,15 @@ LIMIT_FLAGS = [
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+def parse_budget(raw: str) -> Any:
+    from retriever.service.config import parse_budget as parse
+
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser(
         "serve", help="run the gRPC retrieval server (default: bundled model + sample index on 127.0.0.1:50051)",
@@ -59,6 +68,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="most queries encoded together by dynamic batching; 1 disables it (default 32)")
     serve.add_argument("--batch-wait-ms", type=float, default=None,
                        help="how long the batcher waits for more queries once it has one (default 2)")
+    serve.add_argument("--latency-budget-ms", type=parse_budget, default=None, metavar="auto|off|MS",
+                       help="admit a call only when the batcher expects to answer it within this time; the rest get "
+                            "RESOURCE_EXHAUSTED at once, so accepted calls keep their latency under overload and "
+                            "clients can back off or go to another replica. 'auto' (default) is 3x one query's "
+                            "measured time: batches of a few queries on a small CPU, whole batches on a GPU. "
+                            "'off' queues everything the concurrency and queue limits allow: more throughput, "
+                            "latency that grows with load (RETRIEVER_LATENCY_BUDGET_MS)")
     serve.add_argument("--resolve", type=SourceResolution, choices=list(SourceResolution), default=None,
                        metavar="{filter,encoder-only}",
                        help="when a request has no sources but its instruction names source types: 'filter' on "
@@ -179,6 +195,7 @@ def run_serve(args: argparse.Namespace) -> int:
         "admin_token": read_token(args.admin_token_file) if args.admin_token_file else None,
         "publish_roots": tuple(args.publish_root) if args.publish_root else None,
         "metrics_port": args.metrics_port, "log_queries": args.log_queries,
+        "latency_budget_ms": args.latency_budget_ms,
     }
     overrides.update({name: getattr(args, name) for _, name, _ in LIMIT_FLAGS})
     config = build_config(overrides)

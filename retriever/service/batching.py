@@ -12,6 +12,16 @@ again between encoding and ranking and between ranking and building hits; a call
 deadline passes, or who goes away, returns at once and its job is cancelled, so it holds no
 concurrency slot while the worker catches up. One worker also means the tokenizer and model are
 never used from two threads.
+
+Admission by latency budget: the worker times every batch, and :class:`BatchCost` keeps a
+moving estimate of a batch's seconds per batch size (seeded by :meth:`Batcher.calibrate` at
+load). A call is admitted only when the batcher expects to answer it within the budget: the rest
+of the batch in progress, plus the batches of the queries queued before it, plus its own. The
+others are refused at once (``OverloadedError``, RESOURCE_EXHAUSTED) before any parsing or
+queueing work, so under overload the calls that are accepted keep their latency and the excess
+comes back in milliseconds. The default budget is :data:`AUTO_BUDGET_FACTOR` times one query's
+time, which adapts to the hardware: where batches cost little more than one query (a GPU), whole
+batches fit in it; on a small CPU it lets batches of a few queries form.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError as FutureCancelled
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
+from typing import Literal
 
 from retriever.encoder import Encoder
 from retriever.errors import CancelledError, DeadlineExceededError, NotReadyError, OverloadedError
@@ -35,6 +46,21 @@ logger = logging.getLogger(__name__)
 
 #: The stage of a job before its encoding began (the other stages count as dropped after encoding).
 QUEUED = "while the query was queued"
+#: The automatic latency budget, in multiples of the estimated time of a one-query batch.
+AUTO_BUDGET_FACTOR = 3.0
+#: Largest batch :meth:`Batcher.calibrate` times (larger sizes are extrapolated, then learned).
+CALIBRATION_MAX = 32
+#: Questions the calibration encodes (typical lengths; their answers are thrown away).
+CALIBRATION_QUESTIONS = (
+    "when did the m864 projectile enter service",
+    "who was the head coach of the team that won the 1998 championship game",
+    "what is the population of the largest city in the province",
+    "which album did the band release after their debut",
+    "how many seats did the party win in the 2010 general election",
+    "what was the revenue of the company in fiscal year 2019 compared to 2018",
+    "where was the author of the novel born",
+    "what position does he play",
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +91,50 @@ def bind(requests: Sequence[tuple[str, Query]], generation_of: Callable[[str], G
     return bound
 
 
+class BatchCost:
+    """Estimated seconds of one batch (encode, rank, hits) by its number of queries.
+
+    One exponentially weighted average per batch size seen (or calibrated); a size never seen
+    is interpolated linearly between its nearest known neighbours, or scaled from the nearest
+    one. Not thread-safe: the batcher reads and writes it under its lock.
+    """
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        self.alpha = alpha
+        self._seconds: dict[int, float] = {}
+
+    def observe(self, queries: int, seconds: float) -> None:
+        old = self._seconds.get(queries)
+        self._seconds[queries] = seconds if old is None else old + self.alpha * (seconds - old)
+
+    @property
+    def known(self) -> bool:
+        return bool(self._seconds)
+
+    def seconds(self, queries: int) -> float:
+        """Estimated seconds of a batch of ``queries`` (0 for none, or before any observation)."""
+        if queries <= 0 or not self._seconds:
+            return 0.0
+        exact = self._seconds.get(queries)
+        if exact is not None:
+            return exact
+        below = max((n for n in self._seconds if n < queries), default=None)
+        above = min((n for n in self._seconds if n > queries), default=None)
+        if below is not None and above is not None:
+            low, high = self._seconds[below], self._seconds[above]
+            return low + (high - low) * (queries - below) / (above - below)
+        nearest = below if below is not None else above
+        assert nearest is not None
+        scaled = self._seconds[nearest] * queries / nearest
+        # more queries never cost less than fewer, and a batch never costs less than nothing
+        return max(scaled, self._seconds[nearest]) if queries > nearest else min(scaled, self._seconds[nearest])
+
+    def work(self, queries: int, max_batch: int) -> float:
+        """Estimated seconds to answer ``queries`` queued queries, in batches of ``max_batch``."""
+        full, rest = divmod(queries, max_batch)
+        return full * self.seconds(max_batch) + self.seconds(rest)
+
+
 @dataclass
 class _Job:
     queries: Sequence[BoundQuery]
@@ -86,6 +156,7 @@ class BatcherStats:
     failed: int = 0
     dropped_after_encoding: int = 0  # jobs whose deadline passed or caller left after their encoding began
     in_flight: int = 0  # jobs submitted and not yet answered
+    over_budget: int = 0  # calls refused because they would have been answered later than the latency budget
 
 
 @dataclass(frozen=True)
@@ -107,19 +178,27 @@ class Batcher:
     """A bounded queue and the worker thread that batches queries for the encoder.
 
     Args:
+        latency_budget: seconds within which an admitted call is expected to be answered (see
+            the module's docstring); ``"auto"`` for :data:`AUTO_BUDGET_FACTOR` times one query's
+            estimated time; None admits every call the queue bound allows.
         on_batch: called by the worker after each answered batch (the server's metrics); it
             must be quick and must not raise.
     """
 
     def __init__(self, encoder: Encoder, max_batch: int = 32, wait_seconds: float = 0.002,
-                 max_queued: int = 2048, on_batch: Callable[[BatchTimings], object] | None = None) -> None:
+                 max_queued: int = 2048, on_batch: Callable[[BatchTimings], object] | None = None,
+                 latency_budget: float | Literal["auto"] | None = None) -> None:
         if max_batch < 1 or max_queued < 1 or wait_seconds < 0:
             raise ValueError("max_batch and max_queued must be >= 1 and wait_seconds >= 0")
+        if latency_budget is not None and latency_budget != "auto" and not latency_budget > 0:
+            raise ValueError(f"latency_budget must be 'auto', None or > 0 seconds, got {latency_budget!r}")
         self.encoder, self.max_batch, self.wait_seconds, self.max_queued = encoder, max_batch, wait_seconds, max_queued
-        self.on_batch = on_batch
+        self.on_batch, self.latency_budget = on_batch, latency_budget
         self.stats = BatcherStats()
+        self.cost = BatchCost()
         self._queue: deque[_Job] = deque()
         self._queued = 0
+        self._busy_until: float | None = None  # expected end of the batch in progress (time.monotonic())
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="retriever-batcher", daemon=True)
@@ -130,12 +209,73 @@ class Batcher:
         """Queries waiting for the worker (not yet taken into a batch)."""
         return self._queued
 
+    def budget_seconds(self) -> float | None:
+        """The latency budget in seconds now (``"auto"`` follows the cost estimate); None: no budget."""
+        if self.latency_budget == "auto":
+            return AUTO_BUDGET_FACTOR * self.cost.seconds(1) if self.cost.known else None
+        return self.latency_budget
+
+    def expected_seconds(self, queries: int = 1) -> float:
+        """When a call of ``queries`` queries submitted now is expected to be answered, in seconds."""
+        with self._cond:
+            return self._expected(queries)
+
+    def _expected(self, queries: int) -> float:
+        running = 0.0 if self._busy_until is None else max(0.0, self._busy_until - time.monotonic())
+        return running + self.cost.work(self._queued + queries, self.max_batch)
+
+    def _over_budget(self, queries: int) -> str | None:
+        """Why a call of ``queries`` queries is refused now (None: admitted); call under the lock.
+
+        An idle batcher admits any call. Otherwise the call is expected to end within the budget
+        plus what its own queries cost beyond one, so a large batch call is judged by the wait
+        it adds, not by its own size.
+        """
+        budget = self.budget_seconds()
+        if budget is None or (self._busy_until is None and not self._queued):
+            return None
+        expected = self._expected(queries)
+        allowed = budget + self.cost.work(queries, self.max_batch) - self.cost.seconds(1)
+        if expected <= allowed:
+            return None
+        return (f"the server is at capacity: this call would be answered in about {expected * 1000:.0f} ms, over "
+                f"its {allowed * 1000:.0f} ms latency budget; retry with backoff")
+
+    def admits(self, queries: int = 1) -> bool:
+        """Whether a call of ``queries`` queries would be admitted now (counts a refusal when not)."""
+        with self._cond:
+            if self._over_budget(queries) is None:
+                return True
+            self.stats.over_budget += 1
+            return False
+
+    def calibrate(self, texts: Sequence[str] = CALIBRATION_QUESTIONS) -> None:
+        """Time batches of 1, 2, 4, ... queries (up to ``max_batch``, at most :data:`CALIBRATION_MAX`).
+
+        Seeds the cost estimate that the latency budget needs before real batches refine it.
+        Called before serving; it uses the encoder directly, so no call may be in flight.
+        """
+        sizes, size = [], 1
+        while size < min(self.max_batch, CALIBRATION_MAX):
+            sizes.append(size)
+            size *= 2
+        sizes.append(min(self.max_batch, CALIBRATION_MAX))
+        self.encoder.encode_queries(list(texts[:2]))  # warm-up, not timed
+        for size in dict.fromkeys(sizes):
+            batch = [texts[i % len(texts)] for i in range(size)]
+            started = time.perf_counter()
+            self.encoder.encode_queries(batch)
+            seconds = time.perf_counter() - started
+            with self._cond:
+                self.cost.observe(size, seconds)
+
     def submit(self, queries: Sequence[BoundQuery], deadline: float | None = None,
                is_active: Callable[[], bool] = lambda: True) -> Future[list[SearchResult]]:
         """Queue queries for the worker; the future resolves to one result per query, in order.
 
         Raises:
-            OverloadedError: the queue bound would be exceeded (nothing is queued).
+            OverloadedError: the queue bound or the latency budget would be exceeded (nothing
+                is queued).
             NotReadyError: the batcher is stopping.
             DeadlineExceededError: ``deadline`` has already passed.
         """
@@ -148,6 +288,10 @@ class Batcher:
         with self._cond:
             if self._stopping:
                 raise NotReadyError("the server is shutting down")
+            refusal = self._over_budget(len(job.queries))
+            if refusal is not None:
+                self.stats.over_budget += 1
+                raise OverloadedError(refusal)
             if self._queued + len(job.queries) > self.max_queued:
                 self.stats.rejected += 1
                 raise OverloadedError(f"too many queries queued ({self._queued} waiting, limit {self.max_queued}); "
@@ -221,7 +365,8 @@ class Batcher:
                 if remaining <= 0 or self._stopping:
                     break
                 self._cond.wait(remaining)
-            self._queued -= sum(len(job.queries) for job in jobs)
+            self._queued -= count
+            self._busy_until = time.monotonic() + self.cost.seconds(count)  # busy from now on, for admission
             return jobs
 
     def _run(self) -> None:
@@ -268,8 +413,19 @@ class Batcher:
         jobs = self._live(jobs, QUEUED)
         queries = [q for job in jobs for q in job.queries]
         if not queries:
+            with self._cond:
+                self._busy_until = None
             return
         started = time.perf_counter()
+        try:
+            self._search(jobs, queries, started)
+        finally:
+            seconds = time.perf_counter() - started
+            with self._cond:
+                self._busy_until = None
+                self.cost.observe(len(queries), seconds)
+
+    def _search(self, jobs: list[_Job], queries: list[BoundQuery], started: float) -> None:
         vectors = encode(self.encoder, [q.planned for q in queries])  # one encoder call for the whole batch
         encoded = time.perf_counter()
         rows_of: dict[int, range] = {}

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from retriever.errors import InvalidInputError
 from retriever.query import SourceResolution
@@ -90,6 +90,10 @@ class ServiceConfig:
         metrics_port: serve Prometheus metrics over plain HTTP on this port of ``host`` (0 picks
             one); None turns metrics off.
         log_queries: put the query and instruction texts in the request log lines.
+        latency_budget_ms: a call is admitted only when the batcher expects to answer it within
+            this many milliseconds (others get RESOURCE_EXHAUSTED at once, before parsing);
+            ``"auto"`` is 3 times one query's measured time; ``"off"`` admits every call the
+            concurrency and queue limits allow (throughput over latency).
     """
 
     host: str = "127.0.0.1"
@@ -109,8 +113,14 @@ class ServiceConfig:
     use_gpu: bool = True
     metrics_port: int | None = None
     log_queries: bool = False
+    latency_budget_ms: float | Literal["auto", "off"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.latency_budget_ms not in ("auto", "off") and not (
+                isinstance(self.latency_budget_ms, (int, float)) and not isinstance(self.latency_budget_ms, bool)
+                and self.latency_budget_ms > 0):
+            raise InvalidInputError(f"the latency budget must be 'auto', 'off' or a number of milliseconds > 0, "
+                                    f"got {self.latency_budget_ms!r}")
         if not 0 <= self.port <= 65535:
             raise InvalidInputError(f"port must be in 0..65535, got {self.port}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
@@ -139,6 +149,12 @@ class ServiceConfig:
                 "(--token-file or RETRIEVER_AUTH_TOKEN), or pass --insecure if a proxy in front handles auth")
 
     @property
+    def latency_budget(self) -> float | Literal["auto"] | None:
+        """The batcher's budget: seconds, ``"auto"``, or None when off."""
+        budget = self.latency_budget_ms
+        return None if budget == "off" else "auto" if budget == "auto" else float(budget) / 1000.0
+
+    @property
     def address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
         return f"{host}:{self.port}"
@@ -151,6 +167,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def parse_budget(raw: str) -> float | Literal["auto", "off"]:
+    """A latency budget as written: ``auto``, ``off`` or milliseconds."""
+    lowered = raw.strip().lower()
+    if lowered == "auto" or lowered == "off":
+        return "auto" if lowered == "auto" else "off"
+    try:
+        value = float(lowered)
+    except ValueError:
+        raise ValueError(f"expected auto, off or milliseconds > 0, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"expected auto, off or milliseconds > 0, got {raw!r}")
+    return value
 
 
 def parse_paths(raw: str) -> tuple[Path, ...]:
@@ -175,6 +205,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "RETRIEVER_GRACE_SECONDS": ("grace_seconds", float),
     "RETRIEVER_METRICS_PORT": ("metrics_port", int),
     "RETRIEVER_LOG_QUERIES": ("log_queries", bool),
+    "RETRIEVER_LATENCY_BUDGET_MS": ("latency_budget_ms", parse_budget),
     "RETRIEVER_MAX_MESSAGE_BYTES": ("max_message_bytes", int),
     "RETRIEVER_MAX_TOP_K": ("max_top_k", int),
     "RETRIEVER_MAX_QUERY_BYTES": ("max_query_bytes", int),

@@ -115,6 +115,8 @@ BATCHER_COUNTERS = {
     "expired": ("retriever_batcher_expired", "Jobs dropped because their deadline passed"),
     "cancelled": ("retriever_batcher_cancelled", "Jobs dropped because their caller went away"),
     "rejected": ("retriever_batcher_rejected", "Calls refused because the queue was full"),
+    "over_budget": ("retriever_batcher_over_budget",
+                    "Calls refused because they would have been answered later than the latency budget"),
     "dropped_after_encoding": ("retriever_batcher_dropped_after_encoding",
                                "Expired or cancelled jobs dropped after their encoding began"),
 }

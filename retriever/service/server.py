@@ -37,7 +37,7 @@ IndexSource = Path | Callable[[Encoder], Path]
 CANARY_TIMEOUT_SECONDS = 120.0
 #: How long shutdown keeps answering health (NOT_SERVING) before closing the port.
 ANNOUNCE_SECONDS = 1.0
-#: Handler threads beyond the concurrency cap (health probes while every call slot is busy).
+#: Handler threads beyond the call and hold slots (health probes while every slot is busy).
 SPARE_THREADS = 4
 
 
@@ -87,10 +87,12 @@ class RetrieverServer:
         tokens = (self.config.token, self.config.admin_token)
         interceptors = [BearerTokenInterceptor(*tokens)] if any(tokens) else []
         server = grpc.server(
-            ThreadPoolExecutor(max_workers=limits.max_concurrent_calls + SPARE_THREADS,
+            # the servicer admits max_concurrent_calls query calls and holds as many refusals
+            # (RetrieverServicer._admit); grpcio refuses at once beyond both
+            ThreadPoolExecutor(max_workers=2 * limits.max_concurrent_calls + SPARE_THREADS,
                                thread_name_prefix="retriever-rpc"),
             handlers=[generic_handler(self.servicer)], interceptors=interceptors, options=options,
-            maximum_concurrent_rpcs=limits.max_concurrent_calls)
+            maximum_concurrent_rpcs=2 * limits.max_concurrent_calls + SPARE_THREADS)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -136,7 +138,15 @@ class RetrieverServer:
         encoder = self._encoder or Encoder(self._encoder_config)
         batcher = Batcher(encoder, self.config.max_batch, self.config.batch_wait_ms / 1000.0,
                           self.config.limits.max_queued_queries,
-                          on_batch=self.metrics.observe_batch if self.metrics is not None else None)
+                          on_batch=self.metrics.observe_batch if self.metrics is not None else None,
+                          latency_budget=self.config.latency_budget)
+        if batcher.latency_budget is not None:
+            batcher.calibrate()
+            budget = batcher.budget_seconds() or 0.0
+            logger.info("latency budget %.0f ms (%s): one query ~%.0f ms, %d queries ~%.0f ms (calibrated)",
+                        budget * 1000, "auto: 3x one query" if batcher.latency_budget == "auto" else "set",
+                        batcher.cost.seconds(1) * 1000, self.config.max_batch,
+                        batcher.cost.seconds(self.config.max_batch) * 1000)
         registry = IndexRegistry(encoder, self.config.resolution, use_gpu=self.config.use_gpu)
         if self.metrics is not None:
             self.metrics.attach(batcher, registry)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from retriever.errors import InvalidInputError, NotReadyError
+from retriever.errors import InvalidInputError, NotReadyError, OverloadedError
 from retriever.service import convert
 from retriever.service.batching import Batcher, bind
 from retriever.service.config import Limits, check_name
@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "retriever.v1.Retriever"
 M = TypeVar("M", bound=Message)
+#: How long a refused query call is held before its RESOURCE_EXHAUSTED goes out, so a client that
+#: re-sends at once re-sends at most 1 / HOLD times a second instead of as fast as the CPU allows
+#: (RELIABILITY: refusals within 50 ms).
+REFUSAL_HOLD_SECONDS = 0.02
 
 
 def parse(cls: type[M], data: bytes) -> M:
@@ -62,6 +66,10 @@ class RetrieverServicer:
         self.ready = threading.Event()
         #: Set when shutdown starts: new calls get UNAVAILABLE, calls in flight finish.
         self.draining = threading.Event()
+        #: Query calls admitted and not yet answered, and refused calls being held (under ``_slots``).
+        self._admitted_calls = 0
+        self._held = 0
+        self._slots = threading.Lock()
 
     def attach(self, registry: IndexRegistry, batcher: Batcher, model: str) -> None:
         """Connect the loaded model's registry and batcher (the server sets ``ready`` after the canaries)."""
@@ -70,11 +78,11 @@ class RetrieverServicer:
     # -- raw-bytes entry points ------------------------------------------------------------------
     def retrieve(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         return self._guard("Retrieve", context,
-                           lambda record: self._retrieve(parse(pb.RetrieveRequest, data), context, record))
+                           lambda record: self._retrieve(parse(pb.RetrieveRequest, data), context, record), query=True)
 
     def retrieve_batch(self, data: bytes, context: grpc.ServicerContext) -> bytes:
-        return self._guard("RetrieveBatch", context,
-                           lambda record: self._retrieve_batch(parse(pb.RetrieveBatchRequest, data), context, record))
+        return self._guard("RetrieveBatch", context, lambda record: self._retrieve_batch(
+            parse(pb.RetrieveBatchRequest, data), context, record), query=True)
 
     def get_index_info(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         return self._guard("GetIndexInfo", context,
@@ -83,18 +91,58 @@ class RetrieverServicer:
     def publish_index(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         return self._guard("PublishIndex", context, lambda record: self._publish(parse(pb.PublishIndexRequest, data)))
 
-    def _guard(self, method: str, context: grpc.ServicerContext, call: Callable[[CallRecord], Message]) -> bytes:
+    def _guard(self, method: str, context: grpc.ServicerContext, call: Callable[[CallRecord], Message],
+               query: bool = False) -> bytes:
+        """Run ``call`` and turn any failure into a status; ``query`` calls are admitted first (:meth:`_admit`)."""
         record = CallRecord(method, context, self.metrics, self.log_queries)
+        admitted = False
         try:
+            if query:
+                admitted = self._admit()
             response = call(record).SerializeToString()
         except Exception as exc:  # the one place every failure becomes a status (errors.STATUS_CODES)
             code, message = status_for(exc, method)
         else:
             record.finish(grpc.StatusCode.OK)
             return response
+        finally:
+            if admitted:
+                with self._slots:
+                    self._admitted_calls -= 1
         record.finish(code)
         context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")
+
+    def _admit(self) -> bool:
+        """Take a query slot, before the request is even parsed, or refuse the call.
+
+        Refused: ``max_concurrent_calls`` query calls are in flight, or the batcher expects to
+        answer a query later than its latency budget (a batch call's exact size is checked again
+        when it is queued). A refusal is held :data:`REFUSAL_HOLD_SECONDS` when a hold slot is
+        free (as many as call slots; grpcio refuses at once beyond both), then RESOURCE_EXHAUSTED.
+
+        Returns:
+            True (the slot is the caller's to give back).
+        """
+        _, batcher = self._parts()
+        with self._slots:
+            if self._admitted_calls >= self.limits.max_concurrent_calls:
+                why = (f"the server is at capacity: {self._admitted_calls} calls in flight (max_concurrent_calls); "
+                       "retry with backoff")
+            elif not batcher.admits(1):
+                why = ("the server is at capacity: calls would be answered later than its latency budget; "
+                       "retry with backoff")
+            else:
+                self._admitted_calls += 1
+                return True
+            hold = self._held < self.limits.max_concurrent_calls
+            if hold:
+                self._held += 1
+        if hold:
+            time.sleep(REFUSAL_HOLD_SECONDS)
+            with self._slots:
+                self._held -= 1
+        raise OverloadedError(why)
 
     # -- the RPCs --------------------------------------------------------------------------------
     def _parts(self) -> tuple[IndexRegistry, Batcher]:

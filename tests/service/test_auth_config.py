@@ -224,3 +224,22 @@ def test_metrics_and_log_settings_from_flags_and_variables():
     assert log_level("DEBUG", {"RETRIEVER_LOG_LEVEL": "warning"}) == "DEBUG"
     with pytest.raises(InvalidInputError, match="RETRIEVER_LOG_LEVEL"):
         log_level(None, {"RETRIEVER_LOG_LEVEL": "loud"})
+
+
+def test_latency_budget_from_flags_and_variables():
+    import argparse
+
+    from retriever.cli.serve_commands import parse_budget
+
+    assert build_config({}, {}).latency_budget == "auto"
+    assert build_config({}, {"RETRIEVER_LATENCY_BUDGET_MS": "off"}).latency_budget is None
+    assert build_config({}, {"RETRIEVER_LATENCY_BUDGET_MS": "250"}).latency_budget == pytest.approx(0.25)
+    assert build_config({"latency_budget_ms": "off"}, {"RETRIEVER_LATENCY_BUDGET_MS": "250"}).latency_budget is None
+    for bad in ("0", "-5", "soon"):
+        with pytest.raises(InvalidInputError, match="RETRIEVER_LATENCY_BUDGET_MS"):
+            build_config({}, {"RETRIEVER_LATENCY_BUDGET_MS": bad})
+        with pytest.raises(argparse.ArgumentTypeError, match="auto, off or milliseconds"):
+            parse_budget(bad)
+    with pytest.raises(InvalidInputError, match="latency budget"):
+        build_config({"latency_budget_ms": True}, {})
+    assert parse_budget("AUTO") == "auto" and parse_budget("120") == 120.0

@@ -9,7 +9,7 @@ import pytest
 from retriever.errors import DeadlineExceededError, OverloadedError
 from retriever.query import Query
 from retriever.searcher import Searcher
-from retriever.service.batching import Batcher, BoundQuery, CancelledError, bind
+from retriever.service.batching import AUTO_BUDGET_FACTOR, BatchCost, Batcher, BoundQuery, CancelledError, bind
 from retriever.service.registry import Generation
 from tests.service.helpers import GatedEncoder, wait_until
 
@@ -205,5 +205,80 @@ def test_a_caller_that_goes_away_returns_at_once_and_its_job_is_never_encoded(en
         wait_until(lambda: batcher.stats.in_flight == 0)
         assert not any("abandoned" in q for call in gated.calls for q in call)
         assert batcher.stats.cancelled == 1
+    finally:
+        batcher.stop()
+
+
+def test_batch_cost_interpolates_between_sizes_it_has_seen():
+    cost = BatchCost(alpha=0.5)
+    assert not cost.known and cost.seconds(4) == 0.0
+    cost.observe(1, 0.010)
+    cost.observe(8, 0.080)
+    assert cost.seconds(1) == pytest.approx(0.010)
+    assert cost.seconds(4) == pytest.approx(0.010 + 0.070 * 3 / 7)  # between 1 and 8
+    assert cost.seconds(16) == pytest.approx(0.160)  # scaled from the largest seen
+    cost.observe(8, 0.040)  # moving average: half way
+    assert cost.seconds(8) == pytest.approx(0.060)
+    assert cost.work(20, max_batch=8) == pytest.approx(2 * 0.060 + cost.seconds(4))
+    assert cost.work(0, max_batch=8) == 0.0
+
+
+def seeded(batcher, per_query=0.1):
+    """Cost estimate: every batch takes ``per_query`` seconds per query (no calibration run)."""
+    for size in (1, batcher.max_batch):
+        batcher.cost.observe(size, per_query * size)
+
+
+def test_a_busy_batcher_refuses_calls_it_expects_to_answer_after_the_budget(encoder, generation):
+    gated = GatedEncoder(encoder)
+    batcher = Batcher(gated, max_batch=4, wait_seconds=0.0, latency_budget=0.35)
+    seeded(batcher)  # 0.1 s per query
+    try:
+        gated.gate.clear()
+        busy = batcher.submit([planned(generation, "busy")])
+        assert gated.entered.wait(10)  # the worker is in a batch of one (~0.1 s left at most)
+        # each queued query adds 0.1 s: the call that would end after ~0.35 s is refused
+        admitted = [batcher.submit([planned(generation, f"q{i}")]) for i in range(2)]
+        assert batcher.expected_seconds(1) <= 0.41
+        with pytest.raises(OverloadedError, match="latency budget"):
+            for i in range(3):
+                batcher.submit([planned(generation, f"over {i}")])
+        assert batcher.stats.over_budget == 1
+        assert not batcher.admits(1) and batcher.stats.over_budget == 2
+        gated.gate.set()
+        assert busy.result(30)[0].hits and all(f.result(30)[0].hits for f in admitted)
+        wait_until(lambda: batcher.stats.in_flight == 0)
+        # idle: any call is admitted, even one whose own batches exceed the budget
+        big = batcher.submit([planned(generation, f"big {i}") for i in range(12)])
+        assert len(big.result(30)) == 12
+    finally:
+        batcher.stop()
+
+
+def test_without_a_budget_only_the_queue_bound_refuses(encoder, generation):
+    gated = GatedEncoder(encoder)
+    batcher = Batcher(gated, max_batch=4, wait_seconds=0.0, max_queued=6, latency_budget=None)
+    seeded(batcher)
+    try:
+        gated.gate.clear()
+        busy = batcher.submit([planned(generation, "busy")])
+        assert gated.entered.wait(10)
+        queued = [batcher.submit([planned(generation, f"q{i}")]) for i in range(6)]  # 0.6 s of work
+        with pytest.raises(OverloadedError, match="too many queries queued"):
+            batcher.submit([planned(generation, "seventh")])
+        gated.gate.set()
+        assert busy.result(30)[0].hits and all(f.result(30)[0].hits for f in queued)
+    finally:
+        batcher.stop()
+
+
+def test_auto_budget_follows_one_querys_time_and_calibration_seeds_it(encoder):
+    batcher = Batcher(encoder, max_batch=4, latency_budget="auto")
+    try:
+        assert batcher.budget_seconds() is None  # nothing measured yet: admit
+        batcher.calibrate()
+        one, four = batcher.cost.seconds(1), batcher.cost.seconds(4)
+        assert 0 < one and 0 < four
+        assert batcher.budget_seconds() == pytest.approx(AUTO_BUDGET_FACTOR * one)
     finally:
         batcher.stop()

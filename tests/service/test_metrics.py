@@ -65,7 +65,7 @@ def test_metrics_endpoint_reports_calls_batches_hits_and_state(encoder, tiny_ind
 
     assert m["retriever_queue_depth"] == {(): 0}
     assert m["retriever_index_generation"] == {(("index", "tiny"),): 1}
-    for name in ("expired", "cancelled", "rejected", "dropped_after_encoding"):
+    for name in ("expired", "cancelled", "rejected", "over_budget", "dropped_after_encoding"):
         assert m[f"retriever_batcher_{name}_total"] == {(): 0}, name
 
 

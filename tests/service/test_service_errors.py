@@ -15,6 +15,7 @@ from retriever.errors import CorruptIndexError, NotFoundError, OverloadedError
 from retriever.service.config import Limits
 from retriever.service.errors import scrub, status_for
 from retriever.service.proto import retriever_pb2 as pb
+from retriever.service.servicer import REFUSAL_HOLD_SECONDS
 from tests.service.helpers import (
     GatedEncoder,
     channel_to,
@@ -221,6 +222,29 @@ def test_restart_on_the_same_files_gives_identical_results(encoder, tiny_index_d
             stub = stub_for(channel)
             answers.append([[(h.unit_id, h.score) for h in stub.Retrieve(q).hits] for q in queries])
     assert answers[0] == answers[1]
+
+
+def test_a_call_over_the_latency_budget_is_refused_before_parsing_and_held_briefly(encoder, tiny_index_dir):
+    gated = GatedEncoder(encoder)
+    # a 1 ms budget: while the worker is busy, every query call is expected to end too late
+    with running_server(gated, [("tiny", tiny_index_dir)], latency_budget_ms=1.0) as srv, \
+            channel_to(srv) as channel:
+        stub = stub_for(channel)
+        busy = occupy_worker(stub, gated)
+        raw = channel.unary_unary("/retriever.v1.Retriever/Retrieve")  # bytes in, bytes out
+        for payload in (request("over the budget").SerializeToString(), b"\xff not a message"):
+            started = time.perf_counter()
+            with pytest.raises(grpc.RpcError) as err:
+                raw(payload, timeout=10)
+            refused_in = time.perf_counter() - started
+            # refused before parsing: the malformed bytes get RESOURCE_EXHAUSTED, not INVALID_ARGUMENT
+            assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
+            assert "latency budget" in err.value.details()
+            assert REFUSAL_HOLD_SECONDS <= refused_in < 1.0  # held, so a client re-sending at once is paced
+        assert srv.batcher.stats.over_budget == 2
+        gated.gate.set()
+        assert busy.result().hits
+        assert stub.Retrieve(request("idle again"), timeout=30).hits  # an idle server admits any call
 
 
 def test_client_backs_off_and_retries_a_rejected_call(encoder, tiny_index_dir):
