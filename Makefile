@@ -8,8 +8,12 @@ BIN := $(VENV)/bin
 #   make demo TORCH_SPEC="torch==2.13.0 --index-url <your CPU wheel index>"
 TORCH_SPEC ?= torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+# One FAISS wheel: faiss-gpu (with its CUDA libraries) where a GPU is present, else faiss-cpu
+# (SIMD builds, no CUDA libraries). Override with FAISS=gpu or FAISS=cpu.
+FAISS ?= $(if $(HAS_GPU),gpu,cpu)
+FAISS_OTHER := $(if $(filter gpu,$(FAISS)),cpu,gpu)
 
-.PHONY: install install-dev demo serve test test-all test-faiss-cpu lint clean recipe-cpu
+.PHONY: install install-dev demo serve test test-all test-faiss-other lint clean recipe-cpu
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +23,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 ifneq ($(HAS_GPU),yes)
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 endif
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e '.[$(FAISS)]'
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[$(FAISS),dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -63,10 +67,10 @@ recipe-cpu: install
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# The index code must also work with faiss-cpu (where no faiss-gpu wheel exists): run the
-# FAISS-level tests in a small venv with faiss-cpu instead of faiss-gpu.
-FAISS_CPU_VENV ?= .venv-faiss-cpu
-test-faiss-cpu:
-	test -x $(FAISS_CPU_VENV)/bin/python || $(PYTHON) -m venv $(FAISS_CPU_VENV)
-	$(FAISS_CPU_VENV)/bin/python -m pip install -q faiss-cpu numpy orjson pyarrow tqdm pytest
-	$(FAISS_CPU_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/index/test_shards.py
+# The index code must work with either FAISS wheel: run the FAISS-level tests in a small venv
+# with the wheel the main venv does not have (faiss-gpu on a machine without a GPU: its CPU path).
+FAISS_OTHER_VENV ?= .venv-faiss-$(FAISS_OTHER)
+test-faiss-other:
+	test -x $(FAISS_OTHER_VENV)/bin/python || $(PYTHON) -m venv $(FAISS_OTHER_VENV)
+	$(FAISS_OTHER_VENV)/bin/python -m pip install -q faiss-$(FAISS_OTHER) numpy orjson pyarrow tqdm pytest
+	$(FAISS_OTHER_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/index/test_shards.py

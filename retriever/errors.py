@@ -45,6 +45,10 @@ class ModelError(RetrieverError):
     """A model directory is missing, unsafe or unreadable (FAILED_PRECONDITION)."""
 
 
+class DependencyError(RetrieverError):
+    """A package the requested work needs is not installed (the message says which to install)."""
+
+
 class OverloadedError(RetrieverError):
     """Too many requests in flight or queued (maps to RESOURCE_EXHAUSTED)."""
 

@@ -21,14 +21,18 @@ from typing import Any
 
 import numpy as np
 
-from retriever.errors import CorruptIndexError, InvalidInputError
+from retriever.errors import CorruptIndexError, DependencyError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
 
 def faiss_module() -> Any:
-    import faiss
-
+    """The ``faiss`` module; a missing wheel is an error that says which extra to install."""
+    try:
+        import faiss
+    except ImportError as exc:
+        raise DependencyError("FAISS is not installed: pip install 'retriever[cpu]' (faiss-cpu) or, on a CUDA machine, "
+                         "'retriever[gpu]' (faiss-gpu); `make` picks one for you") from exc
     return faiss
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 
 import numpy as np
 import pytest
@@ -122,3 +123,12 @@ def test_all_filter_combinations_are_exact_on_flat(data) -> None:
             _, ids = index.search(queries[:5], 7, list(combo))
             want = oracle(vectors, labels, queries[:5], {SOURCES.index(s) for s in combo}, 7)
             assert [row.tolist() for row in ids] == [w[0].tolist() for w in want]
+
+
+def test_a_missing_faiss_wheel_says_which_extra_to_install(monkeypatch):
+    from retriever.errors import DependencyError
+    from retriever.index.shards import faiss_module
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ImportError
+    with pytest.raises(DependencyError, match=r"retriever\[cpu\].*retriever\[gpu\]"):
+        faiss_module()
