@@ -25,7 +25,8 @@ Checks (a failure of any is a *wrong answer* or a *partial index*):
 * all answers from one (incarnation, generation) come from the same build;
 * no build directory that was killed is left half-written.
 
-Calls that fail with UNAVAILABLE or CANCELLED while the server is down or restarting are counted,
+Calls that fail with UNAVAILABLE or CANCELLED while the server is down or restarting, or with
+RESOURCE_EXHAUSTED (the latency budget) while the machine is busy, are counted,
 not failures; any other error code is a failure. Writes ``benchmarks/results/crasher_<name>.json``.
 """
 

@@ -308,9 +308,9 @@ def main() -> None:
     parser.add_argument("--overload-cap", type=int, default=8,
                         help="also run the overload check: a server capped at this many concurrent calls, driven "
                         "by twice as many clients (0: skip)")
-    parser.add_argument("--latency-budget-ms", default="auto",
-                        help="the batched and unbatched servers' --latency-budget-ms (default auto, the server's "
-                             "default; 'off' measures raw throughput); the overload check runs auto and off")
+    parser.add_argument("--latency-budget-ms", default="off",
+                        help="the batched and unbatched servers' --latency-budget-ms (default off, the server's "
+                             "default: raw throughput); the overload check runs auto and off side by side")
     parser.add_argument("--modes", default="in-process,batched,unbatched,overload",
                         help="which parts to run, comma-separated: in-process, batched, unbatched, overload, "
                         "correctness (ratios need the first three)")

@@ -69,12 +69,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--batch-wait-ms", type=float, default=None,
                        help="how long the batcher waits for more queries once it has one (default 2)")
     serve.add_argument("--latency-budget-ms", type=parse_budget, default=None, metavar="auto|off|MS",
-                       help="admit a call only when the batcher expects to answer it within this time; the rest get "
-                            "RESOURCE_EXHAUSTED at once, so accepted calls keep their latency under overload and "
-                            "clients can back off or go to another replica. 'auto' (default) is 3x one query's "
-                            "measured time: batches of a few queries on a small CPU, whole batches on a GPU. "
-                            "'off' queues everything the concurrency and queue limits allow: more throughput, "
-                            "latency that grows with load (RETRIEVER_LATENCY_BUDGET_MS)")
+                       help="a latency SLO: admit a query call only when the batcher expects to answer it within "
+                            "this time; the rest get RESOURCE_EXHAUSTED at once, so accepted calls keep their latency "
+                            "under overload and clients can back off or go to another replica. 'auto' is 3x one "
+                            "query's measured time (batches of a few queries on a small CPU, whole batches on a GPU). "
+                            "'off' (default) admits whatever --max-concurrent-calls and --max-queued-queries allow: "
+                            "the most throughput, with latency that grows with load (RETRIEVER_LATENCY_BUDGET_MS)")
     serve.add_argument("--resolve", type=SourceResolution, choices=list(SourceResolution), default=None,
                        metavar="{filter,encoder-only}",
                        help="when a request has no sources but its instruction names source types: 'filter' on "

@@ -19,7 +19,7 @@ load). A call is admitted only when the batcher expects to answer it within the 
 of the batch in progress, plus the batches of the queries queued before it, plus its own. The
 others are refused at once (``OverloadedError``, RESOURCE_EXHAUSTED) before any parsing or
 queueing work, so under overload the calls that are accepted keep their latency and the excess
-comes back in milliseconds. The default budget is :data:`AUTO_BUDGET_FACTOR` times one query's
+comes back in milliseconds. The ``"auto"`` budget is :data:`AUTO_BUDGET_FACTOR` times one query's
 time, which adapts to the hardware: where batches cost little more than one query (a GPU), whole
 batches fit in it; on a small CPU it lets batches of a few queries form.
 """

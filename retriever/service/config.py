@@ -92,8 +92,8 @@ class ServiceConfig:
         log_queries: put the query and instruction texts in the request log lines.
         latency_budget_ms: a call is admitted only when the batcher expects to answer it within
             this many milliseconds (others get RESOURCE_EXHAUSTED at once, before parsing);
-            ``"auto"`` is 3 times one query's measured time; ``"off"`` admits every call the
-            concurrency and queue limits allow (throughput over latency).
+            ``"auto"`` is 3 times one query's measured time; ``"off"`` (default) admits every
+            call the concurrency and queue limits allow (throughput over latency).
     """
 
     host: str = "127.0.0.1"
@@ -113,7 +113,7 @@ class ServiceConfig:
     use_gpu: bool = True
     metrics_port: int | None = None
     log_queries: bool = False
-    latency_budget_ms: float | Literal["auto", "off"] = "auto"
+    latency_budget_ms: float | Literal["auto", "off"] = "off"
 
     def __post_init__(self) -> None:
         if self.latency_budget_ms not in ("auto", "off") and not (

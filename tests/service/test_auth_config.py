@@ -231,8 +231,8 @@ def test_latency_budget_from_flags_and_variables():
 
     from retriever.cli.serve_commands import parse_budget
 
-    assert build_config({}, {}).latency_budget == "auto"
-    assert build_config({}, {"RETRIEVER_LATENCY_BUDGET_MS": "off"}).latency_budget is None
+    assert build_config({}, {}).latency_budget is None  # off by default
+    assert build_config({}, {"RETRIEVER_LATENCY_BUDGET_MS": "auto"}).latency_budget == "auto"
     assert build_config({}, {"RETRIEVER_LATENCY_BUDGET_MS": "250"}).latency_budget == pytest.approx(0.25)
     assert build_config({"latency_budget_ms": "off"}, {"RETRIEVER_LATENCY_BUDGET_MS": "250"}).latency_budget is None
     for bad in ("0", "-5", "soon"):
