@@ -1,10 +1,12 @@
 # syntax=docker/dockerfile:1
-# CPU image by default. For a CUDA image: --build-arg TORCH_INDEX_URL= (empty: PyPI's CUDA torch).
+# CPU image by default. For a CUDA image: --build-arg TORCH_INDEX_URL= (empty: PyPI's CUDA torch)
+# --build-arg FAISS=gpu (faiss-gpu and its CUDA libraries instead of faiss-cpu).
 ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim AS build
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG FAISS=cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -15,7 +17,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY retriever ./retriever
 COPY protos ./protos
-RUN pip install .
+RUN pip install ".[${FAISS}]"
 # Build the bundled sample index into the image so the first start needs no encoding.
 ENV RETRIEVER_CACHE_DIR=/var/cache/retriever
 RUN retriever -q demo --no-progress > /dev/null
