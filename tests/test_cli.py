@@ -237,3 +237,22 @@ def test_bench_inputs_fail_fast(tmp_path: Path, tiny_corpus: Path, capsys, no_mo
     assert "cannot create the output directory" in err
     err = fails_fast([*base, "--out", str(tmp_path / "o4"), "--index", str(tmp_path / "noindex")], capsys)
     assert "no manifest.json" in err
+
+
+def test_train_checks_fail_fast(tmp_path: Path, capsys, monkeypatch) -> None:
+    import retriever.training.pipeline as pipeline  # imports torch: once per process, not counted
+
+    def refuse(*args, **kwargs):
+        raise ModelLoaded("the model was loaded on a path that must fail before it")
+
+    monkeypatch.setattr(pipeline, "EmbeddingModel", refuse)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the config's data paths are relative to the root
+    base = ["-q", "train", "--config", "configs/train_smoke.toml"]
+    assert "absent.toml" in fails_fast(["-q", "train", "--config", str(tmp_path / "absent.toml")], capsys)
+    err = fails_fast([*base, "--output-dir", str(tmp_path / "r1"), "--set", 'data.corpus="nowhere.jsonl"'], capsys)
+    assert "[data] corpus: nowhere.jsonl does not exist" in err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "weights").write_text("a previous run")
+    err = fails_fast([*base, "--output-dir", str(run)], capsys)
+    assert "already holds a run; pass --resume to continue it or --overwrite" in err
