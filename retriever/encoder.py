@@ -100,6 +100,17 @@ def resolve_model_dir(model: str | None) -> Path:
     return path
 
 
+def check_model_dir(model: str | None) -> Path:
+    """The model's directory, checked without reading its weights: it exists and holds safetensors.
+
+    Raises:
+        ModelError: the directory is missing or holds only pickled (or no) weights.
+    """
+    model_dir = resolve_model_dir(model)
+    _check_safe(model_dir)
+    return model_dir
+
+
 def model_checksum(model_dir: Path) -> str:
     """SHA-256 over the model's files (names and bytes), so any changed weight is detected."""
     digest = hashlib.sha256()
@@ -148,8 +159,7 @@ class ModelInfo:
     @classmethod
     def describe(cls, config: EncoderConfig) -> ModelInfo:
         """Raises: ModelError when the directory is missing or holds no safetensors weights."""
-        model_dir = resolve_model_dir(config.model)
-        _check_safe(model_dir)
+        model_dir = check_model_dir(config.model)
         name = BUNDLED_MODEL if config.model in (None, BUNDLED_MODEL) else str(config.model)
         max_len = config.max_seq_length or _saved_max_seq_length(model_dir)
         return cls(name, model_dir, model_checksum(model_dir), max_len)
@@ -163,7 +173,6 @@ class ModelInfo:
             tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
         except Exception as exc:  # transformers raises many types; wrap them all
             raise ModelError(f"cannot load the tokenizer of {self.model_dir}: {exc}") from exc
-        tokenizer.model_max_length = 1 << 30  # counting only: silence the "longer than" warning
         return lambda texts: count_with(tokenizer, texts)
 
 
@@ -218,10 +227,15 @@ def model_prompts(model_dir: Path) -> dict[str, str]:
 
 
 def count_with(tokenizer: Any, texts: Sequence[str]) -> list[int]:
-    """Tokens of each text without special tokens."""
+    """Tokens of each text without special tokens.
+
+    Counting is how long texts are cut into windows, so texts longer than the model's maximum are
+    expected here: ``verbose=False`` keeps transformers' "Token indices sequence length is longer
+    than the specified maximum sequence length" warning out of every build.
+    """
     if not texts:
         return []
-    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
     return [len(ids) for ids in encoded]
 
 
@@ -246,9 +260,15 @@ class Encoder:
         hub_offline()
         import torch
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
         if self.device == "cpu":
             torch.set_num_threads(self.config.threads or max(1, os.cpu_count() or 1))
+        # transformers draws a "Loading weights" bar; --no-progress hides it too (the switch is
+        # process-wide, so it is put back as it was).
+        hide_bar = not self.config.show_progress and hf_logging.is_progress_bar_enabled()
+        if hide_bar:
+            hf_logging.disable_progress_bar()
         try:
             model = SentenceTransformer(
                 str(self.model_dir), device=self.device, local_files_only=True, trust_remote_code=False,
@@ -256,6 +276,9 @@ class Encoder:
             )
         except Exception as exc:  # sentence-transformers raises many types; wrap them all
             raise ModelError(f"cannot load model from {self.model_dir}: {exc}") from exc
+        finally:
+            if hide_bar:
+                hf_logging.enable_progress_bar()
         if self.config.max_seq_length:
             model.max_seq_length = self.config.max_seq_length
         dtype = self._dtype(torch)

@@ -117,6 +117,24 @@ class Query:
     group_by_record: bool = False
     max_per_record: int = 1
 
+    def check(self) -> None:
+        """The checks that need neither a model nor an index (the engine's plan runs them first).
+
+        Raises:
+            InvalidInputError: empty text, ``k < 1``, a NaN threshold, ``max_per_record < 1``, or
+                ``max_per_record`` without ``group_by_record``.
+        """
+        if not self.text or not self.text.strip():
+            raise InvalidInputError("query text must not be empty")
+        if self.k < 1:
+            raise InvalidInputError(f"k must be >= 1, got {self.k}")
+        if self.score_threshold is not None and math.isnan(self.score_threshold):
+            raise InvalidInputError("score_threshold must be a number, got NaN")
+        if self.max_per_record < 1:
+            raise InvalidInputError(f"max_per_record must be >= 1, got {self.max_per_record}")
+        if self.max_per_record != 1 and not self.group_by_record:
+            raise InvalidInputError("max_per_record: only with group_by_record")
+
 
 #: A grouped query first fetches this many units per record it may return (see ``PlannedQuery.depth``).
 GROUP_OVERFETCH = 4

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -35,13 +36,19 @@ class Source(StrEnum):
     INFOBOX = "infobox"
 
     @classmethod
-    def parse(cls, value: str) -> Source:
-        """Parse a source name (case-insensitive), raising ``ValueError`` with the valid names."""
+    def parse(cls, value: str, exact: bool = False) -> Source:
+        """Parse a source name, raising ``ValueError`` with the valid names.
+
+        Command-line and client arguments are case-insensitive; a corpus record's ``source``
+        field is parsed ``exact`` (lowercase, as written in the README's corpus format), so a
+        data pipeline that writes ``"TEXT"`` is told rather than silently accepted.
+        """
         try:
-            return cls(value.strip().lower())
+            return cls(value if exact else value.strip().lower())
         except ValueError:
             names = ", ".join(s.value for s in cls)
-            raise ValueError(f"unknown source {value!r}; expected one of: {names}") from None
+            case = " (lowercase)" if exact else ""
+            raise ValueError(f"unknown source {value!r}; expected one of: {names}{case}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +95,14 @@ class InfoboxRecord:
 Record = TextRecord | TableRecord | KbRecord | InfoboxRecord
 
 
+class UnknownFields(StrEnum):
+    """What a record field the corpus format does not know is, when a corpus is read."""
+
+    ERROR = "error"  # the default: the read fails naming file, line and field
+    WARN = "warn"  # --lenient: skipped, one warning per field name at its first line and a count at the end
+    IGNORE = "ignore"  # skipped silently (a second pass over a corpus already read with WARN)
+
+
 class _Fields:
     """Typed access to one JSON object's fields, raising CorpusError that names the field."""
 
@@ -130,19 +145,35 @@ class _Fields:
         return tuple(self.string_list(item, f"{name}[{i}]") for i, item in enumerate(value))
 
 
-def parse_record(obj: Any, path: str = "<record>", line: int | None = None) -> Record:
+#: The fields each source type's records may have (README, "Corpus format"); any other is an error,
+#: or with ``--lenient`` a warning.
+FIELDS: dict[Source, frozenset[str]] = {
+    source: frozenset({"id", "source", "dataset", *extra}) for source, extra in (
+        (Source.TEXT, ("text", "title")),
+        (Source.TABLE, ("title", "section", "header", "rows", "row_links")),
+        (Source.KB, ("subject", "predicate", "object", "parent")),
+        (Source.INFOBOX, ("title", "attributes")),
+    )
+}
+
+
+def parse_record(obj: Any, path: str = "<record>", line: int | None = None,
+                 ignored: list[str] | None = None) -> Record:
     """Validate one decoded JSON value and build its typed record.
 
     Args:
         obj: the decoded JSON value of one line.
         path: file name used in error messages.
         line: 1-based line number used in error messages.
+        ignored: None (strict): a field the record's source type does not have is an error.
+            A list (lenient): such fields are skipped and their names appended to it.
 
     Returns:
         The typed record.
 
     Raises:
-        CorpusError: when a field is missing, has the wrong type or an unknown value.
+        CorpusError: when a field is missing, unknown, has the wrong type or an unknown value,
+            or a table row has more cells than the header has columns.
     """
     if not isinstance(obj, dict):
         raise CorpusError(path, line, f"expected a JSON object, got {type(obj).__name__}")
@@ -150,9 +181,15 @@ def parse_record(obj: Any, path: str = "<record>", line: int | None = None) -> R
     record_id = f.string("id", nonempty=True)
     raw_source = f.string("source")
     try:
-        source = Source.parse(raw_source)
+        source = Source.parse(raw_source, exact=True)
     except ValueError as exc:
         raise f.error("source", str(exc)) from None
+    unknown = [name for name in obj if name not in FIELDS[source]]
+    if unknown and ignored is None:
+        raise f.error(unknown[0], f"unknown field for a {source.value} record (expected: "
+                      f"{', '.join(sorted(FIELDS[source]))}; --lenient ignores unknown fields with a warning)")
+    if ignored is not None:
+        ignored.extend(unknown)
     dataset = f.string("dataset", required=False)
     if source is Source.TEXT:
         return TextRecord(id=record_id, text=f.string("text", nonempty=True),
@@ -164,6 +201,10 @@ def parse_record(obj: Any, path: str = "<record>", line: int | None = None) -> R
         rows = f.list_of_string_lists("rows") or ()
         if not rows:
             raise f.error("rows", "a table needs at least one row")
+        for i, row in enumerate(rows):
+            if len(row) > len(header):
+                raise f.error(f"rows[{i}]", f"row {i} has {len(row)} cells but the header has {len(header)} "
+                              "columns (a shorter row is fine: its missing cells are empty)")
         links = f.list_of_string_lists("row_links", required=False)
         if links is not None and len(links) != len(rows):
             raise f.error("row_links", f"has {len(links)} entries but the table has {len(rows)} rows")
@@ -220,19 +261,21 @@ def iter_lines(path: str | Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -
         raise CorpusError(str(path), None, f"cannot read file: {exc}") from exc
 
 
-def parse_line(raw: bytes, path: str, line: int) -> Record:
-    """Parse and validate one corpus line (the per-line half of :func:`read_records`)."""
+def parse_line(raw: bytes, path: str, line: int, ignored: list[str] | None = None) -> Record:
+    """Parse and validate one corpus line (the per-line half of :func:`read_records`; ``ignored`` as in
+    :func:`parse_record`)."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise CorpusError(path, line, f"malformed JSON: {exc}") from None
-    return parse_record(obj, path, line)
+    return parse_record(obj, path, line, ignored)
 
 
 def read_records(
     path: str | Path,
     ids: Iterable[str] | None = None,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    unknown: UnknownFields = UnknownFields.ERROR,
 ) -> Iterator[Record]:
     """Stream validated records from a corpus file.
 
@@ -244,13 +287,18 @@ def read_records(
         ids: when given, only records with these ids are yielded; ids absent from the
             file are reported after the whole file was read.
         max_line_bytes: longest accepted line.
+        unknown: what a field the corpus format does not know is: an error (default), or
+            skipped with a warning per field name (``--lenient``), or skipped silently.
 
     Raises:
         CorpusError: naming file, line and field for the first problem found.
     """
     ledger = IdLedger(str(path), ids)
     for number, raw in iter_lines(path, max_line_bytes):
-        record = parse_line(raw, ledger.path, number)
+        ignored: list[str] | None = None if unknown is UnknownFields.ERROR else []
+        record = parse_line(raw, ledger.path, number, ignored)
+        if ignored and unknown is UnknownFields.WARN:
+            ledger.ignore(ignored, number)
         if ledger.admit(record.id, number):
             yield record
     ledger.finish()
@@ -260,13 +308,23 @@ class IdLedger:
     """The corpus-wide checks of a read: unique ids, an --ids selection, a non-empty file.
 
     Lines may be parsed anywhere (in parallel workers); their ids pass through one ledger in
-    file order, so the first duplicate is reported at its line.
+    file order, so the first duplicate is reported at its line. The unknown fields of a read with
+    :attr:`UnknownFields.WARN` pass through it too: one warning per field name at its first line,
+    a count at the end.
     """
 
     def __init__(self, path: str, ids: Iterable[str] | None = None) -> None:
         self.path = path
         self.wanted = set(ids) if ids is not None else None
         self.seen: dict[str, int] = {}
+        self.ignored: Counter[str] = Counter()
+
+    def ignore(self, fields: Iterable[str], line: int) -> None:
+        """Note the unknown fields a lenient read skipped on ``line`` (warns at each name's first line)."""
+        for name in fields:
+            if name not in self.ignored:
+                logger.warning("%s:%d: field '%s': unknown field, ignored (--lenient)", self.path, line, name)
+            self.ignored[name] += 1
 
     def admit(self, record_id: str, line: int) -> bool:
         """Record one id; True when the record is selected.
@@ -284,6 +342,9 @@ class IdLedger:
         """Raises: CorpusError when the file had no record or selected ids are missing."""
         if not self.seen:
             raise CorpusError(self.path, None, "the corpus is empty: no records found")
+        if self.ignored:
+            logger.warning("%s: ignored unknown fields (--lenient): %s", self.path,
+                           ", ".join(f"'{name}' on {count} lines" for name, count in sorted(self.ignored.items())))
         if self.wanted is not None:
             missing = self.wanted.difference(self.seen)
             if missing:

@@ -16,7 +16,6 @@ become :class:`~retriever.query.Hit` s at the very end.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -93,16 +92,7 @@ class Searcher:
         Raises:
             InvalidInputError: empty text, ``k < 1``, a NaN threshold, or a mode this searcher lacks.
         """
-        if not query.text or not query.text.strip():
-            raise InvalidInputError("query text must not be empty")
-        if query.k < 1:
-            raise InvalidInputError(f"k must be >= 1, got {query.k}")
-        if query.score_threshold is not None and math.isnan(query.score_threshold):
-            raise InvalidInputError("score_threshold must be a number, got NaN")
-        if query.max_per_record < 1:
-            raise InvalidInputError(f"max_per_record must be >= 1, got {query.max_per_record}")
-        if query.max_per_record != 1 and not query.group_by_record:
-            raise InvalidInputError("max_per_record: only with group_by_record")
+        query.check()
         if query.mode not in self.modes:
             missing = "a lexical index (build it with `retriever build-lexical`)" \
                 if query.mode.uses_lexical and self.lexical is None else "a dense index and its model"

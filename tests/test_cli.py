@@ -2,13 +2,17 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from retriever.cli.main import main
+import retriever.service.server  # noqa: F401  (imported here so serve's timing excludes Python's grpc import)
+from retriever.cli.main import build_parser, main
 
 
 def test_build_search_info_round_trip(tmp_path: Path, tiny_corpus: Path, capsys) -> None:
@@ -75,3 +79,180 @@ def test_module_entry_point_help() -> None:
                             cwd=Path(__file__).resolve().parents[1])
     for command in ("build-index", "search", "info", "demo"):
         assert command in result.stdout
+
+
+# -- fail fast ---------------------------------------------------------------------------------------------------
+# Every check that needs no model runs before the model loads. How "fast" is measured: wall time of the CLI's
+# main() in this process, with the model's load (Encoder._load) and the tokenizer (ModelInfo.token_counter)
+# patched to raise, so a path that reaches either fails the test whatever its timing. Importing torch or
+# transformers takes 10-45 s on the shared 2-core machine: a path that imported them would also blow the
+# budget in a fresh process. Python's import of the CLI and of the gRPC server module (done by this test module)
+# is not counted: it is paid once by every command, good input or bad.
+FAST_SECONDS = 2.0
+
+
+class ModelLoaded(AssertionError):
+    pass
+
+
+@pytest.fixture
+def no_model(monkeypatch) -> None:
+    from retriever.encoder import Encoder, ModelInfo
+
+    def refuse(*args, **kwargs):
+        raise ModelLoaded("the model (or its tokenizer) was loaded on a path that must fail before it")
+
+    monkeypatch.setattr(Encoder, "_load", refuse)
+    monkeypatch.setattr(ModelInfo, "token_counter", refuse)
+
+
+def fails_fast(argv: list[str], capsys, code: int = 1) -> str:
+    """Run the CLI; it must exit with ``code`` within FAST_SECONDS. Returns stderr."""
+    build_parser()  # the first call imports every command's modules: an import, not the command's work
+    started = time.perf_counter()
+    try:
+        result = main(argv)
+    except SystemExit as exc:  # argparse usage errors
+        result = exc.code
+    elapsed = time.perf_counter() - started
+    err = capsys.readouterr().err
+    assert result == code, err
+    assert elapsed < FAST_SECONDS, f"{argv} took {elapsed:.2f}s"
+    return err
+
+
+def corpus_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+GOOD_LINE = '{"id": "t%d", "source": "text", "text": "a passage"}'
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    ([GOOD_LINE % i for i in range(3000)] + ['{"id": "x", "source": "text", "titel": "T", "text": "a"}'],
+     ":3001: field 'titel': unknown field for a text record"),
+    ([GOOD_LINE % 0, '{"id": "x", "source": "table", "header": ["A"], "rows": [["1", "2", "3"]]}'],
+     ":2: field 'rows[0]': row 0 has 3 cells but the header has 1 columns"),
+    ([GOOD_LINE % 0, '{"id": "x", "source": "TEXT", "text": "a"}'],
+     ":2: field 'source': unknown source 'TEXT'; expected one of: text, table, kb, infobox (lowercase)"),
+    ([GOOD_LINE % 0, GOOD_LINE % 0], ":2: field 'id': duplicate id 't0'"),
+])
+def test_build_index_bad_corpus_fails_before_the_tokenizer(tmp_path: Path, capsys, no_model, lines, message) -> None:
+    corpus = corpus_lines(tmp_path / "c.jsonl", lines)
+    err = fails_fast(["-q", "build-index", str(corpus), "--out", str(tmp_path / "idx")], capsys)
+    assert f"error: {corpus}{message}" in err
+    assert not (tmp_path / "idx").exists() and not list(tmp_path.glob(".idx*"))
+
+
+def test_build_index_lenient_warns_and_goes_on_to_the_model(tmp_path: Path, caplog, no_model) -> None:
+    corpus = corpus_lines(tmp_path / "c.jsonl", [GOOD_LINE % 0, '{"id": "x", "source": "text", "titel": "T", "text": "a"}'])
+    with pytest.raises(ModelLoaded):  # validation passed: the next step is the tokenizer
+        main(["build-index", str(corpus), "--out", str(tmp_path / "idx"), "--lenient"])
+    assert f"{corpus}:2: field 'titel': unknown field, ignored (--lenient)" in caplog.messages
+
+
+def test_build_index_argument_checks_fail_fast(tmp_path: Path, tiny_corpus: Path, capsys, no_model) -> None:
+    out = str(tmp_path / "idx")
+    err = fails_fast(["-q", "build-index", str(tmp_path / "absent.jsonl"), "--out", out], capsys)
+    assert "absent.jsonl: file not found" in err
+    err = fails_fast(["-q", "build-index", str(tiny_corpus), "--out", out, "--ids", str(tmp_path / "no-ids")], capsys)
+    assert "no-ids: id list not found" in err
+    (tmp_path / "idx").mkdir()
+    err = fails_fast(["-q", "build-index", str(tiny_corpus), "--out", out], capsys)
+    assert "already exists (use --overwrite to replace it, or --resume" in err
+    err = fails_fast(["-q", "build-index", str(tiny_corpus), "--out", out + "2", "--model", str(tmp_path / "nomodel")],
+                     capsys)
+    assert "model directory not found" in err
+    err = fails_fast(["-q", "build-index", str(tiny_corpus), "--out", out + "2", "--workers", "2"], capsys)
+    assert "--workers and --ray-address apply to --engine ray only" in err
+    err = fails_fast(["-q", "build-index", str(tiny_corpus), "--out", out + "2", "--factory", "Flat",
+                      "--memory-budget", "1GiB"], capsys)
+    assert "--memory-budget applies to --factory auto only" in err
+    err = fails_fast(["build-index", str(tiny_corpus), "--out", out + "2", "--part-size", "0"], capsys, code=2)
+    assert "--part-size: must be >= 1, got 0" in err
+    err = fails_fast(["build-index", str(tiny_corpus), "--out", out + "2", "--min-recall", "2"], capsys, code=2)
+    assert "--min-recall: must be in [0, 1]" in err
+
+
+def test_search_checks_fail_fast(tmp_path: Path, tiny_index_dir: Path, capsys, no_model) -> None:
+    index = str(tiny_index_dir)
+    assert "no manifest.json" in fails_fast(["-q", "search", str(tmp_path / "absent"), "q"], capsys)
+    for mode in ("bm25", "hybrid"):
+        err = fails_fast(["-q", "search", index, "q", "--mode", mode, "--lexical", str(tmp_path / "nolex")], capsys)
+        assert "nolex: no lexical.json (build it with `retriever build-lexical`)" in err
+    assert "query text must not be empty" in fails_fast(["-q", "search", index, " "], capsys)
+    err = fails_fast(["-q", "search", index, "q", "--max-per-record", "2"], capsys)
+    assert "max_per_record: only with group_by_record" in err
+    err = fails_fast(["-q", "search", index, "q", "--model", str(tmp_path)], capsys)
+    assert "no *.safetensors weights found" in err
+    assert "--top-k: must be >= 1, got 0" in fails_fast(["search", index, "q", "-k", "0"], capsys, code=2)
+
+
+def test_bm25_search_never_loads_the_dense_model(tmp_path: Path, tiny_index_dir: Path, capsys, no_model) -> None:
+    lexical = tmp_path / "lexical"
+    assert main(["-q", "build-lexical", str(tiny_index_dir), "--out", str(lexical)]) == 0
+    capsys.readouterr()
+    assert main(["-q", "search", str(tiny_index_dir), "where was he born?", "--mode", "bm25", "--lexical",
+                 str(lexical), "--json", "-k", "3"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+def test_serve_checks_fail_fast_and_a_busy_port_is_one_line(tmp_path: Path, tiny_index_dir: Path, capfd,
+                                                           no_model) -> None:
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            err = fails_fast(["-q", "serve", "--index", str(tiny_index_dir), "--port", str(port)], capfd)
+        assert err.splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: the address is already in use "
+                                    "(another server is running there: stop it, or choose another --port / "
+                                    "RETRIEVER_PORT; 0 picks a free one)"]
+        err = fails_fast(["-q", "serve", "--index", str(tiny_index_dir), "--index", f"b={tmp_path}"], capfd)
+        assert f"{tmp_path}: no manifest.json" in err
+        err = fails_fast(["-q", "serve", "--index", str(tiny_index_dir), "--model", str(tmp_path / "m")], capfd)
+        assert "model directory not found" in err
+        err = fails_fast(["-q", "serve", "--index", str(tiny_index_dir), "--token-file", str(tmp_path / "t")], capfd)
+        assert "cannot read the token file" in err
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+
+
+def test_bench_inputs_fail_fast(tmp_path: Path, tiny_corpus: Path, capsys, no_model) -> None:
+    questions = corpus_lines(tmp_path / "q.jsonl", [json.dumps(
+        {"id": "q1", "text": "who?", "dataset": "d", "gold_source": "text", "gold": ["t0"], "answers": ["x"]})])
+    base = ["-q", "bench", "heteromix", "--corpus", str(tiny_corpus), "--questions", str(questions), "--ids", "none",
+            "--no-results-md", "--cache-dir", str(tmp_path / "cache"), "--methods", "dense"]
+    err = fails_fast([*base, "--out", str(tmp_path / "o1"), "--questions", str(tmp_path / "absent.jsonl")], capsys)
+    assert "absent.jsonl: file not found" in err
+    err = fails_fast([*base, "--out", str(tmp_path / "o2"), "--corpus", str(tmp_path / "absent.jsonl.gz")], capsys)
+    assert "absent.jsonl.gz: file not found" in err
+    err = fails_fast([*base, "--out", str(tmp_path / "o3"), "--ids", str(tmp_path / "absent.ids")], capsys)
+    assert "absent.ids: id list not found" in err
+    (tmp_path / "file").write_text("x")
+    err = fails_fast([*base, "--out", str(tmp_path / "file" / "sub")], capsys)
+    assert "cannot create the output directory" in err
+    err = fails_fast([*base, "--out", str(tmp_path / "o4"), "--index", str(tmp_path / "noindex")], capsys)
+    assert "no manifest.json" in err
+
+
+def test_train_checks_fail_fast(tmp_path: Path, capsys, monkeypatch) -> None:
+    import retriever.training.pipeline as pipeline  # imports torch: once per process, not counted
+
+    def refuse(*args, **kwargs):
+        raise ModelLoaded("the model was loaded on a path that must fail before it")
+
+    monkeypatch.setattr(pipeline, "EmbeddingModel", refuse)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the config's data paths are relative to the root
+    base = ["-q", "train", "--config", "configs/train_smoke.toml"]
+    assert "absent.toml" in fails_fast(["-q", "train", "--config", str(tmp_path / "absent.toml")], capsys)
+    err = fails_fast([*base, "--output-dir", str(tmp_path / "r1"), "--set", 'data.corpus="nowhere.jsonl"'], capsys)
+    assert "[data] corpus: nowhere.jsonl does not exist" in err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "weights").write_text("a previous run")
+    err = fails_fast([*base, "--output-dir", str(run)], capsys)
+    assert "already holds a run; pass --resume to continue it or --overwrite" in err

@@ -92,3 +92,36 @@ def test_model_info_matches_the_loaded_encoder_without_loading_weights(tmp_path,
     described = ModelInfo.describe(EncoderConfig(model=str(copy)))
     assert described.max_seq_length == loaded.max_seq_length
     assert model_prompts(copy) == loaded.prompts and loaded.prompts["query_table"] == "Find tables: "
+
+
+def test_counting_long_texts_prints_no_length_warning(capfd, caplog) -> None:
+    from transformers import AutoTokenizer
+
+    from retriever.encoder import bundled_model_dir, count_with
+
+    tokenizer = AutoTokenizer.from_pretrained(str(bundled_model_dir()), local_files_only=True)
+    long_text = "word " * 2000
+    assert tokenizer.model_max_length < 2000  # the warning's condition holds: the text is over the model's max
+    with caplog.at_level("WARNING"):
+        assert count_with(tokenizer, [long_text]) == [2000]
+    captured = capfd.readouterr()
+    assert "Token indices sequence length" not in captured.err + captured.out + caplog.text
+
+
+@pytest.mark.parametrize("show_progress", [False, True])
+def test_weights_progress_bar_follows_show_progress(monkeypatch, show_progress: bool) -> None:
+    import sentence_transformers
+    from transformers.utils import logging as hf_logging
+
+    seen = []
+
+    def fake_model(*args, **kwargs):
+        seen.append(hf_logging.is_progress_bar_enabled())
+        raise RuntimeError("stop after the check")
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", fake_model)
+    assert hf_logging.is_progress_bar_enabled()
+    with pytest.raises(ModelError, match="stop after the check"):
+        Encoder(EncoderConfig(show_progress=show_progress))
+    assert seen == [show_progress]
+    assert hf_logging.is_progress_bar_enabled()  # the process-wide switch is put back

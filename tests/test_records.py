@@ -13,6 +13,7 @@ from retriever.records import (
     Source,
     TableRecord,
     TextRecord,
+    UnknownFields,
     parse_record,
     read_id_list,
     read_records,
@@ -86,6 +87,14 @@ def test_subset_with_unknown_id_fails(tmp_path: Path) -> None:
          r"c\.jsonl:2: field 'attributes\[0\]': expected a \[key, value\] pair, got 1 items"),
         ('{"id": "t1", "source": "text", "text": "again"}',
          r"c\.jsonl:2: field 'id': duplicate id 't1' \(first seen on line 1\)"),
+        ('{"id": "x", "source": "text", "titel": "T", "text": "a"}',
+         r"c\.jsonl:2: field 'titel': unknown field for a text record \(expected: dataset, id, source, text, title;"),
+        ('{"id": "x", "source": "kb", "subject": "s", "predicate": "p", "object": "o", "title": "T"}',
+         r"c\.jsonl:2: field 'title': unknown field for a kb record"),
+        ('{"id": "x", "source": "table", "title": "T", "header": ["A"], "rows": [["0"], ["1", "2", "3"]]}',
+         r"c\.jsonl:2: field 'rows\[1\]': row 1 has 3 cells but the header has 1 columns"),
+        ('{"id": "x", "source": "TEXT", "text": "a"}',
+         r"c\.jsonl:2: field 'source': unknown source 'TEXT'; expected one of: text, table, kb, infobox \(lowercase\)"),
     ],
 )
 def test_bad_lines_name_file_line_and_field(tmp_path: Path, line: str, message: str) -> None:
@@ -114,8 +123,36 @@ def test_huge_single_line_is_refused_without_parsing(tmp_path: Path) -> None:
 
 
 def test_parse_record_defaults() -> None:
-    record = parse_record({"id": "p", "source": "TEXT", "text": "body"})
+    record = parse_record({"id": "p", "source": "text", "text": "body"})
     assert record == TextRecord(id="p", text="body", title="", dataset="")
+
+
+def test_short_table_rows_are_valid() -> None:
+    record = parse_record({"id": "x", "source": "table", "header": ["A", "B"], "rows": [["1"]]})
+    assert isinstance(record, TableRecord) and record.rows == (("1",),)
+
+
+def test_lenient_read_skips_unknown_fields_with_one_warning_per_name(tmp_path: Path, caplog) -> None:
+    lines = [json.dumps({**GOOD[0], "titel": "x"}), json.dumps({**GOOD[3], "titel": "y", "url": "u"}),
+             json.dumps({"id": "t2", "source": "text", "text": "b", "titel": "z"})]
+    path = write(tmp_path, lines)
+    with pytest.raises(CorpusError, match=r"c\.jsonl:1: field 'titel': unknown field"):
+        list(read_records(path))
+    with caplog.at_level("WARNING", logger="retriever.records"):
+        records = list(read_records(path, unknown=UnknownFields.WARN))
+    assert list(read_records(path, unknown=UnknownFields.IGNORE)) == records
+    assert [r.id for r in records] == ["t1", "i1", "t2"]
+    assert records[0] == parse_record(GOOD[0])
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [f"{path}:1: field 'titel': unknown field, ignored (--lenient)",
+                        f"{path}:2: field 'url': unknown field, ignored (--lenient)",
+                        f"{path}: ignored unknown fields (--lenient): 'titel' on 3 lines, 'url' on 1 lines"]
+
+
+def test_shipped_sample_corpus_validates_strictly() -> None:
+    from retriever.sample import SAMPLE_CORPUS, data_file
+
+    assert sum(1 for _ in read_records(data_file(SAMPLE_CORPUS))) == 522
 
 
 def test_id_list(tmp_path: Path) -> None:

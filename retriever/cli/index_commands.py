@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from retriever.encoder import BUNDLED_MODEL, Encoder, EncoderConfig, Precision
+from retriever.encoder import BUNDLED_MODEL, Encoder, EncoderConfig, Precision, check_model_dir
 from retriever.index import BuildConfig, Index, Manifest, build_index
 from retriever.index.build import DEFAULT_PART_SIZE, Engine
 from retriever.query import FusionConfig, Mode, Query, SearchResult, SourceResolution
@@ -16,11 +17,35 @@ from retriever.records import Source
 from retriever.searcher import Searcher, build_lexical, load_lexical
 
 
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (a usage error at parse time, before anything loads)."""
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+        if number < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {number}")
+        return number
+    return parse
+
+
+def fraction(value: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return number
+
+
 def add_encoder_args(parser: argparse.ArgumentParser, model_help: str) -> None:
     group = parser.add_argument_group("encoder")
     group.add_argument("--model", default=None, help=model_help)
     group.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
-    group.add_argument("--batch-size", type=int, default=64,
+    group.add_argument("--batch-size", type=at_least(1), default=64,
                        help="texts per forward pass (default 64; larger helps on GPU, costs memory)")
     group.add_argument("--precision", type=Precision, choices=list(Precision), default=Precision.AUTO,
                        help="weights' dtype (default auto: float16 on CUDA, float32 on CPU)")
@@ -51,10 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--memory-budget", type=parse_bytes, default=None, metavar="SIZE",
                        help="what the FAISS shards may take in memory when served, e.g. 8GiB (auto only; default: "
                        "no limit). A tighter budget picks more compact, less exact indexes")
-    build.add_argument("--min-recall", type=float, default=0.95,
+    build.add_argument("--min-recall", type=fraction, default=0.95,
                        help="lowest recall@10 against exact search an approximate shard may have, measured on "
                        "held-aside queries; a build below it fails before publishing (default 0.95)")
-    build.add_argument("--max-tokens", type=int, default=None,
+    build.add_argument("--max-tokens", type=at_least(16), default=None,
                        help="window size for long passages and infoboxes (default: model max length - 2)")
     build.add_argument("--overwrite", action="store_true", help="replace an existing directory at --out")
     build.add_argument("--resume", action="store_true",
@@ -69,9 +94,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "on a pool of encoder actors on Ray Data (a local instance, or a cluster with --ray-address)")
     build.add_argument("--ray-address", default=None,
                        help="Ray cluster to join (auto, ray://HOST:PORT; default: $RAY_ADDRESS, else a local instance)")
-    build.add_argument("--workers", type=int, default=None,
+    build.add_argument("--workers", type=at_least(1), default=None,
                        help="encoder actors for --engine ray (default: one per GPU, else one per 2 CPUs)")
-    build.add_argument("--part-size", type=int, default=DEFAULT_PART_SIZE,
+    build.add_argument("--lenient", action="store_true",
+                       help="skip record fields the corpus format does not know (e.g. a misspelt 'titel') with a "
+                       "warning naming file, line and field, instead of failing the build")
+    build.add_argument("--part-size", type=at_least(1), default=DEFAULT_PART_SIZE,
                        help=f"units per encoded part, the unit of work and of --resume (default {DEFAULT_PART_SIZE})")
     add_encoder_args(build, "sentence-transformers model directory (default: the bundled all-MiniLM-L6-v2)")
     build.set_defaults(func=run_build)
@@ -83,14 +111,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("query", help="the question")
     search.add_argument("--instruction", default=None,
                         help="free-text instruction for the query encoder, e.g. 'retrieve evidence from table "
-                        "sources' (default: the model's saved prompt; '' for none)")
+                        "sources' (default: a model trained with instructions gets its saved prompt, others the "
+                        "bare question; '' for none)")
     search.add_argument("--source", action="append", type=Source.parse, default=[], metavar="SOURCE",
                         help="filter exactly to this source type (text, table, kb, infobox); repeatable")
     search.add_argument("--resolve", type=SourceResolution, choices=list(SourceResolution),
                         default=SourceResolution.FILTER,
                         help="when no --source is given but the instruction names source types: 'filter' on "
                         "them (default) or leave it to the 'encoder-only'")
-    search.add_argument("-k", "--top-k", type=int, default=10, help="number of hits (default 10)")
+    search.add_argument("-k", "--top-k", type=at_least(1), default=10, help="number of hits (default 10)")
     search.add_argument("--score-threshold", type=float, default=None, help="drop hits scoring below this")
     search.add_argument("--nprobe", type=int, default=None,
                         help="IVF lists to visit (approximate indexes; default: the value the build tuned to reach "
@@ -107,7 +136,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--lexical", type=Path, default=None,
                         help="lexical index directory (default INDEX/lexical)")
     search.add_argument("--rrf-k", type=float, default=60.0, help="hybrid: reciprocal-rank-fusion constant")
-    search.add_argument("--fusion-depth", type=int, default=100, help="hybrid: hits of each mode fused")
+    search.add_argument("--fusion-depth", type=at_least(1), default=100, help="hybrid: hits of each mode fused")
     add_grouping_args(search)
     add_encoder_args(search, "model directory (default: the model named in the index manifest)")
     search.set_defaults(func=run_search)
@@ -131,7 +160,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo", help="build (first run) and search the bundled sample index",
         description="Build the sample corpus shipped with the package into a cached index (about a minute on "
         "2 cores, first run only) and run a few example queries against it.")
-    demo.add_argument("-k", "--top-k", type=int, default=3)
+    demo.add_argument("-k", "--top-k", type=at_least(1), default=3)
     add_encoder_args(demo, "model directory (default: the bundled all-MiniLM-L6-v2)")
     demo.set_defaults(func=run_demo)
 
@@ -154,7 +183,8 @@ def run_build(args: argparse.Namespace) -> int:
     config = BuildConfig(corpus=args.corpus, out=args.out, ids_file=args.ids, factory=args.factory,
                          max_tokens=args.max_tokens, overwrite=args.overwrite, resume=args.resume, engine=args.engine,
                          ray_address=args.ray_address, workers=args.workers, part_size=args.part_size,
-                         memory_budget=args.memory_budget, min_recall=args.min_recall, keep_parts=args.keep_parts)
+                         memory_budget=args.memory_budget, min_recall=args.min_recall, keep_parts=args.keep_parts,
+                         lenient=args.lenient)
     report = build_index(config, encoder_config(args))
     reused = f", {report.parts_reused} parts reused" if report.parts_reused else ""
     print(f"built {report.out}: {report.records} records, {report.units} units, "
@@ -170,17 +200,21 @@ def model_for_index(manifest: Manifest, requested: str | None) -> str | None:
 
 
 def run_search(args: argparse.Namespace) -> int:
+    # Everything that needs no model is checked first (the query, the index's files, its lexical
+    # part), so a mistake fails in about a second; bm25 mode never loads the dense model.
+    query = Query(args.query, args.instruction, tuple(args.source), args.top_k, args.score_threshold, args.mode,
+                  FusionConfig(rrf_k=args.rrf_k, depth=args.fusion_depth), args.group_by_record, args.max_per_record)
+    query.check()
     manifest = Manifest.read(args.index)
-    encoder = None
-    if args.mode.uses_vectors:
-        encoder = Encoder(encoder_config(args, model_for_index(manifest, args.model)))
+    model_config = encoder_config(args, model_for_index(manifest, args.model)) if args.mode.uses_vectors else None
+    if model_config is not None:
+        check_model_dir(model_config.model)
     overrides = {k: v for k, v in (("nprobe", args.nprobe), ("ef_search", args.ef_search),
                                    ("k_factor", args.k_factor)) if v is not None}
     index = Index.load(args.index, params=overrides)
     lexical = load_lexical(index, args.lexical) if args.mode.uses_lexical else None
+    encoder = Encoder(model_config) if model_config is not None else None
     searcher = Searcher(index, encoder, args.resolve, lexical)
-    query = Query(args.query, args.instruction, tuple(args.source), args.top_k, args.score_threshold, args.mode,
-                  FusionConfig(rrf_k=args.rrf_k, depth=args.fusion_depth), args.group_by_record, args.max_per_record)
     print_result(searcher.search([query])[0], args.json)
     return 0
 
@@ -189,7 +223,7 @@ def add_grouping_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-by-record", action="store_true",
                         help="-k counts distinct records: a table's rows and a long passage's windows collapse into "
                         "their record, best unit first")
-    parser.add_argument("--max-per-record", type=int, default=1,
+    parser.add_argument("--max-per-record", type=at_least(1), default=1,
                         help="with --group-by-record: units kept per record (default 1)")
 
 
@@ -259,11 +293,13 @@ DEMO_QUERIES = [
 def run_demo(args: argparse.Namespace) -> int:
     from retriever.sample import ensure_sample_index
 
+    queries = [replace(q, k=args.top_k) for q in DEMO_QUERIES]
+    for query in queries:
+        query.check()
     encoder = Encoder(encoder_config(args))
     path = ensure_sample_index(encoder)
     searcher = Searcher(Index.load(path), encoder)
     print(f"sample index: {path}")
-    queries = [replace(q, k=args.top_k) for q in DEMO_QUERIES]
     for query, result in zip(queries, searcher.search(queries)):
         extra = f"  [instruction: {query.instruction}]" if query.instruction else ""
         extra += f"  [sources: {', '.join(s.value for s in query.sources)}]" if query.sources else ""

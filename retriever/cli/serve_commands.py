@@ -13,10 +13,12 @@ from typing import Any
 from retriever.cli.index_commands import (
     add_encoder_args,
     add_grouping_args,
+    at_least,
     encoder_config,
     model_for_index,
     print_result,
 )
+from retriever.encoder import check_model_dir
 from retriever.errors import InvalidInputError, RetrieverError
 from retriever.index import Manifest
 from retriever.query import FusionConfig, Mode, SourceResolution
@@ -117,10 +119,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                   description="Send one Retrieve call and print the hits like `retriever search`.")
     query.add_argument("query", help="the question")
     query.add_argument("--instruction", default=None,
-                       help="free-text instruction for the query encoder (default: the model's saved prompt)")
+                       help="free-text instruction for the query encoder (default: a model trained with instructions "
+                       "gets its saved prompt, others the bare question; '' for none)")
     query.add_argument("--source", action="append", type=Source.parse, default=[], metavar="SOURCE",
                        help="filter exactly to this source type (text, table, kb, infobox); repeatable")
-    query.add_argument("-k", "--top-k", type=int, default=10, help="number of hits (default 10)")
+    query.add_argument("-k", "--top-k", type=at_least(1), default=10, help="number of hits (default 10)")
     query.add_argument("--score-threshold", type=float, default=None, help="drop hits scoring below this")
     query.add_argument("--index", default="", help="served index name (default: the server's default index)")
     query.add_argument("--mode", type=Mode, choices=list(Mode), default=Mode.DENSE,
@@ -203,13 +206,14 @@ def run_serve(args: argparse.Namespace) -> int:
     if level is not None:
         logging.getLogger().setLevel(level)
     indexes: list[tuple[str, IndexSource]] = [parse_index_arg(v) for v in args.index]
-    model = args.model
-    if indexes:
-        first = indexes[0][1]
-        model = model_for_index(Manifest.read(first), args.model) if isinstance(first, Path) else args.model
-    else:
+    # Model-free checks before the port opens and the model loads: every index's manifest, the model directory.
+    manifests = [Manifest.read(path) for _, path in indexes if isinstance(path, Path)]
+    model = model_for_index(manifests[0], args.model) if manifests else args.model
+    if not indexes:
         indexes = [("sample", ensure_sample_index)]
-    server = RetrieverServer(config, indexes, encoder_config=encoder_config(args, model))
+    model_config = encoder_config(args, model)
+    check_model_dir(model_config.model)
+    server = RetrieverServer(config, indexes, encoder_config=model_config)
     return serve_until_signalled(server)
 
 

@@ -6,6 +6,7 @@ The CLI (``retriever bench ...``) builds a config and calls one function here.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import shlex
 import sys
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from retriever.encoder import Encoder, EncoderConfig
-from retriever.errors import InvalidInputError
+from retriever.errors import CorpusError, InvalidInputError
 from retriever.evaluation.collection import (
     CorpusSpec,
     UnitScheme,
     cache_root,
+    check_index_matches,
     dense_index,
     lexical_index,
     read_collection,
@@ -49,6 +51,7 @@ from retriever.index.lexical import Bm25Config
 from retriever.index.store import UnitStore
 from retriever.instructions import default_prompts
 from retriever.query import FusionConfig, Mode
+from retriever.records import read_id_list
 
 logger = logging.getLogger(__name__)
 
@@ -132,9 +135,15 @@ def run_heteromix_bench(config: HeteroBenchConfig, encoder: Encoder | None = Non
     started = time.perf_counter()
     spec = CorpusSpec(config.corpus, config.ids_file)
     root = cache_root(config.cache_dir)
+    # Inputs and outputs are checked before the model loads (minutes of encoding may follow).
+    prepare_out_dir(config.out)
     questions = read_questions(config.questions, config.limit)
+    if not config.corpus.is_file():
+        raise CorpusError(str(config.corpus), None, "file not found")
+    if config.ids_file is not None:
+        read_id_list(config.ids_file)
     needs_dense = bool({Method.DENSE, Method.HYBRID} & set(config.methods))
-    manifest = Manifest.read(config.index) if config.index is not None else None
+    manifest = check_index_matches(config.index, spec) if config.index is not None else None
     if encoder is None and (needs_dense or (config.index is None and config.units is UnitScheme.INDEX)):
         encoder = _encoder_for(config, manifest)
 
@@ -143,8 +152,6 @@ def run_heteromix_bench(config: HeteroBenchConfig, encoder: Encoder | None = Non
         index = dense_index(spec, encoder, root, config.index)
         store = index.store
     elif config.index is not None:
-        from retriever.evaluation.collection import check_index_matches
-
         check_index_matches(config.index, spec)
         index = Index.load(config.index)
         store = index.store
@@ -202,6 +209,21 @@ def write_outputs(config: HeteroBenchConfig, runs: Sequence[RunResult], store: U
     section += f" model {model}" if other_model else ""
     return write_run_outputs(config.out, runs, store, description, title, config.results_md, section,
                              config.hetero.depth)
+
+
+def prepare_out_dir(out: Path) -> Path:
+    """Create a benchmark's output directory up front, so a bad ``--out`` fails before any work.
+
+    Raises:
+        InvalidInputError: it cannot be created or written to.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(f"--out {out}: cannot create the output directory: {exc.strerror or exc}") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"--out {out}: the output directory is not writable")
+    return out
 
 
 def write_run_outputs(out: Path, runs: Sequence[RunResult], store: UnitStore, description: dict[str, Any],

@@ -39,7 +39,7 @@ import orjson
 
 from retriever.encoder import Encoder, EncoderConfig
 from retriever.errors import InvalidInputError, RetrieverError
-from retriever.evaluation.bench import Method, command_line, write_run_outputs
+from retriever.evaluation.bench import Method, command_line, prepare_out_dir, write_run_outputs
 from retriever.evaluation.collection import cache_root, lexical_index
 from retriever.evaluation.heteromix import DEFAULT_SCENARIOS, HeteroConfig, HeteroQuestion, RunResult, run_heteromix
 from retriever.evaluation.retrievers import engine_retrievers
@@ -286,6 +286,7 @@ def run_compmix_bench(config: CompMixBenchConfig, encoder: Encoder | None = None
     ``encoder``: an already loaded encoder to use instead of loading ``config.encoder``.
     """
     started = time.perf_counter()
+    prepare_out_dir(config.out)
     evidences = read_compmix_corpus(config.corpus)
     answers = AnswerIndex(evidences)
     questions = to_hetero_questions(read_compmix_questions(config.questions, config.limit), answers,

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from retriever.encoder import Encoder, EncoderConfig
 from retriever.errors import CorpusError, InvalidInputError
-from retriever.evaluation.bench import Method
+from retriever.evaluation.bench import Method, prepare_out_dir
 from retriever.evaluation.report import replace_section, write_json
 from retriever.index.lexical import Bm25Config, LexicalIndex
 from retriever.instructions import SOURCE_NAMES, SOURCE_TEMPLATE, general_instruction
@@ -173,6 +173,7 @@ def run_routing_bench(config: RoutingBenchConfig, encoder: Encoder | None = None
         raise InvalidInputError("routing supports bm25 and dense (rank fusion over a dozen candidates is not "
                                 "part of this protocol)")
     started = time.perf_counter()
+    prepare_out_dir(config.out)
     questions = read_routing(config.questions, limit=config.limit)
     results: dict[str, dict[str, float]] = {}
     if Method.BM25 in config.methods:

@@ -30,7 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from retriever.encoder import Encoder, EncoderConfig, ModelInfo, model_prompts
+from retriever.encoder import Encoder, EncoderConfig, ModelInfo, check_model_dir, model_prompts
 from retriever.errors import CorpusError, InvalidInputError, RetrieverError
 from retriever.index.files import publish_dir, sha256_file, staging_dir, write_json_atomic
 from retriever.index.manifest import FORMAT_VERSION, MANIFEST_NAME, FileEntry, Manifest, ShardInfo
@@ -39,7 +39,7 @@ from retriever.index.shards import write_shard
 from retriever.index.store import SOURCE_CODE, SOURCE_ORDER, UNITS_NAME, UnitStore, UnitStoreWriter
 from retriever.index.work import BuildPlan, BuildWork, PartSpec, split_parts, work_dir_for
 from retriever.linearize import LINEARIZER_VERSION, Unit, WindowBudget, linearize_all
-from retriever.records import Record, file_fingerprint, read_id_list, read_records
+from retriever.records import Record, UnknownFields, file_fingerprint, read_id_list, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ class BuildConfig:
         keep_parts: keep the work directory with the encoded parts after publishing, to evaluate
             approximate shards against exact search or to index again with another ``factory``
             (``--overwrite --resume``) without encoding again.
+        lenient: record fields the corpus format does not know are skipped with a warning
+            instead of failing the build.
     """
 
     corpus: Path
@@ -95,6 +97,7 @@ class BuildConfig:
     memory_budget: int | None = None
     min_recall: float = 0.95
     keep_parts: bool = False
+    lenient: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 16:
@@ -107,6 +110,11 @@ class BuildConfig:
             raise ValueError(f"min_recall must be in [0, 1], got {self.min_recall}")
         if self.memory_budget is not None and self.memory_budget <= 0:
             raise ValueError(f"memory_budget must be positive, got {self.memory_budget}")
+        if self.engine is not Engine.RAY and (self.workers is not None or self.ray_address is not None):
+            raise InvalidInputError("--workers and --ray-address apply to --engine ray only")
+        if self.memory_budget is not None and self.factory != "auto":
+            raise InvalidInputError(f"--memory-budget applies to --factory auto only (the factory {self.factory!r} "
+                                    "takes what it takes)")
 
 
 @dataclass(frozen=True)
@@ -140,13 +148,21 @@ def build_index(config: BuildConfig, encoder: Encoder | EncoderConfig) -> BuildR
         encoder: a loaded encoder, or the configuration to load one with (the local engine then
             loads it only when there are parts to encode; Ray actors load their own copies).
 
+    Checks that need no model run first, in this order, so a mistake fails in seconds: the id
+    list, the corpus path, ``out``, the model directory (its safetensors weights, not read), then
+    every corpus line is validated in a pass that needs neither the tokenizer nor Ray.
+
     Raises:
-        CorpusError: bad corpus input (before the model is loaded).
+        CorpusError: bad corpus input (before the model or its tokenizer is loaded).
         FileExistsError: ``out`` exists and ``overwrite`` is False.
+        ModelError: the model directory is missing or holds no safetensors weights.
         InvalidInputError: an interrupted build exists and ``resume`` was not asked for, or a
             shard's measured recall is below ``min_recall``.
     """
     ids = read_id_list(config.ids_file) if config.ids_file else None
+    _preflight(config, encoder)
+    for _ in read_records(config.corpus, ids, unknown=UnknownFields.WARN if config.lenient else UnknownFields.ERROR):
+        pass
     return _run(config, encoder, lambda budget, spill, info: _plan_records(config, ids, budget, spill, info),
                 lambda: file_fingerprint(config.corpus, ids))
 
@@ -163,12 +179,20 @@ def build_index_from_units(units: Sequence[Unit], config: BuildConfig, encoder: 
     return _run(config, encoder, plan, lambda: fingerprint)
 
 
-def _run(config: BuildConfig, encoder: Encoder | EncoderConfig, plan_units: Any, fingerprint: Any) -> BuildReport:
-    started = time.perf_counter()
+def _preflight(config: BuildConfig, encoder: Encoder | EncoderConfig) -> None:
+    """The checks of a build that read no corpus line and load nothing."""
     if not config.corpus.is_file():
         raise CorpusError(str(config.corpus), None, "file not found")
     if config.out.exists() and not config.overwrite and not config.resume:
-        raise FileExistsError(f"{config.out} already exists (use --overwrite to replace it)")
+        raise FileExistsError(f"{config.out} already exists (use --overwrite to replace it, or --resume to "
+                              "continue an interrupted build of it)")
+    if isinstance(encoder, EncoderConfig):
+        check_model_dir(encoder.model)
+
+
+def _run(config: BuildConfig, encoder: Encoder | EncoderConfig, plan_units: Any, fingerprint: Any) -> BuildReport:
+    started = time.perf_counter()
+    _preflight(config, encoder)
     info = encoder.info if isinstance(encoder, Encoder) else ModelInfo.describe(encoder)
     encoder_config = encoder.config if isinstance(encoder, Encoder) else encoder
     max_tokens = config.max_tokens or max(16, info.max_seq_length - 2)
@@ -324,9 +348,11 @@ def _plan_records(config: BuildConfig, ids: list[str] | None, budget: WindowBudg
     if config.engine is Engine.RAY:
         from retriever.index.ray_engine import plan_records
 
-        return plan_records(config.corpus, ids, budget.max_tokens, info, spill.add, config.workers)
+        return plan_records(config.corpus, ids, budget.max_tokens, info, spill.add, config.workers, config.lenient)
     records: Counter[str] = Counter()
-    for record in read_records(config.corpus, ids):
+    # The corpus passed validation before planning (build_index); its warnings were given then.
+    unknown = UnknownFields.IGNORE if config.lenient else UnknownFields.ERROR
+    for record in read_records(config.corpus, ids, unknown=unknown):
         records[record.source.value] += 1
         spill.add(linearize_all([record], budget))
     return dict(records)

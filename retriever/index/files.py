@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -47,6 +48,24 @@ def write_json_atomic(path: Path, value: object) -> None:
     fsync_dir(path.parent)
 
 
+def make_dir_unique(parent: Path, prefix: str) -> Path:
+    """Create a new directory ``parent/<prefix><random>`` with the mode any ``mkdir`` gives.
+
+    That is 0o777 less the umask (``drwxr-xr-x`` under the usual 022), like the files written into
+    it, so a published index is readable by whoever may read its parent. ``tempfile.mkdtemp``
+    would make it 0o700, and the rename that publishes it would keep that: an index the server's
+    group could not read.
+    """
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir(mode=0o777)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"cannot create a unique directory {prefix}* in {parent}")
+
+
 @contextmanager
 def staging_dir(final: Path) -> Iterator[Path]:
     """A temporary directory beside ``final`` that is removed unless the caller renamed it away.
@@ -58,7 +77,7 @@ def staging_dir(final: Path) -> Iterator[Path]:
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.building-{os.getpid()}-", dir=final.parent))
+    tmp = make_dir_unique(final.parent, f".{final.name}.building-{os.getpid()}-")
     try:
         yield tmp
     finally:

@@ -92,10 +92,12 @@ def _resources(workers: int | None) -> tuple[int, dict[str, Any]]:
 class _Linearize:
     """Ray actor: parse, validate and linearize blocks of corpus lines."""
 
-    def __init__(self, path: str, model: ModelInfo, max_tokens: int, wanted: frozenset[str] | None) -> None:
+    def __init__(self, path: str, model: ModelInfo, max_tokens: int, wanted: frozenset[str] | None,
+                 lenient: bool = False) -> None:
         self.path = path
         self.budget = WindowBudget(max_tokens=max_tokens, count=model.token_counter())
         self.wanted = wanted
+        self.lenient = lenient
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = [self._block(list(numbers), list(lines)) for numbers, lines in zip(batch["numbers"], batch["lines"])]
@@ -108,7 +110,8 @@ class _Linearize:
         error = None
         for number, raw in zip(numbers, lines):
             try:
-                record = parse_line(bytes(raw), self.path, int(number))
+                # --lenient: the driver's validation pass warned about unknown fields already
+                record = parse_line(bytes(raw), self.path, int(number), [] if self.lenient else None)
             except CorpusError as exc:
                 error = [exc.line, exc.detail, exc.field]
                 break
@@ -136,7 +139,7 @@ def _blocks(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def plan_records(corpus: Path, ids: list[str] | None, max_tokens: int, model: ModelInfo,
-                 emit: Callable[[Iterable[Unit]], None], workers: int | None) -> dict[str, int]:
+                 emit: Callable[[Iterable[Unit]], None], workers: int | None, lenient: bool = False) -> dict[str, int]:
     """Validate and linearize ``corpus`` on Ray; units go to ``emit`` in corpus order.
 
     Returns the selected records per source. Raises CorpusError for the first bad line.
@@ -152,7 +155,7 @@ def plan_records(corpus: Path, ids: list[str] | None, max_tokens: int, model: Mo
         wanted = frozenset(ids) if ids is not None else None
         dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * count)).map_batches(
             _Linearize, batch_size=1, concurrency=min(count, len(items)), num_cpus=1,
-            fn_constructor_args=(name, model, max_tokens, wanted))
+            fn_constructor_args=(name, model, max_tokens, wanted, lenient))
         for row in dataset.iter_rows():
             block = orjson.loads(row["payload"])
             for line, record_id, source in zip(block["lines"], block["ids"], block["sources"]):

@@ -9,7 +9,9 @@ flight finish within the grace period.
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +41,39 @@ CANARY_TIMEOUT_SECONDS = 120.0
 ANNOUNCE_SECONDS = 1.0
 #: Handler threads beyond the call and hold slots (health probes while every slot is busy).
 SPARE_THREADS = 4
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` once with a plain socket and let go, before gRPC binds it.
+
+    A port in use (or below 1024 without the privilege) then fails with one line that says so;
+    gRPC's own bind failure prints a C-core log line first and a message that does not name the
+    cause. Other errors are left to gRPC (e.g. ``localhost`` resolving to an IPv6 address on a
+    host without IPv6, which gRPC skips). Port 0 picks a free port and needs no check.
+
+    Raises:
+        InvalidInputError: the address is in use or access to it is denied.
+    """
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return  # gRPC reports an unresolvable host itself
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise InvalidInputError(
+                        f"cannot listen on {host}:{port}: the address is already in use (another server is "
+                        "running there: stop it, or choose another --port / RETRIEVER_PORT; 0 picks a free one)"
+                    ) from exc
+                if exc.errno == errno.EACCES:
+                    raise InvalidInputError(f"cannot listen on {host}:{port}: permission denied (ports below 1024 "
+                                            "need privileges; choose another --port)") from exc
 
 
 class RetrieverServer:
@@ -77,7 +112,12 @@ class RetrieverServer:
             self.health.set(service, status)
 
     def start(self) -> int:
-        """Bind and start answering (health NOT_SERVING until :meth:`load`); returns the bound port."""
+        """Bind and start answering (health NOT_SERVING until :meth:`load`); returns the bound port.
+
+        Raises:
+            InvalidInputError: the port is in use or not allowed, or a TLS file cannot be read.
+        """
+        check_port_free(self.config.host, self.config.port)
         limits = self.config.limits
         options = [
             ("grpc.max_receive_message_length", limits.max_message_bytes),

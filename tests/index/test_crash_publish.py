@@ -61,6 +61,30 @@ def test_publish_falls_back_to_rename_aside(tmp_path: Path, monkeypatch: pytest.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
 
 
+@pytest.mark.parametrize(("umask", "dir_mode", "file_mode"), [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_published_builds_get_the_modes_of_the_umask(tmp_path: Path, umask: int, dir_mode: int,
+                                                      file_mode: int) -> None:
+    final = tmp_path / "idx"
+    previous = os.umask(umask)
+    try:
+        with staging_dir(final) as staged:
+            (staged / "manifest.json").write_text("new")
+            publish_dir(staged, final, overwrite=False)
+    finally:
+        os.umask(previous)
+    assert final.stat().st_mode & 0o777 == dir_mode  # tempfile.mkdtemp would give 0o700
+    assert (final / "manifest.json").stat().st_mode & 0o777 == file_mode
+
+
+def test_a_real_build_is_readable_by_the_group(tiny_index_dir: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    assert tiny_index_dir.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert umask & 0o040 or tiny_index_dir.stat().st_mode & 0o050 == 0o050  # group r-x unless the umask denies it
+    for path in tiny_index_dir.iterdir():
+        assert path.stat().st_mode & 0o666 == 0o666 & ~umask, path
+
+
 def test_leftovers_of_dead_builders_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
     final = tmp_path / "idx"
     dead = _dir_with(tmp_path / f".idx.building-{_dead_pid()}-abc", "partial")

@@ -27,6 +27,7 @@ def test_table_one_unit_per_row_empty_cells_left_out() -> None:
 
 
 def test_table_without_section_and_extra_cells() -> None:
+    # A record built in code; reading a corpus refuses rows longer than the header (tests/test_records.py).
     record = TableRecord(id="t", title="T", header=("a",), rows=(("1", "extra"),))
     assert linearize(record)[0].text == "T: a is 1, extra"
 
