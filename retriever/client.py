@@ -17,7 +17,7 @@ torch, FAISS, NumPy or model code, and it sets no environment variables
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -63,8 +63,15 @@ def _sources(values: Iterable[Source | str]) -> tuple[Source, ...]:
     return tuple(v if isinstance(v, Source) else Source.parse(v) for v in values)
 
 
-#: methods safe to retry: reads, which change nothing on the server
-RETRIED_METHODS = ("Retrieve", "RetrieveBatch", "GetIndexInfo")
+def _remote_error(exc: grpc.RpcError) -> RemoteError:
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return RemoteError(code, details or "")
+
+
+#: methods safe to retry: reads, which change nothing on the server (gRPC retries a stream only
+#: until its first answer arrives)
+RETRIED_METHODS = ("Retrieve", "RetrieveBatch", "RetrieveStream", "GetIndexInfo")
 
 
 def retry_service_config(retries: int, initial_backoff_s: float = 0.05, max_backoff_s: float = 2.0) -> str:
@@ -125,9 +132,7 @@ class RetrieverClient:
         try:
             return method(request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            raise RemoteError(code, details or "") from None
+            raise _remote_error(exc) from None
 
     def retrieve(self, query: str, *, instruction: str | None = None, sources: Iterable[Source | str] = (),
                  top_k: int = 10, score_threshold: float | None = None, with_text: bool = False, index: str = "",
@@ -159,6 +164,37 @@ class RetrieverClient:
         request = pb.RetrieveBatchRequest(requests=[convert.retrieve_request(q, with_text, index) for q in queries])
         response = self._call(self.stub.RetrieveBatch, request, timeout)
         return [convert.result_from_proto(r) for r in response.responses]
+
+    def retrieve_stream(self, queries: Sequence[Query], *, with_text: bool = False, index: str = "",
+                        window: int | None = None, timeout: float | None = None) -> Iterator[RemoteResult]:
+        """Retrieve for many queries in one streaming call, yielding each result as it arrives, in input order.
+
+        The server answers at most ``window`` queries (default: its ``--max-batch``) ahead of
+        what this iterator has taken, so a slow consumer slows the server instead of piling up
+        answers. ``timeout`` (default: the client's) covers the whole stream. Closing the
+        iterator early (``break``) cancels the call: queries not yet encoded never are.
+
+        Raises:
+            RemoteError: the server refused the call (an invalid query: INVALID_ARGUMENT naming its
+                position, before any answer) or ended it (DEADLINE_EXCEEDED, CANCELLED, ...) after
+                the results already yielded.
+        """
+        request = pb.RetrieveStreamRequest(requests=[convert.retrieve_request(q, with_text, index) for q in queries])
+        if window is not None:
+            request.window = window
+        call = self._call(self.stub.RetrieveStream, request, timeout)
+        expected = 0
+        try:
+            for message in call:
+                if message.position != expected:
+                    raise RemoteError(grpc.StatusCode.INTERNAL, f"the server answered position {message.position} "
+                                      f"where {expected} was due")
+                expected += 1
+                yield convert.result_from_proto(message.response)
+        except grpc.RpcError as exc:
+            raise _remote_error(exc) from None
+        finally:
+            call.cancel()  # a no-op once the stream has ended
 
     def index_info(self, index: str = "", timeout: float | None = None) -> pb.GetIndexInfoResponse:
         """The manifest of each served index (or of ``index``)."""

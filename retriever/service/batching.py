@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from retriever.encoder import Encoder
-from retriever.errors import CancelledError, DeadlineExceededError, NotReadyError, OverloadedError
+from retriever.errors import CancelledError, DeadlineExceededError, InvalidInputError, NotReadyError, OverloadedError
 from retriever.query import PlannedQuery, Query, SearchResult
 from retriever.searcher import Ranking, encode
 from retriever.service.registry import Generation
@@ -71,11 +71,15 @@ class BoundQuery:
     planned: PlannedQuery
 
 
-def bind(requests: Sequence[tuple[str, Query]], generation_of: Callable[[str], Generation]) -> list[BoundQuery]:
+def bind(requests: Sequence[tuple[str, Query]], generation_of: Callable[[str], Generation],
+         positions: bool = False) -> list[BoundQuery]:
     """Plan each ``(index name, query)`` on the current generation of that index.
 
     Every query naming the same index is bound to the same generation, even if a publish swaps
     it meanwhile, so one call never mixes two builds of an index.
+
+    Args:
+        positions: name the request (``requests[3]: ...``) in a refusal (many-query calls).
 
     Raises:
         NotFoundError, NotReadyError: from ``generation_of``.
@@ -83,11 +87,17 @@ def bind(requests: Sequence[tuple[str, Query]], generation_of: Callable[[str], G
     """
     generations: dict[str, Generation] = {}
     bound = []
-    for name, query in requests:
+    for i, (name, query) in enumerate(requests):
         if name not in generations:
             generations[name] = generation_of(name)
         generation = generations[name]
-        bound.append(BoundQuery(generation, generation.searcher.plan(query)))
+        try:
+            planned = generation.searcher.plan(query)
+        except InvalidInputError as exc:
+            if not positions:
+                raise
+            raise InvalidInputError(f"requests[{i}]: {exc}") from None
+        bound.append(BoundQuery(generation, planned))
     return bound
 
 
@@ -270,8 +280,12 @@ class Batcher:
                 self.cost.observe(size, seconds)
 
     def submit(self, queries: Sequence[BoundQuery], deadline: float | None = None,
-               is_active: Callable[[], bool] = lambda: True) -> Future[list[SearchResult]]:
+               is_active: Callable[[], bool] = lambda: True, admitted: bool = False) -> Future[list[SearchResult]]:
         """Queue queries for the worker; the future resolves to one result per query, in order.
+
+        ``admitted``: the queries belong to a call already admitted (a RetrieveStream's window,
+        :mod:`retriever.service.streaming`): the latency budget is not applied again, the queue
+        bound is.
 
         Raises:
             OverloadedError: the queue bound or the latency budget would be exceeded (nothing
@@ -288,7 +302,7 @@ class Batcher:
         with self._cond:
             if self._stopping:
                 raise NotReadyError("the server is shutting down")
-            refusal = self._over_budget(len(job.queries))
+            refusal = None if admitted else self._over_budget(len(job.queries))
             if refusal is not None:
                 self.stats.over_budget += 1
                 raise OverloadedError(refusal)
@@ -327,16 +341,7 @@ class Batcher:
         future = self.submit(queries, deadline, is_active)
         if on_end is not None:
             on_end(future.cancel)  # a no-op once answered
-        try:
-            return future.result(timeout=None if timeout is None else max(timeout, 0.0))
-        except TimeoutError as exc:
-            if not future.cancel():  # answered in the meantime
-                return future.result()
-            raise DeadlineExceededError("the deadline passed while the query was being answered") from exc
-        except FutureCancelled as exc:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise DeadlineExceededError("the deadline passed while the query was being answered") from exc
-            raise CancelledError("the call was cancelled") from exc
+        return await_results(future, deadline)
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Answer what is queued, then end the worker."""
@@ -453,6 +458,30 @@ class Batcher:
         self.stats.batches += 1
         self.stats.queries += len(queries)
         self.stats.largest_batch = max(self.stats.largest_batch, len(queries))
+
+
+def await_results(future: Future[list[SearchResult]], deadline: float | None) -> list[SearchResult]:
+    """Wait for a submitted job's results until ``deadline`` (``time.monotonic()`` seconds; None: forever).
+
+    At the deadline the job is cancelled (the worker skips it wherever it is) unless it was
+    answered at that very moment.
+
+    Raises:
+        DeadlineExceededError: the deadline passed first.
+        CancelledError: the future was cancelled (the caller went away) before its deadline.
+        Exception: whatever the worker failed the job with.
+    """
+    timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+    try:
+        return future.result(timeout=timeout)
+    except TimeoutError as exc:
+        if not future.cancel():  # answered in the meantime
+            return future.result()
+        raise DeadlineExceededError("the deadline passed while the query was being answered") from exc
+    except FutureCancelled as exc:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceededError("the deadline passed while the query was being answered") from exc
+        raise CancelledError("the call was cancelled") from exc
 
 
 def _resolve(job: _Job, results: list[SearchResult]) -> None:

@@ -37,7 +37,11 @@ class Limits:
         max_top_k: largest ``top_k`` (RETRIEVER_MAX_TOP_K).
         max_query_bytes: longest query, UTF-8 bytes (RETRIEVER_MAX_QUERY_BYTES).
         max_instruction_bytes: longest instruction, UTF-8 bytes (RETRIEVER_MAX_INSTRUCTION_BYTES).
-        max_batch_queries: most requests in one RetrieveBatch call (RETRIEVER_MAX_BATCH_QUERIES).
+        max_batch_queries: most requests in one RetrieveBatch call (RETRIEVER_MAX_BATCH_QUERIES), and
+            the largest ``window`` of a RetrieveStream call.
+        max_stream_queries: most requests in one RetrieveStream call (RETRIEVER_MAX_STREAM_QUERIES).
+            Separate from ``max_batch_queries`` because a stream never queues more than its
+            window: its requests cost the request message and their plans, not encoder work at once.
         max_concurrent_calls: calls handled at once; more are refused with RESOURCE_EXHAUSTED
             (RETRIEVER_MAX_CONCURRENT_CALLS).
         max_queued_queries: queries waiting for the encoder; more are refused with
@@ -51,6 +55,7 @@ class Limits:
     max_query_bytes: int = 4096
     max_instruction_bytes: int = 2048
     max_batch_queries: int = 256
+    max_stream_queries: int = 4096
     max_concurrent_calls: int = 64
     max_queued_queries: int = 2048
     max_fusion_depth: int = 1000
@@ -211,6 +216,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "RETRIEVER_MAX_QUERY_BYTES": ("max_query_bytes", int),
     "RETRIEVER_MAX_INSTRUCTION_BYTES": ("max_instruction_bytes", int),
     "RETRIEVER_MAX_BATCH_QUERIES": ("max_batch_queries", int),
+    "RETRIEVER_MAX_STREAM_QUERIES": ("max_stream_queries", int),
     "RETRIEVER_MAX_CONCURRENT_CALLS": ("max_concurrent_calls", int),
     "RETRIEVER_MAX_QUEUED_QUERIES": ("max_queued_queries", int),
     "RETRIEVER_MAX_FUSION_DEPTH": ("max_fusion_depth", int),

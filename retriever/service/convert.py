@@ -9,6 +9,7 @@ types and the service's limits.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -172,13 +173,36 @@ def parse_fusion(request: pb.RetrieveRequest, mode: Mode, limits: Limits, prefix
 
 
 def parse_batch(request: pb.RetrieveBatchRequest, limits: Limits) -> list[RetrieveSpec]:
-    count = len(request.requests)
+    return parse_requests(request.requests, limits, limits.max_batch_queries, "RETRIEVER_MAX_BATCH_QUERIES")
+
+
+def parse_stream(request: pb.RetrieveStreamRequest, limits: Limits,
+                 default_window: int) -> tuple[list[RetrieveSpec], int]:
+    """Validate a RetrieveStreamRequest: its requests and the window (``default_window`` when unset).
+
+    Raises:
+        InvalidInputError: naming the request position and field, or the window and its bound.
+    """
+    specs = parse_requests(request.requests, limits, limits.max_stream_queries, "RETRIEVER_MAX_STREAM_QUERIES")
+    bound = limits.max_batch_queries
+    if not request.HasField("window"):
+        return specs, max(1, min(default_window, bound))
+    if not 1 <= request.window <= bound:
+        raise InvalidInputError(f"window: must be between 1 and {bound} (RETRIEVER_MAX_BATCH_QUERIES), "
+                                f"got {request.window}; leave it unset for the server's default")
+    return specs, request.window
+
+
+def parse_requests(requests: Sequence[pb.RetrieveRequest], limits: Limits, most: int,
+                   variable: str) -> list[RetrieveSpec]:
+    """Validate the requests of a many-query call: 1 ..= ``most`` of them, each named by position."""
+    count = len(requests)
     if count == 0:
         raise InvalidInputError("requests: must hold at least one request")
-    if count > limits.max_batch_queries:
-        raise InvalidInputError(f"requests: {count} requests exceed the limit of {limits.max_batch_queries} "
-                                "per call (RETRIEVER_MAX_BATCH_QUERIES); split the batch")
-    return [parse_retrieve(r, limits, f"requests[{i}].") for i, r in enumerate(request.requests)]
+    if count > most:
+        raise InvalidInputError(f"requests: {count} requests exceed the limit of {most} per call ({variable}); "
+                                "split them over several calls")
+    return [parse_retrieve(r, limits, f"requests[{i}].") for i, r in enumerate(requests)]
 
 
 def hit_to_proto(hit: Hit, with_text: bool) -> pb.Hit:

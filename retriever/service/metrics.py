@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -56,6 +56,8 @@ class ServiceMetrics:
         self.search_seconds = Histogram("retriever_search_seconds",
                                         "Ranking and hit building time per batch (all its index generations)",
                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.queries = Counter("retriever_queries", "Queries answered (answers sent), by method", ["method"],
+                               registry=r)
         self.hits = Counter("retriever_hits", "Hits returned, by source type", ["source"], registry=r)
         self.resolved = Counter("retriever_resolved_sources",
                                 "Source types resolved from an instruction (queries without `sources`), by source",
@@ -76,7 +78,10 @@ class ServiceMetrics:
             self.errors.labels(code).inc()
         self.latency.labels(method).observe(seconds)
 
-    def observe_results(self, results: Iterable[SearchResult]) -> None:
+    def observe_results(self, method: str, results: Sequence[SearchResult]) -> None:
+        """Count the answers a call sent: its queries, their hits and resolved sources."""
+        if results:
+            self.queries.labels(method).inc(len(results))
         for result in results:
             for hit in result.hits:
                 self.hits.labels(hit.source.value).inc()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -54,28 +55,40 @@ class CallRecord:
         self.queries: Sequence[Query] = ()
         self.indexes: Sequence[str] = ()
         self.generations: Sequence[Generation] = ()
+        #: The answers sent: all or none for Retrieve and RetrieveBatch, those written so far for RetrieveStream.
         self.results: Sequence[SearchResult] = ()
+        self._lock = threading.Lock()
+        self._finished = False
         try:
             context.set_trailing_metadata(((REQUEST_ID_KEY, self.request_id),))
         except ValueError:  # the call already ended; nothing to send it with
             pass
 
     def finish(self, code: grpc.StatusCode) -> None:
+        """Log and count the call; only the first call does anything (a stream may end on two threads)."""
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
         seconds = time.perf_counter() - self.started
         name = code.name
         if self.metrics is not None:
             self.metrics.observe_call(self.method, name, seconds)
-            self.metrics.observe_results(self.results)
+            self.metrics.observe_results(self.method, self.results)
         if request_log.isEnabledFor(logging.INFO):
             fields = self.fields(name, seconds)
             request_log.info("%s", json.dumps(fields, ensure_ascii=False), extra={"request": fields})
 
     def fields(self, code: str, seconds: float) -> dict[str, Any]:
-        """The log line's fields: per-query values are scalars for Retrieve, lists for RetrieveBatch."""
+        """The log line's fields: per-query values are scalars for Retrieve, lists for RetrieveBatch and
+        RetrieveStream (whose ``sources``, ``sources_resolved`` and ``hits`` cover the answers sent,
+        counted in ``answered`` out of ``queries``)."""
         out: dict[str, Any] = {"method": self.method, "request_id": self.request_id, "code": code,
                                "server_ms": round(seconds * 1000, 3)}
         if not self.queries:
             return out
+        if self.method == "RetrieveStream":
+            out["queries"], out["answered"] = len(self.queries), len(self.results)
         per_query: dict[str, list[Any]] = {
             "index": [g.name for g in self.generations] or list(self.indexes),
             "generation": [g.number for g in self.generations],

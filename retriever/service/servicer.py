@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -19,6 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from retriever.errors import InvalidInputError, NotReadyError, OverloadedError
+from retriever.query import SearchResult
 from retriever.service import convert
 from retriever.service.batching import Batcher, bind
 from retriever.service.config import Limits, check_name
@@ -26,6 +27,7 @@ from retriever.service.errors import PermissionDeniedError, status_for
 from retriever.service.proto import retriever_pb2 as pb
 from retriever.service.registry import IndexRegistry, resolve_publish_path
 from retriever.service.requests import CallRecord
+from retriever.service.streaming import StreamWindow
 
 if TYPE_CHECKING:
     from retriever.service.metrics import ServiceMetrics
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "retriever.v1.Retriever"
+#: How far before a stream's computed deadline gRPC ending the call still counts as the deadline.
+DEADLINE_TOLERANCE_SECONDS = 0.05
 M = TypeVar("M", bound=Message)
 #: How long a refused query call is held before its RESOURCE_EXHAUSTED goes out, so a client that
 #: re-sends at once re-sends at most 1 / HOLD times a second instead of as fast as the CPU allows
@@ -50,7 +54,7 @@ def parse(cls: type[M], data: bytes) -> M:
 
 
 class RetrieverServicer:
-    """Answers the four RPCs; holds no state of its own besides its collaborators."""
+    """Answers the five RPCs; holds no state of its own besides its collaborators."""
 
     def __init__(self, limits: Limits, allow_publish: bool = False, metrics: ServiceMetrics | None = None,
                  log_queries: bool = False) -> None:
@@ -83,6 +87,37 @@ class RetrieverServicer:
     def retrieve_batch(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         return self._guard("RetrieveBatch", context, lambda record: self._retrieve_batch(
             parse(pb.RetrieveBatchRequest, data), context, record), query=True)
+
+    def retrieve_stream(self, data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """RetrieveStream: a generator grpcio pulls one answer at a time (see :mod:`retriever.service.streaming`)."""
+        record = CallRecord("RetrieveStream", context, self.metrics, self.log_queries)
+        release: Callable[[], None] = lambda: None
+        try:
+            self._admit()  # a query call: it holds one slot of max_concurrent_calls for the whole stream
+            release = self._release_once()
+            context.add_callback(release)  # grpc may stop pulling this generator and never close it
+            for response in self._retrieve_stream(parse(pb.RetrieveStreamRequest, data), context, record):
+                yield response.SerializeToString()
+        except Exception as exc:  # as in _guard: every failure becomes a status
+            code, message = status_for(exc, "RetrieveStream")
+        else:
+            record.finish(grpc.StatusCode.OK)
+            return
+        finally:
+            release()
+        record.finish(code)
+        context.abort(code, message)
+
+    def _release_once(self) -> Callable[[], None]:
+        """A function giving back one admitted query slot the first time it is called (from any thread)."""
+        once = threading.Lock()
+
+        def release() -> None:
+            if once.acquire(blocking=False):
+                with self._slots:
+                    self._admitted_calls -= 1
+
+        return release
 
     def get_index_info(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         return self._guard("GetIndexInfo", context,
@@ -178,6 +213,33 @@ class RetrieverServicer:
         responses = self._answer(specs, context, started, record)
         return pb.RetrieveBatchResponse(responses=responses, server_seconds=time.perf_counter() - started)
 
+    def _retrieve_stream(self, request: pb.RetrieveStreamRequest, context: grpc.ServicerContext,
+                         record: CallRecord) -> Iterator[pb.RetrieveStreamResponse]:
+        """Validate and plan every request, then answer them in order through a :class:`StreamWindow`."""
+        started = time.perf_counter()
+        registry, batcher = self._parts()
+        specs, window = convert.parse_stream(request, self.limits, batcher.max_batch)
+        record.queries, record.indexes = [spec.query for spec in specs], [spec.index for spec in specs]
+        bound = bind([(spec.index, spec.query) for spec in specs], registry.get, positions=True)
+        record.generations = [b.generation for b in bound]
+        timeout = convert.time_remaining(context)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        stream = StreamWindow(batcher, bound, window, deadline, context.is_active)
+        results: list[SearchResult] = []
+        record.results = results
+
+        def on_end() -> None:  # the call ended (answered, cancelled, deadline): stop its queued work
+            stream.close()
+            record.finish(_ended_code(deadline))  # a no-op when the handler already recorded the outcome
+
+        context.add_callback(on_end)
+        for position, result in stream:
+            spec, b = specs[position], bound[position]
+            response = convert.result_to_proto(result, spec.with_text, b.generation, self.model,
+                                               time.perf_counter() - started)
+            results.append(result)  # handed to gRPC: a client cancelling at this moment may not get it
+            yield pb.RetrieveStreamResponse(position=position, response=response)
+
     def _index_info(self, request: pb.GetIndexInfoRequest) -> pb.GetIndexInfoResponse:
         registry, _ = self._parts()
         default = registry.default_name or ""
@@ -198,6 +260,17 @@ class RetrieverServicer:
                                        previous_generation=result.previous, load_seconds=result.seconds)
 
 
+def _ended_code(deadline: float | None) -> grpc.StatusCode:
+    """The status of a stream that grpc ended before its handler did: DEADLINE_EXCEEDED or CANCELLED.
+
+    gRPC ends the call at its deadline by the server's clock, a moment before or after ``deadline``
+    (computed from ``time_remaining()`` when the handler started), hence the tolerance.
+    """
+    if deadline is not None and time.monotonic() >= deadline - DEADLINE_TOLERANCE_SECONDS:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
 def generic_handler(servicer: RetrieverServicer) -> grpc.GenericRpcHandler:
     """Register the methods with no (de)serializers: they take and return bytes."""
     methods: dict[str, Callable[[bytes, grpc.ServicerContext], bytes]] = {
@@ -207,4 +280,5 @@ def generic_handler(servicer: RetrieverServicer) -> grpc.GenericRpcHandler:
         "PublishIndex": servicer.publish_index,
     }
     handlers: dict[str, Any] = {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in methods.items()}
+    handlers["RetrieveStream"] = grpc.unary_stream_rpc_method_handler(servicer.retrieve_stream)
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

@@ -123,6 +123,22 @@ class RetrieveBatchResponse(_message.Message):
     server_seconds: float
     def __init__(self, responses: _Optional[_Iterable[_Union[RetrieveResponse, _Mapping]]] = ..., server_seconds: _Optional[float] = ...) -> None: ...
 
+class RetrieveStreamRequest(_message.Message):
+    __slots__ = ("requests", "window")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[RetrieveRequest]
+    window: int
+    def __init__(self, requests: _Optional[_Iterable[_Union[RetrieveRequest, _Mapping]]] = ..., window: _Optional[int] = ...) -> None: ...
+
+class RetrieveStreamResponse(_message.Message):
+    __slots__ = ("position", "response")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    response: RetrieveResponse
+    def __init__(self, position: _Optional[int] = ..., response: _Optional[_Union[RetrieveResponse, _Mapping]] = ...) -> None: ...
+
 class GetIndexInfoRequest(_message.Message):
     __slots__ = ("index",)
     INDEX_FIELD_NUMBER: _ClassVar[int]

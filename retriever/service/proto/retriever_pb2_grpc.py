@@ -45,6 +45,11 @@ class RetrieverStub:
                 request_serializer=retriever_dot_service_dot_proto_dot_retriever__pb2.RetrieveBatchRequest.SerializeToString,
                 response_deserializer=retriever_dot_service_dot_proto_dot_retriever__pb2.RetrieveBatchResponse.FromString,
                 _registered_method=True)
+        self.RetrieveStream = channel.unary_stream(
+                '/retriever.v1.Retriever/RetrieveStream',
+                request_serializer=retriever_dot_service_dot_proto_dot_retriever__pb2.RetrieveStreamRequest.SerializeToString,
+                response_deserializer=retriever_dot_service_dot_proto_dot_retriever__pb2.RetrieveStreamResponse.FromString,
+                _registered_method=True)
         self.GetIndexInfo = channel.unary_unary(
                 '/retriever.v1.Retriever/GetIndexInfo',
                 request_serializer=retriever_dot_service_dot_proto_dot_retriever__pb2.GetIndexInfoRequest.SerializeToString,
@@ -71,6 +76,20 @@ class RetrieverServicer:
     def RetrieveBatch(self, request, context):
         """Many queries in one call; the server encodes them in one batch. Answers keep the order of
         the requests. The call fails as a whole when any request is invalid.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetrieveStream(self, request, context):
+        """Many queries in one call, answered one message per query as they are ready, in request
+        order. Every request is validated and planned before any is encoded (one invalid request
+        fails the call at once, naming its position). The server keeps at most `window` queries
+        in its batcher ahead of what it has written to the client, so a slow reader slows the
+        server down instead of making it compute answers it cannot deliver. A deadline or a
+        cancellation mid-stream ends the call with DEADLINE_EXCEEDED or CANCELLED: answers already
+        sent stay sent, the queries not yet encoded never are. The call holds one slot of the
+        server's concurrency cap for its whole length (docs/SERVICE.md, "Streaming").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +124,11 @@ def add_RetrieverServicer_to_server(servicer, server):
                     servicer.RetrieveBatch,
                     request_deserializer=retriever_dot_service_dot_proto_dot_retriever__pb2.RetrieveBatchRequest.FromString,
                     response_serializer=retriever_dot_service_dot_proto_dot_retriever__pb2.RetrieveBatchResponse.SerializeToString,
+            ),
+            'RetrieveStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.RetrieveStream,
+                    request_deserializer=retriever_dot_service_dot_proto_dot_retriever__pb2.RetrieveStreamRequest.FromString,
+                    response_serializer=retriever_dot_service_dot_proto_dot_retriever__pb2.RetrieveStreamResponse.SerializeToString,
             ),
             'GetIndexInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetIndexInfo,
@@ -172,6 +196,33 @@ class Retriever:
             '/retriever.v1.Retriever/RetrieveBatch',
             retriever_dot_service_dot_proto_dot_retriever__pb2.RetrieveBatchRequest.SerializeToString,
             retriever_dot_service_dot_proto_dot_retriever__pb2.RetrieveBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetrieveStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/retriever.v1.Retriever/RetrieveStream',
+            retriever_dot_service_dot_proto_dot_retriever__pb2.RetrieveStreamRequest.SerializeToString,
+            retriever_dot_service_dot_proto_dot_retriever__pb2.RetrieveStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
