@@ -11,6 +11,9 @@ In one run, on the same queries:
     1, 8 and 32 client threads for ``--duration`` seconds per level;
   * correctness (RELIABILITY D, only with ``--modes ...,correctness``): 8 clients for 60 s
     against answers computed single-threaded before the run; failed and incorrect calls;
+  * stream (only with ``--modes ...,stream``): the ``--limit`` queries once each through one client,
+    Retrieve one by one, RetrieveBatch in chunks of ``--max-batch``, and one RetrieveStream; wall
+    seconds and QPS of each, and whether they return the same unit ids;
   * overload (RELIABILITY C): a batched server capped at ``--overload-cap`` concurrent calls,
     one client and then twice the cap: the accepted calls' p99 against the single-client p99,
     and how fast the excess comes back RESOURCE_EXHAUSTED; with the latency budget on (auto)
@@ -294,6 +297,54 @@ def correctness(index_dir: Path, queries: list[str], k: int, clients: int, durat
             "max_score_diff": worst[0], "tolerance": tolerance}
 
 
+def streaming(index_dir: Path, queries: list[str], k: int, max_batch: int) -> dict[str, Any]:
+    """The same queries, once each, through one client: Retrieve one by one, RetrieveBatch in chunks of
+    ``max_batch``, and one RetrieveStream (the server's default window, ``max_batch``).
+
+    Each way gets the whole server in turn (one warm-up call first); all three must return the
+    same unit ids per query, in order (``mismatched`` counts the queries where they differ).
+    """
+    requests = [pb.RetrieveRequest(query=q, top_k=k) for q in queries]
+    server = ServerProcess(index_dir, max_batch, 8, extra=["--max-stream-queries", str(max(len(queries), 1))])
+    ids: dict[str, list[list[int]]] = {}
+    out: dict[str, Any] = {"queries": len(queries), "max_batch": max_batch, "window": max_batch}
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = retriever_pb2_grpc.RetrieverStub(channel)
+            stub.Retrieve(requests[0], timeout=60)  # warm-up
+
+            def one_by_one() -> list[pb.RetrieveResponse]:
+                return [stub.Retrieve(r, timeout=60) for r in requests]
+
+            def in_chunks() -> list[pb.RetrieveResponse]:
+                return [response for i in range(0, len(requests), max_batch)
+                        for response in stub.RetrieveBatch(
+                            pb.RetrieveBatchRequest(requests=requests[i:i + max_batch]), timeout=600).responses]
+
+            def streamed() -> list[pb.RetrieveResponse]:
+                messages = list(stub.RetrieveStream(pb.RetrieveStreamRequest(requests=requests), timeout=600))
+                if [m.position for m in messages] != list(range(len(requests))):
+                    raise SystemExit("RetrieveStream answered out of order")
+                return [m.response for m in messages]
+
+            for key, run in (("retrieve_one_by_one", one_by_one), ("retrieve_batch_chunks", in_chunks),
+                             ("retrieve_stream", streamed)):
+                print(f"stream: {key}...", file=sys.stderr)
+                started = time.perf_counter()
+                responses = run()
+                seconds = time.perf_counter() - started
+                ids[key] = [[h.unit_id for h in r.hits] for r in responses]
+                out[key] = {"seconds": round(seconds, 3), "qps": round(len(responses) / seconds, 2)}
+    finally:
+        server.stop()
+    base = out["retrieve_one_by_one"]["qps"]
+    out["qps_over_one_by_one"] = {key: round(out[key]["qps"] / base, 3)
+                                  for key in ("retrieve_batch_chunks", "retrieve_stream")}
+    out["mismatched"] = {key: sum(a != b for a, b in zip(ids["retrieve_one_by_one"], ids[key], strict=True))
+                         for key in ("retrieve_batch_chunks", "retrieve_stream")}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, default=ROOT / "index_builds" / "lite")
@@ -313,7 +364,7 @@ def main() -> None:
                              "default: raw throughput); the overload check runs auto and off side by side")
     parser.add_argument("--modes", default="in-process,batched,unbatched,overload",
                         help="which parts to run, comma-separated: in-process, batched, unbatched, overload, "
-                        "correctness (ratios need the first three)")
+                        "correctness, stream (ratios need the first three)")
     parser.add_argument("--correctness-seconds", type=float, default=60.0,
                         help="length of the correctness run (8 clients against single-threaded answers)")
     parser.add_argument("--out", type=Path, default=None)
@@ -332,7 +383,7 @@ def main() -> None:
         "machine": platform.machine(),
     }
     modes = {m.strip() for m in args.modes.split(",") if m.strip()}
-    unknown = modes - {"in-process", "batched", "unbatched", "overload", "correctness"}
+    unknown = modes - {"in-process", "batched", "unbatched", "overload", "correctness", "stream"}
     if unknown:
         raise SystemExit(f"unknown --modes {sorted(unknown)}")
     if "in-process" in modes:
@@ -360,6 +411,8 @@ def main() -> None:
         print(f"correctness: 8 clients for {args.correctness_seconds:.0f}s...", file=sys.stderr)
         result["correctness"] = correctness(args.index, queries, args.top_k, 8, args.correctness_seconds,
                                             args.max_batch)
+    if "stream" in modes:
+        result["stream"] = streaming(args.index, queries, args.top_k, args.max_batch)
     if {"in-process", "batched", "unbatched"} <= modes:
         base = result["in_process"]["one_at_a_time"]["qps"]
         result["ratios"] = {
