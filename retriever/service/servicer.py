@@ -91,10 +91,9 @@ class RetrieverServicer:
     def retrieve_stream(self, data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         """RetrieveStream: a generator grpcio pulls one answer at a time (see :mod:`retriever.service.streaming`)."""
         record = CallRecord("RetrieveStream", context, self.metrics, self.log_queries)
-        release: Callable[[], None] = lambda: None
+        release, admitted = self._release_once(), False
         try:
-            self._admit()  # a query call: it holds one slot of max_concurrent_calls for the whole stream
-            release = self._release_once()
+            admitted = self._admit()  # a query call: it holds one slot of max_concurrent_calls for the whole stream
             context.add_callback(release)  # grpc may stop pulling this generator and never close it
             for response in self._retrieve_stream(parse(pb.RetrieveStreamRequest, data), context, record):
                 yield response.SerializeToString()
@@ -104,7 +103,8 @@ class RetrieverServicer:
             record.finish(grpc.StatusCode.OK)
             return
         finally:
-            release()
+            if admitted:
+                release()
         record.finish(code)
         context.abort(code, message)
 

@@ -225,3 +225,25 @@ def test_the_client_turns_a_refused_stream_into_a_remote_error(server):
         with pytest.raises(RemoteError) as refused:
             list(client.retrieve_stream([Query("fine"), Query("fine", k=0)]))
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT and "requests[1].top_k" in refused.value.details
+
+
+def test_a_stream_holds_one_query_call_slot_until_it_ends(encoder, tiny_index_dir):
+    with running_server(encoder, [("tiny", tiny_index_dir)], limits=Limits(max_concurrent_calls=1)) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}", options=SMALL_WINDOW) as channel:
+        stub = stub_for(channel)
+        responses = stub.RetrieveStream(stream_of(30, **BIG, window=1), timeout=60)
+        assert next(responses).position == 0  # the stream is running; its reader stalls
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Retrieve(request(top_k=1), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "calls in flight" in refused.value.details()
+        responses.cancel()  # the handler may be parked in a send; the slot comes back anyway
+
+        def retrieve_ok() -> bool:
+            try:
+                return bool(stub.Retrieve(request(top_k=1), timeout=30).hits)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                return False
+
+        wait_until(retrieve_ok, timeout=10, interval=0.05)
