@@ -270,7 +270,7 @@ def test_client_backs_off_and_retries_a_rejected_call(encoder, tiny_index_dir):
 
 def test_retry_policy_covers_reads_only():
     config = json.loads(retry_service_config(9))["methodConfig"][0]
-    assert {n["method"] for n in config["name"]} == {"Retrieve", "RetrieveBatch", "GetIndexInfo"}
+    assert {n["method"] for n in config["name"]} == {"Retrieve", "RetrieveBatch", "RetrieveStream", "GetIndexInfo"}
     assert config["retryPolicy"]["maxAttempts"] == 5
     assert set(config["retryPolicy"]["retryableStatusCodes"]) == {"RESOURCE_EXHAUSTED", "UNAVAILABLE"}
 
