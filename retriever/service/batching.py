@@ -318,7 +318,8 @@ class Batcher:
 
     def search(self, queries: Sequence[BoundQuery], timeout: float | None = None,
                is_active: Callable[[], bool] = lambda: True,
-               on_end: Callable[[Callable[[], object]], object] | None = None) -> list[SearchResult]:
+               on_end: Callable[[Callable[[], object]], object] | None = None,
+               admitted: bool = False) -> list[SearchResult]:
         """Submit and wait for one result per query, in order.
 
         A caller whose deadline passes, or who goes away, returns at once (freeing its handler
@@ -331,6 +332,7 @@ class Batcher:
             is_active: False once the caller went away (its queries are then skipped).
             on_end: registers a callback to run when the call ends for any reason (gRPC's
                 ``context.add_callback``); the job is cancelled from it.
+            admitted: skip the latency budget (the server's own canary queries, see :meth:`submit`).
 
         Raises:
             DeadlineExceededError: the deadline passed before or while the queries were answered.
@@ -338,7 +340,7 @@ class Batcher:
             OverloadedError, NotReadyError: see :meth:`submit`.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        future = self.submit(queries, deadline, is_active)
+        future = self.submit(queries, deadline, is_active, admitted=admitted)
         if on_end is not None:
             on_end(future.cancel)  # a no-op once answered
         return await_results(future, deadline)

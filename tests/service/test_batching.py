@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -280,5 +281,25 @@ def test_auto_budget_follows_one_querys_time_and_calibration_seeds_it(encoder):
         one, four = batcher.cost.seconds(1), batcher.cost.seconds(4)
         assert 0 < one and 0 < four
         assert batcher.budget_seconds() == pytest.approx(AUTO_BUDGET_FACTOR * one)
+    finally:
+        batcher.stop()
+
+
+def test_the_servers_own_queries_skip_the_budget(encoder, generation):
+    gated = GatedEncoder(encoder)
+    batcher = Batcher(gated, max_batch=4, wait_seconds=0.0, latency_budget=1e-6)
+    seeded(batcher)
+    try:
+        gated.gate.clear()
+        busy = batcher.submit([planned(generation, "busy")])
+        assert gated.entered.wait(10)
+        with pytest.raises(OverloadedError):
+            batcher.submit([planned(generation, "a caller's query")])
+        with ThreadPoolExecutor(1) as pool:  # a publish's canary query while the server is over budget
+            canary = pool.submit(batcher.search, [planned(generation, "canary")], 30, admitted=True)
+            time.sleep(0.05)
+            gated.gate.set()
+            assert canary.result(30)[0].hits
+        assert busy.result(30)[0].hits
     finally:
         batcher.stop()
