@@ -9,13 +9,17 @@ available to rewrite it, so :func:`resolve` does it with rules (docs/BENCHMARKS.
    they, them, their, that one, this one, the other one) or opens with an ellipsis cue ("and",
    "what about", "how about"). Anything else is taken as standalone and searched unchanged, so
    a fresh question with its own entity is never mixed with the history.
-2. **What does it refer to?** The salient spans of the most recent turn that has any: quoted
-   titles, runs of capitalized words (inner "of", "the", "de", ... and digits allowed, a
-   sentence-initial question word dropped), and years/numbers. A turn's question is read
-   before its answer. A span the follow-up already contains is not carried again.
-   When no turn has one (all-lowercase history), the last question's content words are used.
+2. **What does it refer to?** The salient spans of the most recent turn whose question has any:
+   quoted titles, runs of capitalized words (inner "of", "the", "de", ... and digits allowed, a
+   sentence-initial question word dropped), and years/numbers. Answers are not read: carrying
+   their spans too lowered dense MRR@100 from 0.924 to 0.914 on the conversational dev set. A span
+   the follow-up already contains is not carried again. When no question has one (all-lowercase
+   history), the last question's content words are used.
 3. **Rewrite**: the spans are appended to the follow-up ("what film did it produce? Don
    Simpson"); the anaphor stays, so a wrong guess adds words rather than deleting them.
+   Substituting the span for the pronoun measured 0.933 against 0.924 (dense MRR@100), but the
+   set's follow-ups were made by the inverse substitution, so part of that margin is the
+   construction's; appending was kept.
 
 Failure modes: a standalone question that happens to contain "it" or "they" gets the history's
 entity appended; a follow-up that refers to the answer ("and the other one?") gets the question's
@@ -40,7 +44,8 @@ from retriever.query import Query, Turn
 MAX_HISTORY_TURNS = 32
 
 _ANAPHORS = re.compile(
-    r"(?<![\w'])(it|its|he|him|his|she|her|hers|they|them|their|theirs|that one|this one|the other one)(?![\w'])",
+    r"(?<![\w'])(it|its|he|him|his|she|her|hers|they|them|their|theirs|that one|this one|the other one)"
+    r"(?:'s)?(?![\w'])",
     re.IGNORECASE)
 _CUE = re.compile(r"^\s*(and|what about|how about)\b", re.IGNORECASE)
 _QUOTED = re.compile(r"[\"“]([^\"”]{2,100})[\"”]")
@@ -162,7 +167,7 @@ def resolve(question: str, history: Sequence[Turn]) -> Resolution:
     lower = question.lower()
     spans: list[str] = []
     for turn in reversed(history):
-        spans = salient_spans(turn.question) + (salient_spans(turn.answer) if turn.answer else [])
+        spans = salient_spans(turn.question)
         if spans:
             break
     if not spans:
