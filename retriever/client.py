@@ -26,14 +26,15 @@ from typing import Any
 import grpc
 
 from retriever.errors import RetrieverError
-from retriever.query import FusionConfig, Mode, Query
+from retriever.query import FusionConfig, Mode, Query, Turn
 from retriever.records import Source
 from retriever.service import convert
 from retriever.service.convert import RemoteResult
 from retriever.service.proto import retriever_pb2 as pb
 from retriever.service.proto import retriever_pb2_grpc
 
-__all__ = ["FusionConfig", "Mode", "PublishedIndex", "Query", "RemoteError", "RemoteResult", "RetrieverClient"]
+__all__ = ["FusionConfig", "Mode", "PublishedIndex", "Query", "RemoteError", "RemoteResult", "RetrieverClient",
+           "Turn"]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
@@ -61,6 +62,11 @@ def _pem(value: bytes | Path | None) -> bytes | None:
 
 def _sources(values: Iterable[Source | str]) -> tuple[Source, ...]:
     return tuple(v if isinstance(v, Source) else Source.parse(v) for v in values)
+
+
+def _turns(values: Iterable[Turn | str | tuple[str, str]]) -> tuple[Turn, ...]:
+    """Turns given as :class:`Turn`, a question string, or a (question, answer) pair."""
+    return tuple(v if isinstance(v, Turn) else Turn(v) if isinstance(v, str) else Turn(*v) for v in values)
 
 
 def _remote_error(exc: grpc.RpcError) -> RemoteError:
@@ -138,20 +144,24 @@ class RetrieverClient:
                  top_k: int = 10, score_threshold: float | None = None, with_text: bool = False, index: str = "",
                  mode: Mode | str = Mode.DENSE, fusion: FusionConfig | None = None,
                  group_by_record: bool = False, max_per_record: int = 1,
+                 history: Iterable[Turn | str | tuple[str, str]] = (),
                  timeout: float | None = None) -> RemoteResult:
         """Retrieve the best ``top_k`` units for one query (see docs/SERVICE.md for the semantics).
 
         ``mode`` is dense, bm25 or hybrid (the last two need an index with a lexical part, see
         :meth:`index_info`); ``fusion`` sets the hybrid's reciprocal-rank fusion.
         ``group_by_record`` makes ``top_k`` count distinct records (a table's rows, a passage's
-        windows are one record), with up to ``max_per_record`` hits each.
+        windows are one record), with up to ``max_per_record`` hits each. ``history`` holds the
+        conversation's earlier turns, oldest first (a question, a (question, answer) pair or a
+        :class:`Turn` each); a follow-up query is resolved against them and ``result.text`` says
+        what was searched.
 
         Raises:
             RemoteError: the server refused or failed the call.
         """
         request = convert.retrieve_request(
             Query(query, instruction, _sources(sources), top_k, score_threshold, Mode(mode), fusion or FusionConfig(),
-                  group_by_record, max_per_record),
+                  group_by_record, max_per_record, _turns(history)),
             with_text, index)
         return convert.result_from_proto(self._call(self.stub.Retrieve, request, timeout))
 

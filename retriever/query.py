@@ -85,6 +85,14 @@ class FusionConfig:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """One earlier turn of a conversation: what was asked and, optionally, what was answered."""
+
+    question: str
+    answer: str = ""
+
+
+@dataclass(frozen=True)
 class Query:
     """One retrieval request.
 
@@ -105,6 +113,8 @@ class Query:
             rows and a long passage's windows are units of one record), each record's units
             together and best first, records ordered by their best unit.
         max_per_record: units kept per record when grouping (at least 1).
+        history: earlier turns of the conversation, oldest first; a follow-up question is
+            resolved against them before it is encoded (``retriever.conversation.resolve``).
     """
 
     text: str
@@ -116,6 +126,7 @@ class Query:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     group_by_record: bool = False
     max_per_record: int = 1
+    history: tuple[Turn, ...] = ()
 
     def check(self) -> None:
         """The checks that need neither a model nor an index (the engine's plan runs them first).
@@ -151,12 +162,20 @@ class PlannedQuery:
         instruction: the instruction the question is encoded with ("" for none).
         sources: the exact filter applied (empty: none), in request order, duplicates dropped.
         resolved: True when ``sources`` came from the instruction.
+        searched: the text that is encoded and searched when it differs from ``query.text`` (a
+            follow-up resolved against the history); None otherwise.
     """
 
     query: Query
     instruction: str
     sources: tuple[Source, ...]
     resolved: bool
+    searched: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The text to encode and search: the question, or its resolution against the history."""
+        return self.query.text if self.searched is None else self.searched
 
     @property
     def depth(self) -> int:
@@ -191,6 +210,7 @@ class SearchResult:
         resolved: True when ``sources`` came from the instruction.
         instruction: the instruction the query was encoded with ("" for none, and for BM25).
         mode: the mode that ranked the hits.
+        text: the text that was searched (the question, or the follow-up resolved against the history).
     """
 
     hits: list[Hit]
@@ -198,3 +218,4 @@ class SearchResult:
     resolved: bool
     instruction: str = ""
     mode: Mode = Mode.DENSE
+    text: str = ""

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retriever.conversation import rewrite
 from retriever.encoder import Encoder
 from retriever.errors import InvalidInputError
 from retriever.index import Index
@@ -87,10 +88,12 @@ class Searcher:
 
     # -- plan ------------------------------------------------------------------------------------
     def plan(self, query: Query) -> PlannedQuery:
-        """Validate a query and resolve the instruction to encode with and the source filter to apply.
+        """Validate a query and resolve the instruction to encode with, the source filter to apply
+        and, for a follow-up with a history, the text to search (``retriever.conversation``).
 
         Raises:
-            InvalidInputError: empty text, ``k < 1``, a NaN threshold, or a mode this searcher lacks.
+            InvalidInputError: empty text, ``k < 1``, a NaN threshold, a mode this searcher lacks, or
+                a history with too many turns or an empty question.
         """
         query.check()
         if query.mode not in self.modes:
@@ -108,7 +111,7 @@ class Searcher:
             encoder = self.encoder
             tuned = encoder is not None and encoder.instruction_tuned
             instruction = instruction_for(encoder.prompts, sources) if encoder is not None and tuned else ""
-        return PlannedQuery(query, instruction, sources, resolved)
+        return PlannedQuery(query, instruction, sources, resolved, rewrite(query))
 
     # -- the whole path --------------------------------------------------------------------------
     def search(self, queries: Sequence[Query]) -> list[SearchResult]:
@@ -196,7 +199,7 @@ class Searcher:
             hits = [Hit(i, store.record_id(i), store.source_of(i), int(store.parts[i]), store.title(i),
                         store.text(i), s) for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
             instruction = p.instruction if p.query.mode.uses_vectors else ""
-            results.append(SearchResult(hits, p.sources, p.resolved, instruction, p.query.mode))
+            results.append(SearchResult(hits, p.sources, p.resolved, instruction, p.query.mode, p.text))
         return results
 
     def _dense(self, planned: Sequence[PlannedQuery], vectors: np.ndarray, rows: list[int],
@@ -228,14 +231,15 @@ class Searcher:
                 masks[sources] = source_mask(self.store, sources)
         out: dict[int, Ranking] = {}
         for depth, group in groups.items():
-            found = self.lexical.search([planned[i].query.text for i in group], depth,
+            found = self.lexical.search([planned[i].text for i in group], depth,
                                         [masks[planned[i].sources] for i in group])
             out.update(zip(group, found, strict=True))
         return out
 
 
 def encode(encoder: Encoder | None, planned: Sequence[PlannedQuery], show_progress: bool = False) -> np.ndarray:
-    """Embed ``instruction + question`` of the planned queries that need a vector, in one encoder call.
+    """Embed ``instruction + text`` (the question, or its resolution against the history) of the
+    planned queries that need a vector, in one encoder call.
 
     The batcher calls this once per batch across index generations (they share the encoder).
 
@@ -251,7 +255,7 @@ def encode(encoder: Encoder | None, planned: Sequence[PlannedQuery], show_progre
         return np.zeros((len(planned), 0), dtype=np.float32)
     if encoder is None:
         raise InvalidInputError("dense and hybrid search need the model; load an encoder")
-    encoded = encoder.encode_queries([planned[i].query.text for i in rows], [planned[i].instruction for i in rows],
+    encoded = encoder.encode_queries([planned[i].text for i in rows], [planned[i].instruction for i in rows],
                                      show_progress=show_progress)
     if len(rows) == len(planned):
         return encoded

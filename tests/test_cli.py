@@ -256,3 +256,19 @@ def test_train_checks_fail_fast(tmp_path: Path, capsys, monkeypatch) -> None:
     (run / "weights").write_text("a previous run")
     err = fails_fast([*base, "--output-dir", str(run)], capsys)
     assert "already holds a run; pass --resume to continue it or --overwrite" in err
+def test_search_with_history_prints_the_searched_text(tiny_index_dir: Path, capsys) -> None:
+    assert main(["-q", "search", str(tiny_index_dir), "where was she born?", "-k", "1", "--source", "kb",
+                 "--turn", "Who directed it?", "--answer", "nobody", "--turn", "Tell me about Uta Barth.", "--json"]) == 0
+    hit = json.loads(capsys.readouterr().out)
+    assert hit["searched"] == "where was she born? Uta Barth" and hit["title"] == "Uta Barth"
+    assert main(["-q", "search", str(tiny_index_dir), "where was she born?", "-k", "1", "--source", "kb",
+                 "--turn", "Tell me about Uta Barth."]) == 0
+    assert capsys.readouterr().out.startswith("searched: where was she born? Uta Barth\n")
+    assert main(["-q", "search", str(tiny_index_dir), "where was she born?", "-k", "1", "--json"]) == 0
+    assert "searched" not in json.loads(capsys.readouterr().out)
+
+
+def test_answer_without_a_turn_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["search", str(tmp_path), "q", "--answer", "a"])
+    assert "--answer: give it right after the --turn" in capsys.readouterr().err

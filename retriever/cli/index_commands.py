@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from retriever.encoder import BUNDLED_MODEL, Encoder, EncoderConfig, Precision, check_model_dir
 from retriever.index import BuildConfig, Index, Manifest, build_index
 from retriever.index.build import DEFAULT_PART_SIZE, Engine
-from retriever.query import FusionConfig, Mode, Query, SearchResult, SourceResolution
+from retriever.query import FusionConfig, Mode, Query, SearchResult, SourceResolution, Turn
 from retriever.records import Source
 from retriever.searcher import Searcher, build_lexical, load_lexical
 
@@ -138,6 +139,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--rrf-k", type=float, default=60.0, help="hybrid: reciprocal-rank-fusion constant")
     search.add_argument("--fusion-depth", type=at_least(1), default=100, help="hybrid: hits of each mode fused")
     add_grouping_args(search)
+    add_history_args(search)
     add_encoder_args(search, "model directory (default: the model named in the index manifest)")
     search.set_defaults(func=run_search)
 
@@ -203,7 +205,8 @@ def run_search(args: argparse.Namespace) -> int:
     # Everything that needs no model is checked first (the query, the index's files, its lexical
     # part), so a mistake fails in about a second; bm25 mode never loads the dense model.
     query = Query(args.query, args.instruction, tuple(args.source), args.top_k, args.score_threshold, args.mode,
-                  FusionConfig(rrf_k=args.rrf_k, depth=args.fusion_depth), args.group_by_record, args.max_per_record)
+                  FusionConfig(rrf_k=args.rrf_k, depth=args.fusion_depth), args.group_by_record, args.max_per_record,
+                  tuple(args.history))
     query.check()
     manifest = Manifest.read(args.index)
     model_config = encoder_config(args, model_for_index(manifest, args.model)) if args.mode.uses_vectors else None
@@ -215,8 +218,32 @@ def run_search(args: argparse.Namespace) -> int:
     lexical = load_lexical(index, args.lexical) if args.mode.uses_lexical else None
     encoder = Encoder(model_config) if model_config is not None else None
     searcher = Searcher(index, encoder, args.resolve, lexical)
-    print_result(searcher.search([query])[0], args.json)
+    print_result(searcher.search([query])[0], args.json, asked=args.query)
     return 0
+
+
+class _TurnAction(argparse.Action):
+    """``--turn Q`` appends a turn; ``--answer A`` sets the answer of the turn given just before it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
+        history: list[Turn] = list(getattr(namespace, "history", None) or [])
+        if self.dest == "turn":
+            history.append(Turn(str(values)))
+        elif not history or history[-1].answer:
+            parser.error("--answer: give it right after the --turn it answers (one answer per turn)")
+        else:
+            history[-1] = Turn(history[-1].question, str(values))
+        namespace.history = history
+
+
+def add_history_args(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(history=[])
+    parser.add_argument("--turn", action=_TurnAction, metavar="QUESTION",
+                        help="an earlier question of the conversation (repeat, oldest first); a follow-up query "
+                        "(\"what film did it produce?\") is resolved against them and the searched text is printed")
+    parser.add_argument("--answer", action=_TurnAction, metavar="ANSWER",
+                        help="the answer to the --turn given just before it (optional)")
 
 
 def add_grouping_args(parser: argparse.ArgumentParser) -> None:
@@ -227,13 +254,19 @@ def add_grouping_args(parser: argparse.ArgumentParser) -> None:
                         help="with --group-by-record: units kept per record (default 1)")
 
 
-def print_result(result: SearchResult, as_json: bool, width: int = 160) -> None:
+def print_result(result: SearchResult, as_json: bool, width: int = 160, asked: str | None = None) -> None:
+    """Print the hits; when the searched text differs from the question ``asked`` (a follow-up
+    resolved against the history), say what was searched (``searched`` in each JSON object)."""
+    searched = result.text if asked is not None and result.text and result.text != asked else None
     if as_json:
         for rank, hit in enumerate(result.hits, 1):
+            extra = {"searched": searched} if searched is not None else {}
             print(json.dumps({"rank": rank, "record_id": hit.record_id, "source": hit.source.value,
                               "part": hit.part, "score": round(hit.score, 6), "title": hit.title,
-                              "text": hit.text}, ensure_ascii=False))
+                              "text": hit.text, **extra}, ensure_ascii=False))
         return
+    if searched is not None:
+        print(f"searched: {searched}")
     if result.sources:
         how = "resolved from the instruction" if result.resolved else "requested"
         print(f"sources: {', '.join(s.value for s in result.sources)} ({how})")

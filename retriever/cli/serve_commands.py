@@ -13,6 +13,7 @@ from typing import Any
 from retriever.cli.index_commands import (
     add_encoder_args,
     add_grouping_args,
+    add_history_args,
     at_least,
     encoder_config,
     model_for_index,
@@ -42,6 +43,9 @@ LIMIT_FLAGS = [
     ("--max-queued-queries", "max_queued_queries",
      "queries waiting for the encoder; more get RESOURCE_EXHAUSTED (default 2048)"),
     ("--max-fusion-depth", "max_fusion_depth", "largest hybrid fusion depth a request may ask for (default 1000)"),
+    ("--max-history-turns", "max_history_turns", "most conversation turns in a request's history (default 16)"),
+    ("--max-turn-chars", "max_turn_chars", "longest question or answer of one history turn, in characters "
+     "(default 2048)"),
 ]
 
 
@@ -133,6 +137,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     query.add_argument("--rrf-k", type=float, default=60.0, help="hybrid: reciprocal-rank-fusion constant")
     query.add_argument("--fusion-depth", type=int, default=100, help="hybrid: hits of each mode fused")
     add_grouping_args(query)
+    add_history_args(query)
     query.add_argument("--json", action="store_true", help="print one JSON object per hit")
     add_client_args(query)
     query.set_defaults(func=run_query)
@@ -290,10 +295,11 @@ def run_query(args: argparse.Namespace) -> int:
         result = client.retrieve(args.query, instruction=args.instruction, sources=args.source, top_k=args.top_k,
                                  score_threshold=args.score_threshold, with_text=True, index=args.index,
                                  mode=args.mode, fusion=FusionConfig(rrf_k=args.rrf_k, depth=args.fusion_depth),
-                                 group_by_record=args.group_by_record, max_per_record=args.max_per_record)
+                                 group_by_record=args.group_by_record, max_per_record=args.max_per_record,
+                                 history=args.history)
     if not args.json:
         print(f"index {result.index} generation {result.generation} ({result.server_seconds * 1000:.1f} ms in server)")
-    print_result(result.as_search_result(), args.json)
+    print_result(result.as_search_result(), args.json, asked=args.query)
     return 0
 
 

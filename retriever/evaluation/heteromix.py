@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -41,7 +41,7 @@ from retriever.evaluation.metrics import (
 from retriever.evaluation.retrievers import UnitRetriever
 from retriever.index.store import SOURCE_ORDER, UnitStore
 from retriever.instructions import SOURCE_NAMES, SOURCE_TEMPLATE, instruction_for
-from retriever.query import Query
+from retriever.query import Query, Turn
 from retriever.records import Source, iter_lines
 from retriever.searcher import Ranking
 
@@ -74,6 +74,7 @@ class HeteroQuestion:
     gold: tuple[str, ...]
     gold_rows: Mapping[str, frozenset[int]] = field(default_factory=dict)
     answers: tuple[str, ...] = ()
+    history: tuple[Turn, ...] = ()  # earlier turns of a conversation (optional field ``history``)
 
 
 def parse_gold_source(value: str) -> tuple[Source, ...]:
@@ -133,7 +134,22 @@ def _question(obj: object, where: str) -> HeteroQuestion:
         rows[table] = frozenset(indexes)
     answers = tuple(str(a) for a in obj.get("answers") or ())
     return HeteroQuestion(obj["id"], obj["text"], str(obj.get("dataset") or ""), sources,
-                          tuple(dict.fromkeys(gold)), rows, answers)
+                          tuple(dict.fromkeys(gold)), rows, answers, _history(obj.get("history"), where))
+
+
+def _history(raw: object, where: str) -> tuple[Turn, ...]:
+    """The optional ``history`` field: ``[{"question": str, "answer": str (optional)}, ...]``."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise InvalidInputError(f"{where}: field 'history': expected a list of {{question, answer}} objects")
+    turns = []
+    for i, turn in enumerate(raw):
+        if not isinstance(turn, dict) or not isinstance(turn.get("question"), str) \
+                or not isinstance(turn.get("answer", ""), str):
+            raise InvalidInputError(f"{where}: field 'history[{i}]': expected {{\"question\": str, \"answer\": str}}")
+        turns.append(Turn(turn["question"], turn.get("answer", "")))
+    return tuple(turns)
 
 
 def instruction_for_sources(prompts: Mapping[str, str], sources: Sequence[Source]) -> str:
@@ -144,6 +160,12 @@ def instruction_for_sources(prompts: Mapping[str, str], sources: Sequence[Source
 
 
 def make_query(question: HeteroQuestion, scenario: Scenario, prompts: Mapping[str, str]) -> Query:
+    """The scenario's query for ``question``, carrying its conversation history (if any)."""
+    query = _scenario_query(question, scenario, prompts)
+    return replace(query, history=question.history) if question.history else query
+
+
+def _scenario_query(question: HeteroQuestion, scenario: Scenario, prompts: Mapping[str, str]) -> Query:
     if scenario is Scenario.ALL_PLAIN:
         return Query(question.text, instruction="")
     if scenario is Scenario.ALL:

@@ -46,7 +46,7 @@ class QueryVectors:
 
     def __call__(self, searcher: Searcher, planned: Sequence[PlannedQuery]) -> np.ndarray:
         """``[len(planned), dim]`` embeddings; the ones not seen yet are encoded in one call, in order."""
-        keys = [(p.instruction, p.query.text) for p in planned]
+        keys = [(p.instruction, p.text) for p in planned]
         first = {k: p for k, p in zip(keys, planned, strict=True)}
         todo = [k for k in dict.fromkeys(keys) if k not in self._vectors]
         if todo:
@@ -85,7 +85,7 @@ class Memo:
 
     def _key(self, query: Query, depth: int) -> tuple[object, ...]:
         sources = tuple(sorted(s.value for s in query.sources))
-        return (query.text, query.instruction if self.uses_instruction else None, sources, depth)
+        return (query.text, query.history, query.instruction if self.uses_instruction else None, sources, depth)
 
     def rank(self, queries: Sequence[Query], depth: int) -> list[Ranking]:
         keys = [self._key(q, depth) for q in queries]

@@ -48,6 +48,10 @@ class Limits:
             RESOURCE_EXHAUSTED (RETRIEVER_MAX_QUEUED_QUERIES).
         max_fusion_depth: largest hybrid ``fusion.depth``, the hits each ranking contributes
             (RETRIEVER_MAX_FUSION_DEPTH).
+        max_history_turns: most conversation turns in a request's ``history``
+            (RETRIEVER_MAX_HISTORY_TURNS).
+        max_turn_chars: longest question or answer of one turn, in characters
+            (RETRIEVER_MAX_TURN_CHARS).
     """
 
     max_message_bytes: int = 16 * 1024 * 1024
@@ -59,6 +63,8 @@ class Limits:
     max_concurrent_calls: int = 64
     max_queued_queries: int = 2048
     max_fusion_depth: int = 1000
+    max_history_turns: int = 16
+    max_turn_chars: int = 2048
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -220,6 +226,8 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "RETRIEVER_MAX_CONCURRENT_CALLS": ("max_concurrent_calls", int),
     "RETRIEVER_MAX_QUEUED_QUERIES": ("max_queued_queries", int),
     "RETRIEVER_MAX_FUSION_DEPTH": ("max_fusion_depth", int),
+    "RETRIEVER_MAX_HISTORY_TURNS": ("max_history_turns", int),
+    "RETRIEVER_MAX_TURN_CHARS": ("max_turn_chars", int),
 }
 _LIMIT_FIELDS = frozenset(f.name for f in dataclasses.fields(Limits))
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}

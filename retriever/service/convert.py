@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from retriever.conversation import check_history
 from retriever.errors import InvalidInputError
-from retriever.query import FusionConfig, Hit, Mode, Query, SearchResult
+from retriever.query import FusionConfig, Hit, Mode, Query, SearchResult, Turn
 from retriever.records import Source
 from retriever.service.config import Limits, check_name
 from retriever.service.proto import retriever_pb2 as pb
@@ -65,6 +66,7 @@ class RemoteResult:
         model: the model that encoded the query.
         server_seconds: time spent in the server.
         mode: the mode that ranked the hits.
+        text: the text that was searched (the query, or the follow-up resolved against the history).
     """
 
     hits: list[Hit]
@@ -76,9 +78,10 @@ class RemoteResult:
     model: str
     server_seconds: float
     mode: Mode = Mode.DENSE
+    text: str = ""
 
     def as_search_result(self) -> SearchResult:
-        return SearchResult(self.hits, self.sources, self.resolved, self.instruction, self.mode)
+        return SearchResult(self.hits, self.sources, self.resolved, self.instruction, self.mode, self.text)
 
 
 def _utf8_len(text: str) -> int:
@@ -148,9 +151,18 @@ def parse_retrieve(request: pb.RetrieveRequest, limits: Limits, prefix: str = ""
         if not 1 <= max_per_record <= limits.max_top_k:
             raise InvalidInputError(f"{prefix}max_per_record: must be between 1 and {limits.max_top_k} "
                                     f"(RETRIEVER_MAX_TOP_K), got {max_per_record}")
+    history = parse_history(request, limits, prefix)
     return RetrieveSpec(Query(query, instruction, sources, request.top_k, threshold, mode, fusion,
-                              request.group_by_record, max_per_record),
+                              request.group_by_record, max_per_record, history),
                         request.with_text, request.index)
+
+
+def parse_history(request: pb.RetrieveRequest, limits: Limits, prefix: str = "") -> tuple[Turn, ...]:
+    """The request's conversation turns, checked against the history limits."""
+    history = tuple(Turn(t.question, t.answer) for t in request.history)
+    check_history(history, f"{prefix}history", limits.max_history_turns, limits.max_turn_chars,
+                  settings=("RETRIEVER_MAX_HISTORY_TURNS", "RETRIEVER_MAX_TURN_CHARS"))
+    return history
 
 
 def parse_fusion(request: pb.RetrieveRequest, mode: Mode, limits: Limits, prefix: str = "") -> FusionConfig:
@@ -230,6 +242,7 @@ def result_to_proto(result: SearchResult, with_text: bool, generation: Generatio
         model=model,
         server_seconds=seconds,
         mode=MODE_TO_PROTO[result.mode],
+        resolved_query=result.text,
     )
 
 
@@ -267,6 +280,7 @@ def retrieve_request(query: Query, with_text: bool = False, index: str = "") -> 
         request.max_per_record = query.max_per_record
     if query.score_threshold is not None:
         request.score_threshold = query.score_threshold
+    request.history.extend(pb.Turn(question=t.question, answer=t.answer) for t in query.history)
     return request
 
 
@@ -276,4 +290,5 @@ def result_from_proto(response: pb.RetrieveResponse) -> RemoteResult:
             for h in response.hits]
     return RemoteResult(hits, tuple(PROTO_TO_SOURCE[s] for s in response.sources), response.sources_resolved,
                         response.instruction, response.index, response.generation, response.model,
-                        response.server_seconds, PROTO_TO_MODE.get(response.mode, Mode.DENSE))
+                        response.server_seconds, PROTO_TO_MODE.get(response.mode, Mode.DENSE),
+                        response.resolved_query)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -207,3 +208,18 @@ def test_cli_bench_heteromix_bm25(tiny_corpus: Path, tiny_records: list[dict], t
         "run.bm25.source-soft.trec"]
     with pytest.raises(SystemExit):
         main(["bench", "heteromix", "--methods", "bm25,colbert"])
+
+
+def test_questions_may_carry_a_conversation_history(tmp_path: Path) -> None:
+    from retriever.query import Turn
+
+    row = {"id": "c1", "text": "what film did it produce?", "gold_source": "kb", "gold": ["r1"],
+           "history": [{"question": "Tell me about Don Simpson."}, {"question": "Who?", "answer": "him"}]}
+    question = read_questions(write_questions(tmp_path / "c.jsonl", [row]))[0]
+    assert question.history == (Turn("Tell me about Don Simpson."), Turn("Who?", "him"))
+    assert make_query(question, Scenario.ALL_PLAIN, {}).history == question.history
+    assert make_query(replace(question, history=()), Scenario.ALL_PLAIN, {}).history == ()
+    for bad in ({"answer": "x"}, "Tell me", {"question": "q", "answer": 3}):
+        path = write_questions(tmp_path / "bad.jsonl", [{**row, "history": [bad]}])
+        with pytest.raises(InvalidInputError, match="bad.jsonl:1: field 'history\\[0\\]'"):
+            read_questions(path)

@@ -164,3 +164,24 @@ def test_group_by_record_over_grpc_returns_k_distinct_records(stub, server):
     records = list(dict.fromkeys(h.record_id for h in two.hits))
     assert len(records) == 3 and len(two.hits) > 3
     assert all(sum(h.record_id == r for h in two.hits) <= 2 for r in records)
+
+
+def test_history_resolves_a_follow_up_and_the_response_says_what_was_searched(stub, server):
+    follow_up = request("where was she born?", top_k=3, sources=[pb.SOURCE_KB],
+                        history=[pb.Turn(question="Tell me about Uta Barth.")])
+    response = stub.Retrieve(follow_up)
+    assert response.resolved_query == "where was she born? Uta Barth"
+    assert response.hits[0].title == "Uta Barth"
+    bare = stub.Retrieve(request("where was she born?", top_k=3, sources=[pb.SOURCE_KB]))
+    assert bare.resolved_query == "where was she born?" and bare.hits[0].title != "Uta Barth"
+    standalone = stub.Retrieve(request("where was Mary Chase born?", top_k=3, sources=[pb.SOURCE_KB],
+                                       history=[pb.Turn(question="Tell me about Uta Barth.")]))
+    assert standalone.resolved_query == "where was Mary Chase born?"
+    batch = stub.RetrieveBatch(pb.RetrieveBatchRequest(requests=[follow_up, follow_up]))
+    assert [r.resolved_query for r in batch.responses] == ["where was she born? Uta Barth"] * 2
+    assert [h.unit_id for h in batch.responses[0].hits] == [h.unit_id for h in response.hits]
+    with RetrieverClient(f"127.0.0.1:{server.port}", timeout=30) as client:
+        result = client.retrieve("where was she born?", sources=["kb"], top_k=3,
+                                 history=["Who directed it?", ("Tell me about Uta Barth.", "a photographer")])
+        assert result.text == "where was she born? Uta Barth" and result.as_search_result().text == result.text
+        assert [h.unit_id for h in result.hits] == [h.unit_id for h in response.hits]

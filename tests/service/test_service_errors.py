@@ -57,6 +57,14 @@ INVALID = [
     ("max_per_record 0", request(group_by_record=True, max_per_record=0), "max_per_record: must be between 1"),
     ("max_per_record max+1", request(group_by_record=True, max_per_record=LIMITS.max_top_k + 1),
      f"max_per_record: must be between 1 and {LIMITS.max_top_k}"),
+    ("history turns max+1", request(history=[pb.Turn(question="q")] * (LIMITS.max_history_turns + 1)),
+     f"history: {LIMITS.max_history_turns + 1} turns exceed the limit of {LIMITS.max_history_turns} "
+     "(RETRIEVER_MAX_HISTORY_TURNS)"),
+    ("empty history question", request(history=[pb.Turn(question="who?"), pb.Turn(question=" ", answer="a")]),
+     "history[1].question: must not be empty"),
+    ("oversize history answer", request(history=[pb.Turn(question="q", answer="a" * (LIMITS.max_turn_chars + 1))]),
+     f"history[0].answer: {LIMITS.max_turn_chars + 1} characters exceed the limit of {LIMITS.max_turn_chars} "
+     "(RETRIEVER_MAX_TURN_CHARS)"),
 ]
 
 

@@ -32,7 +32,7 @@ SEARCH_MODE_BM25: SearchMode
 SEARCH_MODE_HYBRID: SearchMode
 
 class RetrieveRequest(_message.Message):
-    __slots__ = ("query", "instruction", "sources", "top_k", "score_threshold", "with_text", "index", "mode", "fusion", "group_by_record", "max_per_record")
+    __slots__ = ("query", "instruction", "sources", "top_k", "score_threshold", "with_text", "index", "mode", "fusion", "group_by_record", "max_per_record", "history")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class RetrieveRequest(_message.Message):
     FUSION_FIELD_NUMBER: _ClassVar[int]
     GROUP_BY_RECORD_FIELD_NUMBER: _ClassVar[int]
     MAX_PER_RECORD_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     query: str
     instruction: str
     sources: _containers.RepeatedScalarFieldContainer[Source]
@@ -55,7 +56,16 @@ class RetrieveRequest(_message.Message):
     fusion: Fusion
     group_by_record: bool
     max_per_record: int
-    def __init__(self, query: _Optional[str] = ..., instruction: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[Source, str]]] = ..., top_k: _Optional[int] = ..., score_threshold: _Optional[float] = ..., with_text: _Optional[bool] = ..., index: _Optional[str] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ..., group_by_record: _Optional[bool] = ..., max_per_record: _Optional[int] = ...) -> None: ...
+    history: _containers.RepeatedCompositeFieldContainer[Turn]
+    def __init__(self, query: _Optional[str] = ..., instruction: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[Source, str]]] = ..., top_k: _Optional[int] = ..., score_threshold: _Optional[float] = ..., with_text: _Optional[bool] = ..., index: _Optional[str] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., fusion: _Optional[_Union[Fusion, _Mapping]] = ..., group_by_record: _Optional[bool] = ..., max_per_record: _Optional[int] = ..., history: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ...) -> None: ...
+
+class Turn(_message.Message):
+    __slots__ = ("question", "answer")
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    question: str
+    answer: str
+    def __init__(self, question: _Optional[str] = ..., answer: _Optional[str] = ...) -> None: ...
 
 class Fusion(_message.Message):
     __slots__ = ("rrf_k", "depth", "dense_weight", "bm25_weight")
@@ -88,7 +98,7 @@ class Hit(_message.Message):
     def __init__(self, record_id: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., part: _Optional[int] = ..., score: _Optional[float] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., unit_id: _Optional[int] = ...) -> None: ...
 
 class RetrieveResponse(_message.Message):
-    __slots__ = ("hits", "sources", "sources_resolved", "instruction", "index", "generation", "model", "server_seconds", "mode")
+    __slots__ = ("hits", "sources", "sources_resolved", "instruction", "index", "generation", "model", "server_seconds", "mode", "resolved_query")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     SOURCES_RESOLVED_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +108,7 @@ class RetrieveResponse(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SERVER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_QUERY_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     sources: _containers.RepeatedScalarFieldContainer[Source]
     sources_resolved: bool
@@ -107,7 +118,8 @@ class RetrieveResponse(_message.Message):
     model: str
     server_seconds: float
     mode: SearchMode
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., sources: _Optional[_Iterable[_Union[Source, str]]] = ..., sources_resolved: _Optional[bool] = ..., instruction: _Optional[str] = ..., index: _Optional[str] = ..., generation: _Optional[int] = ..., model: _Optional[str] = ..., server_seconds: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ...) -> None: ...
+    resolved_query: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., sources: _Optional[_Iterable[_Union[Source, str]]] = ..., sources_resolved: _Optional[bool] = ..., instruction: _Optional[str] = ..., index: _Optional[str] = ..., generation: _Optional[int] = ..., model: _Optional[str] = ..., server_seconds: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., resolved_query: _Optional[str] = ...) -> None: ...
 
 class RetrieveBatchRequest(_message.Message):
     __slots__ = ("requests",)
