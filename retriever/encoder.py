@@ -16,12 +16,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from retriever.backends import EXPORT_PATHS, SUPPORTED, Backend, Precision, attach_runtime
 from retriever.errors import ModelError
 from retriever.instructions import compose_query, default_prompts
 
@@ -41,13 +41,6 @@ def hub_offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-class Precision(StrEnum):
-    AUTO = "auto"  # float16 on CUDA, float32 on CPU
-    FLOAT32 = "float32"
-    FLOAT16 = "float16"
-    BFLOAT16 = "bfloat16"
-
-
 @dataclass(frozen=True)
 class EncoderConfig:
     """How to load and run the encoder.
@@ -57,7 +50,9 @@ class EncoderConfig:
         device: ``cpu``, ``cuda``, ``cuda:1``... or None to pick CUDA when present.
         batch_size: texts per forward pass; larger is faster until memory runs out.
         max_seq_length: tokens per text (longer ones are truncated); None keeps the model's.
-        precision: weights' dtype for inference.
+        backend: what runs the transformer: torch, or an export of it (``retriever export-model``)
+            run by ONNX Runtime or OpenVINO; tokenization and pooling are the same for all.
+        precision: weights' dtype for inference (int8: a quantized ONNX export).
         show_progress: show a progress bar while encoding many texts.
         threads: torch CPU threads (None: one per core; an index build's encoder actors set
             their share so that several actors do not oversubscribe the cores).
@@ -68,6 +63,7 @@ class EncoderConfig:
     batch_size: int = 64
     max_seq_length: int | None = None
     precision: Precision = Precision.AUTO
+    backend: Backend = Backend.TORCH
     show_progress: bool = True
     threads: int | None = None
 
@@ -78,6 +74,9 @@ class EncoderConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_seq_length is not None and self.max_seq_length < 8:
             raise ValueError(f"max_seq_length must be >= 8, got {self.max_seq_length}")
+        if self.precision is not Precision.AUTO and self.precision not in SUPPORTED[self.backend]:
+            runs = ", ".join(p.value for p in SUPPORTED[self.backend])
+            raise ValueError(f"backend {self.backend.value} does not run {self.precision.value} (it runs {runs})")
 
 
 def bundled_model_dir() -> Path:
@@ -112,11 +111,16 @@ def check_model_dir(model: str | None) -> Path:
 
 
 def model_checksum(model_dir: Path) -> str:
-    """SHA-256 over the model's files (names and bytes), so any changed weight is detected."""
+    """SHA-256 over the model's files (names and bytes), so any changed weight is detected.
+
+    Exported copies of the weights (``onnx/``, ``openvino/``, ``exports.json``) are left out: they
+    carry their own SHA-256 in ``exports.json`` and the index manifest records which one encoded it.
+    """
     digest = hashlib.sha256()
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(model_dir).as_posix()
-        if rel.startswith(".") or "/." in rel or rel.endswith((".md", ".lock")) or rel == "manifest.json":
+        if (rel.startswith((".", *EXPORT_PATHS)) or "/." in rel or rel.endswith((".md", ".lock"))
+                or rel == "manifest.json"):
             continue
         digest.update(rel.encode() + b"\0")
         with path.open("rb") as fh:
@@ -249,12 +253,22 @@ class Encoder:
         self.info = info
         self.model_dir, self.name, self.checksum = info.model_dir, info.name, info.checksum
         self.device = pick_device(self.config.device)
+        self.backend = self.config.backend
+        self.precision = self._resolve_precision()
+        #: The exported file that runs the transformer (None for torch): ``{"file": ..., "sha256": ...}``.
+        self.export: dict[str, str] | None = None
         self.model = self._load()
         # The tokenizer and model are not safe to call from two threads at once (the server's batcher
         # and a publish's canary both encode); calls hold this lock, so keep them short.
         self._lock = threading.Lock()
-        logger.info("loaded model %s (%s, %d-d) on %s in %.1fs", self.name, self.checksum[:12],
-                    self.dimension, self.device, time.perf_counter() - started)
+        logger.info("loaded model %s (%s, %d-d) on %s, backend %s at %s, in %.1fs", self.name, self.checksum[:12],
+                    self.dimension, self.device, self.backend.value, self.precision.value,
+                    time.perf_counter() - started)
+
+    def _resolve_precision(self) -> Precision:
+        if self.config.precision is not Precision.AUTO:
+            return self.config.precision
+        return Precision.FLOAT16 if self.device.startswith("cuda") and self.backend is Backend.TORCH else Precision.FLOAT32
 
     def _load(self) -> Any:
         hub_offline()
@@ -262,8 +276,11 @@ class Encoder:
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
+        threads = self.config.threads or max(1, os.cpu_count() or 1)
         if self.device == "cpu":
-            torch.set_num_threads(self.config.threads or max(1, os.cpu_count() or 1))
+            torch.set_num_threads(threads)
+        elif self.backend is not Backend.TORCH:
+            raise ModelError(f"backend {self.backend.value} runs on the CPU here; use --device cpu or --backend torch")
         # transformers draws a "Loading weights" bar; --no-progress hides it too (the switch is
         # process-wide, so it is put back as it was).
         hide_bar = not self.config.show_progress and hf_logging.is_progress_bar_enabled()
@@ -281,22 +298,20 @@ class Encoder:
                 hf_logging.enable_progress_bar()
         if self.config.max_seq_length:
             model.max_seq_length = self.config.max_seq_length
-        dtype = self._dtype(torch)
-        if dtype is not None:
-            model = model.to(dtype)
+        if self.backend is Backend.TORCH:
+            dtype = {Precision.FLOAT32: None, Precision.FLOAT16: torch.float16,
+                     Precision.BFLOAT16: torch.bfloat16}[self.precision]
+            if dtype is not None:
+                model = model.to(dtype)
+        else:
+            entry = attach_runtime(model, self.model_dir, self.backend, self.precision, threads)
+            self.export = {"file": entry.file, "sha256": entry.files[entry.file]}
         # Models trained here save their prompts; others get the project's templates, which
         # record the protocol's instruction strings but are not applied by default (see
         # ``instruction_tuned``).
         self.instruction_tuned = bool(saved_prompts(self.model_dir).get("query"))
         model.prompts = dict[str, str | None](model_prompts(self.model_dir))
         return model
-
-    def _dtype(self, torch: Any) -> Any:
-        precision = self.config.precision
-        if precision is Precision.AUTO:
-            return torch.float16 if self.device.startswith("cuda") else None
-        return {Precision.FLOAT32: None, Precision.FLOAT16: torch.float16,
-                Precision.BFLOAT16: torch.bfloat16}[precision]
 
     @property
     def dimension(self) -> int:
@@ -312,6 +327,11 @@ class Encoder:
     Queries without an explicit instruction get the saved prompt only then; an untrained model
     such as the bundled all-MiniLM-L6-v2 ranks better with the bare question (benchmarks/RESULTS.md).
     """
+
+    @property
+    def encoding(self) -> dict[str, str]:
+        """How this encoder computes embeddings, as index manifests record it (``backend``, ``precision``)."""
+        return {"backend": self.backend.value, "precision": self.precision.value}
 
     @property
     def prompts(self) -> dict[str, str]:

@@ -1,0 +1,329 @@
+"""Inference backends for the encoder: torch, ONNX Runtime, OpenVINO.
+
+Exported weights live inside the model directory, laid out as sentence-transformers lays them out
+(``onnx/model.onnx``, ``onnx/model_O2.onnx``, ``onnx/model_qint8_avx2.onnx``,
+``openvino/openvino_model.xml``), and are listed with their SHA-256 in the model's export manifest
+``exports.json``. The model's own checksum covers the torch weights only, so exporting does not
+invalidate indexes built with the model; the index manifest records which backend and precision
+encoded it.
+
+Why not ``SentenceTransformer(..., backend="onnx")``: it needs optimum-onnx, which pins
+transformers < 4.58 while sentence-transformers >= 6 needs transformers >= 5; optimum-intel 2.2
+(``backend="openvino"``) pins transformers < 5.6 and pulls torchvision and another torch. So the
+export is ``torch.onnx.export`` of the transformer with the graph inputs and output names optimum
+uses (``input_ids``, ``attention_mask``, ``token_type_ids`` → ``last_hidden_state``), and only the
+transformer's forward pass is swapped at run time: tokenization, pooling and normalisation stay
+sentence-transformers' own, so every backend runs the same ``encode`` code path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from retriever.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+EXPORTS_FILE = "exports.json"
+#: What the model checksum leaves out: exported copies of the weights and their manifest.
+EXPORT_PATHS = ("onnx/", "openvino/", EXPORTS_FILE)
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_OPSET = 17
+
+
+class Backend(StrEnum):
+    TORCH = "torch"
+    ONNX = "onnx"  # ONNX Runtime, CPU execution provider
+    OPENVINO = "openvino"
+
+
+class Precision(StrEnum):
+    AUTO = "auto"  # float16 on CUDA, float32 on CPU
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+    INT8 = "int8"  # dynamically quantized weights (ONNX Runtime)
+
+
+class Optimization(StrEnum):
+    """ONNX graph optimisation levels, as optimum names them."""
+
+    O1 = "O1"  # basic graph optimisations
+    O2 = "O2"  # + transformer fusions (attention, layer norm, GELU)
+    O3 = "O3"  # + GELU approximation
+    O4 = "O4"  # + float16 weights (for GPUs)
+
+
+#: What each backend can run, and the precision a torch reference of the same model is compared with.
+SUPPORTED: dict[Backend, tuple[Precision, ...]] = {
+    Backend.TORCH: (Precision.FLOAT32, Precision.FLOAT16, Precision.BFLOAT16),
+    Backend.ONNX: (Precision.FLOAT32, Precision.FLOAT16, Precision.INT8),
+    Backend.OPENVINO: (Precision.FLOAT32,),
+}
+
+
+def runtime_available(backend: Backend) -> bool:
+    """Whether the runtime package of ``backend`` is importable here."""
+    module = {Backend.TORCH: "torch", Backend.ONNX: "onnxruntime", Backend.OPENVINO: "openvino"}[backend]
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _require(backend: Backend) -> None:
+    if not runtime_available(backend):
+        extra = "onnx" if backend is Backend.ONNX else "openvino"
+        raise ModelError(f"backend {backend.value} needs its runtime package; install it with "
+                         f"`pip install 'retriever[{extra}]'`")
+
+
+# -- the export manifest ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExportEntry:
+    """One exported copy of the weights: what runs it and the files it consists of."""
+
+    backend: str
+    precision: str
+    optimize: str | None
+    file: str  # the file to load, relative to the model directory
+    files: dict[str, str]  # every file of this export -> its SHA-256
+    created: str
+    seconds: float
+
+
+def read_exports(model_dir: Path) -> list[ExportEntry]:
+    """The exports listed in ``MODEL/exports.json`` (none when the file is absent).
+
+    Raises:
+        ModelError: the file is unreadable or malformed.
+    """
+    path = model_dir / EXPORTS_FILE
+    if not path.is_file():
+        return []
+    try:
+        data = orjson.loads(path.read_bytes())
+        return [ExportEntry(**entry) for entry in data["exports"]]
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path}: unreadable export manifest ({exc}); export the model again") from exc
+
+
+def find_export(model_dir: Path, backend: Backend, precision: Precision) -> ExportEntry:
+    """The newest export of ``model_dir`` for ``backend`` at ``precision``, its files checked.
+
+    Raises:
+        ModelError: no such export (says how to make one), or a file differs from its recorded SHA-256.
+    """
+    from retriever.index.files import sha256_file
+
+    matches = [e for e in read_exports(model_dir) if e.backend == backend.value and e.precision == precision.value]
+    if not matches:
+        quantize = " --quantize int8" if precision is Precision.INT8 else ""
+        raise ModelError(f"{model_dir} has no {backend.value} export at {precision.value}; make one with "
+                         f"`retriever export-model {model_dir} --backend {backend.value}{quantize}`")
+    entry = matches[-1]
+    for name, digest in entry.files.items():
+        path = model_dir / name
+        if not path.is_file() or sha256_file(path) != digest:
+            raise ModelError(f"{path}: missing or changed since it was exported (SHA-256 differs from "
+                             f"{EXPORTS_FILE}); export the model again")
+    return entry
+
+
+def _record_export(model_dir: Path, entry: ExportEntry) -> None:
+    from retriever.index.files import write_json_atomic
+
+    kept = [e for e in read_exports(model_dir) if e.file != entry.file]
+    write_json_atomic(model_dir / EXPORTS_FILE, {"format": 1, "exports": [asdict(e) for e in [*kept, entry]]})
+
+
+# -- export ----------------------------------------------------------------------------------------
+def export_model(model_dir: Path, backend: Backend, quantize: bool = False,
+                 optimize: Optimization | None = None) -> ExportEntry:
+    """Export a sentence-transformers model directory's transformer for ``backend``.
+
+    Writes the files beside the torch weights (the directory must be writable: export a copy of
+    a read-only model) and records them in ``exports.json``.
+
+    Args:
+        model_dir: a local sentence-transformers model directory.
+        backend: ``onnx`` or ``openvino``.
+        quantize: int8 dynamic quantization of the weights (``onnx`` only).
+        optimize: ONNX Runtime graph optimisation level (``onnx`` only).
+
+    Returns:
+        The recorded export.
+
+    Raises:
+        ModelError: an unsupported combination, a missing runtime, or a failed export.
+    """
+    if backend is Backend.TORCH:
+        raise ModelError("the torch backend runs the model's own weights; nothing to export")
+    if backend is Backend.OPENVINO and (quantize or optimize):
+        raise ModelError("--quantize and --optimize apply to --backend onnx; OpenVINO int8 needs nncf "
+                         "(optimum-intel), which does not install beside this transformers version")
+    if quantize and optimize is Optimization.O4:
+        raise ModelError("--optimize O4 makes float16 weights; it cannot be combined with --quantize int8")
+    _require(backend)
+    if not os.access(model_dir, os.W_OK):
+        raise ModelError(f"{model_dir} is not writable; copy the model directory and export the copy")
+    started = time.perf_counter()
+    from retriever.index.files import sha256_file
+
+    out_dir = model_dir / backend.value
+    out_dir.mkdir(exist_ok=True)
+    plain = out_dir / "model.onnx"
+    tmp = out_dir / f".model.{os.getpid()}.onnx"
+    try:
+        _torch_onnx_export(model_dir, tmp)
+        precision = Precision.FLOAT32
+        if backend is Backend.OPENVINO:
+            target = out_dir / "openvino_model.xml"
+            _to_openvino(tmp, target)
+            files = [target, target.with_suffix(".bin")]
+        else:
+            target = plain
+            if optimize is not None:
+                target = out_dir / f"model_{optimize.value}.onnx"
+                _optimize_onnx(tmp, target, optimize)
+                precision = Precision.FLOAT16 if optimize is Optimization.O4 else Precision.FLOAT32
+            if quantize:
+                source = target if optimize is not None else tmp
+                target = out_dir / "model_qint8_avx2.onnx"
+                _quantize_onnx(source, target)
+                precision = Precision.INT8
+            if target == plain:
+                os.replace(tmp, plain)
+            files = [target]
+    finally:
+        tmp.unlink(missing_ok=True)
+    entry = ExportEntry(
+        backend=backend.value, precision=precision.value, optimize=optimize.value if optimize else None,
+        file=target.relative_to(model_dir).as_posix(),
+        files={p.relative_to(model_dir).as_posix(): sha256_file(p) for p in files},
+        created=datetime.now(UTC).isoformat(timespec="seconds"), seconds=round(time.perf_counter() - started, 1))
+    _record_export(model_dir, entry)
+    logger.info("exported %s to %s (%s) in %.1fs", model_dir, entry.file, precision.value, entry.seconds)
+    return entry
+
+
+def _torch_onnx_export(model_dir: Path, path: Path) -> None:
+    """The transformer of the model as ONNX: token ids in, ``last_hidden_state`` out, dynamic batch and length."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True, trust_remote_code=False,
+                                    model_kwargs={"use_safetensors": True})
+    except Exception as exc:  # sentence-transformers raises many types; wrap them all
+        raise ModelError(f"cannot load model from {model_dir}: {exc}") from exc
+    transformer = model[0].model.eval()
+    sample = model.tokenizer(["a sample sentence", "another one, a little longer"], padding=True,
+                             return_tensors="pt")
+    names = [n for n in _INPUTS if n in sample]
+
+    class _LastHidden(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = transformer
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            return self.inner(**dict(zip(names, inputs)), return_dict=True).last_hidden_state
+
+    axes = {n: {0: "batch_size", 1: "sequence_length"} for n in [*names, "last_hidden_state"]}
+    try:
+        with torch.inference_mode():
+            # The TorchScript exporter: the dynamo one needs onnxscript and does not keep these names.
+            torch.onnx.export(_LastHidden().eval(), tuple(sample[n] for n in names), str(path), input_names=names,
+                              output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=_OPSET,
+                              dynamo=False)
+    except Exception as exc:  # the exporter raises many types; wrap them all
+        raise ModelError(f"torch.onnx.export of {model_dir} failed: {exc}") from exc
+
+
+def _optimize_onnx(source: Path, target: Path, level: Optimization) -> None:
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions("bert")
+    options.enable_gelu_approximation = level in (Optimization.O3, Optimization.O4)
+    optimized = optimizer.optimize_model(str(source), model_type="bert", num_heads=0, hidden_size=0,
+                                         optimization_options=options, opt_level=1 if level is Optimization.O1 else 2)
+    if level is Optimization.O4:
+        optimized.convert_float_to_float16(keep_io_types=True)
+    optimized.save_model_to_file(str(target))
+
+
+def _quantize_onnx(source: Path, target: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Per-channel int8 weights; activations quantized at run time (no calibration data needed).
+    quantize_dynamic(str(source), str(target), per_channel=True, weight_type=QuantType.QInt8)
+
+
+def _to_openvino(source: Path, target: Path) -> None:
+    import openvino as ov
+
+    # float32 weights as exported (save_model would halve them to float16 by default).
+    ov.save_model(ov.convert_model(str(source)), str(target), compress_to_fp16=False)
+
+
+# -- run time --------------------------------------------------------------------------------------
+def attach_runtime(model: Any, model_dir: Path, backend: Backend, precision: Precision, threads: int) -> ExportEntry:
+    """Replace the transformer's forward pass of a loaded SentenceTransformer with an exported copy.
+
+    Returns:
+        The export that now runs.
+    """
+    _require(backend)
+    entry = find_export(model_dir, backend, precision)
+    transformer = model[0]
+    transformer.model = _runtime_module(model_dir / entry.file, backend, threads, transformer.model.config)
+    # None: sentence-transformers passes every feature but its own bookkeeping; the runtime takes what its graph needs.
+    transformer.model_forward_params = None
+    return entry
+
+
+def _runtime_module(path: Path, backend: Backend, threads: int, config: Any) -> Any:
+    """An ONNX Runtime session or OpenVINO compiled model standing in for the transformer's forward."""
+    import torch
+
+    if backend is Backend.ONNX:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        inputs = [i.name for i in session.get_inputs()]
+
+        def run(feeds: dict[str, Any]) -> Any:
+            return session.run(["last_hidden_state"], feeds)[0]
+    else:
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
+        inputs = [next(iter(i.get_names())) for i in compiled.inputs]
+
+        def run(feeds: dict[str, Any]) -> Any:
+            return compiled(feeds)[0]
+
+    class Runtime(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = config
+
+        def forward(self, **features: Any) -> dict[str, Any]:
+            # [batch, seq] int64 ids and mask in; [batch, seq, hidden] float32 out
+            feeds = {name: features[name].cpu().numpy() for name in inputs}
+            return {"last_hidden_state": torch.from_numpy(run(feeds)).float()}
+
+    return Runtime()
