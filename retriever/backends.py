@@ -34,8 +34,9 @@ from retriever.errors import ModelError
 logger = logging.getLogger(__name__)
 
 EXPORTS_FILE = "exports.json"
-#: What the model checksum leaves out: exported copies of the weights and their manifest.
-EXPORT_PATHS = ("onnx/", "openvino/", EXPORTS_FILE)
+#: What the model checksum leaves out: exported copies of the weights, their manifest and the
+#: recorded agreement checks (``retriever.agreement``).
+EXPORT_PATHS = ("onnx/", "openvino/", EXPORTS_FILE, "agreement.json")
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _OPSET = 17
 
@@ -225,7 +226,8 @@ def _torch_onnx_export(model_dir: Path, path: Path) -> None:
                                     model_kwargs={"use_safetensors": True})
     except Exception as exc:  # sentence-transformers raises many types; wrap them all
         raise ModelError(f"cannot load model from {model_dir}: {exc}") from exc
-    transformer = model[0].model.eval()
+    transformer: Any = model[0].model
+    transformer.eval()
     sample = model.tokenizer(["a sample sentence", "another one, a little longer"], padding=True,
                              return_tensors="pt")
     names = [n for n in _INPUTS if n in sample]

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from retriever.backends import EXPORT_PATHS, SUPPORTED, Backend, Precision, attach_runtime
+from retriever.backends import EXPORT_PATHS, SUPPORTED, Backend, Precision, attach_runtime, find_export
 from retriever.errors import ModelError
 from retriever.instructions import compose_query, default_prompts
 
@@ -77,6 +77,28 @@ class EncoderConfig:
         if self.precision is not Precision.AUTO and self.precision not in SUPPORTED[self.backend]:
             runs = ", ".join(p.value for p in SUPPORTED[self.backend])
             raise ValueError(f"backend {self.backend.value} does not run {self.precision.value} (it runs {runs})")
+
+
+def resolve_precision(config: EncoderConfig, device: str) -> Precision:
+    """The precision ``auto`` means: float16 for torch on CUDA, else float32."""
+    if config.precision is not Precision.AUTO:
+        return config.precision
+    return Precision.FLOAT16 if device.startswith("cuda") and config.backend is Backend.TORCH else Precision.FLOAT32
+
+
+def encoding_of(config: EncoderConfig, model_dir: Path, device: str) -> dict[str, str]:
+    """What encodes with ``config``, as index manifests record it: backend, precision and, for an
+    export, the SHA-256 of its weights file.
+
+    Raises:
+        ModelError: the export is missing or changed.
+    """
+    precision = resolve_precision(config, device)
+    encoding = {"backend": config.backend.value, "precision": precision.value}
+    if config.backend is not Backend.TORCH:
+        entry = find_export(model_dir, config.backend, precision)
+        encoding["export_sha256"] = entry.files[entry.file]
+    return encoding
 
 
 def bundled_model_dir() -> Path:
@@ -254,7 +276,7 @@ class Encoder:
         self.model_dir, self.name, self.checksum = info.model_dir, info.name, info.checksum
         self.device = pick_device(self.config.device)
         self.backend = self.config.backend
-        self.precision = self._resolve_precision()
+        self.precision = resolve_precision(self.config, self.device)
         #: The exported file that runs the transformer (None for torch): ``{"file": ..., "sha256": ...}``.
         self.export: dict[str, str] | None = None
         self.model = self._load()
@@ -264,11 +286,6 @@ class Encoder:
         logger.info("loaded model %s (%s, %d-d) on %s, backend %s at %s, in %.1fs", self.name, self.checksum[:12],
                     self.dimension, self.device, self.backend.value, self.precision.value,
                     time.perf_counter() - started)
-
-    def _resolve_precision(self) -> Precision:
-        if self.config.precision is not Precision.AUTO:
-            return self.config.precision
-        return Precision.FLOAT16 if self.device.startswith("cuda") and self.backend is Backend.TORCH else Precision.FLOAT32
 
     def _load(self) -> Any:
         hub_offline()
@@ -330,8 +347,11 @@ class Encoder:
 
     @property
     def encoding(self) -> dict[str, str]:
-        """How this encoder computes embeddings, as index manifests record it (``backend``, ``precision``)."""
-        return {"backend": self.backend.value, "precision": self.precision.value}
+        """How this encoder computes embeddings, as index manifests record it (see :func:`encoding_of`)."""
+        encoding = {"backend": self.backend.value, "precision": self.precision.value}
+        if self.export is not None:
+            encoding["export_sha256"] = self.export["sha256"]
+        return encoding
 
     @property
     def prompts(self) -> dict[str, str]:

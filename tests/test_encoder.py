@@ -125,3 +125,94 @@ def test_weights_progress_bar_follows_show_progress(monkeypatch, show_progress: 
         Encoder(EncoderConfig(show_progress=show_progress))
     assert seen == [show_progress]
     assert hf_logging.is_progress_bar_enabled()  # the process-wide switch is put back
+
+
+# -- backends (retriever.backends) ---------------------------------------------------------------
+def test_a_precision_the_backend_cannot_run_is_refused() -> None:
+    from retriever.backends import Backend, Precision
+
+    with pytest.raises(ValueError, match="backend torch does not run int8"):
+        EncoderConfig(precision=Precision.INT8)
+    with pytest.raises(ValueError, match="backend openvino does not run bfloat16"):
+        EncoderConfig(backend=Backend.OPENVINO, precision=Precision.BFLOAT16)
+    assert EncoderConfig(backend=Backend.ONNX, precision=Precision.INT8).backend is Backend.ONNX
+
+
+def test_exports_leave_the_model_checksum_alone(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 64)
+    before = model_checksum(tmp_path)
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "model.onnx").write_bytes(b"graph")
+    (tmp_path / "openvino").mkdir()
+    (tmp_path / "openvino" / "openvino_model.bin").write_bytes(b"weights")
+    (tmp_path / "exports.json").write_text("{}")
+    (tmp_path / "agreement.json").write_text("{}")
+    assert model_checksum(tmp_path) == before
+    (tmp_path / "onnx_notes.txt").write_text("not an export")  # only the export paths are left out
+    assert model_checksum(tmp_path) != before
+
+
+def test_a_missing_or_changed_export_is_refused(tmp_path: Path) -> None:
+    from retriever.backends import Backend, ExportEntry, Precision, _record_export, find_export
+    from retriever.index.files import sha256_file
+
+    with pytest.raises(ModelError, match=r"no onnx export at int8; make one with `retriever export-model .* --quantize int8`"):
+        find_export(tmp_path, Backend.ONNX, Precision.INT8)
+    (tmp_path / "onnx").mkdir()
+    graph = tmp_path / "onnx" / "model.onnx"
+    graph.write_bytes(b"graph")
+    _record_export(tmp_path, ExportEntry("onnx", "float32", None, "onnx/model.onnx",
+                                         {"onnx/model.onnx": sha256_file(graph)}, "now", 0.0))
+    assert find_export(tmp_path, Backend.ONNX, Precision.FLOAT32).file == "onnx/model.onnx"
+    graph.write_bytes(b"graph, edited")
+    with pytest.raises(ModelError, match="changed since it was exported"):
+        find_export(tmp_path, Backend.ONNX, Precision.FLOAT32)
+
+
+def test_the_torch_backend_has_nothing_to_export(tmp_path: Path) -> None:
+    from retriever.backends import Backend, export_model
+
+    with pytest.raises(ModelError, match="nothing to export"):
+        export_model(tmp_path, Backend.TORCH)
+
+
+@pytest.mark.parametrize(("backend", "module"), [("onnx", "onnxruntime"), ("openvino", "openvino")])
+def test_an_export_encodes_like_torch_and_loads_offline(backend: str, module: str, tmp_path: Path, encoder) -> None:
+    pytest.importorskip(module, reason=f"{module} is not installed (pip install 'retriever[{backend}]')")
+    import shutil
+
+    from retriever.backends import EXPORTS_FILE, Backend, Precision, export_model, read_exports
+    from retriever.encoder import bundled_model_dir
+    from retriever.index.files import sha256_file
+
+    model = Path(shutil.copytree(bundled_model_dir(), tmp_path / "model"))
+    entry = export_model(model, Backend(backend))
+    assert entry.file == {"onnx": "onnx/model.onnx", "openvino": "openvino/openvino_model.xml"}[backend]
+    assert read_exports(model)[-1] == entry and (model / EXPORTS_FILE).is_file()
+    assert entry.files[entry.file] == sha256_file(model / entry.file)
+    exported = Encoder(EncoderConfig(model=str(model), backend=Backend(backend), precision=Precision.FLOAT32,
+                                     show_progress=False))
+    assert exported.checksum == encoder.checksum  # same model: indexes built with it stay valid
+    assert exported.encoding == {"backend": backend, "precision": "float32", "export_sha256": entry.files[entry.file]}
+    texts = ["who founded the club?", "Jenson Button, was born in, Frome, Somerset, England", "In Rainbows | Length: 42:39"]
+    cosine = np.sum(exported.encode_documents(texts) * encoder.encode_documents(texts), axis=1)
+    assert cosine.min() > 0.9999
+    queries = exported.encode_queries(["who founded the club?"], "retrieve evidence from table sources")
+    np.testing.assert_allclose(queries, encoder.encode_queries(["who founded the club?"],
+                                                               "retrieve evidence from table sources"), atol=1e-4)
+
+
+def test_an_int8_onnx_export_loads_and_stays_close(tmp_path: Path, encoder) -> None:
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'retriever[onnx]')")
+    import shutil
+
+    from retriever.backends import Backend, Precision, export_model
+    from retriever.encoder import bundled_model_dir
+
+    model = Path(shutil.copytree(bundled_model_dir(), tmp_path / "model"))
+    entry = export_model(model, Backend.ONNX, quantize=True)
+    assert (entry.file, entry.precision) == ("onnx/model_qint8_avx2.onnx", "int8")
+    int8 = Encoder(EncoderConfig(model=str(model), backend=Backend.ONNX, precision=Precision.INT8, show_progress=False))
+    texts = ["who founded the club?", "Jenson Button, was born in, Frome, Somerset, England"]
+    cosine = np.sum(int8.encode_documents(texts) * encoder.encode_documents(texts), axis=1)
+    assert 0.95 < cosine.min() < 0.99999  # close, and not the float32 graph under another name

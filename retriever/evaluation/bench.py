@@ -122,7 +122,8 @@ def _encoder_for(config: HeteroBenchConfig, manifest: Manifest | None) -> Encode
     if model is None and manifest is not None and manifest.model_name != BUNDLED_MODEL:
         model = manifest.model_name
     return Encoder(EncoderConfig(model=model, device=config.encoder.device, batch_size=config.encoder.batch_size,
-                                 precision=config.encoder.precision, show_progress=config.encoder.show_progress))
+                                 precision=config.encoder.precision, backend=config.encoder.backend,
+                                 show_progress=config.encoder.show_progress))
 
 
 def run_heteromix_bench(config: HeteroBenchConfig, encoder: Encoder | None = None) -> BenchReport:

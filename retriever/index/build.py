@@ -30,7 +30,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from retriever.encoder import Encoder, EncoderConfig, ModelInfo, check_model_dir, model_prompts
+from retriever.encoder import (
+    Encoder,
+    EncoderConfig,
+    ModelInfo,
+    check_model_dir,
+    encoding_of,
+    model_prompts,
+    pick_device,
+)
 from retriever.errors import CorpusError, InvalidInputError, RetrieverError
 from retriever.index.files import publish_dir, sha256_file, staging_dir, write_json_atomic
 from retriever.index.manifest import FORMAT_VERSION, MANIFEST_NAME, FileEntry, Manifest, ShardInfo
@@ -196,8 +204,11 @@ def _run(config: BuildConfig, encoder: Encoder | EncoderConfig, plan_units: Any,
     info = encoder.info if isinstance(encoder, Encoder) else ModelInfo.describe(encoder)
     encoder_config = encoder.config if isinstance(encoder, Encoder) else encoder
     max_tokens = config.max_tokens or max(16, info.max_seq_length - 2)
+    encoding = (encoder.encoding if isinstance(encoder, Encoder)
+                else encoding_of(encoder_config, info.model_dir, pick_device(encoder_config.device)))
     key = {"corpus_fingerprint": fingerprint(), "model_checksum": info.checksum,
-           "linearizer_version": LINEARIZER_VERSION, "max_tokens": max_tokens, "part_size": config.part_size}
+           "linearizer_version": LINEARIZER_VERSION, "max_tokens": max_tokens, "part_size": config.part_size,
+           "encoding": encoding}
     if config.out.exists() and not config.overwrite:
         built = _already_built(config, key)
         if built is None:
@@ -249,7 +260,8 @@ def _already_built(config: BuildConfig, key: dict[str, Any]) -> BuildReport | No
     except RetrieverError:
         return None
     made = {"corpus_fingerprint": manifest.corpus_fingerprint, "model_checksum": manifest.model_checksum,
-            "linearizer_version": manifest.linearizer_version, "max_tokens": manifest.max_tokens}
+            "linearizer_version": manifest.linearizer_version, "max_tokens": manifest.max_tokens,
+            "encoding": manifest.encoding}
     if any(key[k] != v for k, v in made.items()):
         return None
     logger.info("%s is already built from these inputs; nothing to resume", config.out)
@@ -436,6 +448,7 @@ def _publish(config: BuildConfig, work: BuildWork, plan: BuildPlan, info: ModelI
                    "encode_seconds_last_run": round(encode_seconds, 3),
                    "units_per_second": round(plan.total_units / max(encode_total, 1e-9), 2),
                    "min_recall": config.min_recall, "memory_budget": config.memory_budget},
+            encoding=plan.key["encoding"],
         )
         write_json_atomic(staged / MANIFEST_NAME, manifest.to_json())
         index_bytes = sum(f.bytes for f in files)

@@ -24,6 +24,10 @@ SOURCE_VALUES = tuple(s.value for s in Source)
 SEARCH_KNOBS = ("nprobe", "ef_search", "k_factor")
 MAX_DIMENSION = 65_536
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: How the documents were encoded (``Manifest.encoding``); indexes from before it was recorded read as the default.
+BACKENDS = ("torch", "onnx", "openvino")
+PRECISIONS = ("float32", "float16", "bfloat16", "int8")
+DEFAULT_ENCODING = {"backend": "torch", "precision": "float32"}
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -70,6 +74,8 @@ class Manifest:
     created: str
     build_seconds: float
     build: dict[str, Any] = field(default_factory=dict)  # engine, parts, encode time, recall gate
+    # backend and precision that encoded the documents; export_sha256 for an exported copy of the weights
+    encoding: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ENCODING))
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -185,6 +191,21 @@ def _per_source(value: Any, where: str) -> dict[str, int]:
     return value
 
 
+def _encoding(value: Any) -> None:
+    encoding = _object(value, "encoding", {"backend", "precision"}, {"export_sha256"})
+    if encoding["backend"] not in BACKENDS:
+        raise _Invalid("encoding.backend", f"{encoding['backend']!r:.40} is not a backend (expected one of "
+                                           f"{', '.join(BACKENDS)})")
+    if encoding["precision"] not in PRECISIONS:
+        raise _Invalid("encoding.precision", f"{encoding['precision']!r:.40} is not a precision (expected one of "
+                                             f"{', '.join(PRECISIONS)})")
+    exported = "export_sha256" in encoding
+    if exported and (not isinstance(encoding["export_sha256"], str) or not _SHA256.match(encoding["export_sha256"])):
+        raise _Invalid("encoding.export_sha256", "expected 64 lowercase hex digits")
+    if exported != (encoding["backend"] != "torch"):
+        raise _Invalid("encoding.export_sha256", "required for an exported backend (onnx, openvino), absent for torch")
+
+
 def _names(cls: type) -> tuple[set[str], set[str]]:
     """The required and optional (defaulted) field names of a dataclass."""
     required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
@@ -230,6 +251,8 @@ def _validate(data: Any) -> None:
     for name in ("build", "extra"):
         if name in data and not isinstance(data[name], dict):
             raise _Invalid(name, f"expected an object, got {type(data[name]).__name__}")
+    if "encoding" in data:
+        _encoding(data["encoding"])
     counts = _per_source(data["counts"], "counts")
     _per_source(data["records"], "records")
 

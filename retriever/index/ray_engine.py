@@ -204,7 +204,8 @@ def encode_parts(work: BuildWork, plan: BuildPlan, pending: list[PartSpec], conf
     specs = {spec.part: spec for spec in pending}
     actor_config = EncoderConfig(model=config.model, device=None if "num_gpus" in resources else "cpu",
                                  batch_size=config.batch_size, max_seq_length=config.max_seq_length,
-                                 precision=config.precision, show_progress=False, threads=threads)
+                                 precision=config.precision, backend=config.backend, show_progress=False,
+                                 threads=threads)
     logger.info("encoding %d parts on %d encoder actor(s) (%s each)", len(pending), count, resources)
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _EncodeParts, batch_size=1, concurrency=min(count, len(items)), fn_constructor_args=(actor_config,),

@@ -73,6 +73,11 @@ MANIFEST_CASES: dict[str, tuple[Callable[[dict], object], str]] = {
     "units without a shard": (lambda d: d["shards"].pop(), r"counts\.infobox: \d+ units but no shard holds them"),
     "other metric": (lambda d: d.update(metric="l2"), r"metric: 'l2' is not supported"),
     "prompts not strings": (lambda d: d.update(prompts={"query": 1}), r"prompts: expected an object of strings"),
+    "unknown backend": (lambda d: d["encoding"].update(backend="tensorrt"), r"encoding\.backend: 'tensorrt' is not a backend"),
+    "unknown precision": (lambda d: d["encoding"].update(precision="int4"), r"encoding\.precision: 'int4' is not a precision"),
+    "export without its checksum": (lambda d: d["encoding"].update(backend="onnx"),
+                                    r"encoding\.export_sha256: required for an exported backend"),
+    "unknown encoding field": (lambda d: d["encoding"].update(device="cpu"), r"encoding: unknown field\(s\) device"),
 }
 
 
@@ -83,6 +88,15 @@ def test_a_lying_manifest_is_refused_naming_the_field(case: str, tiny_index_dir:
     edit_manifest(bad, change)
     with pytest.raises(CorruptIndexError, match=message):
         Index.load(bad, use_gpu=False)
+
+
+def test_an_index_from_before_encodings_were_recorded_reads_as_torch_float32(tiny_index_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    assert Index.load(tiny_index_dir, use_gpu=False).manifest.encoding == {"backend": "torch", "precision": "float32"}
+    old = Path(shutil.copytree(tiny_index_dir, tmp_path / "old"))
+    edit_manifest(old, lambda d: d.pop("encoding"))
+    assert "encoding" not in json.loads((old / MANIFEST_NAME).read_text())
+    assert Index.load(old, use_gpu=False).manifest.encoding == {"backend": "torch", "precision": "float32"}
 
 
 def test_a_reordered_unit_store_is_refused(tiny_index_dir: Path, tmp_path: Path) -> None:
