@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retriever.agreement import check_encoding
 from retriever.conversation import rewrite
 from retriever.encoder import Encoder
 from retriever.errors import InvalidInputError
@@ -50,7 +51,9 @@ class Searcher:
         store: the units, when there is no ``index``.
 
     Raises:
-        IncompatibleIndexError: the index was built with another model or other prompts.
+        IncompatibleIndexError: the index was built with another model or other prompts, or encoded
+            with another backend/precision than ``encoder`` without a passed agreement check
+            (:mod:`retriever.agreement`).
         InvalidInputError: the lexical index covers other units.
     """
 
@@ -62,6 +65,7 @@ class Searcher:
                 raise ValueError("give an index or a unit store, not both")
             if encoder is not None:
                 index.manifest.check_compatible(encoder.checksum, encoder.prompts, str(index.path))
+                check_encoding(index.manifest, encoder, str(index.path))
             store = index.store
         elif store is None:
             raise ValueError("give an index or a unit store")

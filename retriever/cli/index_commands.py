@@ -10,7 +10,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from retriever.encoder import BUNDLED_MODEL, Encoder, EncoderConfig, Precision, check_model_dir
+from retriever.backends import Backend, Optimization, Precision, export_model
+from retriever.encoder import BUNDLED_MODEL, Encoder, EncoderConfig, check_model_dir, resolve_model_dir
+from retriever.errors import InvalidInputError
 from retriever.index import BuildConfig, Index, Manifest, build_index
 from retriever.index.build import DEFAULT_PART_SIZE, Engine
 from retriever.query import FusionConfig, Mode, Query, SearchResult, SourceResolution, Turn
@@ -48,14 +50,24 @@ def add_encoder_args(parser: argparse.ArgumentParser, model_help: str) -> None:
     group.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
     group.add_argument("--batch-size", type=at_least(1), default=64,
                        help="texts per forward pass (default 64; larger helps on GPU, costs memory)")
+    group.add_argument("--backend", type=Backend, choices=list(Backend), default=Backend.TORCH,
+                       help="what runs the transformer (default torch). onnx (ONNX Runtime) and openvino run an export "
+                       "made with `retriever export-model` (CPU only); docs/BACKENDS.md has the measured speed and "
+                       "agreement of each on this project's machines")
     group.add_argument("--precision", type=Precision, choices=list(Precision), default=Precision.AUTO,
-                       help="weights' dtype (default auto: float16 on CUDA, float32 on CPU)")
+                       help="weights' dtype (default auto: float16 on CUDA, float32 on CPU). torch runs float32, "
+                       "float16, bfloat16 (slow on CPUs without native bf16); onnx runs float32, int8 (a quantized "
+                       "export) and float16 (an --optimize O4 export); openvino runs float32")
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def encoder_config(args: argparse.Namespace, model: str | None = None) -> EncoderConfig:
-    return EncoderConfig(model=model if model is not None else args.model, device=args.device,
-                         batch_size=args.batch_size, precision=args.precision, show_progress=not args.no_progress)
+    try:
+        return EncoderConfig(model=model if model is not None else args.model, device=args.device,
+                             batch_size=args.batch_size, precision=args.precision, backend=args.backend,
+                             show_progress=not args.no_progress)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from exc
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -164,6 +176,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "2 cores, first run only) and run a few example queries against it.")
     demo.add_argument("-k", "--top-k", type=at_least(1), default=3)
     add_encoder_args(demo, "model directory (default: the bundled all-MiniLM-L6-v2)")
+
+    export = subparsers.add_parser(
+        "export-model", help="export a model's transformer for ONNX Runtime or OpenVINO",
+        description="Write an exported copy of the model's weights inside its directory (onnx/model*.onnx, "
+        "openvino/openvino_model.xml, as sentence-transformers lays them out) and record it with its SHA-256 in "
+        "the directory's exports.json. The model's checksum (and so every index built with it) is unchanged; "
+        "load the export with --backend onnx|openvino [--precision int8]. Everything runs offline.")
+    export.add_argument("model", type=Path, help="a writable sentence-transformers model directory (copy the bundled "
+                        "one first: it lives in a read-only installed package)")
+    export.add_argument("--backend", type=Backend, choices=[Backend.ONNX, Backend.OPENVINO], required=True)
+    export.add_argument("--quantize", choices=["int8"], default=None,
+                        help="int8 dynamic quantization of the weights (onnx only; faster, less exact: check "
+                        "docs/BACKENDS.md before serving it)")
+    export.add_argument("--optimize", type=Optimization, choices=list(Optimization), default=None,
+                        help="ONNX Runtime graph optimisation (onnx only): O1 basic, O2 + transformer fusions, "
+                        "O3 + GELU approximation, O4 + float16 weights (GPUs)")
+    export.set_defaults(func=run_export)
+
+    agree = subparsers.add_parser(
+        "check-agreement", help="check whether an encoder may search an index encoded another way",
+        description="Encode the canary set (sample corpus units and questions shipped in the package) with the "
+        "index's backend/precision and with --backend/--precision; record in the model directory whether every "
+        "document's cosine is >= 0.99 and every question's top-10 is the same. search and serve refuse an index "
+        "encoded another way than their queries unless this check passed.")
+    agree.add_argument("index", type=Path, help="index directory (its manifest names the documents' encoding)")
+    add_encoder_args(agree, "model directory (default: the model named in the index manifest)")
+    agree.set_defaults(func=run_check_agreement)
     demo.set_defaults(func=run_demo)
 
 
@@ -285,6 +324,29 @@ def run_build_lexical(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    entry = export_model(resolve_model_dir(str(args.model)), args.backend, quantize=args.quantize == "int8",
+                         optimize=args.optimize)
+    print(f"exported {args.model}/{entry.file} ({entry.backend}, {entry.precision}) in {entry.seconds:.1f}s; "
+          f"load it with --model {args.model} --backend {entry.backend} --precision {entry.precision}")
+    return 0
+
+
+def run_check_agreement(args: argparse.Namespace) -> int:
+    from retriever.agreement import MIN_COSINE, TOP_K, check_agreement, label
+
+    manifest = Manifest.read(args.index)
+    queries = encoder_config(args, model_for_index(manifest, args.model))
+    documents = replace(queries, backend=Backend(manifest.encoding["backend"]),
+                        precision=Precision(manifest.encoding["precision"]))
+    record = check_agreement(Encoder(documents), Encoder(queries))
+    print(f"documents {label(record.documents)}, queries {label(record.queries)}: min cosine {record.min_cosine:.5f} "
+          f"(needs >= {MIN_COSINE}), mean {record.mean_cosine:.5f}; same top-{TOP_K} for "
+          f"{100 * record.same_top_k:.1f}% of {record.canary_queries} questions (needs 100%): "
+          f"{'passed' if record.passed else 'FAILED'}")
+    return 0 if record.passed else 1
+
+
 def run_info(args: argparse.Namespace) -> int:
     manifest = Manifest.read(args.index)
     if args.json:
@@ -296,6 +358,7 @@ def run_info(args: argparse.Namespace) -> int:
     per_source = ", ".join(f"{k} {v}" for k, v in manifest.records.items())
     print(f"records      {sum(manifest.records.values())} ({per_source})")
     print(f"model        {manifest.model_name} (sha256 {manifest.model_checksum[:16]}…), {manifest.dimension}-d")
+    print(f"encoded with {manifest.encoding['backend']} {manifest.encoding['precision']}")
     print(f"index type   {manifest.factory} (requested), {manifest.metric}")
     for shard in manifest.shards:
         recall = "exact" if shard.recall_at_10 is None else f"recall@10 {shard.recall_at_10:.4f}"
