@@ -80,7 +80,7 @@ def runtime_available(backend: Backend) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _require(backend: Backend) -> None:
+def require_runtime(backend: Backend) -> None:
     if not runtime_available(backend):
         extra = "onnx" if backend is Backend.ONNX else "openvino"
         raise ModelError(f"backend {backend.value} needs its runtime package; install it with "
@@ -173,7 +173,7 @@ def export_model(model_dir: Path, backend: Backend, quantize: bool = False,
                          "(optimum-intel), which does not install beside this transformers version")
     if quantize and optimize is Optimization.O4:
         raise ModelError("--optimize O4 makes float16 weights; it cannot be combined with --quantize int8")
-    _require(backend)
+    require_runtime(backend)
     if not os.access(model_dir, os.W_OK):
         raise ModelError(f"{model_dir} is not writable; copy the model directory and export the copy")
     started = time.perf_counter()
@@ -285,7 +285,7 @@ def attach_runtime(model: Any, model_dir: Path, backend: Backend, precision: Pre
     Returns:
         The export that now runs.
     """
-    _require(backend)
+    require_runtime(backend)
     entry = find_export(model_dir, backend, precision)
     transformer = model[0]
     transformer.model = _runtime_module(model_dir / entry.file, backend, threads, transformer.model.config)

@@ -21,7 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from retriever.backends import EXPORT_PATHS, SUPPORTED, Backend, Precision, attach_runtime, find_export
+from retriever.backends import (
+    EXPORT_PATHS,
+    SUPPORTED,
+    Backend,
+    Precision,
+    attach_runtime,
+    find_export,
+    require_runtime,
+)
 from retriever.errors import ModelError
 from retriever.instructions import compose_query, default_prompts
 
@@ -277,6 +285,9 @@ class Encoder:
         self.device = pick_device(self.config.device)
         self.backend = self.config.backend
         self.precision = resolve_precision(self.config, self.device)
+        if self.backend is not Backend.TORCH:  # fail before the weights load
+            require_runtime(self.backend)
+            find_export(self.model_dir, self.backend, self.precision)
         #: The exported file that runs the transformer (None for torch): ``{"file": ..., "sha256": ...}``.
         self.export: dict[str, str] | None = None
         self.model = self._load()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from importlib import resources
@@ -11,6 +12,7 @@ from pathlib import Path
 from retriever.encoder import Encoder
 from retriever.errors import RetrieverError
 from retriever.index import BuildConfig, Index, build_index
+from retriever.index.manifest import DEFAULT_ENCODING
 from retriever.linearize import LINEARIZER_VERSION
 
 logger = logging.getLogger(__name__)
@@ -31,7 +33,9 @@ def cache_dir() -> Path:
 
 def sample_index_dir(encoder: Encoder) -> Path:
     corpus = data_file(SAMPLE_CORPUS).read_bytes()
-    key = hashlib.sha256(corpus + encoder.checksum.encode() + LINEARIZER_VERSION.encode()).hexdigest()[:16]
+    # Another encoding than torch/float32 gets its own cache (the key of torch/float32 is as before it was recorded).
+    encoding = b"" if encoder.encoding == DEFAULT_ENCODING else json.dumps(encoder.encoding, sort_keys=True).encode()
+    key = hashlib.sha256(corpus + encoder.checksum.encode() + LINEARIZER_VERSION.encode() + encoding).hexdigest()[:16]
     return cache_dir() / "indexes" / f"sample-{key}"
 
 

@@ -32,10 +32,25 @@ def test_build_search_info_round_trip(tmp_path: Path, tiny_corpus: Path, capsys)
 
     assert main(["-q", "info", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "bundled:all-MiniLM-L6-v2" in text and "Flat" in text
+    assert "bundled:all-MiniLM-L6-v2" in text and "Flat" in text and "encoded with torch float32" in text
     assert main(["-q", "info", str(out), "--json"]) == 0
     manifest = json.loads(capsys.readouterr().out)
     assert sum(manifest["records"].values()) == 20
+    assert manifest["encoding"] == {"backend": "torch", "precision": "float32"}
+
+
+def test_a_backend_without_its_precision_or_export_exits_1_saying_how(tiny_index_dir: Path, tmp_path: Path,
+                                                                     capsys) -> None:
+    assert main(["-q", "search", str(tiny_index_dir), "q", "--precision", "int8"]) == 1
+    assert "backend torch does not run int8 (it runs float32, float16, bfloat16)" in capsys.readouterr().err
+    import shutil
+
+    from retriever.encoder import bundled_model_dir
+
+    model = Path(shutil.copytree(bundled_model_dir(), tmp_path / "model"))
+    assert main(["-q", "search", str(tiny_index_dir), "q", "--model", str(model), "--backend", "openvino"]) == 1
+    err = capsys.readouterr().err
+    assert "no openvino export at float32" in err or "needs its runtime package" in err
 
 
 def test_bad_corpus_exits_1_with_file_and_line(tmp_path: Path, capsys) -> None:
