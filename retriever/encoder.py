@@ -409,4 +409,8 @@ class Encoder:
                 texts, batch_size=self.config.batch_size, show_progress_bar=show_progress,
                 convert_to_numpy=True, normalize_embeddings=True,
             )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.precision is not Precision.FLOAT32:
+            # normalised in half precision the norms are off by ~1e-3; inner product must stay cosine
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors

@@ -216,3 +216,12 @@ def test_an_int8_onnx_export_loads_and_stays_close(tmp_path: Path, encoder) -> N
     texts = ["who founded the club?", "Jenson Button, was born in, Frome, Somerset, England"]
     cosine = np.sum(int8.encode_documents(texts) * encoder.encode_documents(texts), axis=1)
     assert 0.95 < cosine.min() < 0.99999  # close, and not the float32 graph under another name
+
+
+def test_half_precision_vectors_are_renormalised_in_float32() -> None:
+    from retriever.backends import Precision
+
+    bf16 = Encoder(EncoderConfig(precision=Precision.BFLOAT16, device="cpu", show_progress=False))
+    vectors = bf16.encode_documents(["a short text", "Jenson Button, was born in, Frome, Somerset, England"])
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
