@@ -24,6 +24,7 @@ import numpy as np
 
 from retriever.errors import ModelError
 from retriever.instructions import compose_query, default_prompts
+from retriever.router import ROUTER_FILE, SourceRouter, find_router
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +113,15 @@ def check_model_dir(model: str | None) -> Path:
 
 
 def model_checksum(model_dir: Path) -> str:
-    """SHA-256 over the model's files (names and bytes), so any changed weight is detected."""
+    """SHA-256 over the model's files (names and bytes), so any changed weight is detected.
+
+    The source router (``router.safetensors``) is left out: it reads the embeddings and changes none.
+    """
     digest = hashlib.sha256()
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(model_dir).as_posix()
-        if rel.startswith(".") or "/." in rel or rel.endswith((".md", ".lock")) or rel == "manifest.json":
+        skipped = rel.endswith((".md", ".lock")) or rel in ("manifest.json", ROUTER_FILE)
+        if rel.startswith(".") or "/." in rel or skipped:
             continue
         digest.update(rel.encode() + b"\0")
         with path.open("rb") as fh:
@@ -250,6 +255,8 @@ class Encoder:
         self.model_dir, self.name, self.checksum = info.model_dir, info.name, info.checksum
         self.device = pick_device(self.config.device)
         self.model = self._load()
+        #: The model's source router (None: it has none, so instructions resolve by the rules).
+        self.router: SourceRouter | None = find_router(self.model_dir, self.checksum)
         # The tokenizer and model are not safe to call from two threads at once (the server's batcher
         # and a publish's canary both encode); calls hold this lock, so keep them short.
         self._lock = threading.Lock()
