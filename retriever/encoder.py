@@ -32,6 +32,7 @@ from retriever.backends import (
 )
 from retriever.errors import ModelError
 from retriever.instructions import compose_query, default_prompts
+from retriever.router import ROUTER_FILE, SourceRouter, find_router
 
 logger = logging.getLogger(__name__)
 
@@ -145,12 +146,13 @@ def model_checksum(model_dir: Path) -> str:
 
     Exported copies of the weights (``onnx/``, ``openvino/``, ``exports.json``) are left out: they
     carry their own SHA-256 in ``exports.json`` and the index manifest records which one encoded it.
+    The source router (``router.safetensors``) is left out: it reads the embeddings and changes none.
     """
     digest = hashlib.sha256()
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(model_dir).as_posix()
-        if (rel.startswith((".", *EXPORT_PATHS)) or "/." in rel or rel.endswith((".md", ".lock"))
-                or rel == "manifest.json"):
+        skipped = rel.endswith((".md", ".lock")) or rel in ("manifest.json", ROUTER_FILE)
+        if rel.startswith((".", *EXPORT_PATHS)) or "/." in rel or skipped:
             continue
         digest.update(rel.encode() + b"\0")
         with path.open("rb") as fh:
@@ -291,6 +293,8 @@ class Encoder:
         #: The exported file that runs the transformer (None for torch): ``{"file": ..., "sha256": ...}``.
         self.export: dict[str, str] | None = None
         self.model = self._load()
+        #: The model's source router (None: it has none, so instructions resolve by the rules).
+        self.router: SourceRouter | None = find_router(self.model_dir, self.checksum)
         # The tokenizer and model are not safe to call from two threads at once (the server's batcher
         # and a publish's canary both encode); calls hold this lock, so keep them short.
         self._lock = threading.Lock()

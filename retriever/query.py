@@ -20,11 +20,16 @@ from retriever.records import Source
 class SourceResolution(StrEnum):
     """What to do when a query names no sources but its instruction does ("from tables").
 
-    FILTER: resolve the named source types and filter on them exactly.
+    FILTER: resolve the named source types and filter on them exactly, read by the model's
+        source router when it has one (MODEL), else by the keyword rules (RULES).
+    MODEL: the model's source router (see :mod:`retriever.router`); it filters only when confident.
+    RULES: the keyword regexes of :func:`retriever.instructions.resolve_sources`.
     ENCODER_ONLY: leave it to the encoder, which reads the instruction; no filter.
     """
 
     FILTER = "filter"
+    MODEL = "model"
+    RULES = "rules"
     ENCODER_ONLY = "encoder-only"
 
 
@@ -164,6 +169,8 @@ class PlannedQuery:
         resolved: True when ``sources`` came from the instruction.
         searched: the text that is encoded and searched when it differs from ``query.text`` (a
             follow-up resolved against the history); None otherwise.
+        confidence: the source router's confidence in its reading of the instruction (whether or
+            not it filtered); None when no router read it.
     """
 
     query: Query
@@ -171,6 +178,7 @@ class PlannedQuery:
     sources: tuple[Source, ...]
     resolved: bool
     searched: str | None = None
+    confidence: float | None = None
 
     @property
     def text(self) -> str:
@@ -211,6 +219,8 @@ class SearchResult:
         instruction: the instruction the query was encoded with ("" for none, and for BM25).
         mode: the mode that ranked the hits.
         text: the text that was searched (the question, or the follow-up resolved against the history).
+        sources_confidence: the source router's confidence in its reading of the instruction
+            (``resolved`` is True only at or above its threshold); None when no router read it.
     """
 
     hits: list[Hit]
@@ -219,3 +229,4 @@ class SearchResult:
     instruction: str = ""
     mode: Mode = Mode.DENSE
     text: str = ""
+    sources_confidence: float | None = None

@@ -28,9 +28,10 @@ from retriever.errors import InvalidInputError
 from retriever.index import Index
 from retriever.index.lexical import LEXICAL_DIR, LEXICAL_MANIFEST, Bm25Config, LexicalIndex, texts_sha256
 from retriever.index.store import SOURCE_CODE, UnitStore
-from retriever.instructions import instruction_for, resolve_sources
+from retriever.instructions import instruction_for
 from retriever.query import GROUP_DEEPEN, Hit, Mode, PlannedQuery, Query, SearchResult, SourceResolution
 from retriever.records import Source
+from retriever.router import Resolution, SourceResolver
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ class Searcher:
             collection given as ``store``.
         encoder: the model the index was built with (checked against the manifest); None when
             only BM25 is wanted.
-        resolution: what an instruction naming source types does when a query gives none.
+        resolution: what an instruction naming source types does when a query gives none (read by
+            the model's source router or the keyword rules; see :mod:`retriever.router`).
         lexical: the BM25 index over the same units (``bm25`` and ``hybrid`` modes).
         store: the units, when there is no ``index``.
 
@@ -54,7 +56,7 @@ class Searcher:
         IncompatibleIndexError: the index was built with another model or other prompts, or encoded
             with another backend/precision than ``encoder`` without a passed agreement check
             (:mod:`retriever.agreement`).
-        InvalidInputError: the lexical index covers other units.
+        InvalidInputError: the lexical index covers other units; ``model`` resolution without a router.
     """
 
     def __init__(self, index: Index | None, encoder: Encoder | None = None,
@@ -76,6 +78,7 @@ class Searcher:
             raise InvalidInputError(f"the lexical index covers other units than {where}; "
                                     "rebuild it with `retriever build-lexical`")
         self._index, self.encoder, self.lexical, self.resolution = index, encoder, lexical, resolution
+        self.resolver = SourceResolver.for_encoder(resolution, encoder)
 
     @property
     def index(self) -> Index:
@@ -106,16 +109,15 @@ class Searcher:
             have = ", ".join(m.value for m in self.modes) or "none"
             raise InvalidInputError(f"mode {query.mode.value} needs {missing}; this index answers: {have}")
         sources = tuple(dict.fromkeys(query.sources))
-        resolved = False
-        if not sources and self.resolution is SourceResolution.FILTER and query.instruction:
-            sources = tuple(resolve_sources(query.instruction))
-            resolved = bool(sources)
+        resolution = self.resolver.resolve(query.instruction) if not sources else Resolution()
+        sources = sources or resolution.sources
         instruction = query.instruction
         if instruction is None:
             encoder = self.encoder
             tuned = encoder is not None and encoder.instruction_tuned
             instruction = instruction_for(encoder.prompts, sources) if encoder is not None and tuned else ""
-        return PlannedQuery(query, instruction, sources, resolved, rewrite(query))
+        return PlannedQuery(query, instruction, sources, bool(resolution.sources), rewrite(query),
+                            resolution.confidence)
 
     # -- the whole path --------------------------------------------------------------------------
     def search(self, queries: Sequence[Query]) -> list[SearchResult]:
@@ -203,7 +205,8 @@ class Searcher:
             hits = [Hit(i, store.record_id(i), store.source_of(i), int(store.parts[i]), store.title(i),
                         store.text(i), s) for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
             instruction = p.instruction if p.query.mode.uses_vectors else ""
-            results.append(SearchResult(hits, p.sources, p.resolved, instruction, p.query.mode, p.text))
+            results.append(SearchResult(hits, p.sources, p.resolved, instruction, p.query.mode, p.text,
+                                        p.confidence))
         return results
 
     def _dense(self, planned: Sequence[PlannedQuery], vectors: np.ndarray, rows: list[int],

@@ -29,6 +29,14 @@ def test_build_search_info_round_trip(tmp_path: Path, tiny_corpus: Path, capsys)
     assert [h["rank"] for h in hits] == [1, 2, 3]
     assert all(h["source"] == "kb" and h["record_id"] in chosen for h in hits)
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    assert all(h["sources"] == ["kb"] and not h["sources_resolved"] and h["sources_confidence"] is None for h in hits)
+    assert main(["-q", "search", str(out), "where was he born?", "-k", "3", "--instruction", "anything but tables",
+                 "--resolve", "model", "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(hits) == 3 and all(0 < h["sources_confidence"] <= 1 and "table" not in h["sources"] for h in hits)
+    assert main(["-q", "search", str(out), "where was he born?", "--instruction", "anything but tables",
+                 "--resolve", "rules"]) == 0
+    assert "sources: table (resolved from the instruction)" in capsys.readouterr().out  # the rules miss "but"
 
     assert main(["-q", "info", str(out)]) == 0
     text = capsys.readouterr().out

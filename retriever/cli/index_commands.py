@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -18,6 +19,8 @@ from retriever.index.build import DEFAULT_PART_SIZE, Engine
 from retriever.query import FusionConfig, Mode, Query, SearchResult, SourceResolution, Turn
 from retriever.records import Source
 from retriever.searcher import Searcher, build_lexical, load_lexical
+
+logger = logging.getLogger(__name__)
 
 
 def at_least(low: int) -> Callable[[str], int]:
@@ -129,9 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--source", action="append", type=Source.parse, default=[], metavar="SOURCE",
                         help="filter exactly to this source type (text, table, kb, infobox); repeatable")
     search.add_argument("--resolve", type=SourceResolution, choices=list(SourceResolution),
-                        default=SourceResolution.FILTER,
-                        help="when no --source is given but the instruction names source types: 'filter' on "
-                        "them (default) or leave it to the 'encoder-only'")
+                        default=SourceResolution.FILTER, help=RESOLVE_HELP + " (default filter)")
     search.add_argument("-k", "--top-k", type=at_least(1), default=10, help="number of hits (default 10)")
     search.add_argument("--score-threshold", type=float, default=None, help="drop hits scoring below this")
     search.add_argument("--nprobe", type=int, default=None,
@@ -240,6 +241,12 @@ def model_for_index(manifest: Manifest, requested: str | None) -> str | None:
     return None if manifest.model_name == BUNDLED_MODEL else manifest.model_name
 
 
+#: The --resolve help of `search` and `serve`.
+RESOLVE_HELP = ("when the query gives no --source but has an instruction: 'filter' on the source types it asks "
+                "for, read by the model's source router when it has one, else by the keyword rules; 'model' or "
+                "'rules' to choose; 'encoder-only' never filters")
+
+
 def run_search(args: argparse.Namespace) -> int:
     # Everything that needs no model is checked first (the query, the index's files, its lexical
     # part), so a mistake fails in about a second; bm25 mode never loads the dense model.
@@ -257,6 +264,7 @@ def run_search(args: argparse.Namespace) -> int:
     lexical = load_lexical(index, args.lexical) if args.mode.uses_lexical else None
     encoder = Encoder(model_config) if model_config is not None else None
     searcher = Searcher(index, encoder, args.resolve, lexical)
+    logger.info("source resolution: %s", searcher.resolver.describe())
     print_result(searcher.search([query])[0], args.json, asked=args.query)
     return 0
 
@@ -298,17 +306,23 @@ def print_result(result: SearchResult, as_json: bool, width: int = 160, asked: s
     resolved against the history), say what was searched (``searched`` in each JSON object)."""
     searched = result.text if asked is not None and result.text and result.text != asked else None
     if as_json:
+        resolution = {"sources": [s.value for s in result.sources], "sources_resolved": result.resolved,
+                      "sources_confidence": None if result.sources_confidence is None
+                      else round(result.sources_confidence, 6)}
         for rank, hit in enumerate(result.hits, 1):
             extra = {"searched": searched} if searched is not None else {}
             print(json.dumps({"rank": rank, "record_id": hit.record_id, "source": hit.source.value,
                               "part": hit.part, "score": round(hit.score, 6), "title": hit.title,
-                              "text": hit.text, **extra}, ensure_ascii=False))
+                              "text": hit.text, **resolution, **extra}, ensure_ascii=False))
         return
     if searched is not None:
         print(f"searched: {searched}")
+    sure = "" if result.sources_confidence is None else f", router confidence {result.sources_confidence:.2f}"
     if result.sources:
         how = "resolved from the instruction" if result.resolved else "requested"
-        print(f"sources: {', '.join(s.value for s in result.sources)} ({how})")
+        print(f"sources: {', '.join(s.value for s in result.sources)} ({how}{sure})")
+    elif sure:
+        print(f"sources: all (no filter from the instruction{sure})")
     if not result.hits:
         print("no hits")
     for rank, hit in enumerate(result.hits, 1):

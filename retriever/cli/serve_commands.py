@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from retriever.cli.index_commands import (
+    RESOLVE_HELP,
     add_encoder_args,
     add_grouping_args,
     add_history_args,
@@ -84,9 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "'off' (default) admits whatever --max-concurrent-calls and --max-queued-queries allow: "
                             "the most throughput, with latency that grows with load (RETRIEVER_LATENCY_BUDGET_MS)")
     serve.add_argument("--resolve", type=SourceResolution, choices=list(SourceResolution), default=None,
-                       metavar="{filter,encoder-only}",
-                       help="when a request has no sources but its instruction names source types: 'filter' on "
-                       "them (default) or leave it to the 'encoder-only'")
+                       help=RESOLVE_HELP + " (default filter; RETRIEVER_RESOLUTION)")
     serve.add_argument("--token-file", type=Path, default=None,
                        help="file holding the bearer token every call but health must carry (or "
                        "RETRIEVER_AUTH_TOKEN)")

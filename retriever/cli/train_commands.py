@@ -32,6 +32,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "strings")
     parser.set_defaults(func=run_train)
 
+    router = subparsers.add_parser(
+        "train-router", help="train a model's source router (which sources an instruction asks for)",
+        description="Fit the source router on the model's embeddings of the router grammar's training "
+        "instructions, report it on the held-apart dev phrasings and save it where the model's loader finds it: "
+        "<model>/router.safetensors, or for the bundled model retriever/data/router-<checksum>.safetensors. "
+        "`retriever train` does this itself after the last stage ([router] in the TOML). See docs/TRAINING.md.")
+    router.add_argument("--model", default=None, help="model directory (default: the bundled model)")
+    router.add_argument("--out", type=Path, default=None, help="where to write the router (default: see above)")
+    router.add_argument("--threshold", type=float, default=None,
+                        help="filter at router confidence >= this (default: [router] threshold's default)")
+    router.add_argument("--seed", type=int, default=42, help="grammar and head seed (default 42)")
+    router.add_argument("--device", default=None, help="cpu, cuda... (default: CUDA when present)")
+    router.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    router.set_defaults(func=run_train_router)
+
     merge = subparsers.add_parser(
         "merge-models", help="average the weights of two models of one architecture (a two-model soup)",
         description="Write (1 - WEIGHT) * FIRST + WEIGHT * SECOND, tensor by tensor, as a new model directory; "
@@ -87,6 +102,33 @@ def run_train(args: argparse.Namespace) -> int:
               f"loss {stage['first_loss']:.4f} → {stage['last_loss']:.4f}{note}")
     if report.dev_metrics:
         print("dev sample (proxy):", json.dumps(report.dev_metrics, indent=1))
+    if report.router is not None:
+        dev = report.router["dev"]
+        print(f"source router: threshold {report.router['threshold']:.2f}; held-apart dev phrasings: exact set "
+              f"{dev['exact_set_accuracy']:.3f}, negation {dev['accuracy[negation]']:.3f}, multi "
+              f"{dev['accuracy[multi]']:.3f}; filters right {dev['filtered_right']:.3f}, wrong "
+              f"{dev['filtered_wrong']:.3f}")
+    return 0
+
+
+def run_train_router(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from retriever.training.config import RouterConfig
+    from retriever.training.router import train_model_router
+
+    config = RouterConfig() if args.threshold is None else replace(RouterConfig(), threshold=args.threshold)
+    config.validate()
+    path, report = train_model_router(args.model, config, args.seed, args.out, args.device, args.threads)
+    dev = report.dev
+    print(f"router: {path} (threshold {report.router.threshold:.2f})")
+    print(f"held-apart dev phrasings ({dev['n']}): exact set {dev['exact_set_accuracy']:.3f}, single "
+          f"{dev['accuracy[single]']:.3f}, multi {dev['accuracy[multi]']:.3f}, negation "
+          f"{dev['accuracy[negation]']:.3f}, "
+          f"unnamed {dev['accuracy[unnamed]']:.3f}")
+    for row in report.sweep:
+        print(f"  threshold {row['threshold']:.2f}: filters right {row['filtered_right']:.3f}, wrong "
+              f"{row['filtered_wrong']:.3f}, none {row['unfiltered']:.3f}; served right {row['served_right']:.3f}")
     return 0
 
 

@@ -67,6 +67,8 @@ class RemoteResult:
         server_seconds: time spent in the server.
         mode: the mode that ranked the hits.
         text: the text that was searched (the query, or the follow-up resolved against the history).
+        sources_confidence: the source router's confidence in its reading of the instruction
+            (None when no router read it).
     """
 
     hits: list[Hit]
@@ -79,9 +81,11 @@ class RemoteResult:
     server_seconds: float
     mode: Mode = Mode.DENSE
     text: str = ""
+    sources_confidence: float | None = None
 
     def as_search_result(self) -> SearchResult:
-        return SearchResult(self.hits, self.sources, self.resolved, self.instruction, self.mode, self.text)
+        return SearchResult(self.hits, self.sources, self.resolved, self.instruction, self.mode, self.text,
+                            self.sources_confidence)
 
 
 def _utf8_len(text: str) -> int:
@@ -232,7 +236,7 @@ def time_remaining(context: grpc.ServicerContext) -> float | None:
 
 def result_to_proto(result: SearchResult, with_text: bool, generation: Generation, model: str,
                     seconds: float) -> pb.RetrieveResponse:
-    return pb.RetrieveResponse(
+    response = pb.RetrieveResponse(
         hits=[hit_to_proto(h, with_text) for h in result.hits],
         sources=[SOURCE_TO_PROTO[s] for s in result.sources],
         sources_resolved=result.resolved,
@@ -244,6 +248,9 @@ def result_to_proto(result: SearchResult, with_text: bool, generation: Generatio
         mode=MODE_TO_PROTO[result.mode],
         resolved_query=result.text,
     )
+    if result.sources_confidence is not None:
+        response.sources_confidence = result.sources_confidence
+    return response
 
 
 def index_info(generation: Generation, is_default: bool) -> pb.IndexInfo:
@@ -291,4 +298,5 @@ def result_from_proto(response: pb.RetrieveResponse) -> RemoteResult:
     return RemoteResult(hits, tuple(PROTO_TO_SOURCE[s] for s in response.sources), response.sources_resolved,
                         response.instruction, response.index, response.generation, response.model,
                         response.server_seconds, PROTO_TO_MODE.get(response.mode, Mode.DENSE),
-                        response.resolved_query)
+                        response.resolved_query,
+                        response.sources_confidence if response.HasField("sources_confidence") else None)

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from retriever.encoder import Encoder, EncoderConfig
 from retriever.errors import InvalidInputError
 from retriever.query import Query, SearchResult
+from retriever.router import SourceResolver
 from retriever.service.auth import BearerTokenInterceptor
 from retriever.service.batching import Batcher, BoundQuery
 from retriever.service.config import ServiceConfig
@@ -187,6 +188,8 @@ class RetrieverServer:
                         budget * 1000, "auto: 3x one query" if batcher.latency_budget == "auto" else "set",
                         batcher.cost.seconds(1) * 1000, self.config.max_batch,
                         batcher.cost.seconds(self.config.max_batch) * 1000)
+        resolver = SourceResolver.for_encoder(self.config.resolution, encoder)  # --resolve model needs a router
+        logger.info("source resolution: %s", resolver.describe())
         registry = IndexRegistry(encoder, self.config.resolution, use_gpu=self.config.use_gpu)
         if self.metrics is not None:
             self.metrics.attach(batcher, registry)

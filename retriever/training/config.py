@@ -374,6 +374,45 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class RouterConfig:
+    """The model's source router, trained right after the last stage on the final model's embeddings.
+
+    A small head on the frozen embedding of an instruction (see :mod:`retriever.router`), fitted
+    to the ``train`` split of the instruction grammar and measured on its held-apart ``dev`` split
+    (``retriever/training/instruction_pool.py``). Seconds of work after the embeddings.
+
+    Attributes:
+        enabled: train it (saved as ``model/router.safetensors``).
+        threshold: the confidence at or above which the server filters on the router's reading;
+            below it, the encoder alone decides. 0.7 maximised (filters right - 2 x filters wrong)
+            on the dev phrasings for the bundled model (``benchmarks/RESULTS.md``, "Source router").
+        hidden: hidden units of the head (0: one logistic layer).
+        train_examples, dev_examples: instructions drawn from each split.
+        steps, lr, weight_decay: full-batch AdamW.
+    """
+
+    enabled: bool = True
+    threshold: float = 0.7
+    hidden: int = 64
+    train_examples: int = 6000
+    dev_examples: int = 1000
+    steps: int = 400
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+
+    def validate(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise TrainConfigError(f"[router] threshold must be in [0, 1], got {self.threshold}")
+        _non_negative("router", "hidden", self.hidden)
+        for key in ("train_examples", "dev_examples", "steps"):
+            _positive("router", key, getattr(self, key))
+        if self.lr <= 0:
+            raise TrainConfigError(f"[router] lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise TrainConfigError(f"[router] weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     run: RunConfig
     data: DataConfig
@@ -382,6 +421,7 @@ class TrainConfig:
     align: AlignConfig = field(default_factory=lambda: AlignConfig(steps=1))
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(steps=1))
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
 
     def validate(self) -> TrainConfig:
         self.run.validate()
@@ -390,6 +430,7 @@ class TrainConfig:
         for stage in self.run.stages:
             self.stage(stage).validate()
         self.evaluation.validate()
+        self.router.validate()
         return self
 
     def stage(self, name: StageName) -> PretrainConfig | AlignConfig | FinetuneConfig:
@@ -401,8 +442,13 @@ class TrainConfig:
         return _jsonable(dataclasses.asdict(self))
 
     def fingerprint(self, exclude_run: bool = True) -> str:
-        """SHA-256 of the configuration (``[run]`` bookkeeping keys excluded by default)."""
+        """SHA-256 of the configuration (``[run]`` bookkeeping keys excluded by default).
+
+        ``[router]`` is left out: the router is trained after the stages and changes none of them,
+        so a run may be resumed with other router settings.
+        """
         data = self.to_json()
+        data.pop("router")
         if exclude_run:
             data["run"] = {k: v for k, v in data["run"].items()
                            if k in ("stages", "seed", "precision")}

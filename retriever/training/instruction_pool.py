@@ -78,3 +78,173 @@ def all_phrasings(source: Source | None) -> list[str]:
         return [general_instruction(), *GENERAL_PHRASINGS]
     names = (SOURCE_NAMES[source], *SOURCE_ALIASES[source])
     return [source_instruction(source)] + [t.format(source=n) for t in SOURCE_PHRASINGS for n in names]
+
+
+# -- the router's instruction grammar ------------------------------------------------------------
+#
+# Instructions the way users write them, each labelled with the set of source types it allows
+# (empty: it names no source, or allows them all, so nothing is filtered). Every piece comes in two
+# disjoint halves: TRAIN fits the router, DEV (held apart: its frames, source names and
+# connectives never occur in training) chooses between routers and their confidence threshold.
+
+#: What the router is trained or checked on.
+ROUTER_SPLITS = ("train", "dev")
+
+#: How users name each source type, per split (disjoint; the DEV names include the issue's own
+#: examples: "written articles", "fact lists", "the summary box at the top of the Wikipedia article").
+ROUTER_NAMES: dict[str, dict[Source, tuple[str, ...]]] = {
+    "train": {
+        Source.TEXT: ("text", "text passages", "passages", "paragraphs", "articles", "prose", "documents",
+                      "free text", "Wikipedia articles", "running text", "textual sources", "news stories",
+                      "plain text", "paragraph text", "news articles", "article text", "long-form text", "web pages",
+                      "blog posts"),
+        Source.TABLE: ("tables", "table rows", "tabular data", "spreadsheets", "data tables", "CSV files",
+                       "rows and columns", "tabular sources", "statistics tables", "table data", "spreadsheet rows",
+                       "data grids", "tabulated results", "league tables", "tables of figures", "Excel sheets"),
+        Source.KB: ("the knowledge base", "knowledge graph", "KB triples", "Wikidata", "fact triples",
+                    "subject-predicate-object facts", "knowledge-base entries", "graph facts", "RDF triples",
+                    "knowledge bases", "the KG", "entity-relation triples", "facts stored as triples",
+                    "semantic web data", "DBpedia facts", "a graph of entities"),
+        Source.INFOBOX: ("infoboxes", "info boxes", "Wikipedia infoboxes", "summary panels", "infobox fields",
+                         "the sidebar box of a wiki page", "key-value boxes", "wiki infoboxes", "attribute boxes",
+                         "profile boxes", "the box on the right of a Wikipedia page", "biography boxes"),
+    },
+    "dev": {
+        Source.TEXT: ("written articles", "plain-text paragraphs", "narrative text", "the body of the article",
+                      "encyclopedia entries", "written prose", "text documents"),
+        Source.TABLE: ("tabular records", "grids of rows and columns", "spreadsheet-style data", "comparison tables",
+                       "table cells", "data in tabular form"),
+        Source.KB: ("fact lists", "structured facts", "linked data", "the entity graph", "a triple store",
+                    "knowledge-graph relations"),
+        Source.INFOBOX: ("the summary box at the top of the Wikipedia article", "fact sheets", "info panels",
+                         "the infobox summary", "quick-facts boxes"),
+    },
+}
+
+#: Frames naming the allowed sources (``{pos}``), per split.
+ROUTER_INCLUDE: dict[str, tuple[str, ...]] = {
+    "train": ("use {pos} only", "only use {pos}", "search {pos}", "retrieve evidence from {pos}",
+              "find the answer in {pos}", "look it up in {pos}", "answer from {pos}", "restrict the search to {pos}",
+              "I want results from {pos}", "limit yourself to {pos}", "just {pos}, please",
+              "the answer should come from {pos}", "check {pos}", "go through {pos}", "I'd like evidence from {pos}",
+              "base your answer on {pos}", "rely on {pos}", "focus on {pos}", "search within {pos}", "{pos} only",
+              "only {pos}", "query {pos}"),
+    "dev": ("use {pos} exclusively", "please consult {pos}", "get me evidence out of {pos}",
+            "consult {pos} and nowhere else", "stick to {pos}", "I only trust {pos}",
+            "pull the answer from {pos}", "dig through {pos}"),
+}
+
+#: Frames excluding sources (``{neg}``): everything else is allowed.
+ROUTER_EXCLUDE: dict[str, tuple[str, ...]] = {
+    "train": ("anything but {neg}", "everything except {neg}", "search all sources except {neg}", "no {neg}",
+              "don't use {neg}", "do not search {neg}", "exclude {neg}", "skip {neg}", "leave out {neg}",
+              "any source other than {neg}", "not from {neg}", "omit {neg}", "everything besides {neg}",
+              "disregard {neg}", "steer clear of {neg}", "nothing from {neg}", "anything that isn't {neg}",
+              "forget about {neg}", "keep {neg} out of it", "do not use {neg}"),
+    "dev": ("avoid {neg}", "ignore {neg}", "without {neg}", "everything apart from {neg}",
+            "never {neg}", "all evidence excluding {neg}"),
+}
+
+#: Frames allowing ``{pos}`` and also ruling out ``{neg}``.
+ROUTER_CONTRAST: dict[str, tuple[str, ...]] = {
+    "train": ("use {pos}, not {neg}", "search {pos} rather than {neg}", "look in {pos} instead of {neg}",
+              "only {pos}; no {neg}", "{pos} but not {neg}", "{pos} only, no {neg}", "focus on {pos} and skip {neg}",
+              "use {pos}; do not use {neg}", "{pos} instead of {neg}", "check {pos} and disregard {neg}"),
+    "dev": ("search {pos} (not {neg})", "consult {pos} and avoid {neg}", "prefer {pos} over {neg}, never {neg}",
+            "stick to {pos}, ignore {neg}"),
+}
+
+#: How several names are joined, per split (``{a}``, ``{b}``; three names join ``{a}`` as "a, b").
+ROUTER_JOINS: dict[str, tuple[str, ...]] = {
+    "train": ("{a} and {b}", "{a} or {b}", "{a}, {b}", "both {a} and {b}", "{a} & {b}", "{a} along with {b}",
+              "{a} together with {b}"),
+    "dev": ("{a} as well as {b}", "either {a} or {b}", "{a} plus {b}", "{a} and/or {b}"),
+}
+
+#: Instructions that name no source, or allow every source (label: no filter).
+ROUTER_UNNAMED: dict[str, tuple[str, ...]] = {
+    "train": ("answer the question", "find evidence for this question", "retrieve relevant evidence",
+              "be concise", "search all sources", "any source is fine", "use every kind of source",
+              "retrieve evidence from all knowledge sources", "find supporting evidence", "help me answer this",
+              "what is the answer?", "search everything", "look it up", "give me the best evidence",
+              "find the answer", "get evidence", "look for anything relevant", "use all the sources",
+              "every source is allowed", "don't restrict the sources", "no preference for sources", "answer briefly",
+              *GENERAL_PHRASINGS),
+    "dev": ("please find something relevant", "whatever source works", "consult all available sources",
+            "I need evidence for the following", "dig up whatever answers this", "search broadly",
+            "no restriction on sources", "check every source you have"),
+}
+
+#: Cased and punctuated the way people type.
+_ENDINGS = ("", ".", "!", ":", " please.")
+
+
+@dataclass(frozen=True)
+class RouterExample:
+    """One labelled instruction: ``sources`` is the set it allows (empty: no filter)."""
+
+    text: str
+    sources: frozenset[Source]
+    kind: str  # "single", "multi", "negation", "unnamed"
+
+
+def router_examples(split: str, n: int, seed: int) -> list[RouterExample]:
+    """``n`` labelled instructions from one split's grammar, deterministic in ``seed``.
+
+    A quarter each: one source named, several named ("tables or infoboxes"), sources excluded
+    ("anything but tables", "search text (not tables)"), no source named. Exclusions of every
+    source but none are left out; allowing all four sources is labelled as no filter.
+
+    Raises:
+        ValueError: an unknown split.
+    """
+    if split not in ROUTER_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(ROUTER_SPLITS)}, got {split!r}")
+    rng = np.random.default_rng([seed, ROUTER_SPLITS.index(split)])
+    sources = list(Source)
+    out: list[RouterExample] = []
+    for i in range(n):
+        kind = ("single", "multi", "negation", "unnamed")[i % 4]
+        if kind == "unnamed":
+            text, allowed = _pick(rng, ROUTER_UNNAMED[split]), frozenset[Source]()
+        elif kind == "negation":
+            drawn = _draw(rng, sources, int(rng.integers(1, 3)))
+            if rng.random() < 0.5:
+                text = _pick(rng, ROUTER_EXCLUDE[split]).format(neg=_names(rng, split, drawn))
+                allowed = frozenset(sources) - frozenset(drawn)
+            else:
+                keep = _draw(rng, [s for s in sources if s not in drawn], 1)
+                text = _pick(rng, ROUTER_CONTRAST[split]).format(pos=_names(rng, split, keep),
+                                                               neg=_names(rng, split, drawn))
+                allowed = frozenset(keep)
+        else:
+            drawn = _draw(rng, sources, 1 if kind == "single" else int(rng.integers(2, 4)))
+            text = _pick(rng, ROUTER_INCLUDE[split]).format(pos=_names(rng, split, drawn))
+            allowed = frozenset(drawn)
+        if allowed == frozenset(sources):
+            allowed = frozenset()
+        out.append(RouterExample(_typed(rng, text), allowed, kind))
+    return out
+
+
+def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _draw(rng: np.random.Generator, sources: list[Source], k: int) -> list[Source]:
+    return [sources[int(i)] for i in rng.choice(len(sources), size=k, replace=False)]
+
+
+def _names(rng: np.random.Generator, split: str, sources: list[Source]) -> str:
+    names = [_pick(rng, ROUTER_NAMES[split][s]) for s in sources]
+    if len(names) == 1:
+        return names[0]
+    return _pick(rng, ROUTER_JOINS[split]).format(a=", ".join(names[:-1]), b=names[-1])
+
+
+def _typed(rng: np.random.Generator, text: str) -> str:
+    if rng.random() < 0.5:
+        text = text[0].upper() + text[1:]
+    if text[-1] in ".!?:":
+        return text
+    return text + _pick(rng, _ENDINGS)

@@ -7,7 +7,8 @@ Run directory layout (``[run] output_dir``)::
     checkpoints/<stage>/step-*  resumable checkpoints of the stage in progress
     stages/<stage>/             the model after each completed stage (sentence-transformers)
     stages/finetune-instructed/, stages/finetune-plain/   stage 3's two runs when merged
-    model/                      the final model: safetensors, prompts, training_manifest.json
+    model/                      the final model: safetensors, prompts, training_manifest.json,
+                                router.safetensors (the source router, trained after the last stage)
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from retriever.training.devcheck import DevSample, dev_record_ids, evaluate_samp
 from retriever.training.merge import MANIFEST_NAME, interpolate_models
 from retriever.training.model import EmbeddingModel
 from retriever.training.negatives import Mined, mine_bm25, mine_with_model
+from retriever.training.router import train_model_router
 from retriever.training.stage1_pretrain import PretrainTask
 from retriever.training.stage2_align import AlignTask
 from retriever.training.stage3_finetune import FinetuneTask
@@ -58,6 +60,7 @@ class TrainReport:
     stages: list[dict[str, Any]]
     dev_metrics: dict[str, dict[str, float]]
     seconds: float
+    router: dict[str, Any] | None = None
 
 
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
@@ -129,9 +132,18 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         stages.append(completed[PLAIN])
     manifest = _manifest(config, base_dir, stages, state["dev_metrics"], data, device, window)
     (model_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    router = None
+    if config.router.enabled:
+        # After the last stage, not inside stage 3: the head reads the final weights (stage 3's merge
+        # changes them) and trains none of them; it is written last, once the model's checksum is final.
+        del model
+        _, report = train_model_router(str(model_dir), config.router, config.run.seed, device=device,
+                                       threads=config.run.threads or None)
+        router = state["router"] = report.to_json()
+        _write_state(out, state)
     seconds = time.perf_counter() - started
     logger.info("training finished in %.1fs; model in %s", seconds, model_dir)
-    return TrainReport(model_dir, stages, state["dev_metrics"], seconds)
+    return TrainReport(model_dir, stages, state["dev_metrics"], seconds, router)
 
 
 def read_run_data(config: TrainConfig, model: EmbeddingModel, dev: DevSample | None,

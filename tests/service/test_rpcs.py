@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -63,6 +64,31 @@ def test_instruction_naming_sources_is_resolved_and_reported(stub):
     assert list(response.sources) == [pb.SOURCE_TABLE, pb.SOURCE_INFOBOX] and response.sources_resolved
     assert {h.source for h in response.hits} <= {pb.SOURCE_TABLE, pb.SOURCE_INFOBOX}
     assert response.instruction == "retrieve evidence from tables and infoboxes"
+    # The bundled model ships a source router, so the default resolution reads with it and says how sure it is.
+    assert response.HasField("sources_confidence") and 0.0 < response.sources_confidence <= 1.0
+
+
+def test_rules_resolution_reports_no_confidence(encoder, tiny_index_dir):
+    with running_server(encoder, [("tiny", tiny_index_dir)], resolution="rules") as srv, \
+            channel_to(srv) as channel:
+        response = stub_for(channel).Retrieve(request("when was he born", top_k=5,
+                                                      instruction="anything but tables"))
+    assert list(response.sources) == [pb.SOURCE_TABLE] and response.sources_resolved  # the regexes miss "but"
+    assert not response.HasField("sources_confidence")
+
+
+def test_sources_confidence_round_trips() -> None:
+    from retriever.query import SearchResult
+    from retriever.service.convert import result_from_proto, result_to_proto
+
+    generation = SimpleNamespace(name="tiny", number=3)
+    for confidence in (0.8125, None):
+        result = SearchResult([], (Source.TEXT, Source.KB), True, "anything but tables", sources_confidence=confidence)
+        message = pb.RetrieveResponse.FromString(result_to_proto(result, False, generation, "m", 0.1)
+                                                 .SerializeToString())
+        back = result_from_proto(message)
+        assert back.sources_confidence == confidence and back.sources == (Source.TEXT, Source.KB) and back.resolved
+        assert back.as_search_result().sources_confidence == confidence
 
 
 def test_encoder_only_resolution_does_not_filter(encoder, tiny_index_dir):

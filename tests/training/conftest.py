@@ -120,6 +120,7 @@ def tiny_config(tiny_data: dict[str, Path], base_model: Path, out: Path, **secti
         "pretrain": dict(stage, decoder_heads=2),
         "align": dict(stage, temperature=0.05),
         "finetune": dict(stage, hard_negatives=2, mine_depth=5, temperature=0.05),
+        "router": {"train_examples": 40, "dev_examples": 20, "steps": 20},
     }
     for name, values in sections.items():
         raw[name] = {**raw.get(name, {}), **values}

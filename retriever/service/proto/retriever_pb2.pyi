@@ -98,7 +98,7 @@ class Hit(_message.Message):
     def __init__(self, record_id: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., part: _Optional[int] = ..., score: _Optional[float] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., unit_id: _Optional[int] = ...) -> None: ...
 
 class RetrieveResponse(_message.Message):
-    __slots__ = ("hits", "sources", "sources_resolved", "instruction", "index", "generation", "model", "server_seconds", "mode", "resolved_query")
+    __slots__ = ("hits", "sources", "sources_resolved", "instruction", "index", "generation", "model", "server_seconds", "mode", "sources_confidence", "resolved_query")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     SOURCES_RESOLVED_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +108,7 @@ class RetrieveResponse(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SERVER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_QUERY_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     sources: _containers.RepeatedScalarFieldContainer[Source]
@@ -118,8 +119,9 @@ class RetrieveResponse(_message.Message):
     model: str
     server_seconds: float
     mode: SearchMode
+    sources_confidence: float
     resolved_query: str
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., sources: _Optional[_Iterable[_Union[Source, str]]] = ..., sources_resolved: _Optional[bool] = ..., instruction: _Optional[str] = ..., index: _Optional[str] = ..., generation: _Optional[int] = ..., model: _Optional[str] = ..., server_seconds: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., resolved_query: _Optional[str] = ...) -> None: ...
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., sources: _Optional[_Iterable[_Union[Source, str]]] = ..., sources_resolved: _Optional[bool] = ..., instruction: _Optional[str] = ..., index: _Optional[str] = ..., generation: _Optional[int] = ..., model: _Optional[str] = ..., server_seconds: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., sources_confidence: _Optional[float] = ..., resolved_query: _Optional[str] = ...) -> None: ...
 
 class RetrieveBatchRequest(_message.Message):
     __slots__ = ("requests",)

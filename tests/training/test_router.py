@@ -1,0 +1,102 @@
+"""The router grammar (train and held-apart dev phrasings), its figures, the head fit and the [router] config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retriever.records import Source
+from retriever.router import ROUTER_FILE, Routing, SourceRouter
+from retriever.training import config_from_dict, train
+from retriever.training.config import RouterConfig, TrainConfigError
+from retriever.training.instruction_pool import (
+    ROUTER_CONTRAST,
+    ROUTER_EXCLUDE,
+    ROUTER_INCLUDE,
+    ROUTER_JOINS,
+    ROUTER_NAMES,
+    ROUTER_UNNAMED,
+    RouterExample,
+    router_examples,
+)
+from retriever.training.router import fit_head, read_rules, score_readings
+from tests.training.conftest import tiny_config
+
+
+def test_grammar_is_seeded_and_covers_every_kind() -> None:
+    first = router_examples("train", 200, 3)
+    assert first == router_examples("train", 200, 3)
+    assert first != router_examples("train", 200, 4)
+    assert {e.kind for e in first} == {"single", "multi", "negation", "unnamed"}
+    assert all(not e.sources for e in first if e.kind == "unnamed")
+    assert all(len(e.sources) == 1 for e in first if e.kind == "single")
+    assert any(len(e.sources) == 3 for e in first if e.kind == "negation")  # "anything but X": the other three
+    with pytest.raises(ValueError, match="split"):
+        router_examples("test", 1, 0)
+
+
+def test_dev_phrasings_never_occur_in_training() -> None:
+    for source in Source:
+        assert not set(ROUTER_NAMES["train"][source]) & set(ROUTER_NAMES["dev"][source])
+        for other in Source:  # no name stands for two sources
+            assert source == other or not set(ROUTER_NAMES["train"][source]) & set(ROUTER_NAMES["dev"][other])
+    for pieces in (ROUTER_INCLUDE, ROUTER_EXCLUDE, ROUTER_CONTRAST, ROUTER_JOINS, ROUTER_UNNAMED):
+        assert not set(pieces["train"]) & set(pieces["dev"])
+    train = {_core(e.text) for e in router_examples("train", 2000, 0)}
+    dev = {_core(e.text) for e in router_examples("dev", 500, 0)}
+    assert not train & dev
+
+
+def _core(text: str) -> str:
+    """An instruction without its typed casing and ending."""
+    text = text.lower().removesuffix(" please.")
+    return text.rstrip(".!:")
+
+
+def test_scores_count_exact_sets_and_wrong_filters() -> None:
+    examples = [RouterExample("a", frozenset({Source.TABLE}), "single"),
+                RouterExample("b", frozenset({Source.TEXT, Source.KB, Source.INFOBOX}), "negation"),
+                RouterExample("c", frozenset(), "unnamed")]
+    readings = [Routing((Source.TABLE,), 0.95), Routing((Source.TABLE,), 0.6), Routing((), 0.9)]
+    s = score_readings(examples, readings, threshold=0.5)
+    assert s["exact_set_accuracy"] == pytest.approx(2 / 3) and s["accuracy[negation]"] == 0.0
+    assert s["filtered_right"] == pytest.approx(1 / 3) and s["filtered_wrong"] == pytest.approx(1 / 3)
+    assert s["precision[table]"] == 0.5 and s["recall[table]"] == 1.0
+    high = score_readings(examples, readings, threshold=0.9)
+    assert high["filtered_wrong"] == 0.0 and high["unfiltered"] == pytest.approx(2 / 3)
+    assert high["served_right"] == pytest.approx(2 / 3)
+    assert read_rules([RouterExample("anything but tables", frozenset(), "negation")])[0].sources == (Source.TABLE,)
+
+
+def test_head_fits_separable_readings() -> None:
+    examples = [RouterExample("x", frozenset({s}), "single") for s in Source] + \
+        [RouterExample("y", frozenset(), "unnamed")]
+    x = np.eye(len(examples), dtype=np.float32)
+    layers = fit_head(x, examples, hidden=8, steps=300, lr=0.05, weight_decay=0.0, seed=0)
+    read = SourceRouter(layers, 0.5, "c").read(x)
+    assert [r.sources for r in read] == [(s,) for s in Source] + [()]
+
+
+def test_router_config_is_validated_and_left_out_of_the_fingerprint(tiny_data, tiny_st_model, tmp_path: Path) -> None:
+    raw = tiny_config(tiny_data, tiny_st_model, tmp_path / "run")
+    base = config_from_dict(raw)
+    other = config_from_dict({**raw, "router": {**raw["router"], "threshold": 0.5}})
+    assert base.fingerprint() == other.fingerprint() and other.router.threshold == 0.5
+    with pytest.raises(TrainConfigError, match=r"\[router\] threshold"):
+        config_from_dict({**raw, "router": {"threshold": 1.5}})
+    with pytest.raises(TrainConfigError, match="router"):
+        config_from_dict({**raw, "router": {"thresold": 0.5}})
+
+
+def test_train_writes_a_router_next_to_the_model(tiny_data, tiny_st_model, tmp_path: Path) -> None:
+    from retriever.encoder import Encoder, EncoderConfig
+
+    raw = tiny_config(tiny_data, tiny_st_model, tmp_path / "run", run={"stages": ["finetune"]})
+    report = train(config_from_dict(raw))
+    assert (report.model_dir / ROUTER_FILE).is_file()
+    assert report.router is not None and report.router["dev"]["n"] == 20
+    loaded = Encoder(EncoderConfig(model=str(report.model_dir), show_progress=False))
+    assert loaded.router is not None and loaded.router.model_checksum == loaded.checksum
+    assert loaded.router.threshold == RouterConfig().threshold
