@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 #: The stage of a job before its encoding began (the other stages count as dropped after encoding).
 QUEUED = "while the query was queued"
 #: The automatic latency budget, in multiples of the estimated time of a one-query batch.
-AUTO_BUDGET_FACTOR = 3.0
+AUTO_BUDGET_FACTOR = 2.0
 #: Largest batch :meth:`Batcher.calibrate` times (larger sizes are extrapolated, then learned).
 CALIBRATION_MAX = 32
 #: Questions the calibration encodes (typical lengths; their answers are thrown away).

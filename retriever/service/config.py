@@ -103,7 +103,7 @@ class ServiceConfig:
         log_queries: put the query and instruction texts in the request log lines.
         latency_budget_ms: a call is admitted only when the batcher expects to answer it within
             this many milliseconds (others get RESOURCE_EXHAUSTED at once, before parsing);
-            ``"auto"`` is 3 times one query's measured time; ``"off"`` (default) admits every
+            ``"auto"`` is twice one query's measured time; ``"off"`` (default) admits every
             call the concurrency and queue limits allow (throughput over latency).
     """
 

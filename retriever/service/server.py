@@ -185,7 +185,7 @@ class RetrieverServer:
             batcher.calibrate()
             budget = batcher.budget_seconds() or 0.0
             logger.info("latency budget %.0f ms (%s): one query ~%.0f ms, %d queries ~%.0f ms (calibrated)",
-                        budget * 1000, "auto: 3x one query" if batcher.latency_budget == "auto" else "set",
+                        budget * 1000, "auto: 2x one query" if batcher.latency_budget == "auto" else "set",
                         batcher.cost.seconds(1) * 1000, self.config.max_batch,
                         batcher.cost.seconds(self.config.max_batch) * 1000)
         resolver = SourceResolver.for_encoder(self.config.resolution, encoder)  # --resolve model needs a router

@@ -194,7 +194,9 @@ class RetrieverServicer:
         registry, batcher = self._parts()
         bound = bind([(spec.index, spec.query) for spec in specs], registry.get)
         record.generations = [b.generation for b in bound]
-        results = batcher.search(bound, convert.time_remaining(context), context.is_active, context.add_callback)
+        # _admit judged one query at the door; only a batch call's exact size is judged again
+        results = batcher.search(bound, convert.time_remaining(context), context.is_active, context.add_callback,
+                                 admitted=len(bound) == 1)
         record.results = results
         seconds = time.perf_counter() - started
         return [convert.result_to_proto(result, spec.with_text, b.generation, self.model, seconds)
