@@ -41,7 +41,7 @@ M = TypeVar("M", bound=Message)
 #: How long a refused query call is held before its RESOURCE_EXHAUSTED goes out, so a client that
 #: re-sends at once re-sends at most 1 / HOLD times a second instead of as fast as the CPU allows
 #: (RELIABILITY: refusals within 50 ms).
-REFUSAL_HOLD_SECONDS = 0.02
+REFUSAL_HOLD_SECONDS = 0.025
 
 
 def parse(cls: type[M], data: bytes) -> M:
@@ -154,7 +154,8 @@ class RetrieverServicer:
         Refused: ``max_concurrent_calls`` query calls are in flight, or the batcher expects to
         answer a query later than its latency budget (a batch call's exact size is checked again
         when it is queued). A refusal is held :data:`REFUSAL_HOLD_SECONDS` when a hold slot is
-        free (as many as call slots; grpcio refuses at once beyond both), then RESOURCE_EXHAUSTED.
+        free (handler threads not taken by admitted calls; grpcio refuses at once beyond them), then
+        RESOURCE_EXHAUSTED.
 
         Returns:
             True (the slot is the caller's to give back).
@@ -170,7 +171,9 @@ class RetrieverServicer:
             else:
                 self._admitted_calls += 1
                 return True
-            hold = self._held < self.limits.max_concurrent_calls
+            # every handler thread not taken by an admitted call may hold a refusal (server.py sizes
+            # the pool at twice the call slots, plus spares for health)
+            hold = self._admitted_calls + self._held < 2 * self.limits.max_concurrent_calls
             if hold:
                 self._held += 1
         if hold:
