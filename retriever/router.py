@@ -230,11 +230,15 @@ class SourceResolver:
             return "rules (keyword regexes)"
         return "encoder-only (instructions never filter)"
 
-    def resolve(self, instruction: str | None) -> Resolution:
-        """The filter for a query's instruction (call only when the query gives no sources)."""
+    def resolve(self, instruction: str | None, rules: bool = False) -> Resolution:
+        """The filter for a query's instruction (call only when the query gives no sources).
+
+        ``rules``: read it with the keyword rules whatever the mode (BM25 queries, which need no
+        model, so the CLI without one and the server with one resolve them alike).
+        """
         if not instruction or not instruction.strip() or self.mode is SourceResolution.ENCODER_ONLY:
             return Resolution()
-        if self.router is None or self.mode is SourceResolution.RULES:
+        if rules or self.router is None or self.mode is SourceResolution.RULES:
             return Resolution(tuple(resolve_sources(instruction)))
         routing = self.read([instruction])[0]
         if routing.sources and routing.confidence >= self.router.threshold:

@@ -109,7 +109,9 @@ class Searcher:
             have = ", ".join(m.value for m in self.modes) or "none"
             raise InvalidInputError(f"mode {query.mode.value} needs {missing}; this index answers: {have}")
         sources = tuple(dict.fromkeys(query.sources))
-        resolution = self.resolver.resolve(query.instruction) if not sources else Resolution()
+        # BM25 needs no model, so its queries are read by the rules at every door (CLI, server, harness)
+        resolution = Resolution() if sources else self.resolver.resolve(
+            query.instruction, rules=query.mode is Mode.BM25)
         sources = sources or resolution.sources
         instruction = query.instruction
         if instruction is None:

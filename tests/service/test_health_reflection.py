@@ -69,6 +69,7 @@ def test_reflection_lists_the_service_and_describes_it(server):
         assert {"retriever.v1.Retriever", "grpc.health.v1.Health"} <= names
         pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
         service = pool.FindServiceByName("retriever.v1.Retriever")
-        assert [m.name for m in service.methods] == ["Retrieve", "RetrieveBatch", "GetIndexInfo", "PublishIndex"]
+        assert [m.name for m in service.methods] == ["Retrieve", "RetrieveBatch", "RetrieveStream", "GetIndexInfo",
+                                                    "PublishIndex"]
         source = pool.FindEnumTypeByName("retriever.v1.Source")
         assert source.values_by_number[0].name == "SOURCE_UNSPECIFIED"
