@@ -25,11 +25,11 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_flags  # benchmarks/machine.py (the script's directory is on sys.path)
 
 from retriever.backends import Backend, Precision
 from retriever.encoder import Encoder, EncoderConfig
@@ -38,20 +38,6 @@ from retriever.linearize import WindowBudget
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "heteromix"
 DEFAULT_OPTIONS = "torch:float32,torch:bfloat16,onnx:float32,onnx:int8,openvino:float32"
-SIMD_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16",
-              "amx_int8", "amx_tile")
-
-
-def cpu_flags() -> dict[str, object]:
-    """The model name and the SIMD flags of ``lscpu`` that decide which kernels run."""
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    flags = set(fields.get("Flags", "").split())
-    return {"model": fields.get("Model name", "").strip(), "cpus": os.cpu_count(),
-            "simd": sorted(f for f in SIMD_FLAGS if f in flags),
-            "missing": sorted(f for f in SIMD_FLAGS if f not in flags)}
-
-
 def parse_options(value: str) -> list[tuple[Backend, Precision]]:
     options = []
     for item in value.split(","):

@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_flags  # benchmarks/machine.py (the script's directory is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Runs in the child interpreter (only faiss and numpy needed): prints one JSON object.
@@ -93,15 +95,6 @@ def site_packages_bytes(python: str) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def cpu_flags() -> list[str]:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("Flags")), [])
-    return sorted(f for f in flags if f.startswith(("avx", "amx", "sse4", "fma")) or "vnni" in f)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--python", action="append", required=True, metavar="NAME=INTERPRETER",
@@ -127,7 +120,7 @@ def main() -> None:
         wheels[name] = best
     result: dict[str, Any] = {
         "vectors": args.vectors, "dimension": 384, "rounds": args.rounds, "wheels": wheels,
-        "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+        "cpu": cpu_flags(), "load_average": os.getloadavg(),
         "python": platform.python_version(),
     }
     names = list(wheels)

@@ -91,9 +91,9 @@ class RetrieverServicer:
     def retrieve_stream(self, data: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         """RetrieveStream: a generator grpcio pulls one answer at a time (see :mod:`retriever.service.streaming`)."""
         record = CallRecord("RetrieveStream", context, self.metrics, self.log_queries)
-        release, admitted = self._release_once(), False
+        release: Callable[[], None] | None = None
         try:
-            admitted = self._admit()  # a query call: it holds one slot of max_concurrent_calls for the whole stream
+            release = self._admit()  # a query call: it holds one slot of max_concurrent_calls for the whole stream
             context.add_callback(release)  # grpc may stop pulling this generator and never close it
             for response in self._retrieve_stream(parse(pb.RetrieveStreamRequest, data), context, record):
                 yield response.SerializeToString()
@@ -103,7 +103,7 @@ class RetrieverServicer:
             record.finish(grpc.StatusCode.OK)
             return
         finally:
-            if admitted:
+            if release is not None:
                 release()
         record.finish(code)
         context.abort(code, message)
@@ -130,10 +130,10 @@ class RetrieverServicer:
                query: bool = False) -> bytes:
         """Run ``call`` and turn any failure into a status; ``query`` calls are admitted first (:meth:`_admit`)."""
         record = CallRecord(method, context, self.metrics, self.log_queries)
-        admitted = False
+        release: Callable[[], None] | None = None
         try:
             if query:
-                admitted = self._admit()
+                release = self._admit()
             response = call(record).SerializeToString()
         except Exception as exc:  # the one place every failure becomes a status (errors.STATUS_CODES)
             code, message = status_for(exc, method)
@@ -141,14 +141,13 @@ class RetrieverServicer:
             record.finish(grpc.StatusCode.OK)
             return response
         finally:
-            if admitted:
-                with self._slots:
-                    self._admitted_calls -= 1
+            if release is not None:
+                release()
         record.finish(code)
         context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")
 
-    def _admit(self) -> bool:
+    def _admit(self) -> Callable[[], None]:
         """Take a query slot, before the request is even parsed, or refuse the call.
 
         Refused: ``max_concurrent_calls`` query calls are in flight, or the batcher expects to
@@ -158,7 +157,7 @@ class RetrieverServicer:
         RESOURCE_EXHAUSTED.
 
         Returns:
-            True (the slot is the caller's to give back).
+            The function giving the slot back (once, whatever calls it first).
         """
         _, batcher = self._parts()
         with self._slots:
@@ -170,7 +169,7 @@ class RetrieverServicer:
                        "retry with backoff")
             else:
                 self._admitted_calls += 1
-                return True
+                return self._release_once()
             # every handler thread not taken by an admitted call may hold a refusal (server.py sizes
             # the pool at twice the call slots, plus spares for health)
             hold = self._admitted_calls + self._held < 2 * self.limits.max_concurrent_calls
