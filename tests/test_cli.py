@@ -277,8 +277,17 @@ def test_train_checks_fail_fast(tmp_path: Path, capsys, monkeypatch) -> None:
     run = tmp_path / "run"
     run.mkdir()
     (run / "weights").write_text("a previous run")
-    err = fails_fast([*base, "--output-dir", str(run)], capsys)
+    # data files shipped in the package, so this holds without ../shared/data beside the clone
+    ids = tmp_path / "ids.txt"
+    ids.write_text("none\n")
+    shipped = ["--set", 'data.corpus="retriever/data/sample_corpus.jsonl.gz"',
+               "--set", 'data.train_queries="retriever/data/sample_queries.jsonl"', "--set", "data.pairs_files=[]",
+               "--set", 'evaluation.dev_queries="retriever/data/sample_queries.jsonl"',
+               "--set", f'evaluation.dev_ids="{ids}"']
+    err = fails_fast([*base, "--output-dir", str(run), *shipped], capsys)
     assert "already holds a run; pass --resume to continue it or --overwrite" in err
+
+
 def test_search_with_history_prints_the_searched_text(tiny_index_dir: Path, capsys) -> None:
     assert main(["-q", "search", str(tiny_index_dir), "where was she born?", "-k", "1", "--source", "kb",
                  "--turn", "Who directed it?", "--answer", "nobody", "--turn", "Tell me about Uta Barth.", "--json"]) == 0
