@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 POOLED = "pooled"
 METRIC_LABELS = {"source@10": "top-10 from requested source"}
+#: A line of its own in RESULTS.md just above the history appendix: new sections go in before it.
+HISTORY_MARKER = "<!-- HISTORY -->"
 
 
 class ScoredRun(Protocol):
@@ -127,7 +129,11 @@ def plot_hit_curves(path: Path, runs: Sequence[ScoredRun], max_k: int, title: st
 
 
 def replace_section(path: Path, name: str, body: str) -> None:
-    """Replace (or append) the text between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` in ``path``."""
+    """Replace (or add) the text between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` in ``path``.
+
+    An existing section is replaced where it stands. A new one goes in just above the first line
+    that is exactly ``<!-- HISTORY -->`` (the history appendix stays last), else at the end.
+    """
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     block = f"{begin}\n{body.strip()}\n{end}"
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
@@ -135,9 +141,21 @@ def replace_section(path: Path, name: str, body: str) -> None:
         before, rest = text.split(begin, 1)
         after = rest.split(end, 1)[1]
         text = before + block + after
+    elif (at := _marker_line(text, HISTORY_MARKER)) is not None:
+        text = text[:at].rstrip() + "\n\n" + block + "\n\n" + text[at:]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     logger.info("updated section %r of %s", name, path)
+
+
+def _marker_line(text: str, marker: str) -> int | None:
+    """Offset of the first line that is exactly ``marker`` (not a mention inside other text)."""
+    offset = 0
+    for line in text.splitlines(keepends=True):
+        if line.strip() == marker:
+            return offset
+        offset += len(line)
+    return None

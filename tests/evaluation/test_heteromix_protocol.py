@@ -103,6 +103,23 @@ def test_replace_section_is_idempotent(tmp_path: Path) -> None:
     assert text.startswith("# Results\n\nintro\n")
 
 
+def test_new_section_goes_above_the_history_marker(tmp_path: Path) -> None:
+    path = tmp_path / "R.md"
+    history = "<!-- HISTORY -->\n## History (newest first)\n\n<!-- BEGIN old -->\nold run\n<!-- END old -->\n"
+    path.write_text("# Results\n\nNew sections go above the `<!-- HISTORY -->` line.\n\n"
+                    "<!-- BEGIN a -->\none\n<!-- END a -->\n\n" + history, encoding="utf-8")
+    replace_section(path, "b", "two")
+    replace_section(path, "a", "three")  # an existing section is replaced where it stands
+    replace_section(path, "old", "older run")  # also inside the history
+    replace_section(path, "c", "four")
+    text = path.read_text(encoding="utf-8")
+    # The inline mention in the intro is not the marker; the history stays last and whole.
+    assert text.index("three") < text.index("two") < text.index("four") < text.index("\n<!-- HISTORY -->\n")
+    assert "<!-- END c -->\n\n<!-- HISTORY -->\n## History (newest first)\n" in text
+    assert text.endswith("## History (newest first)\n\n<!-- BEGIN old -->\nolder run\n<!-- END old -->\n")
+    assert "one" not in text and text.count("<!-- BEGIN") == 4
+
+
 def test_cache_key_changes_with_each_input() -> None:
     base = dense_cache_key("f", "m", 254)
     assert len({base, dense_cache_key("g", "m", 254), dense_cache_key("f", "n", 254),
