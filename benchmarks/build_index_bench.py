@@ -1,7 +1,7 @@
 """Index-build benchmark: wall time, units/s, peak memory and index size of a corpus build,
 plus the project's encoding overhead over calling ``SentenceTransformer.encode`` directly.
 
-    python benchmarks/build_index_bench.py                      # HeteroMix mini (34K units)
+    python benchmarks/build_index_bench.py                      # HeteroMix mini (36K units)
     python benchmarks/build_index_bench.py --ids ../shared/data/heteromix/lite.ids.txt --name lite
 
 Writes ``benchmarks/results/build_<name>.json`` and prints it. The overhead comparison
