@@ -7,10 +7,15 @@ import os
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from retriever.cli.index_commands import add_encoder_args, encoder_config
+from retriever.errors import InvalidInputError
 from retriever.records import Source
+from retriever.service.config import check_name
+
+if TYPE_CHECKING:
+    from retriever.evaluation.remote import ServedIndex
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -70,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     hm.add_argument("--limit", type=int, default=None, help="only the first N questions (smoke runs)")
     add_output_args(hm, "heteromix")
     add_encoder_args(hm, "model directory (default: the model named in the index manifest, else the bundled one)")
+    add_server_args(hm)
     hm.set_defaults(func=run_heteromix)
 
     rt = kinds.add_parser(
@@ -122,6 +128,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmp.set_defaults(func=run_compare)
 
 
+def add_server_args(parser: argparse.ArgumentParser) -> None:
+    """``--server`` and its connection flags: rank with a running server instead of in process."""
+    from retriever.evaluation.remote import CALL_TIMEOUT
+
+    group = parser.add_argument_group(
+        "served ranking", "rank with a running server (`retriever serve --resolve encoder-only --index DIR`) "
+        "instead of in process, to check the served figures against in-process ones: the same queries, judgments "
+        "and scoring, one RetrieveRequest per question (RetrieveStream calls). Needs --index: the build the server "
+        "serves (compared with GetIndexInfo; its unit store maps the served unit ids to records). The server "
+        "encodes, so the encoder options, --cache-dir and --units whole-record are refused")
+    group.add_argument("--server", default=None, metavar="HOST:PORT",
+                       help="address of the server that ranks (default: rank in process)")
+    group.add_argument("--server-index", default="", metavar="NAME",
+                       help="served index name (default: the server's default index)")
+    group.add_argument("--token-file", type=Path, default=None,
+                       help="file holding the server's bearer token (or RETRIEVER_AUTH_TOKEN)")
+    group.add_argument("--tls-ca", type=Path, default=None, help="PEM root certificate to connect with TLS")
+    group.add_argument("--tls-cert", type=Path, default=None, help="client certificate for mTLS (with --tls-key)")
+    group.add_argument("--tls-key", type=Path, default=None, help="client private key for mTLS")
+    group.add_argument("--timeout", type=float, default=CALL_TIMEOUT,
+                       help=f"deadline of each RetrieveStream call in seconds (default {CALL_TIMEOUT:g})")
+    parser.set_defaults(token_env="RETRIEVER_AUTH_TOKEN")
+
+
+def served_index(args: argparse.Namespace) -> ServedIndex | None:
+    """``--server`` and ``--server-index`` as a target; the connection flags without ``--server`` are refused."""
+    from retriever.evaluation.remote import ServedIndex
+
+    if args.server is None:
+        given = [flag for flag, value in (("--server-index", args.server_index), ("--token-file", args.token_file),
+                                          ("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert),
+                                          ("--tls-key", args.tls_key)) if value]
+        if given:
+            raise InvalidInputError(f"{', '.join(given)}: only with --server (the address of the server that ranks)")
+        return None
+    if args.server_index:
+        check_name(args.server_index)
+    return ServedIndex(args.server, args.server_index)
+
+
 def comma_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -144,14 +190,22 @@ def run_heteromix(args: argparse.Namespace) -> int:
     from retriever.query import FusionConfig
 
     ids = None if args.ids is None or str(args.ids).lower() == "none" else args.ids
+    server = served_index(args)
     config = HeteroBenchConfig(
         corpus=args.corpus, ids_file=ids, questions=args.questions, out=args.out, methods=args.methods,
         scenarios=args.scenarios, index=args.index, units=args.units, cache_dir=args.cache_dir,
         encoder=encoder_config(args), fusion=FusionConfig(rrf_k=args.rrf_k, depth=args.fusion_depth),
         hetero=HeteroConfig(scenarios=args.scenarios, depth=args.depth, collapse=not args.unit_ranks,
                             show_progress=not args.no_progress),
-        results_md=None if args.no_results_md else args.results_md, limit=args.limit, command=command_line())
-    report = run_heteromix_bench(config)
+        results_md=None if args.no_results_md else args.results_md, limit=args.limit, command=command_line(),
+        server=server)
+    if server is None:
+        report = run_heteromix_bench(config)
+    else:
+        from retriever.cli.serve_commands import make_client
+
+        with make_client(args) as client:
+            report = run_heteromix_bench(config, client=client)
     print(report.markdown)
     print()
     for name, path in report.outputs.items():

@@ -11,11 +11,12 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retriever.encoder import Encoder, EncoderConfig
 from retriever.errors import CorpusError, InvalidInputError
@@ -31,11 +32,14 @@ from retriever.evaluation.collection import (
 from retriever.evaluation.heteromix import (
     DEFAULT_SCENARIOS,
     HeteroConfig,
+    HeteroQuestion,
     RunResult,
     Scenario,
+    make_query,
     read_questions,
     run_heteromix,
 )
+from retriever.evaluation.remote import ServedIndex
 from retriever.evaluation.report import (
     Column,
     per_dataset_table,
@@ -52,6 +56,9 @@ from retriever.index.store import UnitStore
 from retriever.instructions import default_prompts
 from retriever.query import FusionConfig, Mode
 from retriever.records import read_id_list
+
+if TYPE_CHECKING:
+    from retriever.client import RetrieverClient
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +84,9 @@ class HeteroBenchConfig:
             named in the index manifest).
         results_md: a Markdown file whose marked section is regenerated; None to skip.
         limit: score only the first N questions (smoke runs).
+        server: rank with a running server instead of in process (``--server``): the same queries,
+            judgments and scoring, each query sent as one RetrieveRequest (see
+            :mod:`retriever.evaluation.remote`). Needs ``index``: the build the server serves.
     """
 
     corpus: Path
@@ -95,16 +105,36 @@ class HeteroBenchConfig:
     results_md: Path | None = None
     limit: int | None = None
     command: str = ""
+    server: ServedIndex | None = None
 
     def __post_init__(self) -> None:
         if not self.methods:
             raise InvalidInputError("choose at least one method (bm25, dense, hybrid)")
+        if self.server is not None:
+            self._check_served()
         dense = {Method.DENSE, Method.HYBRID} & set(self.methods)
         if dense and self.units is UnitScheme.WHOLE_RECORD:
             raise InvalidInputError("whole-record units are for BM25 only: dense and hybrid search the index's "
                                     "units (use --units index, or --methods bm25)")
         if self.index is not None and self.units is UnitScheme.WHOLE_RECORD:
             raise InvalidInputError("--index gives the index's units; it cannot be combined with --units whole-record")
+
+    def _check_served(self) -> None:
+        """Refuse what cannot apply when the server ranks (before any work)."""
+        if self.units is UnitScheme.WHOLE_RECORD:
+            raise InvalidInputError("--units whole-record cannot be ranked by a server: it searches its index's "
+                                    "units (drop --units, or drop --server)")
+        if self.index is None:
+            raise InvalidInputError("--server needs --index: the directory of the build the server serves (its "
+                                    "unit store maps the served unit ids to records, its manifest is compared with "
+                                    "the served one)")
+        if self.cache_dir is not None:
+            raise InvalidInputError("--cache-dir does nothing with --server: the server ranks, nothing is encoded "
+                                    "or cached here (drop --cache-dir)")
+        if replace(self.encoder, show_progress=True) != EncoderConfig():
+            raise InvalidInputError("the encoder options (--model, --device, --batch-size, --backend, --precision) "
+                                    "do nothing with --server: the server encodes the queries with its own model, "
+                                    "checked against the index manifest (drop them)")
 
 
 @dataclass
@@ -126,12 +156,15 @@ def _encoder_for(config: HeteroBenchConfig, manifest: Manifest | None) -> Encode
                                  show_progress=config.encoder.show_progress))
 
 
-def run_heteromix_bench(config: HeteroBenchConfig, encoder: Encoder | None = None) -> BenchReport:
+def run_heteromix_bench(config: HeteroBenchConfig, encoder: Encoder | None = None,
+                        client: RetrieverClient | None = None) -> BenchReport:
     """Run the HeteroMix benchmark end to end and write its outputs under ``config.out``.
 
     Args:
         config: what to run.
         encoder: an already loaded encoder to use instead of loading ``config.encoder``.
+        client: with ``config.server``, a connected client to use (token, TLS) instead of a plain
+            channel to ``config.server.address``.
     """
     started = time.perf_counter()
     spec = CorpusSpec(config.corpus, config.ids_file)
@@ -145,6 +178,14 @@ def run_heteromix_bench(config: HeteroBenchConfig, encoder: Encoder | None = Non
         read_id_list(config.ids_file)
     needs_dense = bool({Method.DENSE, Method.HYBRID} & set(config.methods))
     manifest = check_index_matches(config.index, spec) if config.index is not None else None
+    if config.server is not None and manifest is not None:
+        with ExitStack() as stack:
+            if client is None:
+                from retriever.client import RetrieverClient
+                from retriever.evaluation.remote import CALL_TIMEOUT
+
+                client = stack.enter_context(RetrieverClient(config.server.address, timeout=CALL_TIMEOUT))
+            return _run_served(config, questions, manifest, client, started)
     if encoder is None and (needs_dense or (config.index is None and config.units is UnitScheme.INDEX)):
         encoder = _encoder_for(config, manifest)
 
@@ -167,6 +208,26 @@ def run_heteromix_bench(config: HeteroBenchConfig, encoder: Encoder | None = Non
     return BenchReport(runs, store, outputs, markdown)
 
 
+def _run_served(config: HeteroBenchConfig, questions: Sequence[HeteroQuestion], manifest: Manifest,
+                client: RetrieverClient, started: float) -> BenchReport:
+    """The same run with the ranking done by the server (``config.server``); see :mod:`retriever.evaluation.remote`."""
+    from retriever.evaluation.remote import describe, open_served, probe_queries, remote_retrievers
+
+    assert config.server is not None and config.index is not None
+    served = open_served(client, config.server, config.index, manifest, config.methods, config.bm25)
+    needs_dense = bool({Method.DENSE, Method.HYBRID} & set(config.methods))
+    # the prompts an in-process run encodes with: the model's (the manifest's, checked) when a dense method runs
+    prompts = served.prompts if needs_dense else default_prompts()
+    probes = probe_queries(make_query(q, s, prompts) for s in config.scenarios for q in questions)
+    retrievers = remote_retrievers(client, config.server, config.methods, served.store, config.fusion, probes,
+                                   config.hetero.depth)
+    runs = run_heteromix(questions, served.store, retrievers, prompts, config.hetero)
+    model = served.model if needs_dense else None
+    outputs, markdown = write_outputs(config, runs, served.store, time.perf_counter() - started, model,
+                                      describe(config.server, served))
+    return BenchReport(runs, served.store, outputs, markdown)
+
+
 def _retrievers(config: HeteroBenchConfig, store: UnitStore, index: Index | None, encoder: Encoder | None,
                 root: Path) -> list[UnitRetriever]:
     lexical = None
@@ -184,11 +245,14 @@ HETERO_COLUMNS = (
 
 
 def write_outputs(config: HeteroBenchConfig, runs: Sequence[RunResult], store: UnitStore,
-                  seconds: float, model: str | None = None) -> tuple[dict[str, Path], str]:
+                  seconds: float, model: str | None = None,
+                  served: Mapping[str, object] | None = None) -> tuple[dict[str, Path], str]:
     """Write run files, metrics JSON, Markdown, plot (and the RESULTS.md section); returns paths and Markdown.
 
     ``model`` is the dense model's name; a model other than the bundled one gets its own
     RESULTS.md section (the zero-shot section is not overwritten by a trained model's run).
+    ``served`` says which server ranked (recorded in metrics.json); such a run gets its own
+    section too (it does not overwrite the in-process figures it is checked against).
     """
     from retriever.encoder import BUNDLED_MODEL
 
@@ -200,14 +264,17 @@ def write_outputs(config: HeteroBenchConfig, runs: Sequence[RunResult], store: U
         "scenarios": [s.value for s in config.scenarios], "depth": config.hetero.depth,
         "collapse": config.hetero.collapse, "bm25": vars(config.bm25), "fusion": vars(config.fusion),
         "limit": config.limit, "command": config.command, "seconds": round(seconds, 1), "model": model,
+        **(served or {}),
     }
     ranks = "" if config.hetero.collapse else ", unit ranks"
     other_model = f", model {model}" if model and model != BUNDLED_MODEL else ""
-    title = f"HeteroMix {tier} / {config.questions.name} ({config.units.value} units{ranks}{other_model})"
+    over = ", ranked over gRPC" if served else ""
+    title = f"HeteroMix {tier} / {config.questions.name} ({config.units.value} units{ranks}{other_model}{over})"
     methods = "+".join(m.value for m in config.methods)
     section = f"heteromix {tier} {config.questions.name} {config.units.value} {methods}"
     section += " unit-ranks" if ranks else ""
     section += f" model {model}" if other_model else ""
+    section += " grpc" if served else ""
     return write_run_outputs(config.out, runs, store, description, title, config.results_md, section,
                              config.hetero.depth)
 

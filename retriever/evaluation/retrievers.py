@@ -57,6 +57,12 @@ class QueryVectors:
         return np.stack([self._vectors[k] for k in keys]) if keys else np.zeros((0, 1), np.float32)
 
 
+def engine_query(query: Query, mode: Mode, fusion: FusionConfig, depth: int) -> Query:
+    """The query a benchmark asks in ``mode`` at ``depth``: in process (:class:`EngineRetriever`) and over
+    gRPC (:class:`retriever.evaluation.remote.RemoteRetriever`) alike."""
+    return replace(query, k=depth, mode=mode, fusion=fusion)
+
+
 class EngineRetriever:
     """One search mode of a :class:`~retriever.searcher.Searcher` at the benchmark's depth."""
 
@@ -67,7 +73,7 @@ class EngineRetriever:
         self.name = mode.value
 
     def rank(self, queries: Sequence[Query], depth: int) -> list[Ranking]:
-        planned = [self.searcher.plan(replace(q, k=depth, mode=self.mode, fusion=self.fusion)) for q in queries]
+        planned = [self.searcher.plan(engine_query(q, self.mode, self.fusion, depth)) for q in queries]
         if self.mode.uses_vectors:
             vectors = self.vectors(self.searcher, planned)
         else:
@@ -109,5 +115,10 @@ def engine_retrievers(modes: Sequence[Mode], store: UnitStore, index: Index | No
     else:
         searcher = Searcher(None, None, SourceResolution.ENCODER_ONLY, lexical, store=store)
     vectors = QueryVectors(show_progress)
-    return [Memo(EngineRetriever(searcher, mode, fusion, vectors), uses_instruction=mode.uses_vectors)
-            for mode in modes]
+    return [memoized(EngineRetriever(searcher, mode, fusion, vectors), mode) for mode in modes]
+
+
+def memoized(retriever: UnitRetriever, mode: Mode) -> Memo:
+    """``retriever`` (ranking in ``mode``) behind a :class:`Memo`; BM25 rankings are cached without the
+    instruction, which a lexical query does not read."""
+    return Memo(retriever, uses_instruction=mode.uses_vectors)
