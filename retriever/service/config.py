@@ -17,6 +17,12 @@ from typing import Any, Literal
 from retriever.errors import InvalidInputError
 from retriever.query import SourceResolution
 
+#: Default token budget of one encoder batch (``--max-batch-tokens``): a full batch of 32 queries
+#: of up to 64 tokens each, padded (the bundled model's instruction templates are ~17 tokens and
+#: typical questions composed with them 23-33 with the special tokens), while a query of 256
+#: tokens (the bundled model's longest input) shares its batch with at most 7 others.
+DEFAULT_MAX_BATCH_TOKENS = 2048
+
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 _INDEX_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -86,6 +92,10 @@ class ServiceConfig:
         port: TCP port; 0 picks a free one.
         limits: request limits.
         max_batch: most queries encoded together by the dynamic batcher (1 disables batching).
+        max_batch_tokens: token budget of one encoder batch: the batcher cuts a batch before a
+            job that would take its padded tokens (queries needing a vector x the longest of
+            them, in the model's tokens) over this; a job over it on its own still goes, alone. 0
+            turns it off (only ``max_batch`` cuts).
         batch_wait_ms: how long the batcher waits for more queries once it has one.
         resolution: what an instruction naming source types does when ``sources`` is empty.
         token: bearer token every call but health must carry; None disables auth.
@@ -111,6 +121,7 @@ class ServiceConfig:
     port: int = 50051
     limits: Limits = field(default_factory=Limits)
     max_batch: int = 32
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     batch_wait_ms: float = 2.0
     resolution: SourceResolution = SourceResolution.FILTER
     token: str | None = None
@@ -140,6 +151,10 @@ class ServiceConfig:
             raise InvalidInputError(f"the metrics port must differ from the gRPC port ({self.port})")
         if self.max_batch < 1:
             raise InvalidInputError(f"max_batch must be >= 1, got {self.max_batch}")
+        if isinstance(self.max_batch_tokens, bool) or not isinstance(self.max_batch_tokens, int) \
+                or self.max_batch_tokens < 0:
+            raise InvalidInputError(f"the batch token budget (--max-batch-tokens, RETRIEVER_MAX_BATCH_TOKENS) must be "
+                                    f"a positive integer, or 0 to turn it off; got {self.max_batch_tokens!r}")
         if self.batch_wait_ms < 0:
             raise InvalidInputError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         if self.grace_seconds < 0:
@@ -204,6 +219,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "RETRIEVER_HOST": ("host", str),
     "RETRIEVER_PORT": ("port", int),
     "RETRIEVER_MAX_BATCH": ("max_batch", int),
+    "RETRIEVER_MAX_BATCH_TOKENS": ("max_batch_tokens", int),
     "RETRIEVER_BATCH_WAIT_MS": ("batch_wait_ms", float),
     "RETRIEVER_RESOLUTION": ("resolution", SourceResolution),
     "RETRIEVER_AUTH_TOKEN": ("token", str),

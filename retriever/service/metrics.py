@@ -3,7 +3,7 @@
 Each :class:`ServiceMetrics` has its own :class:`~prometheus_client.CollectorRegistry`, so
 several servers in one process (the tests) never share or collide on a metric. Call counts and
 latencies are recorded by the servicer's call recorder (:mod:`retriever.service.requests`),
-batch sizes and the encode / search split by the batcher's worker (:class:`BatchTimings`), and
+batch sizes and tokens and the encode / search split by the batcher's worker (:class:`BatchTimings`), and
 the batcher's drop counters, queue depth and index generations are read from the batcher and
 registry at scrape time (:class:`_StateCollector`), so they cost nothing between scrapes.
 Every metric is listed in docs/SERVICE.md ("Metrics").
@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: Queries per encoder batch (``--max-batch`` defaults to 32; a RetrieveBatch can be larger).
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: Padded tokens per encoder batch: 16 up to 131072 (a RetrieveBatch of 256 queries of 512 tokens);
+#: ``--max-batch-tokens`` defaults to 2048.
+BATCH_TOKEN_BUCKETS = tuple(2 ** i for i in range(4, 18))
 
 
 class ServiceMetrics:
@@ -51,6 +54,10 @@ class ServiceMetrics:
                                  ["method"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("retriever_batch_size", "Queries answered per encoder batch",
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.batch_tokens = Histogram("retriever_batch_tokens",
+                                      "Padded tokens per encoder batch (queries needing a vector x the longest), "
+                                      "as --max-batch-tokens counts them; not observed when the budget is off",
+                                      buckets=BATCH_TOKEN_BUCKETS, registry=r)
         self.encode_seconds = Histogram("retriever_encode_seconds", "Encoder time per batch",
                                         buckets=LATENCY_BUCKETS, registry=r)
         self.search_seconds = Histogram("retriever_search_seconds",
@@ -92,6 +99,8 @@ class ServiceMetrics:
     def observe_batch(self, timings: BatchTimings) -> None:
         """The batcher worker's hook: one call per batch it answered."""
         self.batch_size.observe(timings.queries)
+        if timings.tokens is not None:
+            self.batch_tokens.observe(timings.tokens)
         self.encode_seconds.observe(timings.encode_seconds)
         self.search_seconds.observe(timings.search_seconds)
 

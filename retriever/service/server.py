@@ -180,7 +180,10 @@ class RetrieverServer:
         batcher = Batcher(encoder, self.config.max_batch, self.config.batch_wait_ms / 1000.0,
                           self.config.limits.max_queued_queries,
                           on_batch=self.metrics.observe_batch if self.metrics is not None else None,
-                          latency_budget=self.config.latency_budget)
+                          latency_budget=self.config.latency_budget, max_batch_tokens=self.config.max_batch_tokens)
+        logger.info("batches: at most %d queries and %s", self.config.max_batch,
+                    f"{self.config.max_batch_tokens} padded tokens (model input up to {encoder.max_seq_length})"
+                    if self.config.max_batch_tokens else "no token budget")
         if batcher.latency_budget is not None:
             batcher.calibrate()
             budget = batcher.budget_seconds() or 0.0
