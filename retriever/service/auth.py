@@ -15,12 +15,7 @@ logger = logging.getLogger(__name__)
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
-def _deny(request: Any, context: grpc.ServicerContext) -> Any:
-    context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token (metadata 'authorization: "
-                  "Bearer <token>')")
-
-
-def _deny_stream(request_iterator: Any, context: grpc.ServicerContext) -> Any:
+def _deny(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
     context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token (metadata 'authorization: "
                   "Bearer <token>')")
 
@@ -38,9 +33,12 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
     Tokens are compared in constant time; a call carrying two ``authorization`` headers is refused.
     """
 
-    def __init__(self, token: str | None, admin_token: str | None = None) -> None:
+    def __init__(self, token: str | None, admin_token: str | None = None,
+                 on_refused: Callable[[str], None] | None = None) -> None:
+        """``on_refused(method)`` is called for each refused call (the server counts it in its metrics)."""
         self._query = f"Bearer {token}".encode() if token else None
         self._admin = f"Bearer {admin_token}".encode() if admin_token else None
+        self._on_refused = on_refused
 
     @staticmethod
     def presented(metadata: Any) -> bytes | None:
@@ -73,10 +71,12 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         logger.info("refused unauthenticated call to %s", method)
+        if self._on_refused is not None:
+            self._on_refused(method)
         if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(_deny_stream)
+            return grpc.stream_stream_rpc_method_handler(_deny)
         if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(_deny_stream)
+            return grpc.stream_unary_rpc_method_handler(_deny)
         if handler.response_streaming:
             return grpc.unary_stream_rpc_method_handler(_deny)
         return grpc.unary_unary_rpc_method_handler(_deny)

@@ -85,6 +85,11 @@ class ServiceMetrics:
             self.errors.labels(code).inc()
         self.latency.labels(method).observe(seconds)
 
+    def observe_refused(self, method: str, code: str) -> None:
+        """A call refused before the servicer saw it (UNAUTHENTICATED by the auth interceptor): counted, not timed."""
+        self.requests.labels(method, code).inc()
+        self.errors.labels(code).inc()
+
     def observe_results(self, method: str, results: Sequence[SearchResult]) -> None:
         """Count the answers a call sent: its queries, their hits and resolved sources."""
         if results:

@@ -112,6 +112,10 @@ class RetrieverServer:
         for service in ("", SERVICE_NAME):
             self.health.set(service, status)
 
+    def _count_unauthenticated(self, method: str) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_refused(method.rsplit("/", 1)[-1], "UNAUTHENTICATED")
+
     def start(self) -> int:
         """Bind and start answering (health NOT_SERVING until :meth:`load`); returns the bound port.
 
@@ -126,7 +130,7 @@ class RetrieverServer:
             ("grpc.so_reuseport", 0),  # a port already in use is an error, not a silent second listener
         ]
         tokens = (self.config.token, self.config.admin_token)
-        interceptors = [BearerTokenInterceptor(*tokens)] if any(tokens) else []
+        interceptors = [BearerTokenInterceptor(*tokens, on_refused=self._count_unauthenticated)] if any(tokens) else []
         server = grpc.server(
             # the servicer admits max_concurrent_calls query calls and holds as many refusals
             # (RetrieverServicer._admit); grpcio refuses at once beyond both

@@ -84,3 +84,25 @@ def test_each_server_has_its_own_registry(encoder, tiny_index_dir):
 
 def test_metrics_are_off_by_default(server):
     assert server.metrics is None and server.metrics_port is None
+
+
+def test_unauthenticated_refusals_are_counted(encoder, tiny_index_dir):
+    token = "query-token-0123456789abcdef"
+    with running_server(encoder, [("tiny", tiny_index_dir)], metrics_port=0, token=token) as server:
+        with channel_to(server) as channel:
+            stub = stub_for(channel)
+            for metadata in (None, (("authorization", "Bearer wrong-token-0123456789"),)):
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.Retrieve(request(top_k=1), metadata=metadata)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError):
+                stub.GetIndexInfo(pb.GetIndexInfoRequest())
+            stub.Retrieve(request(top_k=1), metadata=(("authorization", f"Bearer {token}"),))
+        assert server.metrics_port
+        m = scrape(server.metrics_port)
+    assert m["retriever_requests_total"] == {
+        (("code", "UNAUTHENTICATED"), ("method", "Retrieve")): 2,
+        (("code", "UNAUTHENTICATED"), ("method", "GetIndexInfo")): 1,
+        (("code", "OK"), ("method", "Retrieve")): 1}
+    assert m["retriever_errors_total"] == {(("code", "UNAUTHENTICATED"),): 3}
+    assert m["retriever_request_seconds_count"] == {(("method", "Retrieve"),): 1}  # refusals are not timed
