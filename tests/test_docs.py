@@ -23,5 +23,6 @@ def test_unset_instruction_rule_is_the_servers(path: str) -> None:
     # tests/service/test_docker_readme.py the response's instruction over gRPC).
     text = plain(path)
     assert "gets its prompt for the single source requested in `sources`, else its general prompt" in text
-    assert "saved none (the bundled all-MiniLM-L6-v2) gets the bare question" in text
+    assert "saved none (the zero-shot `bundled:all-MiniLM-L6-v2`) gets the bare question" in text
+    assert "default model (`bundled:heteromix-minilm-l6`) saved its prompts" in text.lower()
     assert "Unset: the model's saved prompt" not in text and "unset: the model's saved prompt" not in text

@@ -12,6 +12,7 @@ import pytest
 from retriever.cli.main import main
 from retriever.errors import InvalidInputError
 from retriever.index.lexical import LexicalIndex
+from retriever.instructions import source_instruction
 from retriever.query import FusionConfig, Mode, Query
 from retriever.records import Source
 from retriever.searcher import Searcher, build_lexical, load_lexical, rrf_fuse
@@ -68,7 +69,9 @@ def test_modes_share_the_filter_and_hit_format(searcher: Searcher) -> None:
         result = searcher.search([Query(table_title, sources=(Source.TABLE,), k=5, mode=mode, fusion=FUSION)])[0]
         assert result.hits and all(h.source is Source.TABLE for h in result.hits), mode
         assert [h.score for h in result.hits] == sorted((h.score for h in result.hits), reverse=True)
-        assert result.instruction == "" and result.sources == (Source.TABLE,)
+        # BM25 encodes nothing; the dense modes use the default model's saved prompt for the source.
+        assert result.instruction == ("" if mode is Mode.BM25 else source_instruction(Source.TABLE)), mode
+        assert result.sources == (Source.TABLE,)
 
 
 def test_one_batch_mixes_modes_and_equals_single_queries(searcher: Searcher) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retriever.encoder import bundled_model_dir, model_checksum
+from retriever.bundled import bundled_model_dir, bundled_names
+from retriever.encoder import model_checksum
 from retriever.errors import InvalidInputError, ModelError
 from retriever.instructions import resolve_sources
 from retriever.query import Query, SourceResolution
@@ -140,10 +141,11 @@ def test_searcher_plan_reports_the_resolution(tiny_index, encoder, monkeypatch: 
     assert rules.sources == (Source.TABLE,) and rules.confidence is None
 
 
-def test_shipped_router_matches_the_bundled_model() -> None:
-    checksum = model_checksum(bundled_model_dir())
+@pytest.mark.parametrize("name", bundled_names())
+def test_shipped_router_matches_each_bundled_model(name: str) -> None:
+    checksum = model_checksum(bundled_model_dir(name))
     path = shipped_router_path(checksum)
-    assert path.is_file(), f"no router shipped for the bundled model; run `retriever train-router` ({path.name})"
+    assert path.is_file(), f"no router shipped for {name}; run `retriever train-router --model {name}` ({path.name})"
     router = SourceRouter.load(path, checksum)
     assert router.model_checksum == checksum and router.dimension == 384
     assert path.stat().st_size < 64_000

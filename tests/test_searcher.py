@@ -87,13 +87,14 @@ def test_resolve_sources(instruction, expected) -> None:
 
 
 def test_default_instruction_depends_on_whether_the_model_was_instruction_tuned(tiny_index, encoder, monkeypatch) -> None:
-    assert encoder.instruction_tuned is False  # the bundled model saved no query prompts
+    assert encoder.instruction_tuned is True  # the default model saved its query prompts
     searcher = Searcher(tiny_index, encoder)
-    assert searcher.plan(Query("q", sources=(Source.TABLE,))).instruction == ""
-    monkeypatch.setattr(encoder, "instruction_tuned", True)
     assert searcher.plan(Query("q", sources=(Source.TABLE,))).instruction == source_instruction(Source.TABLE)
     assert searcher.plan(Query("q")).instruction == encoder.prompts["query"]
     assert searcher.plan(Query("q", instruction="")).instruction == ""
+    monkeypatch.setattr(encoder, "instruction_tuned", False)  # as the zero-shot model, which saved none
+    assert searcher.plan(Query("q", sources=(Source.TABLE,))).instruction == ""
+    assert searcher.plan(Query("q")).instruction == ""
 
 
 def _records_in_order(hits) -> list[tuple[Source, str]]:

@@ -88,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="comma-separated: bm25, dense (default bm25; dense encodes every candidate: ~17K units)")
     rt.add_argument("--limit", type=int, default=None, help="only the first N questions")
     add_output_args(rt, "routing")
-    add_encoder_args(rt, "model directory (default: the bundled all-MiniLM-L6-v2)")
+    add_encoder_args(rt, "model directory or bundled name (default: the bundled default model)")
     rt.set_defaults(func=run_routing)
 
     compmix = data_dir() / "compmix"
@@ -108,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="score only questions with an answer somewhere in the corpus (for corpus samples)")
     cm.add_argument("--limit", type=int, default=None, help="only the first N questions")
     add_output_args(cm, "compmix")
-    add_encoder_args(cm, "model directory (default: the bundled all-MiniLM-L6-v2)")
+    add_encoder_args(cm, "model directory or bundled name (default: the bundled default model)")
     cm.set_defaults(func=run_compmix)
 
 

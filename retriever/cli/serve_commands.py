@@ -125,8 +125,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     limits = serve.add_argument_group("limits")
     for flag, _, text in LIMIT_FLAGS:
         limits.add_argument(flag, type=int, default=None, help=text)
-    add_encoder_args(serve, "model directory (default: the model named in the first index's manifest, or the "
-                     "bundled all-MiniLM-L6-v2)")
+    add_encoder_args(serve, "model directory or bundled name (default: the model named in the first index's "
+                     "manifest, or the bundled default model)")
     serve.set_defaults(func=run_serve)
 
     query = subparsers.add_parser("query", help="query a running server",

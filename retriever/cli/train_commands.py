@@ -23,6 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="continue the run in output_dir from its completed stages and latest checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="delete output_dir first")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--lenient", action="store_true",
+                        help="skip corpus fields a record's source type does not have, with a warning per field name "
+                        "(default: such a field stops the run before training, naming file, line and field); "
+                        "the same as --set data.lenient=true")
     parser.add_argument("--stages", default=None, metavar="LIST",
                         help="override [run] stages, comma-separated (e.g. 'finetune' or 'align,finetune' for the "
                         "ablation); every listed stage still needs its section in the file")
@@ -38,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "instructions, report it on the held-apart dev phrasings and save it where the model's loader finds it: "
         "<model>/router.safetensors, or for the bundled model retriever/data/router-<checksum>.safetensors. "
         "`retriever train` does this itself after the last stage ([router] in the TOML). See docs/TRAINING.md.")
-    router.add_argument("--model", default=None, help="model directory (default: the bundled model)")
+    router.add_argument("--model", default=None,
+                        help="model directory or bundled name (default: the bundled default model)")
     router.add_argument("--out", type=Path, default=None, help="where to write the router (default: see above)")
     router.add_argument("--threshold", type=float, default=None,
                         help="filter at router confidence >= this (default: [router] threshold's default)")
@@ -61,6 +66,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     merge.set_defaults(func=run_merge)
 
+    pack = subparsers.add_parser(
+        "pack-model", help="pack a trained model into the package as a bundled model (how a new default ships)",
+        description="Write MODEL (a float32 sentence-transformers directory, e.g. runs/train_cpu/model) to "
+        "retriever/data/models/NAME/: its small files as saved and its weights with every matrix as int8 plus "
+        "one float32 scale per row (a quarter of the size; --quantization float16: half). It is then served as "
+        "bundled:NAME, unpacked to float32 in $RETRIEVER_CACHE_DIR/models on first use and checked against the "
+        "SHA-256 recorded here. Check the packed model's quality before shipping it (docs/TRAINING.md, "
+        "\"Shipping a model\").")
+    pack.add_argument("model", type=Path, help="the trained model directory")
+    pack.add_argument("--name", required=True, help="bundled name, e.g. heteromix-minilm-l6")
+    pack.add_argument("--quantization", choices=["int8", "float16"], default="int8",
+                      help="how matrices are stored (default int8)")
+    pack.add_argument("--out", type=Path, default=None, help="pack directory (default retriever/data/models/NAME)")
+    pack.add_argument("--overwrite", action="store_true", help="replace an existing pack")
+    pack.set_defaults(func=run_pack)
+
 
 def run_train(args: argparse.Namespace) -> int:
     from retriever.training import StopRequested, load_config, train
@@ -74,6 +95,8 @@ def run_train(args: argparse.Namespace) -> int:
         overrides["run"]["output_dir"] = str(args.output_dir)
     if args.no_progress:
         overrides["run"]["show_progress"] = False
+    if args.lenient:
+        overrides.setdefault("data", {})["lenient"] = True
     config = load_config(args.config, overrides)
 
     requested = {"stop": False}
@@ -140,6 +163,22 @@ def run_merge(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"{args.out} exists; pass --overwrite to replace it")
     out = interpolate_models(args.first, args.second, args.weight, args.out)
     print(f"model: {out} ({1 - args.weight:g} × {args.first} + {args.weight:g} × {args.second})")
+    return 0
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    from retriever.bundled import PACKS_DIR, PREFIX, pack_model
+    from retriever.errors import InvalidInputError
+
+    if not args.name or "/" in args.name or args.name.startswith((".", PREFIX)):
+        raise InvalidInputError(f"--name {args.name!r}: a plain name such as heteromix-minilm-l6")
+    if not args.model.is_dir():
+        raise InvalidInputError(f"model directory not found: {args.model}")
+    out = args.out or PACKS_DIR / args.name
+    meta = pack_model(args.model, out, args.quantization, args.overwrite)
+    print(f"packed {args.model} → {out} as {PREFIX}{args.name}: {meta['quantization']}, "
+          f"{meta['packed_bytes'] / 1e6:.1f} MB of weights (float32 {meta['float32_bytes'] / 1e6:.1f} MB); "
+          f"unpacks to SHA-256 {meta['checksum'][:16]}")
     return 0
 
 

@@ -249,12 +249,12 @@ def write_outputs(config: HeteroBenchConfig, runs: Sequence[RunResult], store: U
                   served: Mapping[str, object] | None = None) -> tuple[dict[str, Path], str]:
     """Write run files, metrics JSON, Markdown, plot (and the RESULTS.md section); returns paths and Markdown.
 
-    ``model`` is the dense model's name; a model other than the bundled one gets its own
-    RESULTS.md section (the zero-shot section is not overwritten by a trained model's run).
+    ``model`` is the dense model's name; a model other than the zero-shot bundled one (the default
+    model included) gets its own RESULTS.md section, so the zero-shot sections stay the reference.
     ``served`` says which server ranked (recorded in metrics.json); such a run gets its own
     section too (it does not overwrite the in-process figures it is checked against).
     """
-    from retriever.encoder import BUNDLED_MODEL
+    from retriever.bundled import ZERO_SHOT_MODEL
 
     tier = config.ids_file.name.split(".")[0] if config.ids_file else "full"
     description = {
@@ -267,7 +267,7 @@ def write_outputs(config: HeteroBenchConfig, runs: Sequence[RunResult], store: U
         **(served or {}),
     }
     ranks = "" if config.hetero.collapse else ", unit ranks"
-    other_model = f", model {model}" if model and model != BUNDLED_MODEL else ""
+    other_model = f", model {model}" if model and model != ZERO_SHOT_MODEL else ""
     over = ", ranked over gRPC" if served else ""
     title = f"HeteroMix {tier} / {config.questions.name} ({config.units.value} units{ranks}{other_model}{over})"
     methods = "+".join(m.value for m in config.methods)

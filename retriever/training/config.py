@@ -169,6 +169,9 @@ class DataConfig:
         pairs_files: CompMix data-text pairs files (``raw_data`` / ``nl_text``).
         window_tokens: linearizer window in tokens; 0 uses the base model's max length - 2,
             exactly as ``build-index`` does.
+        lenient: skip corpus fields the record's source type does not have, with a warning per
+            field name (``retriever train --lenient``); by default such a field stops the run
+            before any training, naming file, line and field (as ``build-index`` does).
     """
 
     corpus: Path
@@ -178,6 +181,7 @@ class DataConfig:
     max_train_queries: int = 0
     pairs_files: tuple[Path, ...] = ()
     window_tokens: int = 0
+    lenient: bool = False
 
     def validate(self) -> None:
         _exists("data", "corpus", self.corpus)

@@ -25,7 +25,16 @@ import orjson
 
 from retriever.errors import CorpusError
 from retriever.linearize import Unit, WindowBudget, linearize_all
-from retriever.records import InfoboxRecord, KbRecord, Record, Source, TableRecord, read_id_list, read_records
+from retriever.records import (
+    InfoboxRecord,
+    KbRecord,
+    Record,
+    Source,
+    TableRecord,
+    UnknownFields,
+    read_id_list,
+    read_records,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +121,10 @@ class TrainingData:
 def tokenizer_budget(tokenizer: object, window_tokens: int) -> WindowBudget:
     """The window budget ``build-index`` uses: the model's tokenizer, no special tokens."""
 
+    from retriever.encoder import count_with
+
     def count(texts: Sequence[str]) -> list[int]:
-        if not texts:
-            return []
-        encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]  # type: ignore[operator]
-        return [len(ids) for ids in encoded]
+        return count_with(tokenizer, texts)
 
     return WindowBudget(max_tokens=window_tokens, count=count)
 
@@ -130,6 +138,7 @@ def load_training_data(
     pool_records: int = 0,
     max_train_queries: int = 0,
     extra_ids: Callable[[dict[str, Record]], set[str]] | None = None,
+    lenient: bool = False,
 ) -> TrainingData:
     """Read the corpus once, select pool and gold records, linearize them and attach questions.
 
@@ -142,10 +151,11 @@ def load_training_data(
         pool_records: sample this many pool records (0: all).
         max_train_queries: sample this many questions (0: all).
         extra_ids: more record ids to linearize (e.g. the dev sample), given all records.
+        lenient: skip unknown corpus fields with a warning instead of failing (``--lenient``).
     """
     started = time.perf_counter()
     rng = np.random.default_rng([seed, 7])
-    records = {r.id: r for r in read_records(corpus)}
+    records = {r.id: r for r in read_records(corpus, unknown=UnknownFields.WARN if lenient else UnknownFields.ERROR)}
     logger.info("read %d records from %s in %.1fs", len(records), corpus, time.perf_counter() - started)
 
     candidates = read_id_list(pool_ids) if pool_ids else list(records)

@@ -85,6 +85,10 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         "cuda" if config.run.device is DeviceChoice.CUDA else None)
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
+    if not config.run.show_progress:  # transformers' "Loading weights" bars too (a whole-process run)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     random.seed(config.run.seed)
     np.random.seed(config.run.seed % 2**32)
     torch.manual_seed(config.run.seed)
@@ -157,7 +161,8 @@ def read_run_data(config: TrainConfig, model: EmbeddingModel, dev: DevSample | N
         config.data.corpus, config.data.train_queries if with_questions else None,
         tokenizer_budget(model.tokenizer, window), config.run.seed, config.data.pool_ids,
         config.data.pool_records, config.data.max_train_queries,
-        extra_ids=(lambda records: dev_record_ids(dev, records)) if dev is not None else None)
+        extra_ids=(lambda records: dev_record_ids(dev, records)) if dev is not None else None,
+        lenient=config.data.lenient)
     return data, window
 
 

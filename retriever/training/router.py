@@ -211,19 +211,21 @@ def train_model_router(model: str | None, config: RouterConfig, seed: int, out: 
     """Train the source router of a saved model and write it where the model's loader finds it.
 
     Args:
-        model: the model directory (None: the bundled model).
-        out: where to write; default ``<model>/router.safetensors``, or for the bundled model
-            (a read-only wheel) the package's ``retriever/data/router-<checksum>.safetensors``.
+        model: the model directory, or a bundled name (None: the default model).
+        out: where to write; default ``<model>/router.safetensors``, or for a bundled model
+            (read-only) the package's ``retriever/data/router-<checksum>.safetensors``.
 
     Returns:
         The path written and the report.
     """
+    from retriever.bundled import canonical_name
     from retriever.encoder import Encoder, EncoderConfig
     from retriever.router import ROUTER_FILE, shipped_router_path
 
     encoder = Encoder(EncoderConfig(model=model, device=device, show_progress=False, threads=threads))
     if out is None:
-        out = shipped_router_path(encoder.checksum) if model is None else encoder.model_dir / ROUTER_FILE
+        bundled = canonical_name(model) is not None
+        out = shipped_router_path(encoder.checksum) if bundled else encoder.model_dir / ROUTER_FILE
     report = train_router(lambda texts: encoder.encode_documents(texts, show_progress=False), encoder.checksum,
                           config, seed)
     save_router(report, out)

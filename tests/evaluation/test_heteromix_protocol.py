@@ -187,13 +187,16 @@ def test_bench_end_to_end_on_the_tiny_index(tiny_index_dir: Path, tiny_corpus: P
     assert ranks == list(range(1, len(ranks) + 1))
     assert (out / "hit_at_k.png").read_bytes()[:4] == b"\x89PNG"
     assert "| bm25 | source-hard |" in results_md.read_text()
-    # The bundled model's run keeps the plain section name; another model gets its own section.
-    assert payload["model"] == encoder.name
-    assert "<!-- BEGIN heteromix full questions.jsonl index bm25+dense+hybrid -->" in results_md.read_text()
+    # The zero-shot model's run keeps the plain section name; any other model (the default one
+    # included) gets its own section.
+    assert payload["model"] == encoder.name == "bundled:heteromix-minilm-l6"
+    section = "<!-- BEGIN heteromix full questions.jsonl index bm25+dense+hybrid"
+    assert f"{section} model bundled:heteromix-minilm-l6 -->" in results_md.read_text()
+    write_outputs(config, report.runs, report.store, 1.0, model="bundled:all-MiniLM-L6-v2")
     write_outputs(config, report.runs, report.store, 1.0, model="runs/x/model")
     text = results_md.read_text()
-    assert "<!-- BEGIN heteromix full questions.jsonl index bm25+dense+hybrid -->" in text
-    assert "<!-- BEGIN heteromix full questions.jsonl index bm25+dense+hybrid model runs/x/model -->" in text
+    assert f"{section} -->" in text and f"{section} model bundled:heteromix-minilm-l6 -->" in text
+    assert f"{section} model runs/x/model -->" in text
     assert "model runs/x/model)" in text
     assert "Instruction following (top-10 units from the requested source" in text
 

@@ -3,7 +3,8 @@
 The slice is every 36th question of ``queries.dev.mini.jsonl`` (50 questions, all six datasets),
 searched in an index built here from their gold records plus every 50th record of ``mini.ids.txt``
 (tables over 12 rows left out): 651 units. The figures were computed by the harness as it
-stood before the search engine was unified (issue 14); any change to planning, encoding, ranking,
+stood before the search engine was unified (issue 14), with the zero-shot model (then the default;
+the test pins the engine, so it keeps that model); any change to planning, encoding, ranking,
 filtering or fusion that moves a ranking shows up here. About a minute on a busy 2-core machine.
 """
 
@@ -65,11 +66,12 @@ def slice_corpus(tmp: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory, encoder) -> BenchReport:
+def report(tmp_path_factory: pytest.TempPathFactory, zero_shot_encoder) -> BenchReport:
     from retriever.index import BuildConfig, build_index
 
     tmp = tmp_path_factory.mktemp("pinned")
     corpus, questions = slice_corpus(tmp)
+    encoder = zero_shot_encoder
     build_index(BuildConfig(corpus=corpus, out=tmp / "index"), encoder)
     return run_heteromix_bench(HeteroBenchConfig(
         corpus=corpus, questions=questions, out=tmp / "out", index=tmp / "index", methods=METHODS,

@@ -81,6 +81,8 @@ def free_port() -> int:
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="the README's token line needs openssl")
 def test_readme_docker_run_line_serves_and_answers(tiny_index_dir: Path, encoder, tmp_path: Path,
                                                    monkeypatch) -> None:
+    from retriever.instructions import source_instruction
+    from retriever.records import Source
     from retriever.sample import sample_index_dir
 
     lines = docker_section()
@@ -106,7 +108,8 @@ def test_readme_docker_run_line_serves_and_answers(tiny_index_dir: Path, encoder
             result = client.retrieve("who founded the club?", sources=["table"], top_k=3)
         assert len(result.hits) == 3 and all(hit.source.value == "table" for hit in result.hits)
         assert result.index == "sample"
-        assert result.instruction == ""  # unset instruction, bundled model: the bare question (README)
+        # Unset instruction: the default model saved its prompts, so the one for the requested source (README).
+        assert result.instruction == source_instruction(Source.TABLE)
         with RetrieverClient(f"127.0.0.1:{port}") as anonymous, pytest.raises(RetrieverError):
             anonymous.retrieve("who founded the club?", top_k=1)
     finally:

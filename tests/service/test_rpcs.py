@@ -27,9 +27,9 @@ def test_retrieve_returns_sorted_hits_with_generation_and_model(stub, server):
     assert response.model == server.registry.encoder.name
     assert response.server_seconds > 0
     assert all(h.text == "" and h.record_id for h in response.hits)
-    # The bundled model saved no prompts of its own, so a query without instruction is encoded bare.
-    assert not server.registry.encoder.instruction_tuned
-    assert response.instruction == ""
+    # The default model saved its prompts, so a query without instruction gets the general one.
+    assert server.registry.encoder.instruction_tuned
+    assert response.instruction == general_instruction()
     assert list(response.sources) == [] and not response.sources_resolved
 
 
@@ -41,12 +41,14 @@ def test_with_text_returns_the_embedded_text(stub, tiny_index):
         assert hit.record_id == tiny_index.store.record_ids[hit.unit_id]
 
 
-def test_instruction_tuned_models_get_their_saved_prompt(stub, server, monkeypatch):
-    monkeypatch.setattr(server.registry.encoder, "instruction_tuned", True)
-    plain = stub.Retrieve(request("population of the city", top_k=3))
-    assert plain.instruction == general_instruction()
+def test_models_without_saved_prompts_get_the_bare_question(stub, server, monkeypatch):
     single = stub.Retrieve(request("population of the city", top_k=3, sources=[pb.SOURCE_INFOBOX]))
     assert single.instruction == source_instruction(Source.INFOBOX)
+    monkeypatch.setattr(server.registry.encoder, "instruction_tuned", False)  # as the zero-shot model
+    plain = stub.Retrieve(request("population of the city", top_k=3))
+    assert plain.instruction == ""
+    single = stub.Retrieve(request("population of the city", top_k=3, sources=[pb.SOURCE_INFOBOX]))
+    assert single.instruction == ""
 
 
 def test_sources_filter_exactly(stub):
@@ -55,7 +57,7 @@ def test_sources_filter_exactly(stub):
     assert list(response.sources) == [pb.SOURCE_TABLE, pb.SOURCE_KB] and not response.sources_resolved
     single = stub.Retrieve(request("population of the city", top_k=10, sources=[pb.SOURCE_INFOBOX]))
     assert {h.source for h in single.hits} == {pb.SOURCE_INFOBOX}
-    assert single.instruction == ""
+    assert single.instruction == source_instruction(Source.INFOBOX)
 
 
 def test_instruction_naming_sources_is_resolved_and_reported(stub):

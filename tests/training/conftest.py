@@ -16,9 +16,9 @@ CORPUS_RECORDS = {"text": 30, "table": 4, "kb": 40, "infobox": 10}
 def _tokenizer() -> Any:
     from transformers import AutoTokenizer
 
-    from retriever.encoder import bundled_model_dir
+    from retriever.bundled import ZERO_SHOT_MODEL, bundled_model_dir
 
-    return AutoTokenizer.from_pretrained(str(bundled_model_dir()), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(bundled_model_dir(ZERO_SHOT_MODEL)), local_files_only=True)
 
 
 @pytest.fixture(scope="session")

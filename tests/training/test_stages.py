@@ -32,6 +32,26 @@ def data(tiny_data, tiny_st_model):
     return load_training_data(tiny_data["corpus"], tiny_data["train"], tokenizer_budget(m.tokenizer, 62), seed=3)
 
 
+def test_an_unknown_corpus_field_stops_training_data_unless_lenient(tiny_data, tiny_st_model, tmp_path, caplog) -> None:
+    import json
+
+    from retriever.errors import CorpusError
+
+    lines = tiny_data["corpus"].read_text(encoding="utf-8").splitlines()
+    record = json.loads(lines[1])
+    record["titel"] = "typo"
+    lines[1] = json.dumps(record)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    m = EmbeddingModel(tiny_st_model, ModelConfig(base=str(tiny_st_model), max_seq_length=48), "cpu")
+    budget = tokenizer_budget(m.tokenizer, 62)
+    with pytest.raises(CorpusError) as err:
+        load_training_data(corpus, tiny_data["train"], budget, seed=3)
+    assert "corpus.jsonl:2" in str(err.value) and "titel" in str(err.value)
+    data = load_training_data(corpus, tiny_data["train"], budget, seed=3, lenient=True)
+    assert data.questions and "field 'titel': unknown field, ignored (--lenient)" in caplog.text
+
+
 def _fits_fixed_batch(task, model, steps: int = 12) -> list[float]:
     params = [p for _, p in model.named_trainable_parameters()]
     for module in task.extra_modules().values():

@@ -1,0 +1,77 @@
+"""A new user's first questions find their gold evidence: the README's client example, run as written
+against a server on the sample index, and ``retriever demo`` rank it in the top 3 with the default model.
+
+Both ask real questions of ``retriever/data/sample_queries.jsonl`` whose gold records are in the
+sample corpus, so a worse default model (or a broken linearizer, prompt or filter) fails here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from retriever.cli.main import main
+from retriever.sample import SAMPLE_QUERIES, data_file, ensure_sample_index
+from tests.service.helpers import running_server
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sample_questions() -> dict[str, dict[str, Any]]:
+    lines = data_file(SAMPLE_QUERIES).read_text(encoding="utf-8").splitlines()
+    return {q["text"]: q for q in map(json.loads, lines)}
+
+
+def readme_client_block() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "RetrieverClient(" in b]
+    assert len(blocks) == 1, "README.md should have one python block with the client example"
+    return blocks[0]
+
+
+@pytest.fixture(scope="module")
+def sample_cache(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Iterator[Path]:
+    """A cache holding the real sample index built with the default model (about half a minute)."""
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RETRIEVER_CACHE_DIR", str(cache))
+        ensure_sample_index(encoder)
+        yield cache
+
+
+def test_readme_client_example_finds_its_gold_in_the_top_3(sample_cache: Path, encoder: Any) -> None:
+    block = readme_client_block()
+    asked = re.search(r'client\.retrieve\(\s*"([^"]+)"', block)
+    assert asked, "the README's client example should ask a literal question"
+    question = sample_questions().get(asked.group(1))
+    assert question is not None, f"the README asks {asked.group(1)!r}, which is not a sample question"
+    with running_server(encoder, [("sample", ensure_sample_index(encoder))]) as server:
+        assert "127.0.0.1:50051" in block
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(block.replace("127.0.0.1:50051", f"127.0.0.1:{server.port}"), {})  # the README's own code
+    ranks = [int(line.split()[0]) for line in out.getvalue().splitlines()
+             if any(gold in line.split() for gold in question["gold"])]
+    assert ranks and min(ranks) <= 3, out.getvalue()
+    # The README shows the output it documents: the same first three lines (rank, source, record, row).
+    shown = re.search(r"```\n(1 .*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S)
+    assert shown, f"the README should show the example's output:\n{out.getvalue()}"
+    got = [line.split()[:4] for line in out.getvalue().splitlines()[:3]]
+    assert [line.split()[:4] for line in shown.group(1).splitlines()[:3]] == got, out.getvalue()
+
+
+def test_demo_finds_each_gold_in_the_top_3(sample_cache: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETRIEVER_CACHE_DIR", str(sample_cache))
+    assert main(["demo", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    ranks = re.findall(r"^gold evidence \(.*\): rank (\d+)$", out, flags=re.M)
+    assert len(ranks) == 3 and all(int(r) <= 3 for r in ranks), out
+    assert "[sources: table]" in out and "[instruction: " in out
