@@ -17,6 +17,7 @@ torch, FAISS, NumPy or model code, and it sets no environment variables
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,7 @@ class RetrieverClient:
         else:
             self.channel = grpc.insecure_channel(address, options=options)
         self.stub = retriever_pb2_grpc.RetrieverStub(self.channel)
-        self.timeout = timeout
+        self.address, self.timeout = address, timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
@@ -209,6 +210,33 @@ class RetrieverClient:
     def index_info(self, index: str = "", timeout: float | None = None) -> pb.GetIndexInfoResponse:
         """The manifest of each served index (or of ``index``)."""
         return self._call(self.stub.GetIndexInfo, pb.GetIndexInfoRequest(index=index), timeout)
+
+    def wait_until_ready(self, timeout: float = 120.0, index: str = "",
+                         connect_seconds: float = 10.0) -> pb.GetIndexInfoResponse:
+        """Wait for a starting server to answer (model, index and canary loaded); returns its index info.
+
+        A server answers UNAVAILABLE from the moment its port opens until it has loaded (a model
+        load and a sample build can take a minute); this asks ``GetIndexInfo`` every half second
+        until it answers, for up to ``timeout`` seconds. An address where nothing accepts a
+        connection fails after ``connect_seconds``, not after ``timeout``.
+
+        Raises:
+            RemoteError: no connection within ``connect_seconds`` or UNAVAILABLE still after
+                ``timeout`` seconds (UNAVAILABLE), or any other error at once.
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=min(connect_seconds, timeout))
+        except grpc.FutureTimeoutError:
+            raise RemoteError(grpc.StatusCode.UNAVAILABLE,
+                              f"cannot connect to {self.address} within {min(connect_seconds, timeout):g} s") from None
+        while True:
+            try:
+                return self.index_info(index, timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+            except RemoteError as exc:
+                if exc.code is not grpc.StatusCode.UNAVAILABLE or time.monotonic() + 0.5 > deadline:
+                    raise
+            time.sleep(0.5)
 
     def publish(self, index: str, path: str | Path, timeout: float | None = 600.0) -> PublishedIndex:
         """Ask the server to load the directory ``path`` (on the server) as the new generation of ``index``."""

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 STREAM_CHUNK = 256
 #: Default deadline of one RetrieveStream call, in seconds (``--timeout``).
 CALL_TIMEOUT = 600.0
+#: How long the harness waits for a server that is still loading (UNAVAILABLE) before giving up.
+SERVER_READY_SECONDS = 300.0
 ENCODER_ONLY_HINT = ("the benchmark ranks with encoder-only resolution (an instruction never becomes a filter): "
                      "start the server with `--resolve encoder-only` (RETRIEVER_RESOLUTION=encoder-only), or run "
                      "only scenarios whose queries name their sources or carry no instruction (all-plain, "
@@ -134,7 +136,7 @@ def open_served(client: RetrieverClient, target: ServedIndex, index_dir: Path, m
             needs, or the local lexical part was built with other BM25 settings than the harness's.
         RemoteError: the server is unreachable or does not serve ``target.index``.
     """
-    response = client.index_info(target.index)
+    response = client.wait_until_ready(SERVER_READY_SECONDS, target.index)
     name = target.index or response.default_index
     found = [i for i in response.indexes if i.name == name]
     if not found:

@@ -213,3 +213,35 @@ def test_history_resolves_a_follow_up_and_the_response_says_what_was_searched(st
                                  history=["Who directed it?", ("Tell me about Uta Barth.", "a photographer")])
         assert result.text == "where was she born? Uta Barth" and result.as_search_result().text == result.text
         assert [h.unit_id for h in result.hits] == [h.unit_id for h in response.hits]
+
+
+def test_wait_until_ready_waits_for_a_loading_server_and_not_for_a_closed_port(encoder, tiny_index_dir):
+    import socket
+    import threading
+    import time
+
+    with running_server(encoder, [("tiny", tiny_index_dir)], load=False) as server:
+        with RetrieverClient(f"127.0.0.1:{server.port}", timeout=5, retries=0) as client:
+            with pytest.raises(RemoteError) as early:
+                client.index_info()
+            assert early.value.code == grpc.StatusCode.UNAVAILABLE  # listening, not loaded
+            loader = threading.Timer(1.0, server.load)
+            loader.start()
+            try:
+                info = client.wait_until_ready(timeout=60)
+            finally:
+                loader.join()
+            assert [i.name for i in info.indexes] == ["tiny"]
+            with pytest.raises(RemoteError):  # still loading after the timeout: the last UNAVAILABLE
+                with running_server(encoder, [("tiny", tiny_index_dir)], load=False) as other, \
+                        RetrieverClient(f"127.0.0.1:{other.port}", retries=0) as second:
+                    second.wait_until_ready(timeout=1.5)
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    with RetrieverClient(f"127.0.0.1:{port}", retries=0) as client, pytest.raises(RemoteError) as refused:
+        client.wait_until_ready(timeout=120, connect_seconds=2)
+    assert refused.value.code == grpc.StatusCode.UNAVAILABLE and "cannot connect" in refused.value.details
+    assert time.monotonic() - started < 10
