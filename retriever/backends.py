@@ -312,7 +312,10 @@ def _runtime_module(path: Path, backend: Backend, threads: int, config: Any) -> 
     else:
         import openvino as ov
 
-        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
+        # The CPU plugin runs an f32 model in bf16 by default where the processor has bf16 units
+        # (AVX512_BF16, AMX): embeddings then differ from torch by ~1e-3. float32 means float32.
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                              "INFERENCE_PRECISION_HINT": "f32"})
         inputs = [next(iter(i.get_names())) for i in compiled.inputs]
 
         def run(feeds: dict[str, Any]) -> Any:
