@@ -18,7 +18,7 @@ import json
 import logging
 from pathlib import Path
 
-from retriever.encoder import resolve_model_dir
+from retriever.model_dir import resolve_model_dir
 from retriever.training.config import load_config
 from retriever.training.devcheck import evaluate_sample, sample_dev
 from retriever.training.model import EmbeddingModel

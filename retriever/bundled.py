@@ -115,7 +115,7 @@ def unpack(pack: Path) -> Path:
     target = _cache_root() / f"{pack.name}-{meta['checksum'][:16]}"
     if (target / PACK_FILE).is_file():
         return target
-    from retriever.encoder import model_checksum
+    from retriever.model_dir import model_checksum
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -193,7 +193,7 @@ def pack_model(model_dir: Path, out: Path, quantization: str = "int8", overwrite
     """
     from safetensors.torch import load_file, save_file
 
-    from retriever.encoder import model_checksum
+    from retriever.model_dir import model_checksum
 
     if quantization not in QUANTIZATIONS:
         raise ModelError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")

@@ -8,9 +8,6 @@ default is the model trained by the CPU recipe, shipped in the package (:mod:`re
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import logging
 import os
 import threading
@@ -23,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from retriever.backends import (
-    EXPORT_PATHS,
     SUPPORTED,
     Backend,
     Precision,
@@ -31,27 +27,21 @@ from retriever.backends import (
     find_export,
     require_runtime,
 )
-from retriever.bundled import DEFAULT_MODEL, PACK_FILE, bundled_model_dir, bundled_names, canonical_name
+from retriever.bundled import canonical_name
 from retriever.errors import ModelError
-from retriever.instructions import compose_query, default_prompts
-from retriever.router import ROUTER_FILE, SourceRouter, find_router
+from retriever.instructions import compose_query
+from retriever.model_dir import (
+    check_model_dir,
+    hub_offline,
+    model_checksum,
+    model_prompts,
+    saved_max_seq_length,
+    saved_prompts,
+)
+from retriever.router import SourceRouter, find_router
+from retriever.tokens import QueryTokenCounter, count_with
 
 logger = logging.getLogger(__name__)
-
-#: The model used when none is named (see :mod:`retriever.bundled`).
-BUNDLED_MODEL = DEFAULT_MODEL
-
-
-def hub_offline() -> None:
-    """Keep Hugging Face libraries off the network: call before the first import of one of them.
-
-    Set where a model loads rather than at import time, so importing the package (the gRPC
-    client, the CLI's parser) changes nothing in the caller's environment. A value the caller
-    set wins.
-    """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -113,55 +103,6 @@ def encoding_of(config: EncoderConfig, model_dir: Path, device: str) -> dict[str
     return encoding
 
 
-def resolve_model_dir(model: str | None) -> Path:
-    """Map a model argument (None or ``bundled:NAME``: a bundled model) to a local directory."""
-    if canonical_name(model) is not None:
-        return bundled_model_dir(model)
-    assert model is not None
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        raise ModelError(f"model directory not found: {model} (models load from local directories only; "
-                         f"the bundled ones are {', '.join(bundled_names())})")
-    return path
-
-
-def check_model_dir(model: str | None) -> Path:
-    """The model's directory, checked without reading its weights: it exists and holds safetensors.
-
-    Raises:
-        ModelError: the directory is missing or holds only pickled (or no) weights.
-    """
-    model_dir = resolve_model_dir(model)
-    _check_safe(model_dir)
-    return model_dir
-
-
-def model_checksum(model_dir: Path) -> str:
-    """SHA-256 over the model's files (names and bytes), so any changed weight is detected.
-
-    Exported copies of the weights (``onnx/``, ``openvino/``, ``exports.json``) are left out: they
-    carry their own SHA-256 in ``exports.json`` and the index manifest records which one encoded it.
-    The source router (``router.safetensors``) is left out: it reads the embeddings and changes none.
-    """
-    digest = hashlib.sha256()
-    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
-        rel = path.relative_to(model_dir).as_posix()
-        skipped = rel.endswith((".md", ".lock")) or rel in ("manifest.json", ROUTER_FILE, PACK_FILE)
-        if rel.startswith((".", *EXPORT_PATHS)) or "/." in rel or skipped:
-            continue
-        digest.update(rel.encode() + b"\0")
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def _check_safe(model_dir: Path) -> None:
-    if not any(model_dir.rglob("*.safetensors")):
-        raise ModelError(f"{model_dir}: no *.safetensors weights found; pickled weights "
-                         "(pytorch_model.bin) are refused. Convert them with safetensors first.")
-
-
 def pick_device(requested: str | None) -> str:
     import torch
 
@@ -192,7 +133,7 @@ class ModelInfo:
         """Raises: ModelError when the directory is missing or holds no safetensors weights."""
         model_dir = check_model_dir(config.model)
         name = canonical_name(config.model) or str(config.model)
-        max_len = config.max_seq_length or _saved_max_seq_length(model_dir)
+        max_len = config.max_seq_length or saved_max_seq_length(model_dir)
         return cls(name, model_dir, model_checksum(model_dir), max_len)
 
     def token_counter(self) -> Any:
@@ -205,94 +146,6 @@ class ModelInfo:
         except Exception as exc:  # transformers raises many types; wrap them all
             raise ModelError(f"cannot load the tokenizer of {self.model_dir}: {exc}") from exc
         return lambda texts: count_with(tokenizer, texts)
-
-
-def _saved_max_seq_length(model_dir: Path) -> int:
-    """The model's max sequence length as sentence-transformers derives it.
-
-    ``sentence_bert_config.json``'s ``max_seq_length``; when that is null, the smaller of the
-    transformer's ``max_position_embeddings`` and the tokenizer's ``model_max_length``.
-    """
-    saved = _json_field(model_dir / "sentence_bert_config.json", "max_seq_length")
-    if saved is not None:
-        if not isinstance(saved, int) or saved < 8:
-            raise ModelError(f"{model_dir}/sentence_bert_config.json: 'max_seq_length' must be an integer >= 8, "
-                             f"got {saved!r}")
-        return saved
-    limits = [v for v in (_json_field(model_dir / "config.json", "max_position_embeddings"),
-                          _json_field(model_dir / "tokenizer_config.json", "model_max_length"))
-              if isinstance(v, int) and 8 <= v < 1 << 24]
-    if not limits:
-        raise ModelError(f"{model_dir}: cannot tell the model's max sequence length (no max_seq_length, "
-                         "max_position_embeddings or model_max_length)")
-    return min(limits)
-
-
-def _json_field(path: Path, name: str) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: unreadable: {exc}") from exc
-    return data.get(name) if isinstance(data, dict) else None
-
-
-def saved_prompts(model_dir: Path) -> dict[str, str]:
-    """The non-empty prompts a model saved with it (``config_sentence_transformers.json``)."""
-    path = model_dir / "config_sentence_transformers.json"
-    if not path.is_file():
-        return {}
-    try:
-        prompts = json.loads(path.read_text(encoding="utf-8")).get("prompts") or {}
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: unreadable: {exc}") from exc
-    if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
-        raise ModelError(f"{path}: 'prompts' must map names to strings")
-    return {str(k): v for k, v in prompts.items() if v}
-
-
-def model_prompts(model_dir: Path) -> dict[str, str]:
-    """The instruction strings a model is used with: the project's templates, overridden by its own."""
-    return {**default_prompts(), **saved_prompts(model_dir)}
-
-
-def count_with(tokenizer: Any, texts: Sequence[str]) -> list[int]:
-    """Tokens of each text without special tokens.
-
-    Counting is how long texts are cut into windows, so texts longer than the model's maximum are
-    expected here: ``verbose=False`` keeps transformers' "Token indices sequence length is longer
-    than the specified maximum sequence length" warning out of every build.
-    """
-    if not texts:
-        return []
-    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
-    return [len(ids) for ids in encoded]
-
-
-class QueryTokenCounter:
-    """Tokens of ``instruction + question`` as the encoder's forward pass sees them.
-
-    The text is composed as :meth:`Encoder.encode_queries` composes it, counted with
-    :func:`count_with`, plus the tokenizer's special tokens, and capped at ``max_seq_length``
-    (longer input is truncated by the encoder anyway). It counts with its own copy of the
-    tokenizer behind its own lock: the encoder's tokenizer is not safe to call from two threads
-    (sentence-transformers switches its truncation and padding on for every forward pass, and
-    counting switches them off), and the encoder's lock is held for a whole batch. So the
-    server's handler threads count their queries at admission while the worker encodes.
-    """
-
-    def __init__(self, tokenizer: Any, max_seq_length: int) -> None:
-        self._tokenizer = copy.deepcopy(tokenizer)
-        self._special = int(tokenizer.num_special_tokens_to_add(pair=False))
-        self.max_seq_length = max_seq_length
-        self._lock = threading.Lock()
-
-    def __call__(self, questions: Sequence[str], instructions: Sequence[str | None]) -> list[int]:
-        texts = [compose_query(i, q) for i, q in zip(instructions, questions, strict=True)]
-        with self._lock:
-            counts = count_with(self._tokenizer, texts)
-        return [min(n + self._special, self.max_seq_length) for n in counts]
 
 
 class Encoder:

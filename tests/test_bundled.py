@@ -20,8 +20,9 @@ from retriever.bundled import (
     pack_model,
     unpack,
 )
-from retriever.encoder import Encoder, EncoderConfig, model_checksum
+from retriever.encoder import Encoder, EncoderConfig
 from retriever.errors import ModelError
+from retriever.model_dir import model_checksum
 from retriever.router import shipped_router_path
 
 TEXTS = ["Eek! The Cat is an American-Canadian animated series.", "Jenson Button, was born in, Frome",

@@ -5,13 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retriever.encoder import BUNDLED_MODEL, Encoder, EncoderConfig, model_checksum
+from retriever.bundled import DEFAULT_MODEL
+from retriever.encoder import Encoder, EncoderConfig
 from retriever.errors import ModelError
 from retriever.instructions import compose_query, default_prompts
+from retriever.model_dir import model_checksum
 
 
 def test_bundled_model_loads_offline(encoder) -> None:
-    assert encoder.name == BUNDLED_MODEL
+    assert encoder.name == DEFAULT_MODEL
     assert encoder.dimension == 384
     assert encoder.device == "cpu"
     assert len(encoder.checksum) == 64
@@ -74,7 +76,8 @@ def test_model_info_matches_the_loaded_encoder_without_loading_weights(tmp_path,
     import json
     import shutil
 
-    from retriever.encoder import Encoder, EncoderConfig, ModelInfo, model_prompts
+    from retriever.encoder import Encoder, EncoderConfig, ModelInfo
+    from retriever.model_dir import model_prompts
 
     info = ModelInfo.describe(EncoderConfig())
     assert (info.name, info.checksum, info.max_seq_length) == (encoder.name, encoder.checksum, encoder.max_seq_length)
@@ -97,7 +100,8 @@ def test_model_info_matches_the_loaded_encoder_without_loading_weights(tmp_path,
 def test_counting_long_texts_prints_no_length_warning(capfd, caplog) -> None:
     from transformers import AutoTokenizer
 
-    from retriever.encoder import bundled_model_dir, count_with
+    from retriever.bundled import bundled_model_dir
+    from retriever.tokens import count_with
 
     tokenizer = AutoTokenizer.from_pretrained(str(bundled_model_dir()), local_files_only=True)
     long_text = "word " * 2000
@@ -182,7 +186,7 @@ def test_an_export_encodes_like_torch_and_loads_offline(backend: str, module: st
     import shutil
 
     from retriever.backends import EXPORTS_FILE, Backend, Precision, export_model, read_exports
-    from retriever.encoder import bundled_model_dir
+    from retriever.bundled import bundled_model_dir
     from retriever.index.files import sha256_file
 
     model = Path(shutil.copytree(bundled_model_dir(), tmp_path / "model"))
@@ -207,7 +211,7 @@ def test_an_int8_onnx_export_loads_and_stays_close(tmp_path: Path, encoder) -> N
     import shutil
 
     from retriever.backends import Backend, Precision, export_model
-    from retriever.encoder import bundled_model_dir
+    from retriever.bundled import bundled_model_dir
 
     model = Path(shutil.copytree(bundled_model_dir(), tmp_path / "model"))
     entry = export_model(model, Backend.ONNX, quantize=True)

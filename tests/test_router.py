@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from retriever.bundled import bundled_model_dir, bundled_names
-from retriever.encoder import model_checksum
 from retriever.errors import InvalidInputError, ModelError
 from retriever.instructions import resolve_sources
+from retriever.model_dir import model_checksum
 from retriever.query import Query, SourceResolution
 from retriever.records import Source
 from retriever.router import (

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from retriever.backends import Backend, Optimization, Precision, export_model
-from retriever.encoder import BUNDLED_MODEL, Encoder, EncoderConfig, check_model_dir, resolve_model_dir
+from retriever.bundled import DEFAULT_MODEL
+from retriever.encoder import Encoder, EncoderConfig
 from retriever.errors import InvalidInputError
 from retriever.index import BuildConfig, Index, Manifest, build_index
 from retriever.index.build import DEFAULT_PART_SIZE, Engine
+from retriever.model_dir import check_model_dir, resolve_model_dir
 from retriever.query import FusionConfig, Mode, Query, SearchResult, SourceResolution, Turn
 from retriever.records import Source
 from retriever.searcher import Searcher, build_lexical, load_lexical
@@ -244,7 +246,7 @@ def run_build(args: argparse.Namespace) -> int:
 def model_for_index(manifest: Manifest, requested: str | None) -> str | None:
     if requested is not None:
         return requested
-    return None if manifest.model_name == BUNDLED_MODEL else manifest.model_name
+    return None if manifest.model_name == DEFAULT_MODEL else manifest.model_name
 
 
 #: The --resolve help of `search` and `serve`.

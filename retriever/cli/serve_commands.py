@@ -20,9 +20,9 @@ from retriever.cli.index_commands import (
     model_for_index,
     print_result,
 )
-from retriever.encoder import check_model_dir
 from retriever.errors import InvalidInputError, RetrieverError
 from retriever.index import Manifest
+from retriever.model_dir import check_model_dir
 from retriever.query import FusionConfig, Mode, SourceResolution
 from retriever.records import Source
 

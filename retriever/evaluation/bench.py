@@ -146,10 +146,10 @@ class BenchReport:
 
 
 def _encoder_for(config: HeteroBenchConfig, manifest: Manifest | None) -> Encoder:
-    from retriever.encoder import BUNDLED_MODEL
+    from retriever.bundled import DEFAULT_MODEL
 
     model = config.encoder.model
-    if model is None and manifest is not None and manifest.model_name != BUNDLED_MODEL:
+    if model is None and manifest is not None and manifest.model_name != DEFAULT_MODEL:
         model = manifest.model_name
     return Encoder(EncoderConfig(model=model, device=config.encoder.device, batch_size=config.encoder.batch_size,
                                  precision=config.encoder.precision, backend=config.encoder.backend,

@@ -30,15 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from retriever.encoder import (
-    Encoder,
-    EncoderConfig,
-    ModelInfo,
-    check_model_dir,
-    encoding_of,
-    model_prompts,
-    pick_device,
-)
+from retriever.encoder import Encoder, EncoderConfig, ModelInfo, encoding_of, pick_device
 from retriever.errors import CorpusError, InvalidInputError, RetrieverError
 from retriever.index.files import publish_dir, sha256_file, staging_dir, write_json_atomic
 from retriever.index.manifest import FORMAT_VERSION, MANIFEST_NAME, FileEntry, Manifest, ShardInfo
@@ -47,6 +39,7 @@ from retriever.index.shards import write_shard
 from retriever.index.store import SOURCE_CODE, SOURCE_ORDER, UNITS_NAME, UnitStore, UnitStoreWriter
 from retriever.index.work import BuildPlan, BuildWork, PartSpec, split_parts, work_dir_for
 from retriever.linearize import LINEARIZER_VERSION, Unit, WindowBudget, linearize_all
+from retriever.model_dir import check_model_dir, model_prompts
 from retriever.records import Record, UnknownFields, file_fingerprint, read_id_list, read_records
 
 logger = logging.getLogger(__name__)

@@ -121,7 +121,7 @@ class TrainingData:
 def tokenizer_budget(tokenizer: object, window_tokens: int) -> WindowBudget:
     """The window budget ``build-index`` uses: the model's tokenizer, no special tokens."""
 
-    from retriever.encoder import count_with
+    from retriever.tokens import count_with
 
     def count(texts: Sequence[str]) -> list[int]:
         return count_with(tokenizer, texts)

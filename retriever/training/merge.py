@@ -20,8 +20,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from retriever.encoder import model_checksum
 from retriever.errors import InvalidInputError
+from retriever.model_dir import model_checksum
 from retriever.records import file_fingerprint
 
 logger = logging.getLogger(__name__)

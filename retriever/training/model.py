@@ -16,9 +16,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from retriever.encoder import _check_safe, hub_offline, resolve_model_dir
 from retriever.errors import ModelError
 from retriever.instructions import default_prompts
+from retriever.model_dir import check_safe, hub_offline, resolve_model_dir
 from retriever.training import llm
 from retriever.training.config import ModelConfig
 
@@ -58,7 +58,7 @@ class EmbeddingModel:
 
         if not llm.is_sentence_transformers_dir(path):
             return llm.build_from_checkpoint(path, self.config.pooling, self.config.max_seq_length, self.device)
-        _check_safe(path)
+        check_safe(path)
         try:
             return SentenceTransformer(str(path), device=self.device, local_files_only=True, trust_remote_code=False,
                                        model_kwargs={"use_safetensors": True})

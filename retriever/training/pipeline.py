@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from retriever.encoder import model_checksum, pick_device, resolve_model_dir
+from retriever.encoder import pick_device
 from retriever.errors import InvalidInputError
 from retriever.instructions import default_prompts
 from retriever.linearize import LINEARIZER_VERSION
+from retriever.model_dir import model_checksum, resolve_model_dir
 from retriever.records import file_fingerprint, read_id_list
 from retriever.training.anchors import DataTextPair, read_pairs_file
 from retriever.training.config import DeviceChoice, FinetuneConfig, NegativeMiner, StageName, TrainConfig
