@@ -9,6 +9,7 @@ phrasings resolve to no single source.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -219,12 +220,29 @@ def router_examples(split: str, n: int, seed: int) -> list[RouterExample]:
                 allowed = frozenset(keep)
         else:
             drawn = _draw(rng, sources, 1 if kind == "single" else int(rng.integers(2, 4)))
-            text = _pick(rng, ROUTER_INCLUDE[split]).format(pos=_names(rng, split, drawn))
+            text = _include(rng, split, drawn)
             allowed = frozenset(drawn)
         if allowed == frozenset(sources):
             allowed = frozenset()
         out.append(RouterExample(_typed(rng, text), allowed, kind))
     return out
+
+
+def naming_instruction(split: str, sources: Sequence[Source], rng: np.random.Generator) -> str:
+    """One instruction of ``split``'s grammar asking for exactly ``sources`` ("stick to tabular records.").
+
+    Raises:
+        ValueError: an unknown split, or no sources.
+    """
+    if split not in ROUTER_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(ROUTER_SPLITS)}, got {split!r}")
+    if not sources:
+        raise ValueError("name at least one source")
+    return _typed(rng, _include(rng, split, list(sources)))
+
+
+def _include(rng: np.random.Generator, split: str, sources: list[Source]) -> str:
+    return _pick(rng, ROUTER_INCLUDE[split]).format(pos=_names(rng, split, sources))
 
 
 def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:

@@ -19,6 +19,7 @@ from retriever.training.instruction_pool import (
     ROUTER_NAMES,
     ROUTER_UNNAMED,
     RouterExample,
+    naming_instruction,
     router_examples,
 )
 from retriever.training.router import fit_head, read_rules, score_readings
@@ -47,6 +48,22 @@ def test_dev_phrasings_never_occur_in_training() -> None:
     train = {_core(e.text) for e in router_examples("train", 2000, 0)}
     dev = {_core(e.text) for e in router_examples("dev", 500, 0)}
     assert not train & dev
+
+
+def test_naming_instruction_names_exactly_the_sources_in_its_split() -> None:
+    rng = np.random.default_rng(5)
+    for split in ("train", "dev"):
+        for sources in ([Source.TABLE], [Source.KB, Source.INFOBOX]):
+            text = naming_instruction(split, sources, rng).lower()
+            for source in Source:
+                named = any(n.lower() in text for n in ROUTER_NAMES[split][source])
+                assert named == (source in sources), (split, sources, text)
+    again = [naming_instruction("dev", [Source.TEXT], np.random.default_rng(9)) for _ in range(2)]
+    assert again[0] == again[1]
+    with pytest.raises(ValueError, match="at least one"):
+        naming_instruction("dev", [], rng)
+    with pytest.raises(ValueError, match="split"):
+        naming_instruction("test", [Source.TEXT], rng)
 
 
 def _core(text: str) -> str:

@@ -1,0 +1,153 @@
+"""Source instructions as users write them: does the model still follow them? (issue 16)
+
+    python benchmarks/phrasing_robustness.py --index index_builds/mini-default --name mini-default
+
+The benchmark's ``source-soft`` scenario asks each question with the model's canonical source
+instruction ("Retrieve evidence from table sources that answers the question:"). Here the same
+questions are also asked with ``--phrasings`` other instructions naming the same sources, drawn
+(seeded, per question) from the held-apart ``dev`` half of the router's grammar
+(:func:`retriever.training.instruction_pool.naming_instruction`: "stick to tabular records.",
+"Pull the answer from fact lists please."). Neither the encoder's training (stage 3 samples
+:mod:`retriever.training.instruction_pool`'s own phrasings) nor the router's fit sees that half;
+it chose the router's threshold, so it is a dev set, not a test set.
+
+Each phrasing is asked two ways, dense, no filter in the query:
+
+- ``encoder-only``: the instruction only conditions the query encoder (the harness's
+  ``source-soft``);
+- ``filter``: the server's default (``--resolve filter``): the model's source router reads the
+  instruction and filters when confident, else the encoder alone.
+
+Reported per way, pooled and per dataset: MRR@100 and the share of the top 10 from the requested
+sources, for the canonical instruction, averaged over the phrasings, and **robustness** (the
+worst phrasing of each question, averaged over questions, as Promptriever's Robustness@10 takes
+the worst instruction per query). Writes ``benchmarks/results/phrasing_<name>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retriever.encoder import Encoder, EncoderConfig
+from retriever.evaluation.heteromix import HeteroConfig, HeteroQuestion, Scenario, read_questions, run_heteromix
+from retriever.evaluation.retrievers import EngineRetriever, QueryVectors, UnitRetriever
+from retriever.index import Index
+from retriever.query import Mode, Query, SourceResolution
+from retriever.records import Source
+from retriever.searcher import Ranking, Searcher
+from retriever.training.instruction_pool import naming_instruction
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "heteromix"
+METRICS = ("mrr@100", "source@10")
+
+
+class Phrased:
+    """Asks ``inner`` each query with phrasing ``j`` of its question's sources instead of its instruction."""
+
+    def __init__(self, inner: UnitRetriever, j: int, seed: int, sources: Mapping[str, Sequence[Source]]) -> None:
+        self.inner, self.j, self.seed, self.sources = inner, j, seed, sources
+        self.name = f"dense-p{j}"
+        self.asked: dict[str, str] = {}
+
+    def phrasing(self, query: Query, sources: Sequence[Source]) -> str:
+        key = int.from_bytes(hashlib.sha256(query.text.encode()).digest()[:8], "little")
+        return naming_instruction("dev", sources, np.random.default_rng([self.seed, self.j, key]))
+
+    def rank(self, queries: Sequence[Query], depth: int) -> list[Ranking]:
+        phrased = []
+        for q in queries:
+            text = self.phrasing(q, self.sources[q.text])
+            self.asked[q.text] = text
+            phrased.append(replace(q, instruction=text))
+        return self.inner.rank(phrased, depth)
+
+
+def summarize(per_question: list[list[dict[str, float]]], datasets: list[str]) -> dict[str, Any]:
+    """``per_question[v][i]``: variant v's metrics for question i (v 0 canonical, then the phrasings)."""
+    def block(rows: list[int]) -> dict[str, float]:
+        out: dict[str, float] = {"questions": len(rows)}
+        for m in METRICS:
+            canon = [per_question[0][i].get(m, 0.0) for i in rows]
+            phr = [[per_question[v][i].get(m, 0.0) for v in range(1, len(per_question))] for i in rows]
+            out[f"{m}/canonical"] = round(statistics.fmean(canon), 4)
+            out[f"{m}/phrasings_mean"] = round(statistics.fmean(x for p in phr for x in p), 4)
+            out[f"{m}/robustness"] = round(statistics.fmean(min(p) for p in phr), 4)
+        return out
+
+    result = {"pooled": block(list(range(len(datasets))))}
+    for name in sorted(set(datasets)):
+        result[name] = block([i for i, d in enumerate(datasets) if d == name])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", type=Path, default=ROOT / "index_builds" / "mini-default")
+    parser.add_argument("--questions", type=Path, default=DATA / "queries.dev.mini.jsonl")
+    parser.add_argument("--model", default=None, help="model (default: the one named in the index manifest)")
+    parser.add_argument("--phrasings", type=int, default=4, help="dev-grammar phrasings per question")
+    parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--limit", type=int, default=None, help="first N questions only")
+    parser.add_argument("--name", default=None, help="result name (default: the index directory's name)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    index = Index.load(args.index)
+    encoder = Encoder(EncoderConfig(model=args.model or index.manifest.model_name, show_progress=False))
+    questions: list[HeteroQuestion] = read_questions(args.questions, args.limit)
+    sources = {q.text: q.gold_sources for q in questions}
+    config = HeteroConfig(scenarios=(Scenario.SOURCE_SOFT,), show_progress=False)
+    started = time.perf_counter()
+    result: dict[str, Any] = {
+        "index": str(args.index), "questions_file": str(args.questions), "model": encoder.name,
+        "phrasings": args.phrasings, "seed": args.seed, "cpu_count": os.cpu_count(),
+        "python": platform.python_version(), "ways": {}, "examples": {}}
+    vectors = QueryVectors()
+    for way, resolution in (("encoder-only", SourceResolution.ENCODER_ONLY), ("filter", SourceResolution.FILTER)):
+        searcher = Searcher(index, encoder, resolution)
+        dense = EngineRetriever(searcher, Mode.DENSE, vectors=vectors)
+        variants: list[UnitRetriever] = [dense]
+        variants += [Phrased(dense, j, args.seed, sources) for j in range(args.phrasings)]
+        runs = run_heteromix(questions, index.store, variants, encoder.prompts, config)
+        ids = runs[0].question_ids
+        assert all(r.question_ids == ids for r in runs)
+        by_id = {q.id: q for q in questions}
+        datasets = [by_id[i].dataset for i in ids]
+        result["ways"][way] = summarize([r.per_question for r in runs], datasets)
+        if not result["examples"]:
+            first = [v for v in variants if isinstance(v, Phrased)]
+            result["examples"] = {by_id[i].text: [p.asked[by_id[i].text] for p in first] for i in ids[:5]}
+        pooled = result["ways"][way]["pooled"]
+        logging.info("%s: %s", way, pooled)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    out = ROOT / "benchmarks" / "results" / f"phrasing_{args.name or args.index.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+
+    datasets = [d for d in result["ways"]["encoder-only"] if d != "pooled"] + ["pooled"]
+    for way, table in result["ways"].items():
+        print(f"\n{way} (dense, no filter in the query; {len(questions)} questions, {args.phrasings} phrasings each)\n")
+        print("| figure | " + " | ".join(datasets) + " |")
+        print("|---|" + "---|" * len(datasets))
+        for m in METRICS:
+            for kind in ("canonical", "phrasings_mean", "robustness"):
+                print(f"| {m} {kind} | " + " | ".join(f"{table[d][f'{m}/{kind}']:.3f}" for d in datasets) + " |")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
