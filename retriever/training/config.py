@@ -297,6 +297,10 @@ class FinetuneConfig(OptimConfig):
         general_instruction_prob: probability of the general instruction (else a
             source-specific one for a source of the gold records).
         canonical_phrasing_prob: probability of the canonical phrasing (the saved prompt).
+        grammar_phrasing_prob: share of the other phrasings drawn from the train half of the
+            source router's grammar (many more names and frames: "spreadsheets", "RDF triples",
+            "stick to ..."; the dev half stays unseen) instead of the sampler's own few templates.
+            0 (default) samples as the shipped recipe did.
         miner: bm25 or model.
         mine_depth: candidates mined per question and source type.
         dataset_balance: questions are drawn with P(dataset) ∝ count**dataset_balance
@@ -324,6 +328,7 @@ class FinetuneConfig(OptimConfig):
     other_source_share: float = 0.5
     general_instruction_prob: float = 0.3
     canonical_phrasing_prob: float = 0.5
+    grammar_phrasing_prob: float = 0.0
     miner: NegativeMiner = NegativeMiner.BM25
     mine_depth: int = 20
     dataset_balance: float = 0.5
@@ -339,7 +344,8 @@ class FinetuneConfig(OptimConfig):
         _fraction("finetune", "counterfactual_prob", self.counterfactual_prob)
         _temperature("finetune", self.temperature)
         _non_negative("finetune", "hard_negatives", self.hard_negatives)
-        for name in ("other_source_share", "general_instruction_prob", "canonical_phrasing_prob", "dataset_balance"):
+        for name in ("other_source_share", "general_instruction_prob", "canonical_phrasing_prob",
+                     "grammar_phrasing_prob", "dataset_balance"):
             _fraction("finetune", name, getattr(self, name))
         _positive("finetune", "mine_depth", self.mine_depth)
         if self.query_max_seq_length < 8:
@@ -453,10 +459,18 @@ class TrainConfig:
         """
         data = self.to_json()
         data.pop("router")
+        for section, key in ADDED_KEYS:  # at their default, keys added later leave older runs resumable
+            default = {f.name: f.default for f in dataclasses.fields(getattr(self, section))}[key]
+            if data[section].get(key) == default:
+                data[section].pop(key)
         if exclude_run:
             data["run"] = {k: v for k, v in data["run"].items()
                            if k in ("stages", "seed", "precision")}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+#: (section, key) pairs added after runs existed: left out of the fingerprint at their default.
+ADDED_KEYS = (("data", "lenient"), ("finetune", "grammar_phrasing_prob"))
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

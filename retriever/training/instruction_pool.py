@@ -51,9 +51,13 @@ class SampledInstruction:
 class InstructionSampler:
     """Draws an instruction for a question: general or for one of its gold sources."""
 
-    def __init__(self, general_prob: float, canonical_prob: float) -> None:
+    def __init__(self, general_prob: float, canonical_prob: float, grammar_prob: float = 0.0) -> None:
+        """``grammar_prob``: share of the non-canonical phrasings drawn from the train half of the
+        router's grammar (``naming_instruction("train", ...)``, ``ROUTER_UNNAMED["train"]``) instead
+        of ``SOURCE_PHRASINGS`` / ``GENERAL_PHRASINGS``; 0 draws exactly as before it existed."""
         self.general_prob = general_prob
         self.canonical_prob = canonical_prob
+        self.grammar_prob = grammar_prob
 
     def sample(self, sources: list[Source], rng: np.random.Generator, specific: bool = False) -> SampledInstruction:
         """Pick an instruction; ``sources`` are the source types that have a gold unit.
@@ -62,12 +66,17 @@ class InstructionSampler:
         """
         general = not sources or (not specific and rng.random() < self.general_prob)
         canonical = bool(rng.random() < self.canonical_prob)
+        grammar = not canonical and self.grammar_prob > 0 and bool(rng.random() < self.grammar_prob)
         if general:
+            if grammar:
+                return SampledInstruction(_typed(rng, _pick(rng, ROUTER_UNNAMED["train"])), None, False)
             text = general_instruction() if canonical else GENERAL_PHRASINGS[int(rng.integers(len(GENERAL_PHRASINGS)))]
             return SampledInstruction(text, None, canonical)
         source = sources[int(rng.integers(len(sources)))]
         if canonical:
             return SampledInstruction(source_instruction(source), source, True)
+        if grammar:
+            return SampledInstruction(naming_instruction("train", [source], rng), source, False)
         names = (SOURCE_NAMES[source], *SOURCE_ALIASES[source])
         template = SOURCE_PHRASINGS[int(rng.integers(len(SOURCE_PHRASINGS)))]
         return SampledInstruction(template.format(source=names[int(rng.integers(len(names)))]), source, False)

@@ -60,7 +60,8 @@ class FinetuneTask:
         self.data = data
         self.config = config
         self.mined = mined
-        self.sampler = InstructionSampler(config.general_instruction_prob, config.canonical_phrasing_prob)
+        self.sampler = InstructionSampler(config.general_instruction_prob, config.canonical_phrasing_prob,
+                                          config.grammar_phrasing_prob)
         by_dataset: dict[str, list[int]] = {}
         for i, t in enumerate(data.questions):
             by_dataset.setdefault(t.question.dataset, []).append(i)

@@ -117,3 +117,25 @@ def test_sampler_is_seeded_and_uses_the_saved_prompts_as_canonical():
     assert {s.source for s in seen} == {None, Source.TABLE, Source.TEXT}
     general = sum(s.source is None for s in seen) / len(seen)
     assert 0.2 < general < 0.4
+
+
+def test_grammar_phrasings_come_from_the_router_train_half_and_zero_changes_nothing():
+    from retriever.training.instruction_pool import ROUTER_NAMES, ROUTER_UNNAMED
+
+    before = InstructionSampler(general_prob=0.3, canonical_prob=0.5)
+    zero = InstructionSampler(general_prob=0.3, canonical_prob=0.5, grammar_prob=0.0)
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
+    assert [before.sample([Source.KB], rng_a) for _ in range(200)] == [zero.sample([Source.KB], rng_b)
+                                                                         for _ in range(200)]
+    grammar = InstructionSampler(general_prob=0.3, canonical_prob=0.0, grammar_prob=1.0)
+    rng = np.random.default_rng(2)
+    seen = [grammar.sample([Source.KB], rng) for _ in range(300)]
+    unnamed = {u.lower().rstrip(".!:") for u in ROUTER_UNNAMED["train"]}
+    for s in seen:
+        text = s.text.lower()
+        if s.source is None:
+            assert text.removesuffix(" please.").rstrip(".!:") in unnamed, s.text
+        else:
+            assert any(n.lower() in text for n in ROUTER_NAMES["train"][Source.KB]), s.text
+            assert not any(n.lower() in text for n in ROUTER_NAMES["dev"][Source.KB]), s.text
+    assert len({s.text for s in seen}) > 50  # far more variety than SOURCE_PHRASINGS

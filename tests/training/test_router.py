@@ -117,3 +117,14 @@ def test_train_writes_a_router_next_to_the_model(tiny_data, tiny_st_model, tmp_p
     loaded = Encoder(EncoderConfig(model=str(report.model_dir), show_progress=False))
     assert loaded.router is not None and loaded.router.model_checksum == loaded.checksum
     assert loaded.router.threshold == RouterConfig().threshold
+
+
+def test_keys_added_later_leave_the_fingerprint_alone_at_their_default(tiny_data, tiny_st_model,
+                                                                       tmp_path: Path) -> None:
+    raw = tiny_config(tiny_data, tiny_st_model, tmp_path / "run")
+    base = config_from_dict(raw)
+    same = config_from_dict({**raw, "finetune": {**raw["finetune"], "grammar_phrasing_prob": 0.0}})
+    other = config_from_dict({**raw, "finetune": {**raw["finetune"], "grammar_phrasing_prob": 0.5}})
+    lenient = config_from_dict({**raw, "data": {**raw["data"], "lenient": True}})
+    assert base.fingerprint() == same.fingerprint()
+    assert other.fingerprint() != base.fingerprint() and lenient.fingerprint() != base.fingerprint()
