@@ -68,7 +68,13 @@ class Optimization(StrEnum):
 SUPPORTED: dict[Backend, tuple[Precision, ...]] = {
     Backend.TORCH: (Precision.FLOAT32, Precision.FLOAT16, Precision.BFLOAT16),
     Backend.ONNX: (Precision.FLOAT32, Precision.FLOAT16, Precision.INT8),
-    Backend.OPENVINO: (Precision.FLOAT32,),
+    Backend.OPENVINO: (Precision.FLOAT32, Precision.BFLOAT16),
+}
+
+#: Precisions that run an export stored at another precision: OpenVINO's CPU plugin runs the
+#: float32 IR in bfloat16 when asked (fast on processors with AVX512_BF16 or AMX units).
+RUNTIME_PRECISIONS: dict[tuple[Backend, Precision], Precision] = {
+    (Backend.OPENVINO, Precision.BFLOAT16): Precision.FLOAT32,
 }
 
 
@@ -125,9 +131,10 @@ def find_export(model_dir: Path, backend: Backend, precision: Precision) -> Expo
     """
     from retriever.index.files import sha256_file
 
-    matches = [e for e in read_exports(model_dir) if e.backend == backend.value and e.precision == precision.value]
+    stored = RUNTIME_PRECISIONS.get((backend, precision), precision)
+    matches = [e for e in read_exports(model_dir) if e.backend == backend.value and e.precision == stored.value]
     if not matches:
-        quantize = " --quantize int8" if precision is Precision.INT8 else ""
+        quantize = " --quantize int8" if stored is Precision.INT8 else ""
         raise ModelError(f"{model_dir} has no {backend.value} export at {precision.value}; make one with "
                          f"`retriever export-model {model_dir} --backend {backend.value}{quantize}`")
     entry = matches[-1]
@@ -288,13 +295,13 @@ def attach_runtime(model: Any, model_dir: Path, backend: Backend, precision: Pre
     require_runtime(backend)
     entry = find_export(model_dir, backend, precision)
     transformer = model[0]
-    transformer.model = _runtime_module(model_dir / entry.file, backend, threads, transformer.model.config)
+    transformer.model = _runtime_module(model_dir / entry.file, backend, precision, threads, transformer.model.config)
     # None: sentence-transformers passes every feature but its own bookkeeping; the runtime takes what its graph needs.
     transformer.model_forward_params = None
     return entry
 
 
-def _runtime_module(path: Path, backend: Backend, threads: int, config: Any) -> Any:
+def _runtime_module(path: Path, backend: Backend, precision: Precision, threads: int, config: Any) -> Any:
     """An ONNX Runtime session or OpenVINO compiled model standing in for the transformer's forward."""
     import torch
 
@@ -313,9 +320,11 @@ def _runtime_module(path: Path, backend: Backend, threads: int, config: Any) -> 
         import openvino as ov
 
         # The CPU plugin runs an f32 model in bf16 by default where the processor has bf16 units
-        # (AVX512_BF16, AMX): embeddings then differ from torch by ~1e-3. float32 means float32.
+        # (AVX512_BF16, AMX): embeddings then differ from torch by ~1e-3. float32 means float32;
+        # bfloat16 asks for bf16 (emulated, and slow, where those units are missing).
+        hint = "bf16" if precision is Precision.BFLOAT16 else "f32"
         compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                              "INFERENCE_PRECISION_HINT": "f32"})
+                                                              "INFERENCE_PRECISION_HINT": hint})
         inputs = [next(iter(i.get_names())) for i in compiled.inputs]
 
         def run(feeds: dict[str, Any]) -> Any:

@@ -137,8 +137,8 @@ def test_a_precision_the_backend_cannot_run_is_refused() -> None:
 
     with pytest.raises(ValueError, match="backend torch does not run int8"):
         EncoderConfig(precision=Precision.INT8)
-    with pytest.raises(ValueError, match="backend openvino does not run bfloat16"):
-        EncoderConfig(backend=Backend.OPENVINO, precision=Precision.BFLOAT16)
+    with pytest.raises(ValueError, match="backend openvino does not run int8"):
+        EncoderConfig(backend=Backend.OPENVINO, precision=Precision.INT8)
     assert EncoderConfig(backend=Backend.ONNX, precision=Precision.INT8).backend is Backend.ONNX
 
 
@@ -229,3 +229,21 @@ def test_half_precision_vectors_are_renormalised_in_float32() -> None:
     vectors = bf16.encode_documents(["a short text", "Jenson Button, was born in, Frome, Somerset, England"])
     assert vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+
+
+def test_openvino_bfloat16_runs_the_float32_export_at_bf16(tmp_path: Path, encoder) -> None:
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'retriever[openvino]')")
+    import shutil
+
+    from retriever.backends import Backend, Precision, export_model
+    from retriever.bundled import bundled_model_dir
+
+    model = Path(shutil.copytree(bundled_model_dir(), tmp_path / "model"))
+    entry = export_model(model, Backend.OPENVINO)
+    bf16 = Encoder(EncoderConfig(model=str(model), backend=Backend.OPENVINO, precision=Precision.BFLOAT16,
+                                 show_progress=False))
+    assert bf16.encoding == {"backend": "openvino", "precision": "bfloat16", "export_sha256": entry.files[entry.file]}
+    texts = ["who founded the club?", "Jenson Button, was born in, Frome, Somerset, England", "In Rainbows | Length: 42:39"]
+    vectors = bf16.encode_documents(texts)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)  # renormalised in float32
+    assert np.sum(vectors * encoder.encode_documents(texts), axis=1).min() > 0.99

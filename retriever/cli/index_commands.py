@@ -67,7 +67,8 @@ def add_encoder_args(parser: argparse.ArgumentParser, model_help: str) -> None:
     group.add_argument("--precision", type=Precision, choices=list(Precision), default=Precision.AUTO,
                        help="weights' dtype (default auto: float16 on CUDA, float32 on CPU). torch runs float32, "
                        "float16, bfloat16 (slow on CPUs without native bf16); onnx runs float32, int8 (a quantized "
-                       "export) and float16 (an --optimize O4 export); openvino runs float32")
+                       "export) and float16 (an --optimize O4 export); openvino runs float32 and bfloat16 "
+                       "(the float32 export run at bf16: for CPUs with AVX512_BF16 or AMX)")
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
