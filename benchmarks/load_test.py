@@ -9,6 +9,9 @@ In one run, on the same queries:
   * the server with dynamic batching (``retriever serve --max-batch 32``), then the server with
     one query at a time (``--max-batch 1``), each as a separate process on 127.0.0.1, driven by
     1, 8 and 32 client threads for ``--duration`` seconds per level;
+  * hybrid (only with ``--modes ...,hybrid``; the index needs ``retriever build-lexical``): the
+    batched server again, every request in hybrid mode (BM25 + dense, reciprocal-rank fusion),
+    at the same levels, for the served hybrid-against-dense figure;
   * correctness (RELIABILITY D, only with ``--modes ...,correctness``): 8 clients for 60 s
     against answers computed single-threaded before the run; failed and incorrect calls;
   * stream (only with ``--modes ...,stream``): the ``--limit`` queries once each through one client,
@@ -162,8 +165,8 @@ class ServerProcess:
 
 
 def drive(address: str, queries: list[str], k: int, clients: int, duration: float,
-          backoff: bool = False) -> dict[str, Any]:
-    """``clients`` threads call Retrieve back to back for ``duration`` seconds.
+          backoff: bool = False, mode: int = pb.SEARCH_MODE_DENSE) -> dict[str, Any]:
+    """``clients`` threads call Retrieve (search ``mode``) back to back for ``duration`` seconds.
 
     Calls rejected with RESOURCE_EXHAUSTED (over the server's concurrency cap) are counted
     apart from errors, with their own latency (how fast the rejection came back). With
@@ -182,7 +185,7 @@ def drive(address: str, queries: list[str], k: int, clients: int, duration: floa
             ceiling = 0.05
             jitter = random.Random(n)
             while time.perf_counter() < stop_at:
-                request = pb.RetrieveRequest(query=queries[i % len(queries)], top_k=k)
+                request = pb.RetrieveRequest(query=queries[i % len(queries)], top_k=k, mode=mode)
                 t = time.perf_counter()
                 try:
                     stub.Retrieve(request, timeout=60)
@@ -363,8 +366,8 @@ def main() -> None:
                         help="the batched and unbatched servers' --latency-budget-ms (default off, the server's "
                              "default: raw throughput); the overload check runs auto and off side by side")
     parser.add_argument("--modes", default="in-process,batched,unbatched,overload",
-                        help="which parts to run, comma-separated: in-process, batched, unbatched, overload, "
-                        "correctness, stream (ratios need the first three)")
+                        help="which parts to run, comma-separated: in-process, batched, unbatched, hybrid, "
+                        "overload, correctness, stream (ratios need the first three)")
     parser.add_argument("--correctness-seconds", type=float, default=60.0,
                         help="length of the correctness run (8 clients against single-threaded answers)")
     parser.add_argument("--out", type=Path, default=None)
@@ -383,24 +386,31 @@ def main() -> None:
         "machine": platform.machine(),
     }
     modes = {m.strip() for m in args.modes.split(",") if m.strip()}
-    unknown = modes - {"in-process", "batched", "unbatched", "overload", "correctness", "stream"}
+    unknown = modes - {"in-process", "batched", "unbatched", "hybrid", "overload", "correctness", "stream"}
     if unknown:
         raise SystemExit(f"unknown --modes {sorted(unknown)}")
+    if "hybrid" in modes and not (args.index / "lexical").is_dir():
+        raise SystemExit(f"--modes hybrid: {args.index} has no lexical part; "
+                         f"run `retriever build-lexical {args.index}`")
     if "in-process" in modes:
         print(f"in-process ({args.duration:.0f}s each)...", file=sys.stderr)
         result["in_process"] = in_process(args.index, queries, args.top_k, args.duration)
-    for mode, max_batch in (("batched", args.max_batch), ("unbatched", 1)):
+    for mode, max_batch, search in (("batched", args.max_batch, pb.SEARCH_MODE_DENSE),
+                                    ("unbatched", 1, pb.SEARCH_MODE_DENSE),
+                                    ("hybrid", args.max_batch, pb.SEARCH_MODE_HYBRID)):
         if mode not in modes:
             continue
-        key = f"server_{mode}"
+        key = "server_batched_hybrid" if mode == "hybrid" else f"server_{mode}"
         server = ServerProcess(args.index, max_batch, max(levels) + 8,
                                extra=["--latency-budget-ms", args.latency_budget_ms])
         try:
-            drive(server.address, queries, args.top_k, 1, min(2.0, args.duration))  # warm-up
-            result[key] = {"max_batch": max_batch, "latency_budget_ms": args.latency_budget_ms}
+            drive(server.address, queries, args.top_k, 1, min(2.0, args.duration), mode=search)  # warm-up
+            result[key] = {"max_batch": max_batch, "latency_budget_ms": args.latency_budget_ms,
+                           "search_mode": pb.SearchMode.Name(search)}
             for clients in levels:
                 print(f"{key}: {clients} clients...", file=sys.stderr)
-                result[key][str(clients)] = drive(server.address, queries, args.top_k, clients, args.duration)
+                result[key][str(clients)] = drive(server.address, queries, args.top_k, clients, args.duration,
+                                                  mode=search)
         finally:
             server.stop()
     if args.overload_cap and "overload" in modes:
@@ -422,6 +432,10 @@ def main() -> None:
                                                     / max(result["server_unbatched"][str(c)]["qps"], 1e-9), 3)
                                            for c in levels},
         }
+    if {"batched", "hybrid"} <= modes:
+        dense, hybrid = result["server_batched"], result["server_batched_hybrid"]
+        result.setdefault("ratios", {})["hybrid_over_dense_qps"] = {
+            c: round(hybrid[str(c)]["qps"] / max(dense[str(c)]["qps"], 1e-9), 3) for c in levels}
     result["load_average_after"] = os.getloadavg()
     out = args.out or ROOT / "benchmarks" / "results" / f"load_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
