@@ -66,6 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     merge.set_defaults(func=run_merge)
 
+    from retriever.bundled import QUANTIZATIONS
+
     pack = subparsers.add_parser(
         "pack-model", help="pack a trained model into the package as a bundled model (how a new default ships)",
         description="Write MODEL (a float32 sentence-transformers directory, e.g. runs/train_cpu/model) to "
@@ -76,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "\"Shipping a model\").")
     pack.add_argument("model", type=Path, help="the trained model directory")
     pack.add_argument("--name", required=True, help="bundled name, e.g. heteromix-minilm-l6")
-    pack.add_argument("--quantization", choices=["int8", "float16"], default="int8",
+    pack.add_argument("--quantization", choices=list(QUANTIZATIONS), default="int8",
                       help="how matrices are stored (default int8)")
     pack.add_argument("--out", type=Path, default=None, help="pack directory (default retriever/data/models/NAME)")
     pack.add_argument("--overwrite", action="store_true", help="replace an existing pack")
