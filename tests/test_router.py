@@ -165,4 +165,6 @@ EXAMPLES: dict[str, tuple[Source, ...]] = {
     "anything but tables": ALL_BUT_TABLES,
     "retrieve evidence from tables or infoboxes": (Source.TABLE, Source.INFOBOX),
     "be concise": (),
+    "from tables": (Source.TABLE,),  # the README's own phrasings, the shortest users type
+    "from tables and infoboxes": (Source.TABLE, Source.INFOBOX),
 }

@@ -138,7 +138,7 @@ ROUTER_INCLUDE: dict[str, tuple[str, ...]] = {
               "I want results from {pos}", "limit yourself to {pos}", "just {pos}, please",
               "the answer should come from {pos}", "check {pos}", "go through {pos}", "I'd like evidence from {pos}",
               "base your answer on {pos}", "rely on {pos}", "focus on {pos}", "search within {pos}", "{pos} only",
-              "only {pos}", "query {pos}"),
+              "only {pos}", "query {pos}", "from {pos}", "{pos}"),
     "dev": ("use {pos} exclusively", "please consult {pos}", "get me evidence out of {pos}",
             "consult {pos} and nowhere else", "stick to {pos}", "I only trust {pos}",
             "pull the answer from {pos}", "dig through {pos}"),

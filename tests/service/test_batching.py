@@ -108,7 +108,7 @@ def test_bind_plans_every_query_of_a_call_on_one_generation(tiny_index, encoder)
         current[name] = second  # a publish swaps the generation after the first lookup
         return found
 
-    bound = bind([("tiny", Query("a")), ("tiny", Query("b", instruction="from tables"))], generation_of)
+    bound = bind([("tiny", Query("a")), ("tiny", Query("b", instruction="use tables only"))], generation_of)
     assert [b.generation for b in bound] == [first, first] and calls == ["tiny"]
     assert bound[1].planned.sources and bound[1].planned.resolved
 

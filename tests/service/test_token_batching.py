@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from retriever.errors import InvalidInputError
+from retriever.instructions import instruction_for
 from retriever.query import Mode, Query
 from retriever.searcher import Searcher, build_lexical, load_lexical
 from retriever.service.batching import Batcher, BatchTimings, BoundQuery, padded_tokens
@@ -25,21 +26,27 @@ from tests.service.helpers import (
 from tests.service.test_metrics import scrape
 from tests.test_cli import fails_fast, no_model  # noqa: F401  (no_model is a fixture)
 
-LONG = "which members of the band played on the album that was recorded in the city where the singer was born " * 3
+LONG = "which members of the band played on the album that was recorded in the city where the singer was born " * 6
 SHORTS = [f"who played {w}" for w in ("guitar", "drums", "bass", "piano", "violin", "trumpet")]
 
 
 @pytest.fixture(scope="module")
-def tokens(encoder) -> dict[str, int]:
-    """Each text's tokens as the batcher counts them (no instruction: the bundled model is not instruction-tuned)."""
+def default_instruction(encoder) -> str:
+    """The instruction a query without one is encoded with: the model's all-sources one when it is instruction-tuned."""
+    return instruction_for(encoder.prompts, ()) if encoder.instruction_tuned else ""
+
+
+@pytest.fixture(scope="module")
+def tokens(encoder, default_instruction) -> dict[str, int]:
+    """Each text's tokens as the batcher counts them (with the instruction the server gives a query without one)."""
     texts = [LONG, *SHORTS]
-    counted = dict(zip(texts, encoder.query_token_counter()(texts, [""] * len(texts)), strict=True))
+    counted = dict(zip(texts, encoder.query_token_counter()(texts, [default_instruction] * len(texts)), strict=True))
     assert len({counted[s] for s in SHORTS}) == 1, counted  # equal lengths make the expected cuts plain
     assert counted[LONG] > 4 * counted[SHORTS[0]], counted
     return counted
 
 
-def queue_then_release(server, gated: GatedEncoder, texts: list[str]) -> list[list[str]]:
+def queue_then_release(server, gated: GatedEncoder, texts: list[str], instruction: str) -> list[list[str]]:
     """Hold the worker, queue one Retrieve per text in this order, release; the encoder calls after the busy one."""
     with channel_to(server) as channel:
         stub = stub_for(channel)
@@ -52,16 +59,17 @@ def queue_then_release(server, gated: GatedEncoder, texts: list[str]) -> list[li
         assert busy.result().hits
         responses = [f.result() for f in futures]
     assert all(r.hits for r in responses)  # every query answered, the one over the budget included
-    assert all(r.instruction == "" for r in responses)  # encoded as the `tokens` fixture counted them
+    assert all(r.instruction == instruction for r in responses)  # encoded as the `tokens` fixture counted them
     return gated.calls[gated.calls.index(["keeps the worker busy"]) + 1:]
 
 
-def test_a_long_query_is_cut_from_short_ones_by_tokens_and_still_answered(encoder, tiny_index_dir, tokens):
+def test_a_long_query_is_cut_from_short_ones_by_tokens_and_still_answered(encoder, tiny_index_dir, tokens,
+                                                                           default_instruction):
     short = tokens[SHORTS[0]]
     budget = 4 * short  # four short queries fit; the long one alone is over the budget
     gated = GatedEncoder(encoder)
     with running_server(gated, [("tiny", tiny_index_dir)], max_batch_tokens=budget, metrics_port=0) as server:
-        calls = queue_then_release(server, gated, [LONG, *SHORTS])
+        calls = queue_then_release(server, gated, [LONG, *SHORTS], default_instruction)
         m = scrape(server.metrics_port)
         batches = server.batcher.stats.batches
     # FIFO: the long query goes alone (over the budget, never refused), then the short ones, four to a batch
@@ -72,10 +80,10 @@ def test_a_long_query_is_cut_from_short_ones_by_tokens_and_still_answered(encode
     assert m["retriever_batch_tokens_sum"][()] > tokens[LONG] + 6 * short  # + the canary's and the busy call's
 
 
-def test_without_a_token_budget_only_the_count_cuts(encoder, tiny_index_dir, tokens):
+def test_without_a_token_budget_only_the_count_cuts(encoder, tiny_index_dir, tokens, default_instruction):
     gated = GatedEncoder(encoder)
     with running_server(gated, [("tiny", tiny_index_dir)], max_batch_tokens=0, max_batch=5) as server:
-        calls = queue_then_release(server, gated, [LONG, *SHORTS])
+        calls = queue_then_release(server, gated, [LONG, *SHORTS], default_instruction)
         assert server.batcher.stats.batches == 4  # canary, busy, and the two below
     assert calls == [[LONG, *SHORTS[:4]], SHORTS[4:]]  # today's behaviour: batches of --max-batch queries
 
@@ -90,7 +98,7 @@ def generation(tiny_index, encoder, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def bound(generation: Generation, text: str, mode: Mode = Mode.DENSE) -> BoundQuery:
-    return BoundQuery(generation, generation.searcher.plan(Query(text, "", k=3, mode=mode)))
+    return BoundQuery(generation, generation.searcher.plan(Query(text, k=3, mode=mode)))
 
 
 def test_the_batcher_cuts_before_a_long_query_and_bm25_queries_cost_nothing(encoder, generation, tokens):
