@@ -323,12 +323,13 @@ def served_rss(index_dir: Path) -> dict[str, Any]:
 
 
 def serve(index_dir: Path, texts: list[str], expected: dict[str, list[int]], clients: list[int],
-          duration: float) -> dict[str, Any]:
-    """``retriever serve`` on the index: start time, RSS, gRPC-vs-in-process hits, latency per client count."""
+          duration: float, extra: list[str] | None = None) -> dict[str, Any]:
+    """``retriever serve`` on the index: start time, RSS, gRPC hits against ``expected`` (unit ids per
+    question: in-process hits, or exact search), latency per client count. ``extra``: serve flags."""
     import grpc
 
     started = time.perf_counter()
-    server = load_test.ServerProcess(index_dir, 32, max(clients) + 8)
+    server = load_test.ServerProcess(index_dir, 32, max(clients) + 8, extra=extra)
     out: dict[str, Any] = {"start_to_serving_s": round(time.perf_counter() - started, 2)}
     try:
         out["rss_after_serving"] = proc_status(server.process.pid)
