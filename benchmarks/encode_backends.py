@@ -29,12 +29,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine import cpu_flags  # benchmarks/machine.py (the script's directory is on sys.path)
 
 from retriever.backends import Backend, Precision
 from retriever.encoder import Encoder, EncoderConfig
 from retriever.index import load_units
 from retriever.linearize import WindowBudget
+from retriever.machine import cpu_flags
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "heteromix"
 DEFAULT_OPTIONS = "torch:float32,torch:bfloat16,onnx:float32,onnx:int8,openvino:float32"

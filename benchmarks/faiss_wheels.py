@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from machine import cpu_flags  # benchmarks/machine.py (the script's directory is on sys.path)
+from retriever.machine import cpu_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 

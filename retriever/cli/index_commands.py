@@ -60,10 +60,13 @@ def add_encoder_args(parser: argparse.ArgumentParser, model_help: str) -> None:
     group.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present)")
     group.add_argument("--batch-size", type=at_least(1), default=64,
                        help="texts per forward pass (default 64; larger helps on GPU, costs memory)")
-    group.add_argument("--backend", type=Backend, choices=list(Backend), default=Backend.TORCH,
+    group.add_argument("--backend", choices=[*(b.value for b in Backend), AUTO], default=Backend.TORCH.value,
                        help="what runs the transformer (default torch). onnx (ONNX Runtime) and openvino run an export "
                        "made with `retriever export-model` (CPU only); docs/BACKENDS.md has the measured speed and "
-                       "agreement of each on this project's machines")
+                       "agreement of each on this project's machines. auto: the fastest option measured on this "
+                       "machine that passes the agreement check against the index's documents (torch float32 for a "
+                       "build); a short calibration at first use (about a minute per option), cached and logged "
+                       "(`retriever calibrate` shows it). An index records what encoded it")
     group.add_argument("--precision", type=Precision, choices=list(Precision), default=Precision.AUTO,
                        help="weights' dtype (default auto: float16 on CUDA, float32 on CPU). torch runs float32, "
                        "float16, bfloat16 (slow on CPUs without native bf16); onnx runs float32, int8 (a quantized "
@@ -72,13 +75,27 @@ def add_encoder_args(parser: argparse.ArgumentParser, model_help: str) -> None:
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def encoder_config(args: argparse.Namespace, model: str | None = None) -> EncoderConfig:
+#: ``--backend auto``: see :mod:`retriever.calibration`.
+AUTO = "auto"
+
+
+def encoder_config(args: argparse.Namespace, model: str | None = None,
+                   documents: dict[str, str] | None = None) -> EncoderConfig:
+    """The encoder the flags ask for; ``--backend auto`` calibrates (``documents``: the index's encoding)."""
+    auto = args.backend == AUTO
     try:
-        return EncoderConfig(model=model if model is not None else args.model, device=args.device,
-                             batch_size=args.batch_size, precision=args.precision, backend=args.backend,
-                             show_progress=not args.no_progress)
+        config = EncoderConfig(model=model if model is not None else args.model, device=args.device,
+                               batch_size=args.batch_size, precision=Precision.AUTO if auto else args.precision,
+                               backend=Backend.TORCH if auto else Backend(args.backend),
+                               show_progress=not args.no_progress)
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from exc
+    if not auto:
+        return config
+    from retriever.calibration import auto_config
+
+    check_model_dir(config.model)
+    return auto_config(config, documents, precision=args.precision)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -213,6 +230,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     agree.add_argument("index", type=Path, help="index directory (its manifest names the documents' encoding)")
     add_encoder_args(agree, "model directory (default: the model named in the index manifest)")
     agree.set_defaults(func=run_check_agreement)
+
+    calibrate = subparsers.add_parser(
+        "calibrate", help="measure which backend/precision --backend auto chooses on this machine",
+        description="Time every backend/precision that can run the model here (torch, and each ONNX/OpenVINO "
+        "export whose runtime is installed), gate each by the agreement check against the documents' encoding "
+        "(the index's, else torch float32), and print what --backend auto chooses. Timings are cached per "
+        "processor, device, threads, batch size and runtime versions; --remeasure drops them first.")
+    calibrate.add_argument("--index", type=Path, default=None,
+                           help="index whose documents the queries would search (default: a build, torch float32)")
+    calibrate.add_argument("--remeasure", action="store_true", help="forget cached timings of this model first")
+    calibrate.add_argument("--json", action="store_true", help="print JSON")
+    add_encoder_args(calibrate, "model directory (default: the index's model, else the bundled default)")
+    calibrate.set_defaults(func=run_calibrate)
     demo.set_defaults(func=run_demo)
 
 
@@ -264,7 +294,8 @@ def run_search(args: argparse.Namespace) -> int:
                   tuple(args.history))
     query.check()
     manifest = Manifest.read(args.index)
-    model_config = encoder_config(args, model_for_index(manifest, args.model)) if args.mode.uses_vectors else None
+    model_config = (encoder_config(args, model_for_index(manifest, args.model), manifest.encoding)
+                    if args.mode.uses_vectors else None)
     if model_config is not None:
         check_model_dir(model_config.model)
     overrides = {k: v for k, v in (("nprobe", args.nprobe), ("ef_search", args.ef_search),
@@ -359,6 +390,9 @@ def run_check_agreement(args: argparse.Namespace) -> int:
     from retriever.agreement import MIN_COSINE, TOP_K, check_agreement, label
 
     manifest = Manifest.read(args.index)
+    if args.backend == AUTO:
+        raise InvalidInputError("check-agreement compares one named encoding with the index's: give --backend "
+                                "torch|onnx|openvino and --precision")
     queries = encoder_config(args, model_for_index(manifest, args.model))
     documents = replace(queries, backend=Backend(manifest.encoding["backend"]),
                         precision=Precision(manifest.encoding["precision"]))
@@ -368,6 +402,27 @@ def run_check_agreement(args: argparse.Namespace) -> int:
           f"{100 * record.same_top_k:.1f}% of {record.canary_queries} questions (needs 100%): "
           f"{'passed' if record.passed else 'FAILED'}")
     return 0 if record.passed else 1
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from retriever.calibration import calibrate, calibration_path, to_json
+    from retriever.model_dir import model_checksum
+
+    manifest = Manifest.read(args.index) if args.index is not None else None
+    model = model_for_index(manifest, args.model) if manifest is not None else args.model
+    precision = args.precision
+    args.backend, args.precision = Backend.TORCH.value, Precision.AUTO
+    config = encoder_config(args, model)
+    if args.remeasure:
+        calibration_path(model_checksum(check_model_dir(config.model))).unlink(missing_ok=True)
+    result = calibrate(config, manifest.encoding if manifest is not None else None, precision)
+    if args.json:
+        print(json.dumps(to_json(result), indent=2))
+    else:
+        print(result.table())
+        print(f"--backend auto runs {result.chosen.label}"
+              f" ({'cached timings' if result.cached else f'calibrated in {result.seconds:.0f}s'})")
+    return 0
 
 
 def run_info(args: argparse.Namespace) -> int:

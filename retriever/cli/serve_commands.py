@@ -227,7 +227,7 @@ def run_serve(args: argparse.Namespace) -> int:
     model = model_for_index(manifests[0], args.model) if manifests else args.model
     if not indexes:
         indexes = [("sample", ensure_sample_index)]
-    model_config = encoder_config(args, model)
+    model_config = encoder_config(args, model, manifests[0].encoding if manifests else None)
     check_model_dir(model_config.model)
     server = RetrieverServer(config, indexes, encoder_config=model_config)
     return serve_until_signalled(server)

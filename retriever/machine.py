@@ -1,15 +1,22 @@
-"""What the benchmarks record about the machine next to every speed figure (imported by the scripts here)."""
+"""The processor: what the benchmarks record next to every speed figure, and what ``--backend auto`` keys on."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
+from typing import Any
 
 SIMD_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16",
               "amx_int8", "amx_tile")
 
 
-def cpu_flags() -> dict[str, object]:
+#: Flags of processors that compute in bfloat16 natively (elsewhere bf16 is emulated, several times slower).
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def cpu_flags() -> dict[str, Any]:
     """The model name and the SIMD flags of ``lscpu`` that decide which kernels run."""
     out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
@@ -17,3 +24,8 @@ def cpu_flags() -> dict[str, object]:
     return {"model": fields.get("Model name", "").strip(), "cpus": os.cpu_count(),
             "simd": sorted(f for f in SIMD_FLAGS if f in flags),
             "missing": sorted(f for f in SIMD_FLAGS if f not in flags)}
+
+
+def has_native_bf16() -> bool:
+    """Whether this processor computes in bfloat16 natively (AVX512_BF16 or AMX)."""
+    return any(flag in cpu_flags()["simd"] for flag in BF16_FLAGS)

@@ -1,0 +1,306 @@
+"""``--backend auto``: the fastest way to run a model on this machine that still agrees with the reference.
+
+Which backend and precision is fastest depends on the processor (bf16 units, VNNI, AMX), the
+runtimes installed and the exports a model has (docs/BACKENDS.md: OpenVINO bf16 2.25x torch fp32
+on an AVX-512 EPYC, torch bf16 0.21x on an AVX2 one). So ``auto`` measures it, once per model and
+machine:
+
+1. **Candidates**: every (backend, precision) that can run here: torch float32, float16 on CUDA,
+   bfloat16 on CUDA and on processors with native bf16 (AVX512_BF16 or AMX; emulated it is several
+   times slower), and each ONNX / OpenVINO export of the model (``retriever export-model``) whose
+   runtime is installed (their bf16 under the same rule). ``--precision`` other than auto keeps
+   only that precision.
+2. **Gate**, by the agreement check of :mod:`retriever.agreement` against the *reference*
+   (recorded in the model directory as ``retriever check-agreement`` records it):
+
+   - queries for an index (``search``, ``serve``, ``bench``; the reference is the encoding of the
+     index's documents): the whole check, cosine >= 0.99 on the canary documents and the same
+     top-10 for every canary question, as the server demands before it mixes two encodings;
+   - a build (the reference is torch float32; the documents and later their queries are encoded
+     the chosen way, so nothing is mixed): the cosine part, every canary document's embedding
+     within cosine 0.99 of torch float32's. Near-ties that swap the 10th and 11th canary document
+     (bf16 does that for a few questions at cosine 0.9999) do not disqualify an option here;
+     int8 (worst cosine 0.985-0.988 on this project's machines) is out.
+
+   The reference itself always passes.
+3. **Speed**: 128 canary documents (the first units of the bundled sample corpus) encoded at
+   the configured batch size after a warm-up; units per second, best of two rounds.
+
+The fastest candidate that passed is chosen and logged with every candidate's figures. Timings are
+cached in ``<cache>/calibration/<checksum>.json`` (``$RETRIEVER_CACHE_DIR``, else
+``~/.cache/retriever``) under a key of the processor (model, SIMD flags), device, threads, batch
+size and runtime versions, so the next start reads them; a new runtime, processor or export is
+measured again. ``retriever calibrate`` runs it on demand and prints the table.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from retriever.agreement import MIN_COSINE, Agreement, canary_texts, check_agreement, recorded
+from retriever.backends import SUPPORTED, Backend, Precision, find_export, runtime_available
+from retriever.encoder import Encoder, EncoderConfig, encoding_of, pick_device
+from retriever.errors import ModelError
+from retriever.index.files import write_json_atomic
+from retriever.machine import cpu_flags, has_native_bf16
+from retriever.model_dir import check_model_dir, model_checksum
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_FORMAT = 1
+#: Timing rounds per candidate (the best counts).
+ROUNDS = 2
+#: Canary documents timed per round.
+SPEED_TEXTS = 128
+#: The torch reference when no index says otherwise.
+TORCH_FLOAT32 = {"backend": Backend.TORCH.value, "precision": Precision.FLOAT32.value}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run the model, as measured."""
+
+    backend: str
+    precision: str
+    encoding: dict[str, str]  # as index manifests record it (export checksum included)
+    units_per_s: float | None = None  # None: not measured (it failed the gate first)
+    passed: bool = False  # the agreement check against the reference
+    min_cosine: float | None = None
+    why: str = ""  # why it was not chosen, when it was not
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}/{self.precision}"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What ``auto`` chose and why."""
+
+    chosen: Candidate
+    candidates: list[Candidate]
+    reference: dict[str, str]
+    cached: bool  # every timing came from the cache
+    seconds: float
+
+    def table(self) -> str:
+        lines = [f"reference (documents): {self.reference['backend']}/{self.reference['precision']}",
+                 f"{'option':<20} {'units/s':>9} {'min cosine':>11}  gate"]
+        for c in self.candidates:
+            speed = f"{c.units_per_s:9.1f}" if c.units_per_s is not None else f"{'-':>9}"
+            cosine = f"{c.min_cosine:11.5f}" if c.min_cosine is not None else f"{'-':>11}"
+            mark = " <- chosen" if c is self.chosen else ""
+            lines.append(f"{c.label:<20} {speed} {cosine}  {'passed' if c.passed else 'failed: ' + c.why}{mark}")
+        return "\n".join(lines)
+
+
+def candidate_configs(config: EncoderConfig, device: str, precision: Precision = Precision.AUTO) -> list[EncoderConfig]:
+    """Every runnable (backend, precision) for ``config``'s model on ``device`` (only ``precision``
+    unless auto), torch float32 first."""
+    model_dir = check_model_dir(config.model)
+    cuda = device.startswith("cuda")
+    bf16 = cuda or has_native_bf16()  # emulated bf16 is several times slower: not worth measuring
+    torch_precisions = (Precision.FLOAT16, Precision.BFLOAT16, Precision.FLOAT32) if cuda else (Precision.FLOAT32,
+                                                                                             Precision.BFLOAT16)
+    options = [(Backend.TORCH, p) for p in torch_precisions if bf16 or p is not Precision.BFLOAT16]
+    if not cuda:  # the exported runtimes run on the CPU here
+        for backend in (Backend.ONNX, Backend.OPENVINO):
+            if not runtime_available(backend):
+                continue
+            for runs in SUPPORTED[backend]:
+                if runs is Precision.BFLOAT16 and not bf16:
+                    continue
+                try:
+                    find_export(model_dir, backend, runs)
+                except ModelError:
+                    continue
+                options.append((backend, runs))
+    if precision is not Precision.AUTO:
+        options = [(b, p) for b, p in options if p is precision]
+    options.sort(key=lambda bp: (bp != (Backend.TORCH, Precision.FLOAT32)))
+    return [replace(config, backend=b, precision=p, show_progress=False) for b, p in options]
+
+
+def machine_key(device: str, threads: int, batch_size: int) -> str:
+    """What the timings depend on besides the model: processor, device, threads, batch size, runtimes."""
+    versions = {}
+    for package in ("torch", "onnxruntime", "openvino"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    cpu = cpu_flags()
+    gpu = ""
+    if device.startswith("cuda"):
+        import torch
+
+        gpu = torch.cuda.get_device_name(torch.device(device))
+    key = {"cpu": cpu["model"], "simd": cpu["simd"], "device": device, "gpu": gpu, "threads": threads,
+           "batch_size": batch_size, "versions": versions}
+    return orjson.dumps(key, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def calibration_path(checksum: str) -> Path:
+    from retriever.sample import cache_dir
+
+    return cache_dir() / "calibration" / f"{checksum[:16]}.json"
+
+
+def _read_timings(path: Path, key: str) -> dict[str, float]:
+    if not path.is_file():
+        return {}
+    try:
+        data = orjson.loads(path.read_bytes())
+        return {str(k): float(v) for k, v in data.get("timings", {}).get(key, {}).items()}
+    except (OSError, orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        logger.warning("%s: unreadable calibration cache; measuring again", path)
+        return {}
+
+
+def _write_timings(path: Path, key: str, timings: dict[str, float]) -> None:
+    data: dict[str, Any] = {"format": CALIBRATION_FORMAT, "timings": {}}
+    if path.is_file():
+        try:
+            data = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            pass
+    data.setdefault("timings", {})[key] = timings
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, data)
+    except OSError as exc:  # a read-only cache costs a calibration per start, nothing else
+        logger.warning("cannot cache the calibration in %s (%s)", path, exc)
+
+
+def _timing_key(encoding: dict[str, str]) -> str:
+    return orjson.dumps(encoding, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def measure_speed(encoder: Encoder, texts: list[str], rounds: int = ROUNDS) -> float:
+    """Units per second encoding ``texts`` (after a warm-up batch), best of ``rounds``."""
+    encoder.encode_documents(texts[: encoder.config.batch_size], show_progress=False)
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        encoder.encode_documents(texts, show_progress=False)
+        best = min(best, time.perf_counter() - started)
+    return len(texts) / best
+
+
+def calibrate(config: EncoderConfig, reference: dict[str, str] | None = None, precision: Precision = Precision.AUTO,
+              load: Callable[[EncoderConfig], Encoder] = Encoder,
+              speed: Callable[[Encoder, list[str]], float] = measure_speed) -> Calibration:
+    """Measure the candidates of ``config``'s model and choose (see the module docstring).
+
+    Args:
+        config: the model, device, batch size and threads (its backend and precision are ignored).
+        reference: the encoding of the documents the queries will search (an index's
+            ``Manifest.encoding``); default torch float32.
+        precision: only candidates of this precision (auto: all).
+        load, speed: how an encoder is loaded and timed (tests replace them).
+
+    Raises:
+        ModelError: the reference cannot run here (its runtime or export is missing), or no
+            candidate of ``precision`` passed.
+    """
+    started = time.perf_counter()
+    mixing = reference is not None  # queries will search documents encoded the reference's way
+    reference = dict(reference or TORCH_FLOAT32)
+    device = pick_device(config.device)
+    model_dir = check_model_dir(config.model)
+    configs = candidate_configs(config, device, precision)
+    encodings = [encoding_of(c, model_dir, device) for c in configs]
+    ref_config = next((c for c, e in zip(configs, encodings, strict=True) if e == reference), None)
+    if ref_config is None:
+        ref_config = replace(config, backend=Backend(reference["backend"]), precision=Precision(reference["precision"]),
+                             show_progress=False)
+        if encoding_of(ref_config, model_dir, device) != reference:
+            raise ModelError(f"the documents were encoded with {reference['backend']}/{reference['precision']} "
+                             f"from an export this model directory no longer has")
+    threads = config.threads or max(1, os.cpu_count() or 1)
+    key = machine_key(device, threads, config.batch_size)
+    path = calibration_path(model_checksum(model_dir))
+    timings = _read_timings(path, key)
+    cached = all(_timing_key(e) in timings for e in encodings)
+    reference_encoder: Encoder | None = None
+    texts: list[str] = []
+    out: list[Candidate] = []
+    try:
+        for cfg, encoding in zip(configs, encodings, strict=True):
+            candidate = Candidate(cfg.backend.value, encoding["precision"], encoding)
+            if encoding == reference:
+                candidate = replace(candidate, passed=True, min_cosine=1.0)
+                found = None
+            else:
+                found = recorded(model_dir, reference, encoding)
+                if found is not None:
+                    candidate = replace(candidate, passed=_gate(found, mixing), min_cosine=found.min_cosine)
+            need_speed = _timing_key(encoding) not in timings
+            need_gate = encoding != reference and found is None
+            if need_speed or need_gate:
+                encoder = load(cfg)
+                try:
+                    if need_gate:
+                        if reference_encoder is None:
+                            reference_encoder = load(ref_config)
+                        check = check_agreement(reference_encoder, encoder)
+                        candidate = replace(candidate, passed=_gate(check, mixing), min_cosine=check.min_cosine)
+                    if need_speed and candidate.passed:
+                        if not texts:
+                            texts = canary_texts(encoder)[0][:SPEED_TEXTS]
+                        timings[_timing_key(encoding)] = round(speed(encoder, texts), 2)
+                finally:
+                    del encoder
+            if not candidate.passed:
+                cosine = "unknown" if candidate.min_cosine is None else f"{candidate.min_cosine:.4f}"
+                candidate = replace(candidate, why=f"agreement with the reference (min cosine {cosine})")
+            out.append(replace(candidate, units_per_s=timings.get(_timing_key(encoding))))
+    finally:
+        del reference_encoder
+    if not cached:
+        _write_timings(path, key, timings)
+    passed = [c for c in out if c.passed and c.units_per_s is not None]
+    if not passed:
+        raise ModelError(f"backend auto: no option{'' if precision is Precision.AUTO else ' at ' + precision.value} "
+                         f"passed the agreement check against {reference['backend']}/{reference['precision']}: "
+                         + "; ".join(_summary(c) for c in out))
+    chosen = max(passed, key=lambda c: c.units_per_s or 0.0)
+    out = [c if c is chosen or not c.passed else replace(c, why=f"slower than {chosen.label}") for c in out]
+    chosen = next(c for c in out if c.encoding == chosen.encoding)
+    result = Calibration(chosen, out, reference, cached, time.perf_counter() - started)
+    others = "; ".join(_summary(c) for c in out if c is not chosen) or "no other option here"
+    logger.info("backend auto: %s (%s) for %s on %s%s", _summary(chosen), others, model_dir, device,
+                " (cached timings)" if cached else f" (calibrated in {result.seconds:.0f}s)")
+    return result
+
+
+def _gate(check: Agreement, mixing: bool) -> bool:
+    """Whether an option passes: the whole check when it will search another encoding's documents,
+    else the cosine part (see the module docstring)."""
+    return check.passed if mixing else check.min_cosine >= MIN_COSINE
+
+
+def _summary(c: Candidate) -> str:
+    speed = "not timed" if c.units_per_s is None else f"{c.units_per_s:.1f} units/s"
+    return f"{c.label} {speed}" + ("" if c.passed else ", failed the agreement gate")
+
+
+def auto_config(config: EncoderConfig, reference: dict[str, str] | None = None,
+                precision: Precision = Precision.AUTO) -> EncoderConfig:
+    """``config`` with the backend and precision ``auto`` chooses (see :func:`calibrate`)."""
+    chosen = calibrate(config, reference, precision).chosen
+    return replace(config, backend=Backend(chosen.backend), precision=Precision(chosen.precision))
+
+
+def to_json(calibration: Calibration) -> dict[str, Any]:
+    return {"chosen": calibration.chosen.label, "reference": calibration.reference, "cached": calibration.cached,
+            "seconds": round(calibration.seconds, 1), "candidates": [asdict(c) for c in calibration.candidates]}
