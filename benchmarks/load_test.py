@@ -12,6 +12,9 @@ In one run, on the same queries:
   * hybrid (only with ``--modes ...,hybrid``; the index needs ``retriever build-lexical``): the
     batched server again, every request in hybrid mode (BM25 + dense, reciprocal-rank fusion),
     at the same levels, for the served hybrid-against-dense figure;
+  * backend (only with ``--modes ...,backend``): the batched server again with ``--backend-flags``
+    (default ``--backend auto``: the fastest encoder option that passes the agreement check against
+    the index's documents, docs/BACKENDS.md), for the encoder-backend-against-torch figure;
   * correctness (RELIABILITY D, only with ``--modes ...,correctness``): 8 clients for 60 s
     against answers computed single-threaded before the run; failed and incorrect calls;
   * stream (only with ``--modes ...,stream``): the ``--limit`` queries once each through one client,
@@ -35,6 +38,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -368,6 +372,8 @@ def main() -> None:
     parser.add_argument("--modes", default="in-process,batched,unbatched,overload",
                         help="which parts to run, comma-separated: in-process, batched, unbatched, hybrid, "
                         "overload, correctness, stream (ratios need the first three)")
+    parser.add_argument("--backend-flags", default="--backend auto",
+                        help="serve flags of the `backend` mode's server (one string)")
     parser.add_argument("--correctness-seconds", type=float, default=60.0,
                         help="length of the correctness run (8 clients against single-threaded answers)")
     parser.add_argument("--out", type=Path, default=None)
@@ -386,7 +392,7 @@ def main() -> None:
         "machine": platform.machine(),
     }
     modes = {m.strip() for m in args.modes.split(",") if m.strip()}
-    unknown = modes - {"in-process", "batched", "unbatched", "hybrid", "overload", "correctness", "stream"}
+    unknown = modes - {"in-process", "batched", "unbatched", "hybrid", "backend", "overload", "correctness", "stream"}
     if unknown:
         raise SystemExit(f"unknown --modes {sorted(unknown)}")
     if "hybrid" in modes and not (args.index / "lexical").is_dir():
@@ -397,16 +403,22 @@ def main() -> None:
         result["in_process"] = in_process(args.index, queries, args.top_k, args.duration)
     for mode, max_batch, search in (("batched", args.max_batch, pb.SEARCH_MODE_DENSE),
                                     ("unbatched", 1, pb.SEARCH_MODE_DENSE),
-                                    ("hybrid", args.max_batch, pb.SEARCH_MODE_HYBRID)):
+                                    ("hybrid", args.max_batch, pb.SEARCH_MODE_HYBRID),
+                                    ("backend", args.max_batch, pb.SEARCH_MODE_DENSE)):
         if mode not in modes:
             continue
-        key = "server_batched_hybrid" if mode == "hybrid" else f"server_{mode}"
+        key = {"hybrid": "server_batched_hybrid", "backend": "server_batched_backend"}.get(mode, f"server_{mode}")
+        flags = shlex.split(args.backend_flags) if mode == "backend" else []
+        started = time.perf_counter()
         server = ServerProcess(args.index, max_batch, max(levels) + 8,
-                               extra=["--latency-budget-ms", args.latency_budget_ms])
+                               extra=["--latency-budget-ms", args.latency_budget_ms, *flags])
         try:
+            start_s = round(time.perf_counter() - started, 1)
             drive(server.address, queries, args.top_k, 1, min(2.0, args.duration), mode=search)  # warm-up
             result[key] = {"max_batch": max_batch, "latency_budget_ms": args.latency_budget_ms,
-                           "search_mode": pb.SearchMode.Name(search)}
+                           "search_mode": pb.SearchMode.Name(search), "serve_flags": flags, "start_s": start_s,
+                           "encoder": next((line.strip() for line in server.lines if "backend auto:" in line
+                                            or "loaded model" in line), None)}
             for clients in levels:
                 print(f"{key}: {clients} clients...", file=sys.stderr)
                 result[key][str(clients)] = drive(server.address, queries, args.top_k, clients, args.duration,
@@ -436,6 +448,10 @@ def main() -> None:
         dense, hybrid = result["server_batched"], result["server_batched_hybrid"]
         result.setdefault("ratios", {})["hybrid_over_dense_qps"] = {
             c: round(hybrid[str(c)]["qps"] / max(dense[str(c)]["qps"], 1e-9), 3) for c in levels}
+    if {"batched", "backend"} <= modes:
+        torch_qps, other = result["server_batched"], result["server_batched_backend"]
+        result.setdefault("ratios", {})["backend_over_torch_qps"] = {
+            c: round(other[str(c)]["qps"] / max(torch_qps[str(c)]["qps"], 1e-9), 3) for c in levels}
     result["load_average_after"] = os.getloadavg()
     out = args.out or ROOT / "benchmarks" / "results" / f"load_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,8 @@ each source shard; ``--build-log``: the wall time and peak RSS that ``/usr/bin/t
 then measures the index as served:
 
 - **recall@10 against exact search**, over gRPC: ``--queries`` dev questions are encoded in-process
-  exactly as the server encodes them (its default instruction for the model), their exact top-10
+  exactly as the server encodes them (the model, ``--backend`` and ``--precision`` of
+  ``--serve-flags``, the model's default instruction; not ``--backend auto``), their exact top-10
   comes from every unit's vector in the build's kept parts (``--keep-parts``), and the server's
   top-10 unit ids are compared with it (``faiss.contrib.evaluation``'s measure: the mean share of
   the exact top-10 found);
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import load_test  # noqa: E402
 from scale_10m import cpu_info, serve  # noqa: E402
 
+from retriever.backends import Backend, Precision  # noqa: E402
 from retriever.encoder import Encoder, EncoderConfig  # noqa: E402
 from retriever.index.factory import exact_ground_truth  # noqa: E402
 from retriever.index.work import BuildWork, work_dir_for  # noqa: E402
@@ -100,8 +102,12 @@ def main() -> None:
         "shards": manifest.get("shards"),
         "index_bytes": sum(f["bytes"] for f in manifest["files"])}
     questions = load_test.load_queries(None, args.queries)
-    model = extra[extra.index("--model") + 1] if "--model" in extra else None
-    encoder = Encoder(EncoderConfig(model=model, show_progress=False) if model else EncoderConfig(show_progress=False))
+    def flag(name: str, default: str | None) -> str | None:
+        return extra[extra.index(name) + 1] if name in extra else default
+
+    # the questions are encoded as the server will encode them: same model, backend and precision
+    encoder = Encoder(EncoderConfig(model=flag("--model", None), backend=Backend(flag("--backend", "torch")),
+                                    precision=Precision(flag("--precision", "auto")), show_progress=False))
     instruction = instruction_for(encoder.prompts, ()) if encoder.instruction_tuned else ""
     queries = encoder.encode_queries(questions, [instruction] * len(questions))
     del encoder
