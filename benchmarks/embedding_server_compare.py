@@ -110,11 +110,7 @@ class Infinity:
         self.start_s = round(time.perf_counter() - started, 1)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        load_test.stop_process(self.process)
         self.log.close()
 
 

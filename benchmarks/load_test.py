@@ -161,11 +161,16 @@ class ServerProcess:
         raise SystemExit("server never became SERVING:\n" + "".join(self.lines[-20:]))
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process)
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def drive(address: str, queries: list[str], k: int, clients: int, duration: float,
