@@ -230,7 +230,7 @@ def calibrate(config: EncoderConfig, reference: dict[str, str] | None = None, pr
     key = machine_key(device, threads, config.batch_size)
     path = calibration_path(model_checksum(model_dir))
     timings = _read_timings(path, key)
-    cached = all(_timing_key(e) in timings for e in encodings)
+    measured = False
     reference_encoder: Encoder | None = None
     texts: list[str] = []
     out: list[Candidate] = []
@@ -244,9 +244,11 @@ def calibrate(config: EncoderConfig, reference: dict[str, str] | None = None, pr
                 found = recorded(model_dir, reference, encoding)
                 if found is not None:
                     candidate = replace(candidate, passed=_gate(found, mixing), min_cosine=found.min_cosine)
-            need_speed = _timing_key(encoding) not in timings
             need_gate = encoding != reference and found is None
+            # an option known to fail the gate is never timed (nor loaded again to learn that)
+            need_speed = _timing_key(encoding) not in timings and (candidate.passed or need_gate)
             if need_speed or need_gate:
+                measured = True
                 encoder = load(cfg)
                 try:
                     if need_gate:
@@ -266,7 +268,8 @@ def calibrate(config: EncoderConfig, reference: dict[str, str] | None = None, pr
             out.append(replace(candidate, units_per_s=timings.get(_timing_key(encoding))))
     finally:
         del reference_encoder
-    if not cached:
+    cached = not measured
+    if measured:
         _write_timings(path, key, timings)
     passed = [c for c in out if c.passed and c.units_per_s is not None]
     if not passed:

@@ -66,6 +66,9 @@ def test_an_option_that_fails_the_gate_is_never_chosen_however_fast(setup) -> No
     assert not by_label["torch/bfloat16"].passed and by_label["torch/bfloat16"].min_cosine < agreement.MIN_COSINE
     assert by_label["torch/bfloat16"].units_per_s is None  # a failed option is not timed
     assert "agreement" in by_label["torch/bfloat16"].why and "failed" in result.table()
+    setup.loads.clear()
+    again = setup.run()  # the failed check is recorded: nothing is loaded to learn it again
+    assert again.cached and setup.loads == [] and again.chosen.label == "torch/float32"
     with pytest.raises(ModelError, match="no option at bfloat16 passed the agreement check"):
         setup.run(Precision.BFLOAT16)
 
