@@ -9,7 +9,10 @@ scores it on ``dev`` (frames, source names and connectives never seen in trainin
 
 * ``head-h<N>``: the router head with ``N`` hidden units (``h0``: one logistic per output);
 * ``prototypes``: nearest mean embedding of each labelled set;
-* ``rules``: the keyword regexes (``--resolve rules``).
+* ``rules``: the keyword regexes (``--resolve rules``);
+* ``finetune-l<L>-e<E>`` (``--finetune L:E``): the model's first ``L`` transformer layers fine-tuned
+  with a linear head for ``E`` epochs on the same training instructions (the network reads the
+  instruction's words, not a frozen pooled embedding; :func:`retriever.training.router.finetune_reader`).
 
 Figures: exact-set accuracy (all, single, multi-source, negation, unnamed), per-source precision
 and recall, and a threshold sweep of what the server would do (filter right / wrong / none).
@@ -28,10 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from retriever.encoder import Encoder, EncoderConfig
-from retriever.router import SourceRouter
+from retriever.router import SourceRouter, read_probabilities
 from retriever.training.config import RouterConfig
 from retriever.training.instruction_pool import router_examples
-from retriever.training.router import Prototypes, fit_head, read_rules, score_readings, sweep
+from retriever.training.router import Prototypes, finetune_reader, fit_head, read_rules, score_readings, sweep
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -43,6 +46,9 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[0, 16, 64, 256], help="head sizes to compare")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--finetune", nargs="*", default=[], metavar="LAYERS:EPOCHS",
+                        help="fine-tuned readers to add, e.g. 6:2 3:2 (minutes each on a CPU)")
+    parser.add_argument("--finetune-lr", type=float, default=3e-5)
     parser.add_argument("--cache", type=Path, default=None,
                         help="an .npz of embedded instructions to reuse across runs (written if missing texts)")
     args = parser.parse_args()
@@ -66,13 +72,19 @@ def main() -> None:
     started = time.perf_counter()
     readers["prototypes"] = (Prototypes.fit(x_train, train).read(x_dev), time.perf_counter() - started)
     readers["rules"] = (read_rules(dev), 0.0)
+    for spec in args.finetune:
+        layers, epochs = (int(v) for v in spec.split(":"))
+        started = time.perf_counter()
+        read = finetune_reader(encoder.model_dir, train, layers, epochs, args.finetune_lr, args.seed)
+        readers[f"finetune-l{layers}-e{epochs}"] = ([read_probabilities(p) for p in read([e.text for e in dev])],
+                                                    time.perf_counter() - started)
 
     results = {}
     for name, (readings, seconds) in readers.items():
         results[name] = {"fit_seconds": round(seconds, 2), **score_readings(dev, readings, defaults.threshold),
                          "sweep": sweep(dev, readings)}
         r = results[name]
-        print(f"{name:<11} exact {r['exact_set_accuracy']:.3f}  single {r['accuracy[single]']:.3f}  "
+        print(f"{name:<16} exact {r['exact_set_accuracy']:.3f}  single {r['accuracy[single]']:.3f}  "
               f"multi {r['accuracy[multi]']:.3f}  negation {r['accuracy[negation]']:.3f}  "
               f"unnamed {r['accuracy[unnamed]']:.3f}  @{defaults.threshold}: right {r['filtered_right']:.3f} "
               f"wrong {r['filtered_wrong']:.3f} none {r['unfiltered']:.3f}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,64 @@ def fit_head(x: np.ndarray, examples: Sequence[RouterExample], hidden: int, step
         optimizer.step()
     logger.debug("router head fitted: final loss %.4f", float(loss.detach()))
     return [(w.detach().numpy().copy(), b.detach().numpy().copy()) for w, b in params]
+
+
+def finetune_reader(model_dir: Path, examples: Sequence[RouterExample], layers: int, epochs: int, lr: float,
+                    seed: int, batch_size: int = 32) -> Callable[[Sequence[str]], np.ndarray]:
+    """Fine-tune the model's transformer (its first ``layers`` layers, mean-pooled) with a linear
+    head on the router's targets: the whole network reads the instruction, not a frozen embedding.
+
+    The same binary cross-entropy and mask as :func:`fit_head`; AdamW (head at 30x ``lr``), linear
+    warm-up over the first 10 % of steps and linear decay. A benchmark reader for now
+    (``benchmarks/router_compare.py --finetune``), not a router the server loads.
+
+    Returns:
+        texts -> float32 ``[n, 5]`` probabilities (gate, then :data:`ROUTER_SOURCES`), in eval mode.
+    """
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    encoder = AutoModel.from_pretrained(str(model_dir), local_files_only=True, use_safetensors=True)
+    encoder.encoder.layer = encoder.encoder.layer[:layers]
+    head = torch.nn.Linear(encoder.config.hidden_size, 1 + len(ROUTER_SOURCES))
+
+    def forward(texts: Sequence[str]) -> Any:
+        batch = tokenizer(list(texts), padding=True, truncation=True, max_length=64, return_tensors="pt")
+        hidden = encoder(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return head((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+
+    y = torch.from_numpy(targets(examples))
+    weight = torch.ones_like(y)
+    weight[:, 1:] = y[:, :1]
+    steps = max(1, epochs * (len(examples) // batch_size))
+    optimizer = torch.optim.AdamW([{"params": encoder.parameters(), "lr": lr},
+                                   {"params": head.parameters(), "lr": lr * 30}], weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / (0.1 * steps)) * max(0.0, 1 - step / steps))
+    rng = np.random.default_rng(seed)
+    texts = [e.text for e in examples]
+    encoder.train()
+    for _ in range(epochs):
+        order = rng.permutation(len(examples))
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            idx = order[i:i + batch_size]
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                forward([texts[j] for j in idx]), y[idx], weight=weight[idx], reduction="sum") / batch_size
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    encoder.eval()
+
+    def read(batch_texts: Sequence[str]) -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate([torch.sigmoid(forward(batch_texts[i:i + 128])).numpy()
+                                   for i in range(0, len(batch_texts), 128)]).astype(np.float32)
+
+    return read
 
 
 @dataclass

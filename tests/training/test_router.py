@@ -128,3 +128,15 @@ def test_keys_added_later_leave_the_fingerprint_alone_at_their_default(tiny_data
     lenient = config_from_dict({**raw, "data": {**raw["data"], "lenient": True}})
     assert base.fingerprint() == same.fingerprint()
     assert other.fingerprint() != base.fingerprint() and lenient.fingerprint() != base.fingerprint()
+
+
+def test_a_fine_tuned_reader_learns_a_toy_pool_on_a_tiny_model(tiny_st_model: Path) -> None:
+    from retriever.router import read_probabilities
+    from retriever.training.router import finetune_reader
+
+    pool = {"use tables": (Source.TABLE,), "use text": (Source.TEXT,), "anything but tables":
+            (Source.TEXT, Source.KB, Source.INFOBOX), "be concise": ()}
+    examples = [RouterExample(t, frozenset(s), "toy") for t, s in pool.items()] * 32
+    read = finetune_reader(tiny_st_model, examples, layers=2, epochs=4, lr=3e-3, seed=0, batch_size=16)
+    readings = [read_probabilities(p) for p in read(list(pool))]
+    assert {t: set(r.sources) for t, r in zip(pool, readings, strict=True)} == {t: set(s) for t, s in pool.items()}
