@@ -261,6 +261,19 @@ def iter_lines(path: str | Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -
         raise CorpusError(str(path), None, f"cannot read file: {exc}") from exc
 
 
+def iter_json_lines(path: str | Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, parsed JSON)`` for the non-blank lines of a JSONL(.gz) file.
+
+    Raises:
+        CorpusError: as :func:`iter_lines`, or a line that is not JSON (naming file and line).
+    """
+    for number, raw in iter_lines(path, max_line_bytes):
+        try:
+            yield number, orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise CorpusError(str(path), number, f"malformed JSON: {exc}") from None
+
+
 def parse_line(raw: bytes, path: str, line: int, ignored: list[str] | None = None) -> Record:
     """Parse and validate one corpus line (the per-line half of :func:`read_records`; ``ignored`` as in
     :func:`parse_record`)."""

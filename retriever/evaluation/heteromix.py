@@ -26,7 +26,6 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
-import orjson
 from tqdm import tqdm
 
 from retriever.errors import InvalidInputError
@@ -42,7 +41,7 @@ from retriever.evaluation.retrievers import UnitRetriever
 from retriever.index.store import SOURCE_ORDER, UnitStore
 from retriever.instructions import SOURCE_NAMES, SOURCE_TEMPLATE, instruction_for
 from retriever.query import Query, Turn
-from retriever.records import Source, iter_lines
+from retriever.records import Source, iter_json_lines
 from retriever.searcher import Ranking
 
 logger = logging.getLogger(__name__)
@@ -94,12 +93,8 @@ def read_questions(path: str | Path, limit: int | None = None) -> list[HeteroQue
     path = Path(path)
     out: list[HeteroQuestion] = []
     seen: set[str] = set()
-    for number, raw in iter_lines(path):
+    for number, obj in iter_json_lines(path):
         where = f"{path}:{number}"
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInputError(f"{where}: malformed JSON: {exc}") from None
         out.append(_question(obj, where))
         if out[-1].id in seen:
             raise InvalidInputError(f"{where}: field 'id': duplicate question id {out[-1].id!r}")

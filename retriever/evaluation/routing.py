@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import orjson
 from tqdm import tqdm
 
 from retriever.encoder import Encoder, EncoderConfig
@@ -40,7 +39,7 @@ from retriever.evaluation.report import replace_section, write_json
 from retriever.index.lexical import Bm25Config, LexicalIndex
 from retriever.instructions import SOURCE_NAMES, SOURCE_TEMPLATE, general_instruction
 from retriever.linearize import Unit, WindowBudget, linearize_all
-from retriever.records import Source, iter_lines, parse_record
+from retriever.records import Source, iter_json_lines, parse_record
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +68,8 @@ def read_routing(path: Path, budget: WindowBudget | None = None, limit: int | No
     """
     budget = budget or WindowBudget()
     out = []
-    for number, raw in iter_lines(path):
+    for number, obj in iter_json_lines(path):
         where = f"{path}:{number}"
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInputError(f"{where}: malformed JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise InvalidInputError(f"{where}: expected a JSON object")
         answer_from = obj.get("answer_from")

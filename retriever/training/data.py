@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import orjson
 
 from retriever.errors import CorpusError
 from retriever.linearize import Unit, WindowBudget, linearize_all
@@ -32,6 +31,7 @@ from retriever.records import (
     Source,
     TableRecord,
     UnknownFields,
+    iter_json_lines,
     read_id_list,
     read_records,
 )
@@ -56,17 +56,9 @@ def read_questions(path: str | Path) -> list[Question]:
     """Read a questions file (``queries.*.jsonl``), naming file, line and field on errors."""
     path = Path(path)
     out = []
-    try:
-        lines = path.read_bytes().splitlines()
-    except OSError as exc:
-        raise CorpusError(str(path), None, f"cannot read questions: {exc}") from exc
-    for number, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise CorpusError(str(path), number, f"malformed JSON: {exc}") from None
+    for number, obj in iter_json_lines(path):
+        if not isinstance(obj, dict):
+            raise CorpusError(str(path), number, "expected a JSON object")
         for key in ("id", "text", "gold"):
             if key not in obj:
                 raise CorpusError(str(path), number, "missing required field", field=key)
