@@ -30,7 +30,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -141,13 +140,8 @@ def drive_http(port: int, model: str, queries: list[str], clients: int, duration
             i += 1
         conn.close()
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return load_test.summary([x for per in latencies for x in per], time.perf_counter() - started, sum(errors))
+    seconds = load_test.run_clients(client, clients)
+    return load_test.summary([x for per in latencies for x in per], seconds, sum(errors))
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,17 @@ def stop_process(process: subprocess.Popen) -> None:
         process.kill()
 
 
+def run_clients(client: Callable[[int], None], clients: int) -> float:
+    """Run ``client(n)`` for n in range(clients) on as many threads; wall seconds until all return."""
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
+
+
 def drive(address: str, queries: list[str], k: int, clients: int, duration: float,
           backoff: bool = False, mode: int = pb.SEARCH_MODE_DENSE) -> dict[str, Any]:
     """``clients`` threads call Retrieve (search ``mode``) back to back for ``duration`` seconds.
@@ -210,13 +222,7 @@ def drive(address: str, queries: list[str], k: int, clients: int, duration: floa
                         errors[n] += 1
                 i += 1
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - started
+    seconds = run_clients(client, clients)
     out: dict[str, Any] = summary([x for per in latencies for x in per], seconds, sum(errors))
     rejected = sorted(x for per in rejections for x in per)
     if rejected:
@@ -298,11 +304,7 @@ def correctness(index_dir: Path, queries: list[str], k: int, clients: int, durat
     server = ServerProcess(index_dir, max_batch, clients + 8)
     try:
         stop_at = time.perf_counter() + duration
-        threads = [threading.Thread(target=client, args=(n, server.address, stop_at)) for n in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_clients(lambda n: client(n, server.address, stop_at), clients)
     finally:
         server.stop()
     return {**counts, "clients": clients, "seconds": duration, "distinct_queries": len(sample),
