@@ -164,8 +164,10 @@ def main() -> None:
     result: dict[str, Any] = {"name": args.name, "model": args.model, "index": str(args.index), "cpu": cpu_flags(),
                               "load_average_before": os.getloadavg(), "clients": clients,
                               "duration_s": args.duration, "queries": len(queries), "infinity": {}}
-    version = subprocess.run([args.infinity, "--version"], capture_output=True, text=True, check=False)
-    result["infinity_version"] = (version.stdout or version.stderr).strip()[-200:]
+    python = Path(args.infinity).resolve().parent / "python"  # the venv's interpreter
+    version = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('infinity_emb'))"],
+                             capture_output=True, text=True, check=False)
+    result["infinity_version"] = version.stdout.strip() or None
     for engine in [e for e in args.engines.split(",") if e]:
         server = Infinity(args.infinity, str(st3_copy(Path(args.model), ROOT / "logs" / "infinity-model")), engine,
                           args.batch_size)
