@@ -18,7 +18,10 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 @functools.cache
 def cpu_flags() -> dict[str, Any]:
     """The model name and the SIMD flags of ``lscpu`` that decide which kernels run."""
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:  # no lscpu (macOS, minimal images): nothing known, so nothing assumed
+        out = ""
     fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
     flags = set(fields.get("Flags", "").split())
     return {"model": fields.get("Model name", "").strip(), "cpus": os.cpu_count(),

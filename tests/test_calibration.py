@@ -113,10 +113,23 @@ def test_backend_auto_on_the_command_line_calibrates_against_the_index_encoding(
         return replace(config, backend=Backend.OPENVINO, precision=Precision.BFLOAT16)
 
     monkeypatch.setattr(calibration, "auto_config", fake)
-    monkeypatch.setattr(index_commands, "check_model_dir", lambda model: Path("."))
     args = argparse.Namespace(model=None, device="cpu", batch_size=64, precision=Precision.AUTO, backend="auto",
                               no_progress=True)
     documents = {"backend": "torch", "precision": "float32"}
     config = index_commands.encoder_config(args, None, documents)
     assert (config.backend, config.precision) == (Backend.OPENVINO, Precision.BFLOAT16)
     assert seen == {"documents": documents, "precision": Precision.AUTO, "backend": Backend.TORCH}
+
+
+def test_a_machine_without_lscpu_knows_no_flags_and_skips_bf16(monkeypatch) -> None:
+    from retriever import machine
+
+    def missing(*args, **kwargs):
+        raise FileNotFoundError("lscpu")
+
+    machine.cpu_flags.cache_clear()
+    monkeypatch.setattr(machine.subprocess, "run", missing)
+    try:
+        assert machine.cpu_flags()["simd"] == [] and not machine.has_native_bf16()
+    finally:
+        machine.cpu_flags.cache_clear()

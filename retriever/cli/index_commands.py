@@ -94,7 +94,6 @@ def encoder_config(args: argparse.Namespace, model: str | None = None,
         return config
     from retriever.calibration import auto_config
 
-    check_model_dir(config.model)
     return auto_config(config, documents, precision=args.precision)
 
 
@@ -410,12 +409,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     manifest = Manifest.read(args.index) if args.index is not None else None
     model = model_for_index(manifest, args.model) if manifest is not None else args.model
-    precision = args.precision
-    args.backend, args.precision = Backend.TORCH.value, Precision.AUTO
-    config = encoder_config(args, model)
+    # the model, device and batch size of the flags; calibrate() ignores the backend and precision
+    config = encoder_config(argparse.Namespace(**{**vars(args), "backend": Backend.TORCH.value,
+                                                  "precision": Precision.AUTO}), model)
     if args.remeasure:
         calibration_path(model_checksum(check_model_dir(config.model))).unlink(missing_ok=True)
-    result = calibrate(config, manifest.encoding if manifest is not None else None, precision)
+    result = calibrate(config, manifest.encoding if manifest is not None else None, args.precision)
     if args.json:
         print(json.dumps(to_json(result), indent=2))
     else:
