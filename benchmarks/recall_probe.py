@@ -1,5 +1,7 @@
 """How far real questions sit from the units, against the build's recall-gate queries, and the
-recall@10 each approximate shard reaches at each nprobe for those questions (issue 13).
+recall@10 each approximate shard reaches at each nprobe for those questions and for gate queries
+made at each noise level as the build makes them (issue 13): the gate's noise should make it
+at least as hard as real questions.
 
     python benchmarks/recall_probe.py --index index_builds/full --model /work/models/heteromix \\
         --backend openvino --precision bfloat16
@@ -30,11 +32,22 @@ from serve_full import kept_vectors  # noqa: E402
 from retriever.backends import Backend, Precision  # noqa: E402
 from retriever.encoder import Encoder, EncoderConfig  # noqa: E402
 from retriever.index.recall import DEFAULT_QUERY_NOISE, held_aside_queries  # noqa: E402
-from retriever.instructions import instruction_for  # noqa: E402
+from retriever.index.shard_builder import RECALL_QUERIES  # noqa: E402
 
 
 def quantiles(x: np.ndarray) -> list[float]:
     return [round(float(v), 3) for v in np.quantile(x, [0.1, 0.5, 0.9])]
+
+
+def recall_by_nprobe(index: faiss.Index, ivf: faiss.IndexIVF, nprobes: list[int], queries: np.ndarray,
+                     truth: np.ndarray) -> dict[str, float]:
+    """Recall@10 of ``index`` against ``truth`` at each nprobe."""
+    recall = {}
+    for nprobe in nprobes:
+        ivf.nprobe = nprobe
+        _, found = index.search(queries, 10)
+        recall[str(nprobe)] = round(float(knn_intersection_measure(found, truth)), 4)
+    return recall
 
 
 def main() -> None:
@@ -45,13 +58,14 @@ def main() -> None:
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--noise", type=float, nargs="+", default=[DEFAULT_QUERY_NOISE, 0.5, 1.0, 1.5])
+    parser.add_argument("--noise", type=float, nargs="+",
+                        default=sorted({DEFAULT_QUERY_NOISE, 0.25, 0.5, 1.0, 1.25, 1.5}))
     parser.add_argument("--nprobe", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64, 128])
     args = parser.parse_args()
     questions = load_test.load_queries(None, args.queries)
     encoder = Encoder(EncoderConfig(model=args.model, backend=Backend(args.backend),
                                     precision=Precision(args.precision), show_progress=False))
-    instruction = instruction_for(encoder.prompts, ()) if encoder.instruction_tuned else ""
+    instruction = encoder.default_instruction()
     q = encoder.encode_queries(questions, [instruction] * len(questions))
     _, chunks = kept_vectors(args.index)
     vectors = np.concatenate(list(chunks))
@@ -71,14 +85,18 @@ def main() -> None:
         index = faiss.read_index(str(args.index / shard["file"]))
         _, truth = faiss.knn(q, vectors[shard["start"]:shard["start"] + shard["count"]], 10,
                              metric=faiss.METRIC_INNER_PRODUCT)
+        own = vectors[shard["start"]:shard["start"] + shard["count"]]
         ivf = faiss.extract_index_ivf(index)
-        recall = {}
-        for nprobe in args.nprobe:
-            ivf.nprobe = nprobe
-            _, found = index.search(q, 10)
-            recall[str(nprobe)] = round(float(knn_intersection_measure(found, truth)), 4)
+
+        by_noise = {}
+        for noise in args.noise:
+            gq = held_aside_queries(own, min(RECALL_QUERIES, len(own)), 1, noise)
+            _, gt = faiss.knn(gq, own, 10, metric=faiss.METRIC_INNER_PRODUCT)
+            by_noise[str(noise)] = recall_by_nprobe(index, ivf, args.nprobe, gq, gt)
         shards[shard["source"]] = {"factory": shard["factory"], "build_search": shard["search"],
-                                   "build_recall_at_10": shard["recall_at_10"], "question_recall_at_10": recall}
+                                   "build_recall_at_10": shard["recall_at_10"],
+                                   "question_recall_at_10": recall_by_nprobe(index, ivf, args.nprobe, q, truth),
+                                   "gate_recall_at_10_by_noise": by_noise}
     result = {"index": str(args.index), "questions": len(questions),
               "question_top1_cosine_q10_q50_q90": quantiles(top1[:, 0]),
               "gate_query_top1_cosine_q10_q50_q90_by_noise": gate, "default_gate_noise": DEFAULT_QUERY_NOISE,

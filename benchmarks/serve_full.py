@@ -45,7 +45,6 @@ from retriever.backends import Backend, Precision  # noqa: E402
 from retriever.encoder import Encoder, EncoderConfig  # noqa: E402
 from retriever.index.factory import exact_ground_truth  # noqa: E402
 from retriever.index.work import BuildWork, work_dir_for  # noqa: E402
-from retriever.instructions import instruction_for  # noqa: E402
 
 logger = logging.getLogger("serve_full")
 
@@ -108,7 +107,7 @@ def main() -> None:
     # the questions are encoded as the server will encode them: same model, backend and precision
     encoder = Encoder(EncoderConfig(model=flag("--model", None), backend=Backend(flag("--backend", "torch")),
                                     precision=Precision(flag("--precision", "auto")), show_progress=False))
-    instruction = instruction_for(encoder.prompts, ()) if encoder.instruction_tuned else ""
+    instruction = encoder.default_instruction()
     queries = encoder.encode_queries(questions, [instruction] * len(questions))
     del encoder
     plan, chunks = kept_vectors(args.index)

@@ -29,7 +29,7 @@ from retriever.backends import (
 )
 from retriever.bundled import canonical_name
 from retriever.errors import ModelError
-from retriever.instructions import compose_query
+from retriever.instructions import compose_query, instruction_for
 from retriever.model_dir import (
     check_model_dir,
     hub_offline,
@@ -38,6 +38,7 @@ from retriever.model_dir import (
     saved_max_seq_length,
     saved_prompts,
 )
+from retriever.records import Source
 from retriever.router import SourceRouter, find_router
 from retriever.tokens import QueryTokenCounter, count_with
 
@@ -245,6 +246,11 @@ class Encoder:
     def prompts(self) -> dict[str, str]:
         """The instruction strings this model is used with (saved with it / in index manifests)."""
         return dict(self.model.prompts)
+
+    def default_instruction(self, sources: Sequence[Source] = ()) -> str:
+        """The instruction a query without one is encoded with: the model's saved prompt for a
+        single requested source, else its general one; "" for a model that was not instruction-tuned."""
+        return instruction_for(self.prompts, sources) if self.instruction_tuned else ""
 
     @property
     def max_seq_length(self) -> int:

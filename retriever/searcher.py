@@ -28,7 +28,6 @@ from retriever.errors import InvalidInputError
 from retriever.index import Index
 from retriever.index.lexical import LEXICAL_DIR, LEXICAL_MANIFEST, Bm25Config, LexicalIndex, texts_sha256
 from retriever.index.store import SOURCE_CODE, UnitStore
-from retriever.instructions import instruction_for
 from retriever.query import GROUP_DEEPEN, Hit, Mode, PlannedQuery, Query, SearchResult, SourceResolution
 from retriever.records import Source
 from retriever.router import Resolution, SourceResolver
@@ -115,9 +114,7 @@ class Searcher:
         sources = sources or resolution.sources
         instruction = query.instruction
         if instruction is None:
-            encoder = self.encoder
-            tuned = encoder is not None and encoder.instruction_tuned
-            instruction = instruction_for(encoder.prompts, sources) if encoder is not None and tuned else ""
+            instruction = self.encoder.default_instruction(sources) if self.encoder is not None else ""
         return PlannedQuery(query, instruction, sources, bool(resolution.sources), rewrite(query),
                             resolution.confidence)
 

@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -30,11 +30,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from retriever.encoder import Encoder, EncoderConfig, ModelInfo, encoding_of, pick_device
 from retriever.errors import CorpusError, InvalidInputError, RetrieverError
 from retriever.index.files import publish_dir, sha256_file, staging_dir, write_json_atomic
 from retriever.index.manifest import FORMAT_VERSION, MANIFEST_NAME, FileEntry, Manifest, ShardInfo
-from retriever.index.shard_builder import build_shard
+from retriever.index.recall import PSEUDO_QUERY_WORDS, pseudo_query_texts
+from retriever.index.shard_builder import RECALL_QUERIES, SEED, build_shard
 from retriever.index.shards import write_shard
 from retriever.index.store import SOURCE_CODE, SOURCE_ORDER, UNITS_NAME, UnitStore, UnitStoreWriter
 from retriever.index.work import BuildPlan, BuildWork, PartSpec, split_parts, work_dir_for
@@ -223,7 +226,7 @@ def _run(config: BuildConfig, encoder: Encoder | EncoderConfig, plan_units: Any,
             encode_seconds = time.perf_counter() - encode_started
         dimension = int(work.vectors(plan.parts[0]).shape[1])
         index_bytes = _publish(config, work, plan, info, model_prompts(info.model_dir), dimension, max_tokens,
-                               started, encode_seconds, len(pending))
+                               started, encode_seconds, len(pending), _gate_queries(work, plan, encoder))
     except BaseException:
         kept = len(work.journal())
         if kept:
@@ -410,11 +413,34 @@ def _encode(config: BuildConfig, work: BuildWork, plan: BuildPlan, pending: list
             bar.update(spec.count)
 
 
+def _gate_queries(work: BuildWork, plan: BuildPlan, encoder: Encoder | EncoderConfig) -> Callable[[], np.ndarray]:
+    """The recall gate's queries, made at the first approximate shard and reused by the others:
+    :data:`RECALL_QUERIES` pseudo-queries (:func:`pseudo_query_texts`) of a seeded sample of all
+    units, encoded as the server encodes a question without an instruction."""
+    made: list[np.ndarray] = []
+
+    def make() -> np.ndarray:
+        if not made:
+            local = encoder if isinstance(encoder, Encoder) else Encoder(replace(encoder, show_progress=False))
+            store = UnitStore.open(work.units_path, plan.total_units)
+            rows = np.sort(np.random.default_rng(SEED).choice(
+                plan.total_units, min(RECALL_QUERIES, plan.total_units), replace=False))
+            texts = pseudo_query_texts([store.text(int(i)) for i in rows], SEED)
+            began = time.perf_counter()
+            made.append(local.encode_queries(texts, local.default_instruction()))
+            logger.info("recall gate: %d pseudo-queries (%d-word spans of sampled units) encoded in %.1fs",
+                        len(texts), PSEUDO_QUERY_WORDS, time.perf_counter() - began)
+        return made[0]
+
+    return make
+
+
 def _publish(config: BuildConfig, work: BuildWork, plan: BuildPlan, info: ModelInfo, prompts: dict[str, str],
-             dimension: int, max_tokens: int, started: float, encode_seconds: float, encoded: int) -> int:
+             dimension: int, max_tokens: int, started: float, encode_seconds: float, encoded: int,
+             gate_queries: Callable[[], np.ndarray]) -> int:
     journal = work.journal()
     with staging_dir(config.out) as staged:
-        shards = _write_shards(staged, work, plan, dimension, config)
+        shards = _write_shards(staged, work, plan, dimension, config, gate_queries)
         _link(work.units_path, staged / UNITS_NAME)
         files = [FileEntry(p.name, p.stat().st_size, sha256_file(p)) for p in sorted(staged.iterdir())]
         encode_total = sum(journal[p.part].seconds for p in plan.parts)
@@ -440,7 +466,9 @@ def _publish(config: BuildConfig, work: BuildWork, plan: BuildPlan, info: ModelI
                    "parts_encoded_last_run": encoded, "encode_seconds_all_parts": round(encode_total, 3),
                    "encode_seconds_last_run": round(encode_seconds, 3),
                    "units_per_second": round(plan.total_units / max(encode_total, 1e-9), 2),
-                   "min_recall": config.min_recall, "memory_budget": config.memory_budget},
+                   "min_recall": config.min_recall, "memory_budget": config.memory_budget,
+                   "recall_queries": f"{min(RECALL_QUERIES, plan.total_units)} pseudo-queries "
+                                     f"({PSEUDO_QUERY_WORDS}-word spans of sampled units, encoded as queries)"},
             encoding=plan.key["encoding"],
         )
         write_json_atomic(staged / MANIFEST_NAME, manifest.to_json())
@@ -457,7 +485,7 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def _write_shards(staged: Path, work: BuildWork, plan: BuildPlan, dimension: int,
-                  config: BuildConfig) -> list[ShardInfo]:
+                  config: BuildConfig, gate_queries: Callable[[], np.ndarray]) -> list[ShardInfo]:
     shards = []
     total = plan.total_units
     start = 0
@@ -467,7 +495,7 @@ def _write_shards(staged: Path, work: BuildWork, plan: BuildPlan, dimension: int
             continue
         budget = None if config.memory_budget is None else int(config.memory_budget * count / total)
         built = build_shard(config.factory, count, dimension, budget, config.min_recall,
-                             partial(work.iter_vectors, plan, source), source)
+                             partial(work.iter_vectors, plan, source), source, gate_queries)
         name = f"{source}.faiss"
         write_shard(built.index, staged / name)
         shards.append(ShardInfo(source=source, start=start, count=count, factory=built.factory, file=name,

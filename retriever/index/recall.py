@@ -1,7 +1,13 @@
 """The recall gate: held-aside queries, exact ground truth, measured recall and search tuning.
 
-A build checks every approximate shard against exact search: :func:`held_aside_queries` makes
-queries from a sample of the shard's vectors, :func:`exact_ground_truth` computes their exact
+A build checks every approximate shard against exact search on queries in the query encoder's
+space: :func:`pseudo_query_texts` cuts a word span out of each of a seeded sample of units, and
+the build encodes them as the server encodes questions (the model's default instruction).
+Perturbed copies of stored vectors (:func:`held_aside_queries`) are the fallback where there is
+no text to encode (vectors handed over without units); they are easier than real questions: on
+the full HeteroMix build, questions needed nprobe 64 where perturbed copies passed at 16 (text)
+and 2 (table), while 24-word spans sit at or just below the questions' recall at every nprobe
+(``benchmarks/recall_probe.py``, ``benchmarks/RESULTS.md``). :func:`exact_ground_truth` computes their exact
 inner-product top-k over the vectors streamed in chunks, and :func:`tune_search` finds the cheapest
 search parameters whose :func:`measure_recall` reaches the target, or reports the best figure.
 The FAISS contrib helpers do the work (``exhaustive_search.knn_ground_truth``,
@@ -12,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -29,6 +35,27 @@ K_FACTOR_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
 
 #: A typical perturbation for :func:`held_aside_queries` (cosine ≈ 0.97 to the source vector).
 DEFAULT_QUERY_NOISE = 0.25
+#: Words in a recall-gate pseudo-query (:func:`pseudo_query_texts`): the span length whose recall
+#: curve on the full HeteroMix build sat closest to, and not above, HeteroMix dev questions'.
+PSEUDO_QUERY_WORDS = 24
+
+
+def pseudo_query_texts(texts: Sequence[str], seed: int, words: int = PSEUDO_QUERY_WORDS) -> list[str]:
+    """A seeded span of ``words`` consecutive words of each text (the whole text when shorter).
+
+    Encoded as queries they stand for questions about those units: a span is a partial view of its
+    unit, from the query side of the encoder, so its neighbours are spread over IVF lists as a real
+    question's are.
+    """
+    if words < 1:
+        raise InvalidInputError(f"a pseudo-query needs at least one word, got {words}")
+    rng = np.random.default_rng(seed)
+    out = []
+    for text in texts:
+        split = text.split()
+        start = int(rng.integers(0, len(split) - words + 1)) if len(split) > words else 0
+        out.append(" ".join(split[start:start + words]))
+    return out
 
 
 def held_aside_queries(vectors_sample: np.ndarray, count: int, seed: int, noise: float) -> np.ndarray:

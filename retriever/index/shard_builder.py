@@ -2,9 +2,10 @@
 
 The vectors of a shard are read part by part (memory-mapped ``.npy`` files of the build's work
 directory), so a shard never needs all its float32 vectors in memory unless its index stores
-them (``Flat``). Approximate shards are tuned and checked against exact search on held-aside
-queries (perturbed copies of sampled vectors, so no query is itself a stored vector); a shard
-below ``min_recall`` fails the build before anything is published.
+them (``Flat``). Approximate shards are tuned and checked against exact search on the build's
+recall-gate queries (encoded pseudo-queries, see :mod:`retriever.index.recall`; perturbed copies
+of sampled vectors when none are given); a shard below ``min_recall`` fails the build before
+anything is published.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class BuiltShard:
 
 
 def build_shard(factory: str, count: int, dimension: int, memory_budget: int | None, min_recall: float,
-                vectors: Callable[[], Iterator[np.ndarray]], source: str) -> BuiltShard:
+                vectors: Callable[[], Iterator[np.ndarray]], source: str,
+                queries: Callable[[], np.ndarray] | None = None) -> BuiltShard:
     """Build the FAISS index of one source shard.
 
     Args:
@@ -68,6 +70,8 @@ def build_shard(factory: str, count: int, dimension: int, memory_budget: int | N
         min_recall: the lowest acceptable recall@10 against exact search.
         vectors: yields the shard's vectors chunk by chunk, in unit-id order (callable again).
         source: the shard's source type, for messages.
+        queries: the recall gate's query vectors (called only for an approximate shard); None:
+            perturbed copies of sampled vectors (:func:`held_aside_queries`).
 
     Raises:
         RecallTooLowError: the tuned index stays below ``min_recall``.
@@ -89,16 +93,17 @@ def build_shard(factory: str, count: int, dimension: int, memory_budget: int | N
         logger.info("shard %s: %s, %d vectors (exact) in %.1fs", source, factory, count,
                     time.perf_counter() - started)
         return BuiltShard(index, factory, reason, None, {})
-    queries = held_aside_queries(sample, min(RECALL_QUERIES, count), SEED, DEFAULT_QUERY_NOISE)
-    truth = exact_ground_truth(queries, vectors(), RECALL_K)
-    params, recall = tune_search(index, factory, queries, truth, min_recall, RECALL_K)
+    gate = (queries() if queries is not None
+            else held_aside_queries(sample, min(RECALL_QUERIES, count), SEED, DEFAULT_QUERY_NOISE))
+    truth = exact_ground_truth(gate, vectors(), RECALL_K)
+    params, recall = tune_search(index, factory, gate, truth, min_recall, RECALL_K)
     search = {k: int(v) for k, v in asdict(params).items()}
     logger.info("shard %s: %s, %d vectors, recall@%d %.4f with %s in %.1fs", source, factory, count, RECALL_K,
                 recall, search, time.perf_counter() - started)
     if recall < min_recall:
         raise RecallTooLowError(
             f"shard {source}: {factory} reaches recall@{RECALL_K} {recall:.4f} against exact search on "
-            f"{len(queries)} held-aside queries, below --min-recall {min_recall}; choose a larger --memory-budget "
+            f"{len(gate)} held-aside queries, below --min-recall {min_recall}; choose a larger --memory-budget "
             "or another --factory (the encoded parts are kept: re-run with --resume)")
     return BuiltShard(index, factory, reason, round(float(recall), 4), search)
 

@@ -296,6 +296,14 @@ def test_kept_parts_index_again_with_another_factory_without_encoding(tmp_path: 
         raise AssertionError("encoded again")
 
     monkeypatch.setattr(encoder, "encode_documents", no_encoding)
+    gate_calls: list[list[str]] = []
+    encode_queries = encoder.encode_queries
+
+    def spy(texts, instructions=None, show_progress=False):
+        gate_calls.append(list(texts))
+        return encode_queries(texts, instructions, show_progress)
+
+    monkeypatch.setattr(encoder, "encode_queries", spy)
     # --resume on a published build of the same inputs: nothing to do, parts still kept.
     assert build_index(BuildConfig(corpus=tiny_corpus, out=out, part_size=16, resume=True, keep_parts=True),
                        encoder).parts_encoded == 0
@@ -306,6 +314,10 @@ def test_kept_parts_index_again_with_another_factory_without_encoding(tmp_path: 
     ivf = [s for s in manifest.shards if s.factory == "IVF4,Flat"]
     assert ivf and all(s.recall_at_10 is not None and s.recall_at_10 >= 0.5 and s.search["nprobe"] >= 1 for s in ivf)
     assert all(s.reason == "given (--factory)" for s in manifest.shards)
+    # the recall gate encoded its pseudo-queries once, for every approximate shard, as queries
+    assert len(gate_calls) == 1 and 0 < len(gate_calls[0]) <= manifest.total_units
+    assert all(0 < len(t.split()) <= 24 for t in gate_calls[0])
+    assert "pseudo-queries" in manifest.build["recall_queries"]
     assert not work_dir_for(out).exists()
     index = Index.load(out, use_gpu=False)
     assert len(index.store) == manifest.total_units

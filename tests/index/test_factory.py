@@ -291,6 +291,20 @@ def test_held_aside_queries_are_near_but_not_copies(data) -> None:
         held_aside_queries(x[:10], 11, seed=0, noise=0.25)
 
 
+def test_pseudo_queries_are_seeded_word_spans() -> None:
+    from retriever.index.recall import pseudo_query_texts
+
+    texts = [" ".join(f"w{i}" for i in range(100)), "short text", ""]
+    spans = pseudo_query_texts(texts, seed=3, words=24)
+    first = spans[0].split()
+    assert len(first) == 24 and " ".join(first) in texts[0]
+    assert spans[1:] == ["short text", ""]
+    assert spans == pseudo_query_texts(texts, seed=3, words=24)
+    assert pseudo_query_texts(texts * 20, seed=4, words=24) != pseudo_query_texts(texts * 20, seed=5, words=24)
+    with pytest.raises(InvalidInputError, match="at least one word"):
+        pseudo_query_texts(texts, seed=0, words=0)
+
+
 def test_too_small_sample_falls_back_to_flat(data, caplog) -> None:
     x, _, _ = data
     with caplog.at_level(logging.WARNING, logger="retriever.index.factory"):
