@@ -10,9 +10,10 @@ scores it on ``dev`` (frames, source names and connectives never seen in trainin
 * ``head-h<N>``: the router head with ``N`` hidden units (``h0``: one logistic per output);
 * ``prototypes``: nearest mean embedding of each labelled set;
 * ``rules``: the keyword regexes (``--resolve rules``);
-* ``finetune-l<L>-e<E>`` (``--finetune L:E``): the model's first ``L`` transformer layers fine-tuned
-  with a linear head for ``E`` epochs on the same training instructions (the network reads the
-  instruction's words, not a frozen pooled embedding; :func:`retriever.training.router.finetune_reader`).
+* ``tuned-l<L>-r<R>-e<E>`` (``--tuned L:R:E``): the router ``[router] kind = "tuned"`` trains, LoRA
+  adapters of rank ``R`` on the model's first ``L`` transformer layers (0: all) with a linear head,
+  ``E`` epochs on the same training instructions (the network reads the instruction's words, not a
+  frozen pooled embedding; :func:`retriever.training.router.fit_tuned`).
 
 Figures: exact-set accuracy (all, single, multi-source, negation, unnamed), per-source precision
 and recall, and a threshold sweep of what the server would do (filter right / wrong / none).
@@ -31,10 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from retriever.encoder import Encoder, EncoderConfig
-from retriever.router import SourceRouter, read_probabilities
+from retriever.router import SourceRouter, TunedSpec
 from retriever.training.config import RouterConfig
 from retriever.training.instruction_pool import router_examples
-from retriever.training.router import Prototypes, finetune_reader, fit_head, read_rules, score_readings, sweep
+from retriever.training.router import Prototypes, fit_head, fit_tuned, read_rules, score_readings, sweep
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -46,9 +47,10 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[0, 16, 64, 256], help="head sizes to compare")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--finetune", nargs="*", default=[], metavar="LAYERS:EPOCHS",
-                        help="fine-tuned readers to add, e.g. 6:2 3:2 (minutes each on a CPU)")
-    parser.add_argument("--finetune-lr", type=float, default=3e-5)
+    parser.add_argument("--tuned", nargs="*", default=[], metavar="LAYERS:RANK:EPOCHS",
+                        help="tuned routers to add, e.g. 0:8:2 3:16:2 (minutes each on a CPU)")
+    parser.add_argument("--tuned-lr", type=float, default=None, help="adapters' lr (default: [router] tuned_lr)")
+    parser.add_argument("--head-lr", type=float, default=None, help="head's lr (default: [router] head_lr)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="an .npz of embedded instructions to reuse across runs (written if missing texts)")
     args = parser.parse_args()
@@ -72,12 +74,14 @@ def main() -> None:
     started = time.perf_counter()
     readers["prototypes"] = (Prototypes.fit(x_train, train).read(x_dev), time.perf_counter() - started)
     readers["rules"] = (read_rules(dev), 0.0)
-    for spec in args.finetune:
-        layers, epochs = (int(v) for v in spec.split(":"))
+    for spec in args.tuned:
+        layers, rank, epochs = (int(v) for v in spec.split(":"))
         started = time.perf_counter()
-        read = finetune_reader(encoder.model_dir, train, layers, epochs, args.finetune_lr, args.seed)
-        readers[f"finetune-l{layers}-e{epochs}"] = ([read_probabilities(p) for p in read([e.text for e in dev])],
-                                                    time.perf_counter() - started)
+        tuned = fit_tuned(encoder.model_dir, train, TunedSpec(layers, rank, 2 * rank), epochs,
+                          args.tuned_lr or defaults.tuned_lr, args.head_lr or defaults.head_lr, args.seed,
+                          encoder.checksum, defaults.threshold)
+        readers[f"tuned-l{layers}-r{rank}-e{epochs}"] = (tuned.read_texts([e.text for e in dev]),
+                                                         time.perf_counter() - started)
 
     results = {}
     for name, (readings, seconds) in readers.items():

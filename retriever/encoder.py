@@ -39,7 +39,7 @@ from retriever.model_dir import (
     saved_prompts,
 )
 from retriever.records import Source
-from retriever.router import SourceRouter, find_router
+from retriever.router import Router, find_router
 from retriever.tokens import QueryTokenCounter, count_with
 
 logger = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class Encoder:
         self.export: dict[str, str] | None = None
         self.model = self._load()
         #: The model's source router (None: it has none, so instructions resolve by the rules).
-        self.router: SourceRouter | None = find_router(self.model_dir, self.checksum)
+        self.router: Router | None = find_router(self.model_dir, self.checksum)
         # The tokenizer and model are not safe to call from two threads at once (the server's batcher
         # and a publish's canary both encode); calls hold this lock, so keep them short.
         self._lock = threading.Lock()

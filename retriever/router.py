@@ -5,10 +5,17 @@ tables") is resolved here, once, by :class:`SourceResolver` (``Searcher.plan`` c
 
 * ``rules``: :func:`retriever.instructions.resolve_sources`, keyword regexes (no negation, no
   synonyms beyond their list); always sure of what they read.
-* ``model``: the model's :class:`SourceRouter`, a small head on the model's own (frozen) embedding
-  of the instruction, trained with it (``retriever train`` or ``retriever train-router``). It
-  reads a probability that the instruction names a source at all (the gate) and one per source
-  type; the set it reads is the sources at >= 0.5, and its confidence is the probability of
+* ``model``: the model's router, trained with it (``retriever train`` or ``retriever train-router``),
+  one of two kinds:
+
+  - :class:`TunedRouter` (the default since it was measured better, ``benchmarks/RESULTS.md``,
+    "Source router"): the model's own transformer reads the instruction's words through LoRA
+    adapters (peft), mean-pooled, with a linear head. The adapters and head are a few hundred KB;
+    the base weights are the model's, so nothing else is shipped.
+  - :class:`SourceRouter`: a small head on the model's own (frozen) embedding of the instruction.
+
+  Either reads a probability that the instruction names a source at all (the gate) and one per
+  source type; the set it reads is the sources at >= 0.5, and its confidence is the probability of
   exactly that reading, ``gate * prod_s max(p_s, 1 - p_s)`` (``1 - gate`` for "names none").
   The filter is applied only at or above the router's threshold; below it the encoder alone
   decides (it reads the instruction too). The router reads the instruction alone, not the question.
@@ -22,10 +29,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -44,6 +52,8 @@ ROUTER_FILE = "router.safetensors"
 #: Routers of models that cannot hold one (the bundled wheel): ``router-<checksum[:16]>.safetensors``.
 SHIPPED_DIR = Path(__file__).parent / "data"
 ROUTER_FORMAT = "1"
+#: The format of a :class:`TunedRouter` file.
+TUNED_FORMAT = "2"
 #: Instructions whose reading is kept (the cache is emptied when it would grow past this).
 CACHE_SIZE = 4096
 #: The order of the head's outputs after the gate.
@@ -121,6 +131,12 @@ class SourceRouter:
         """The set each embedded instruction asks for, with the router's confidence in it."""
         return [read_probabilities(row) for row in self.probabilities(embeddings)]
 
+    def read_texts(self, texts: Sequence[str], embed: Embed | None) -> list[Routing]:
+        """The reading of each instruction, embedded with ``embed`` (the model's document embedding)."""
+        if embed is None:
+            raise InvalidInputError("this router reads the model's embedding of an instruction: give an embed")
+        return self.read(embed(texts))
+
     def save(self, path: Path) -> None:
         """Write safetensors (float16 weights; checksum, threshold and format in the header)."""
         from safetensors.numpy import save_file
@@ -132,34 +148,211 @@ class SourceRouter:
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata={"format": ROUTER_FORMAT, "threshold": repr(self.threshold),
                                                "model_checksum": self.model_checksum})
+        tmp.chmod(0o644)  # readable by a server running as another user, like the model's other files
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path, model_checksum: str | None = None) -> SourceRouter:
-        """Read a saved router; refuse one trained on another model than ``model_checksum``.
-
-        Raises:
-            ModelError: unreadable, another format, or another model's router.
-        """
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="numpy") as fh:
-                meta = fh.metadata() or {}
-                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        except Exception as exc:  # safetensors raises several types for a bad file
-            raise ModelError(f"{path}: not a readable router file: {exc}") from exc
-        if meta.get("format") != ROUTER_FORMAT:
-            raise ModelError(f"{path}: router format {meta.get('format')!r}, expected {ROUTER_FORMAT}")
-        if model_checksum is not None and meta.get("model_checksum") != model_checksum:
-            raise ModelError(f"{path}: this router was trained on model {str(meta.get('model_checksum'))[:12]}, "
-                             f"not {model_checksum[:12]}; retrain it with `retriever train-router`")
+    def from_file(cls, path: Path, meta: dict[str, str], tensors: dict[str, np.ndarray]) -> SourceRouter:
         count = len(tensors) // 2
         try:
             layers = [(tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"]) for i in range(count)]
             return cls(layers, float(meta["threshold"]), str(meta["model_checksum"]))
         except (KeyError, ValueError) as exc:
             raise ModelError(f"{path}: incomplete router file: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class TunedSpec:
+    """The shape of a :class:`TunedRouter`.
+
+    Attributes:
+        layers: the model's first ``layers`` transformer layers read the instruction (0: all).
+        rank, alpha: LoRA rank and scaling (peft ``LoraConfig``), on every linear layer of those layers.
+        max_length: instruction tokens read (longer ones are truncated).
+    """
+
+    layers: int = 0
+    rank: int = 8
+    alpha: int = 16
+    max_length: int = 64
+
+
+class TunedRouter:
+    """The model's transformer, LoRA-adapted, reading the instruction's words: mean-pooled last
+    hidden states, a linear head, 1 + 4 sigmoid outputs (as :class:`SourceRouter`).
+
+    The network is built on first use from the model directory's own weights (transformers
+    ``AutoModel``), the adapters applied and merged (peft), so a server that never resolves an
+    instruction never loads it; :meth:`warm` loads it ahead.
+
+    Args:
+        model_dir: the model whose transformer the adapters adapt.
+        spec: layers, LoRA rank and alpha, tokens read.
+        adapter: peft's adapter state (``get_peft_model_state_dict``), name -> array.
+        head: ``(weight [hidden, 5], bias [5])``.
+        threshold: the confidence at or above which a read filter is applied.
+        model_checksum: the checksum of ``model_dir``'s model.
+        network: an already adapted network (training hands over the one it trained).
+    """
+
+    def __init__(self, model_dir: Path, spec: TunedSpec, adapter: dict[str, np.ndarray],
+                 head: tuple[np.ndarray, np.ndarray], threshold: float, model_checksum: str,
+                 network: Any = None) -> None:
+        if head[0].ndim != 2 or head[0].shape[1] != 1 + len(ROUTER_SOURCES) or head[1].shape != (head[0].shape[1],):
+            raise ModelError(f"a router's head must map to {1 + len(ROUTER_SOURCES)} outputs")
+        if not 0.0 <= threshold <= 1.0:
+            raise ModelError(f"router threshold must be in [0, 1], got {threshold}")
+        if not adapter:
+            raise ModelError("a tuned router needs its adapter weights")
+        self.model_dir, self.spec = Path(model_dir), spec
+        # Saved as float16; rounded here too, so a router reads the same before and after saving.
+        self.adapter = {k: _half(v) for k, v in adapter.items()}
+        self.head = (_half(head[0]), _half(head[1]))
+        self.threshold, self.model_checksum = float(threshold), model_checksum
+        self._network: Any = network
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+
+    def warm(self) -> None:
+        """Load the network now (the first read does otherwise)."""
+        self._loaded()
+
+    def _loaded(self) -> tuple[Any, Any]:
+        with self._lock:
+            if self._tokenizer is None:
+                import torch
+                from transformers import AutoTokenizer
+
+                self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+                if self._network is None:
+                    network = adapted_network(self.model_dir, self.spec)
+                    from peft import set_peft_model_state_dict
+
+                    set_peft_model_state_dict(network, {k: torch.from_numpy(v) for k, v in self.adapter.items()})
+                    self._network = network.merge_and_unload()
+                    logger.info("source router: %s with rank-%d adapters loaded (%s layers)", self.model_dir.name,
+                                self.spec.rank, self.spec.layers or "all")
+                self._network.eval()
+            return self._network, self._tokenizer
+
+    def probabilities_of(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
+        """float32 ``[n, 5]``: P(names a source), then P(allows s) for each of :data:`ROUTER_SOURCES`."""
+        import torch
+
+        network, tokenizer = self._loaded()
+        w, b = (torch.from_numpy(t) for t in self.head)
+        out = []
+        # one reader at a time: a fast tokenizer refuses concurrent calls ("Already borrowed"); readings are cached
+        with self._read_lock, torch.inference_mode():
+            for i in range(0, len(texts), batch_size):
+                pooled = mean_pooled(network, tokenizer, texts[i:i + batch_size], self.spec.max_length)
+                out.append(torch.sigmoid(pooled.float() @ w + b).numpy())
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 5), np.float32)
+
+    def read_texts(self, texts: Sequence[str], embed: Embed | None = None) -> list[Routing]:
+        """The set each instruction asks for, with the router's confidence in it (``embed`` unused)."""
+        return [read_probabilities(row) for row in self.probabilities_of(list(texts))]
+
+    def save(self, path: Path) -> None:
+        """Write safetensors (float16 adapters and head; the spec, checksum and threshold in the header)."""
+        from safetensors.numpy import save_file
+
+        tensors = {f"adapter.{k}": v.astype(np.float16) for k, v in self.adapter.items()}
+        tensors["head.weight"], tensors["head.bias"] = (t.astype(np.float16) for t in self.head)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={
+            "format": TUNED_FORMAT, "threshold": repr(self.threshold), "model_checksum": self.model_checksum,
+            "layers": str(self.spec.layers), "rank": str(self.spec.rank), "alpha": str(self.spec.alpha),
+            "max_length": str(self.spec.max_length)})
+        tmp.chmod(0o644)  # readable by a server running as another user, like the model's other files
+        tmp.replace(path)
+
+    @classmethod
+    def from_file(cls, path: Path, meta: dict[str, str], tensors: dict[str, np.ndarray],
+                  model_dir: Path) -> TunedRouter:
+        try:
+            spec = TunedSpec(int(meta["layers"]), int(meta["rank"]), int(meta["alpha"]), int(meta["max_length"]))
+            adapter = {k.removeprefix("adapter."): v for k, v in tensors.items() if k.startswith("adapter.")}
+            return cls(model_dir, spec, adapter, (tensors["head.weight"], tensors["head.bias"]),
+                       float(meta["threshold"]), str(meta["model_checksum"]))
+        except (KeyError, ValueError) as exc:
+            raise ModelError(f"{path}: incomplete router file: {exc}") from exc
+
+
+def adapted_network(model_dir: Path, spec: TunedSpec) -> Any:
+    """The model's transformer cut to its first ``spec.layers`` layers, with fresh LoRA adapters on
+    every linear layer (peft ``all-linear``), embeddings and everything else frozen.
+
+    Raises:
+        ModelError: the transformer has no layer list this knows how to cut (BERT-like
+            ``encoder.layer`` or decoder ``layers``), or fewer layers than asked.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    base = AutoModel.from_pretrained(str(model_dir), local_files_only=True, use_safetensors=True)
+    owner = getattr(base, "encoder", None) if hasattr(getattr(base, "encoder", None), "layer") else None
+    if owner is not None:
+        layers, name = owner.layer, "layer"
+    elif hasattr(base, "layers"):
+        owner, layers, name = base, base.layers, "layers"
+    else:
+        raise ModelError(f"{model_dir}: a tuned router needs a BERT-like or decoder transformer; "
+                         "train a head router instead (`--set router.kind=head`)")
+    if not 0 <= spec.layers <= len(layers):
+        raise ModelError(f"{model_dir}: a tuned router of {spec.layers} layers, the model has {len(layers)}")
+    setattr(owner, name, layers[:spec.layers or len(layers)])
+    if hasattr(base, "pooler"):
+        base.pooler = None  # unused: the router mean-pools
+    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=0.0, target_modules="all-linear")
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing the user can act on
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(base, config)
+
+
+def mean_pooled(network: Any, tokenizer: Any, texts: Sequence[str], max_length: int) -> Any:
+    """Mean of the last hidden states over each text's tokens (torch ``[n, hidden]``)."""
+    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    hidden = network(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class Router(Protocol):
+    """What :class:`SourceResolver` needs of a router (:class:`SourceRouter` or :class:`TunedRouter`)."""
+
+    threshold: float
+    model_checksum: str
+
+    def read_texts(self, texts: Sequence[str], embed: Embed | None) -> list[Routing]: ...
+
+    def save(self, path: Path) -> None: ...
+
+
+def load_router(path: Path, model_dir: Path, model_checksum: str | None = None) -> Router:
+    """Read a saved router of either kind; refuse one trained on another model than ``model_checksum``.
+
+    Raises:
+        ModelError: unreadable, another format, or another model's router.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises several types for a bad file
+        raise ModelError(f"{path}: not a readable router file: {exc}") from exc
+    if meta.get("format") not in (ROUTER_FORMAT, TUNED_FORMAT):
+        raise ModelError(f"{path}: router format {meta.get('format')!r}, expected {ROUTER_FORMAT} or {TUNED_FORMAT}")
+    if model_checksum is not None and meta.get("model_checksum") != model_checksum:
+        raise ModelError(f"{path}: this router was trained on model {str(meta.get('model_checksum'))[:12]}, "
+                         f"not {model_checksum[:12]}; retrain it with `retriever train-router`")
+    if meta["format"] == TUNED_FORMAT:
+        return TunedRouter.from_file(path, meta, tensors, model_dir)
+    return SourceRouter.from_file(path, meta, tensors)
 
 
 def _half(values: np.ndarray) -> np.ndarray:
@@ -178,7 +371,7 @@ def read_probabilities(p: np.ndarray) -> Routing:
     return Routing(chosen, confidence)
 
 
-def find_router(model_dir: Path, checksum: str) -> SourceRouter | None:
+def find_router(model_dir: Path, checksum: str) -> Router | None:
     """The model's router: ``<model_dir>/router.safetensors``, else the one shipped for its checksum.
 
     Raises:
@@ -186,7 +379,7 @@ def find_router(model_dir: Path, checksum: str) -> SourceRouter | None:
     """
     for path in (model_dir / ROUTER_FILE, shipped_router_path(checksum)):
         if path.is_file():
-            return SourceRouter.load(path, checksum)
+            return load_router(path, model_dir, checksum)
     return None
 
 
@@ -197,18 +390,19 @@ class SourceResolver:
         resolution: ``filter`` (the router when there is one, else the rules), ``model``,
             ``rules`` or ``encoder-only`` (never filter).
         router: the model's router, if it has one.
-        embed: the model's document embedding (needed with a router).
+        embed: the model's document embedding (needed with a :class:`SourceRouter`).
 
     Raises:
         InvalidInputError: ``model`` without a router.
     """
 
-    def __init__(self, resolution: SourceResolution, router: SourceRouter | None = None,
+    def __init__(self, resolution: SourceResolution, router: Router | None = None,
                  embed: Embed | None = None) -> None:
         resolution = SourceResolution(resolution)  # configuration may hand over the plain value
+        usable = router is not None and (embed is not None or isinstance(router, TunedRouter))
         if resolution is SourceResolution.FILTER:
-            resolution = SourceResolution.MODEL if router is not None and embed is not None else SourceResolution.RULES
-        if resolution is SourceResolution.MODEL and (router is None or embed is None):
+            resolution = SourceResolution.MODEL if usable else SourceResolution.RULES
+        if resolution is SourceResolution.MODEL and not usable:
             raise InvalidInputError("--resolve model: this model has no source router; train one with "
                                     "`retriever train-router --model DIR` or use --resolve rules")
         self.mode, self.router, self._embed = resolution, router, embed
@@ -222,10 +416,18 @@ class SourceResolver:
             return cls(resolution)
         return cls(resolution, encoder.router, lambda texts: encoder.encode_documents(texts, show_progress=False))
 
+    def warm(self) -> None:
+        """Load what the first resolution would load (a tuned router's network), so no query pays for it."""
+        if self.mode is SourceResolution.MODEL and isinstance(self.router, TunedRouter):
+            self.router.warm()
+
     def describe(self) -> str:
         """Which reader this resolver uses, for the log."""
         if self.router is not None and self.mode is SourceResolution.MODEL:
-            return f"model (the model's source router, filtering at confidence >= {self.router.threshold:.2f})"
+            kind = ("the model's transformer with LoRA adapters" if isinstance(self.router, TunedRouter)
+                    else "a head on the model's embedding")
+            return (f"model (the model's source router: {kind}; filtering at confidence "
+                    f">= {self.router.threshold:.2f})")
         if self.mode is SourceResolution.RULES:
             return "rules (keyword regexes)"
         return "encoder-only (instructions never filter)"
@@ -251,13 +453,13 @@ class SourceResolver:
         Raises:
             InvalidInputError: this resolver has no router.
         """
-        if self.router is None or self._embed is None:
+        if self.router is None:
             raise InvalidInputError("this resolver has no source router")
         with self._lock:
             known = {t: self._cache[t] for t in instructions if t in self._cache}
         missing = [t for t in dict.fromkeys(instructions) if t not in known]
         if missing:
-            known.update(zip(missing, self.router.read(self._embed(missing)), strict=True))
+            known.update(zip(missing, self.router.read_texts(missing, self._embed), strict=True))
             with self._lock:
                 if len(self._cache) + len(missing) > CACHE_SIZE:
                     self._cache.clear()

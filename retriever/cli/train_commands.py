@@ -38,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     router = subparsers.add_parser(
         "train-router", help="train a model's source router (which sources an instruction asks for)",
-        description="Fit the source router on the model's embeddings of the router grammar's training "
-        "instructions, report it on the held-apart dev phrasings and save it where the model's loader finds it: "
+        description="Fit the source router on the router grammar's training instructions, report it on the "
+        "held-apart dev phrasings and save it where the model's loader finds it: "
         "<model>/router.safetensors, or for the bundled model retriever/data/router-<checksum>.safetensors. "
         "`retriever train` does this itself after the last stage ([router] in the TOML). See docs/TRAINING.md.")
     router.add_argument("--model", default=None,
@@ -47,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     router.add_argument("--out", type=Path, default=None, help="where to write the router (default: see above)")
     router.add_argument("--threshold", type=float, default=None,
                         help="filter at router confidence >= this (default: [router] threshold's default)")
+    router.add_argument("--kind", choices=("tuned", "head"), default=None,
+                        help="tuned (default): LoRA adapters on the model's transformer and a linear head, minutes "
+                        "on a CPU, reads negations and multi-source requests better; head: a small head on the "
+                        "model's frozen embedding, seconds (docs/TRAINING.md, 'The source router')")
     router.add_argument("--seed", type=int, default=42, help="grammar and head seed (default 42)")
     router.add_argument("--device", default=None, help="cpu, cuda... (default: CUDA when present)")
     router.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -142,7 +146,11 @@ def run_train_router(args: argparse.Namespace) -> int:
     from retriever.training.config import RouterConfig
     from retriever.training.router import train_model_router
 
-    config = RouterConfig() if args.threshold is None else replace(RouterConfig(), threshold=args.threshold)
+    config = RouterConfig()
+    if args.threshold is not None:
+        config = replace(config, threshold=args.threshold)
+    if args.kind is not None:
+        config = replace(config, kind=args.kind)
     config.validate()
     path, report = train_model_router(args.model, config, args.seed, args.out, args.device, args.threads)
     dev = report.dev

@@ -196,6 +196,7 @@ class RetrieverServer:
                         batcher.cost.seconds(1) * 1000, self.config.max_batch,
                         batcher.cost.seconds(self.config.max_batch) * 1000)
         resolver = SourceResolver.for_encoder(self.config.resolution, encoder)  # --resolve model needs a router
+        resolver.warm()
         logger.info("source resolution: %s", resolver.describe())
         registry = IndexRegistry(encoder, self.config.resolution, use_gpu=self.config.use_gpu)
         if self.metrics is not None:

@@ -1,10 +1,12 @@
 """Train and measure a model's source router (:class:`retriever.router.SourceRouter`).
 
-The router is a small head on the model's frozen embedding of the instruction, fitted to the
-labelled instructions of :func:`~retriever.training.instruction_pool.router_examples` (``train``
-split) and measured on the held-apart ``dev`` split, whose frames, source names and connectives
-never occur in training. Two other readers are measured the same way: prototype similarity (the
-nearest mean embedding of each labelled set) and the keyword rules.
+The router (``[router] kind``) is LoRA adapters on the model's own transformer with a linear head
+(:func:`fit_tuned`), or a small head on the model's frozen embedding of the instruction
+(:func:`fit_head`), fitted to the labelled instructions of
+:func:`~retriever.training.instruction_pool.router_examples` (``train`` split) and measured on the
+held-apart ``dev`` split, whose frames, source names and connectives never occur in training. Two
+other readers are measured the same way (``benchmarks/router_compare.py``): prototype similarity
+(the nearest mean embedding of each labelled set) and the keyword rules.
 
 Figures per reader (``score_readings``): exact-set accuracy of the reading (all, and per kind:
 single, multi, negation, unnamed), per-source precision and recall of the sets read, and, at a
@@ -17,7 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,17 @@ import numpy as np
 
 from retriever.instructions import resolve_sources
 from retriever.records import Source
-from retriever.router import ROUTER_SOURCES, Embed, Routing, SourceRouter
+from retriever.router import (
+    ROUTER_SOURCES,
+    Embed,
+    Router,
+    Routing,
+    SourceRouter,
+    TunedRouter,
+    TunedSpec,
+    adapted_network,
+    mean_pooled,
+)
 from retriever.training.config import RouterConfig
 from retriever.training.instruction_pool import RouterExample, router_examples
 
@@ -84,62 +96,57 @@ def fit_head(x: np.ndarray, examples: Sequence[RouterExample], hidden: int, step
     return [(w.detach().numpy().copy(), b.detach().numpy().copy()) for w, b in params]
 
 
-def finetune_reader(model_dir: Path, examples: Sequence[RouterExample], layers: int, epochs: int, lr: float,
-                    seed: int, batch_size: int = 32) -> Callable[[Sequence[str]], np.ndarray]:
-    """Fine-tune the model's transformer (its first ``layers`` layers, mean-pooled) with a linear
-    head on the router's targets: the whole network reads the instruction, not a frozen embedding.
+def fit_tuned(model_dir: Path, examples: Sequence[RouterExample], spec: TunedSpec, epochs: int, lr: float,
+              head_lr: float, seed: int, model_checksum: str, threshold: float,
+              batch_size: int = 32) -> TunedRouter:
+    """Fit a :class:`~retriever.router.TunedRouter`: LoRA adapters on the model's first
+    ``spec.layers`` transformer layers and a linear head on their mean-pooled output, so the whole
+    network reads the instruction's words (negations, multi-source requests) rather than a head on
+    a frozen pooled embedding.
 
-    The same binary cross-entropy and mask as :func:`fit_head`; AdamW (head at 30x ``lr``), linear
-    warm-up over the first 10 % of steps and linear decay. A benchmark reader for now
-    (``benchmarks/router_compare.py --finetune``), not a router the server loads.
-
-    Returns:
-        texts -> float32 ``[n, 5]`` probabilities (gate, then :data:`ROUTER_SOURCES`), in eval mode.
+    The same binary cross-entropy and mask as :func:`fit_head`; AdamW (adapters at ``lr``, head at
+    ``head_lr``), linear warm-up over the first 10 % of steps and linear decay to 0.
     """
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from peft import get_peft_model_state_dict
+    from transformers import AutoTokenizer
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    encoder = AutoModel.from_pretrained(str(model_dir), local_files_only=True, use_safetensors=True)
-    encoder.encoder.layer = encoder.encoder.layer[:layers]
-    head = torch.nn.Linear(encoder.config.hidden_size, 1 + len(ROUTER_SOURCES))
-
-    def forward(texts: Sequence[str]) -> Any:
-        batch = tokenizer(list(texts), padding=True, truncation=True, max_length=64, return_tensors="pt")
-        hidden = encoder(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return head((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0))
-
+    network = adapted_network(model_dir, spec)
+    head = torch.nn.Linear(network.get_base_model().config.hidden_size, 1 + len(ROUTER_SOURCES))
     y = torch.from_numpy(targets(examples))
     weight = torch.ones_like(y)
     weight[:, 1:] = y[:, :1]
     steps = max(1, epochs * (len(examples) // batch_size))
-    optimizer = torch.optim.AdamW([{"params": encoder.parameters(), "lr": lr},
-                                   {"params": head.parameters(), "lr": lr * 30}], weight_decay=0.01)
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": trainable, "lr": lr}, {"params": head.parameters(), "lr": head_lr}],
+                                  weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / (0.1 * steps)) * max(0.0, 1 - step / steps))
     rng = np.random.default_rng(seed)
     texts = [e.text for e in examples]
-    encoder.train()
-    for _ in range(epochs):
+    network.train()
+    for epoch in range(epochs):
         order = rng.permutation(len(examples))
+        total = 0.0
         for i in range(0, len(order) - batch_size + 1, batch_size):
             idx = order[i:i + batch_size]
+            logits = head(mean_pooled(network, tokenizer, [texts[j] for j in idx], spec.max_length))
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                forward([texts[j] for j in idx]), y[idx], weight=weight[idx], reduction="sum") / batch_size
+                logits, y[idx], weight=weight[idx], reduction="sum") / batch_size
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
-    encoder.eval()
-
-    def read(batch_texts: Sequence[str]) -> np.ndarray:
-        with torch.no_grad():
-            return np.concatenate([torch.sigmoid(forward(batch_texts[i:i + 128])).numpy()
-                                   for i in range(0, len(batch_texts), 128)]).astype(np.float32)
-
-    return read
+            total += float(loss.detach())
+        logger.info("tuned router: epoch %d/%d, mean loss %.4f", epoch + 1, epochs,
+                    total / max(1, len(order) // batch_size))
+    network.eval()
+    adapter = {k: v.detach().float().numpy().copy() for k, v in get_peft_model_state_dict(network).items()}
+    trained = (head.weight.detach().numpy().T.copy(), head.bias.detach().numpy().copy())
+    # the router keeps the trained network unmerged: it reads exactly as the saved file will once loaded
+    return TunedRouter(model_dir, spec, adapter, trained, threshold, model_checksum, network=network)
 
 
 @dataclass
@@ -229,7 +236,7 @@ def _mean(values: Sequence[bool]) -> float:
 class RouterReport:
     """A trained router and its figures on the held-apart dev phrasings."""
 
-    router: SourceRouter
+    router: Router
     dev: dict[str, Any]
     sweep: list[dict[str, float]]
     seconds: float
@@ -239,16 +246,24 @@ class RouterReport:
                 "seconds": round(self.seconds, 1)}
 
 
-def train_router(embed: Embed, model_checksum: str, config: RouterConfig, seed: int) -> RouterReport:
-    """Fit the router on the train split with the model's embedding; measure it on the dev split."""
+def train_router(embed: Embed, model_dir: Path, model_checksum: str, config: RouterConfig,
+                 seed: int) -> RouterReport:
+    """Fit the router (``config.kind``) on the train split; measure it on the dev split."""
     started = time.perf_counter()
     train = router_examples("train", config.train_examples, seed)
     dev = router_examples("dev", config.dev_examples, seed)
-    logger.info("source router: embedding %d training and %d dev instructions", len(train), len(dev))
-    x_train, x_dev = embed([e.text for e in train]), embed([e.text for e in dev])
-    layers = fit_head(x_train, train, config.hidden, config.steps, config.lr, config.weight_decay, seed)
-    router = SourceRouter(layers, config.threshold, model_checksum)
-    readings = router.read(x_dev)
+    router: Router
+    if config.kind == "tuned":
+        logger.info("source router: tuning %s layers (LoRA rank %d) on %d training instructions, %d epochs",
+                    config.layers or "all", config.rank, len(train), config.epochs)
+        router = fit_tuned(model_dir, train, TunedSpec(config.layers, config.rank, config.alpha), config.epochs,
+                           config.tuned_lr, config.head_lr, seed, model_checksum, config.threshold)
+    else:
+        logger.info("source router: embedding %d training and %d dev instructions", len(train), len(dev))
+        layers = fit_head(embed([e.text for e in train]), train, config.hidden, config.steps, config.lr,
+                          config.weight_decay, seed)
+        router = SourceRouter(layers, config.threshold, model_checksum)
+    readings = router.read_texts([e.text for e in dev], embed)
     report = RouterReport(router, score_readings(dev, readings, config.threshold), sweep(dev, readings),
                           time.perf_counter() - started)
     logger.info("source router on the held-apart dev phrasings: exact set %.3f (negation %.3f, multi %.3f); at "
@@ -284,7 +299,7 @@ def train_model_router(model: str | None, config: RouterConfig, seed: int, out: 
     if out is None:
         bundled = canonical_name(model) is not None
         out = shipped_router_path(encoder.checksum) if bundled else encoder.model_dir / ROUTER_FILE
-    report = train_router(lambda texts: encoder.encode_documents(texts, show_progress=False), encoder.checksum,
-                          config, seed)
+    report = train_router(lambda texts: encoder.encode_documents(texts, show_progress=False), encoder.model_dir,
+                          encoder.checksum, config, seed)
     save_router(report, out)
     return out, report

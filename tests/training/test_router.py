@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from retriever.errors import ModelError
 from retriever.records import Source
 from retriever.router import ROUTER_FILE, Routing, SourceRouter
 from retriever.training import config_from_dict, train
@@ -130,13 +131,37 @@ def test_keys_added_later_leave_the_fingerprint_alone_at_their_default(tiny_data
     assert other.fingerprint() != base.fingerprint() and lenient.fingerprint() != base.fingerprint()
 
 
-def test_a_fine_tuned_reader_learns_a_toy_pool_on_a_tiny_model(tiny_st_model: Path) -> None:
-    from retriever.router import read_probabilities
-    from retriever.training.router import finetune_reader
+def test_a_tuned_router_learns_a_toy_pool_and_reads_the_same_once_saved(tiny_st_model: Path,
+                                                                          tmp_path: Path) -> None:
+    import shutil
+
+    from retriever.router import TunedRouter, TunedSpec, find_router
+    from retriever.training.router import fit_tuned
 
     pool = {"use tables": (Source.TABLE,), "use text": (Source.TEXT,), "anything but tables":
             (Source.TEXT, Source.KB, Source.INFOBOX), "be concise": ()}
     examples = [RouterExample(t, frozenset(s), "toy") for t, s in pool.items()] * 32
-    read = finetune_reader(tiny_st_model, examples, layers=2, epochs=4, lr=3e-3, seed=0, batch_size=16)
-    readings = [read_probabilities(p) for p in read(list(pool))]
+    router = fit_tuned(tiny_st_model, examples, TunedSpec(layers=2, rank=8, alpha=16), epochs=8, lr=1e-2,
+                       head_lr=5e-2, seed=0, model_checksum="c" * 64, threshold=0.7, batch_size=16)
+    readings = router.read_texts(list(pool))
     assert {t: set(r.sources) for t, r in zip(pool, readings, strict=True)} == {t: set(s) for t, s in pool.items()}
+    # saved next to a copy of the model, it is found, rebuilt from the model's own weights, and reads alike
+    model = tmp_path / "model"
+    shutil.copytree(tiny_st_model, model)
+    router.save(model / ROUTER_FILE)
+    loaded = find_router(model, "c" * 64)
+    assert isinstance(loaded, TunedRouter) and loaded.spec == router.spec and loaded.threshold == 0.7
+    np.testing.assert_allclose(loaded.probabilities_of(list(pool)), router.probabilities_of(list(pool)), atol=2e-3)
+    assert (model / ROUTER_FILE).stat().st_size < 200_000  # adapters and head only, not the model
+    # the server's resolver uses it without the model's embedding, and filters when it is sure
+    from retriever.query import SourceResolution
+    from retriever.router import SourceResolver
+
+    resolver = SourceResolver(SourceResolution.FILTER, loaded)
+    resolver.warm()
+    assert resolver.mode is SourceResolution.MODEL and "LoRA" in resolver.describe()
+    resolution = resolver.resolve("use tables")
+    assert resolution.confidence is not None
+    assert resolution.sources == ((Source.TABLE,) if resolution.confidence >= 0.7 else ())
+    with pytest.raises(ModelError, match="trained on model cccc"):
+        find_router(model, "d" * 64)
