@@ -1,7 +1,8 @@
 """The local and the Ray Data build engines side by side on one corpus: equality, time, memory.
 
     python benchmarks/engine_compare.py --name sample                     # the bundled sample corpus
-    python benchmarks/engine_compare.py --ids ../shared/data/heteromix/mini.ids.txt --name mini
+    python benchmarks/engine_compare.py --ids ../shared/data/heteromix/mini.ids.txt --name mini \
+        --build-flags="--model /work/models/heteromix --backend openvino --precision bfloat16"
 
 Runs ``retriever build-index`` twice as subprocesses, the local engine then ``--engine ray`` on a
 local Ray instance (all the machine's CPUs), each alone on the machine. Reports, for each: wall
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import threading
@@ -30,8 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "heteromix"
 sys.path.insert(0, str(ROOT))
 
+from retriever.backends import Backend, Precision  # noqa: E402
 from retriever.encoder import Encoder, EncoderConfig  # noqa: E402
 from retriever.index import Index, Manifest  # noqa: E402
+from retriever.machine import cpu_flags  # noqa: E402
 from retriever.query import Query  # noqa: E402
 from retriever.records import Source  # noqa: E402
 from retriever.sample import SAMPLE_CORPUS, data_file  # noqa: E402
@@ -84,7 +88,7 @@ def run_build(args: list[str]) -> dict[str, Any]:
             "last_line": output.strip().splitlines()[-1]}
 
 
-def compare(local: Path, ray: Path, questions: list[str]) -> dict[str, Any]:
+def compare(local: Path, ray: Path, questions: list[str], encoder_config: EncoderConfig) -> dict[str, Any]:
     a, b = Index.load(local, use_gpu=False), Index.load(ray, use_gpu=False)
     same_units = (len(a.store) == len(b.store) and list(a.store.record_ids) == list(b.store.record_ids)
                   and list(a.store.texts) == list(b.store.texts) and np.array_equal(a.store.parts, b.store.parts))
@@ -95,7 +99,7 @@ def compare(local: Path, ray: Path, questions: list[str]) -> dict[str, Any]:
             n = min(50_000, shard.count - start)
             diff = max(diff, float(np.abs(shard.cpu_index.reconstruct_n(start, n)
                                           - other.cpu_index.reconstruct_n(start, n)).max()))
-    encoder = Encoder(EncoderConfig(show_progress=False))
+    encoder = Encoder(encoder_config)
     sa, sb = Searcher(a, encoder), Searcher(b, encoder)
     same, total = 0, 0
     for sources in [(), (Source.TABLE,), (Source.KB, Source.INFOBOX)]:
@@ -116,16 +120,20 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="dev questions whose top-10 are compared")
     parser.add_argument("--work", type=Path, default=ROOT / "index_builds")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--build-flags", default="",
+                        help="extra `build-index` flags for both builds (one string), e.g. the model and backend; "
+                        "the compared searches encode with the same --model/--backend/--precision")
     args = parser.parse_args()
     corpus = args.corpus or (DATA / "corpus.jsonl.gz" if args.ids else data_file(SAMPLE_CORPUS))
-    cli = [sys.executable, "-m", "retriever", "build-index", str(corpus), "--no-progress", "--overwrite"]
+    extra = shlex.split(args.build_flags)
+    cli = [sys.executable, "-m", "retriever", "build-index", str(corpus), "--no-progress", "--overwrite", *extra]
     if args.ids:
         cli += ["--ids", str(args.ids)]
     local, ray = args.work / f"engines-{args.name}-local", args.work / f"engines-{args.name}-ray"
     results: dict[str, Any] = {"corpus": str(corpus), "ids": str(args.ids) if args.ids else None,
                                "cpu_count": os.cpu_count(), "load_average_before": os.getloadavg(),
                                "machine": platform.processor() or platform.machine(),
-                               "cpu_flags": cpu_flags()}
+                               "cpu": cpu_flags(), "build_flags": extra}
     results["local"] = run_build([*cli, "--out", str(local)])
     results["ray"] = run_build([*cli, "--out", str(ray), "--engine", "ray"])
     for name, path in (("local", local), ("ray", ray)):
@@ -134,21 +142,14 @@ def main() -> None:
         results[name]["parts"] = build["parts"]
     with (DATA / "queries.dev.jsonl").open() as fh:
         questions = [json.loads(line)["text"] for _, line in zip(range(args.queries), fh)]
-    results["equality"] = compare(local, ray, questions)
+    flags = dict(zip(extra[::2], extra[1::2], strict=False))
+    encoder_config = EncoderConfig(model=flags.get("--model"), backend=Backend(flags.get("--backend", "torch")),
+                                   precision=Precision(flags.get("--precision", "auto")), show_progress=False)
+    results["equality"] = compare(local, ray, questions, encoder_config)
     out = args.out or ROOT / "benchmarks" / "results" / f"engines_{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
-
-
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
-    return " ".join(f for f in wanted if f in flags)
 
 
 if __name__ == "__main__":
