@@ -221,16 +221,11 @@ class TunedRouter:
     def _loaded(self) -> tuple[Any, Any]:
         with self._lock:
             if self._tokenizer is None:
-                import torch
                 from transformers import AutoTokenizer
 
                 self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
                 if self._network is None:
-                    network = adapted_network(self.model_dir, self.spec)
-                    from peft import set_peft_model_state_dict
-
-                    set_peft_model_state_dict(network, {k: torch.from_numpy(v) for k, v in self.adapter.items()})
-                    self._network = network.merge_and_unload()
+                    self._network = merged_network(self.model_dir, self.spec, self.adapter)
                     logger.info("source router: %s with rank-%d adapters loaded (%s layers)", self.model_dir.name,
                                 self.spec.rank, self.spec.layers or "all")
                 self._network.eval()
@@ -292,7 +287,11 @@ def adapted_network(model_dir: Path, spec: TunedSpec) -> Any:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModel
 
-    base = AutoModel.from_pretrained(str(model_dir), local_files_only=True, use_safetensors=True)
+    try:
+        base = AutoModel.from_pretrained(str(model_dir), local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{model_dir}: a tuned router needs the model's transformer weights here "
+                         f"(config.json, model.safetensors): {exc}") from exc
     owner = getattr(base, "encoder", None) if hasattr(getattr(base, "encoder", None), "layer") else None
     if owner is not None:
         layers, name = owner.layer, "layer"
@@ -310,6 +309,23 @@ def adapted_network(model_dir: Path, spec: TunedSpec) -> Any:
     with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing the user can act on
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(base, config)
+
+
+def merged_network(model_dir: Path, spec: TunedSpec, adapter: dict[str, np.ndarray]) -> Any:
+    """:func:`adapted_network` with the saved ``adapter`` weights, merged into the base layers.
+
+    Raises:
+        ModelError: the model's weights cannot be read, or the adapters do not fit them.
+    """
+    import torch
+    from peft import set_peft_model_state_dict
+
+    network = adapted_network(model_dir, spec)
+    try:
+        set_peft_model_state_dict(network, {k: torch.from_numpy(v) for k, v in adapter.items()})
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise ModelError(f"{model_dir}: the router's adapters do not fit this model: {exc}") from exc
+    return network.merge_and_unload()
 
 
 def mean_pooled(network: Any, tokenizer: Any, texts: Sequence[str], max_length: int) -> Any:

@@ -165,3 +165,9 @@ def test_a_tuned_router_learns_a_toy_pool_and_reads_the_same_once_saved(tiny_st_
     assert resolution.sources == ((Source.TABLE,) if resolution.confidence >= 0.7 else ())
     with pytest.raises(ModelError, match="trained on model cccc"):
         find_router(model, "d" * 64)
+    # without the model's weights next to it the router cannot be rebuilt: a model error, at load
+    (model / "model.safetensors").unlink()
+    unloadable = find_router(model, "c" * 64)
+    assert isinstance(unloadable, TunedRouter)
+    with pytest.raises(ModelError, match="transformer weights"):
+        unloadable.warm()
