@@ -131,6 +131,12 @@ class SourceRouter:
         """The set each embedded instruction asks for, with the router's confidence in it."""
         return [read_probabilities(row) for row in self.probabilities(embeddings)]
 
+    needs_embed = True
+    description = "a head on the model's embedding"
+
+    def warm(self) -> None:
+        """Nothing to load: the head is in memory."""
+
     def read_texts(self, texts: Sequence[str], embed: Embed | None) -> list[Routing]:
         """The reading of each instruction, embedded with ``embed`` (the model's document embedding)."""
         if embed is None:
@@ -139,17 +145,11 @@ class SourceRouter:
 
     def save(self, path: Path) -> None:
         """Write safetensors (float16 weights; checksum, threshold and format in the header)."""
-        from safetensors.numpy import save_file
-
         tensors = {}
         for i, (w, b) in enumerate(self.layers):
-            tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"] = w.astype(np.float16), b.astype(np.float16)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"format": ROUTER_FORMAT, "threshold": repr(self.threshold),
-                                               "model_checksum": self.model_checksum})
-        tmp.chmod(0o644)  # readable by a server running as another user, like the model's other files
-        tmp.replace(path)
+            tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"] = w, b
+        _write_router(path, tensors, {"format": ROUTER_FORMAT, "threshold": repr(self.threshold),
+                                      "model_checksum": self.model_checksum})
 
     @classmethod
     def from_file(cls, path: Path, meta: dict[str, str], tensors: dict[str, np.ndarray]) -> SourceRouter:
@@ -214,6 +214,9 @@ class TunedRouter:
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
 
+    needs_embed = False
+    description = "the model's transformer with LoRA adapters"
+
     def warm(self) -> None:
         """Load the network now (the first read does otherwise)."""
         self._loaded()
@@ -251,18 +254,12 @@ class TunedRouter:
 
     def save(self, path: Path) -> None:
         """Write safetensors (float16 adapters and head; the spec, checksum and threshold in the header)."""
-        from safetensors.numpy import save_file
-
-        tensors = {f"adapter.{k}": v.astype(np.float16) for k, v in self.adapter.items()}
-        tensors["head.weight"], tensors["head.bias"] = (t.astype(np.float16) for t in self.head)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={
+        tensors = {f"adapter.{k}": v for k, v in self.adapter.items()}
+        tensors["head.weight"], tensors["head.bias"] = self.head
+        _write_router(path, tensors, {
             "format": TUNED_FORMAT, "threshold": repr(self.threshold), "model_checksum": self.model_checksum,
             "layers": str(self.spec.layers), "rank": str(self.spec.rank), "alpha": str(self.spec.alpha),
             "max_length": str(self.spec.max_length)})
-        tmp.chmod(0o644)  # readable by a server running as another user, like the model's other files
-        tmp.replace(path)
 
     @classmethod
     def from_file(cls, path: Path, meta: dict[str, str], tensors: dict[str, np.ndarray],
@@ -341,8 +338,14 @@ class Router(Protocol):
 
     threshold: float
     model_checksum: str
+    #: Whether :meth:`read_texts` needs the model's document embedding of the instructions.
+    needs_embed: bool
+    #: What reads the instruction, for the log.
+    description: str
 
     def read_texts(self, texts: Sequence[str], embed: Embed | None) -> list[Routing]: ...
+
+    def warm(self) -> None: ...
 
     def save(self, path: Path) -> None: ...
 
@@ -369,6 +372,17 @@ def load_router(path: Path, model_dir: Path, model_checksum: str | None = None) 
     if meta["format"] == TUNED_FORMAT:
         return TunedRouter.from_file(path, meta, tensors, model_dir)
     return SourceRouter.from_file(path, meta, tensors)
+
+
+def _write_router(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write a router file atomically: float16 tensors, ``metadata`` in the safetensors header."""
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: np.asarray(v).astype(np.float16) for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    tmp.chmod(0o644)  # readable by a server running as another user, like the model's other files
+    tmp.replace(path)
 
 
 def _half(values: np.ndarray) -> np.ndarray:
@@ -415,7 +429,7 @@ class SourceResolver:
     def __init__(self, resolution: SourceResolution, router: Router | None = None,
                  embed: Embed | None = None) -> None:
         resolution = SourceResolution(resolution)  # configuration may hand over the plain value
-        usable = router is not None and (embed is not None or isinstance(router, TunedRouter))
+        usable = router is not None and (embed is not None or not router.needs_embed)
         if resolution is SourceResolution.FILTER:
             resolution = SourceResolution.MODEL if usable else SourceResolution.RULES
         if resolution is SourceResolution.MODEL and not usable:
@@ -434,15 +448,13 @@ class SourceResolver:
 
     def warm(self) -> None:
         """Load what the first resolution would load (a tuned router's network), so no query pays for it."""
-        if self.mode is SourceResolution.MODEL and isinstance(self.router, TunedRouter):
+        if self.mode is SourceResolution.MODEL and self.router is not None:
             self.router.warm()
 
     def describe(self) -> str:
         """Which reader this resolver uses, for the log."""
         if self.router is not None and self.mode is SourceResolution.MODEL:
-            kind = ("the model's transformer with LoRA adapters" if isinstance(self.router, TunedRouter)
-                    else "a head on the model's embedding")
-            return (f"model (the model's source router: {kind}; filtering at confidence "
+            return (f"model (the model's source router: {self.router.description}; filtering at confidence "
                     f">= {self.router.threshold:.2f})")
         if self.mode is SourceResolution.RULES:
             return "rules (keyword regexes)"

@@ -222,7 +222,7 @@ def _run(config: BuildConfig, encoder: Encoder | EncoderConfig, plan_units: Any,
                 logger.info("resuming: %d of %d parts already encoded", len(done), len(plan.parts))
             encode_started = time.perf_counter()
             if pending:
-                _encode(config, work, plan, pending, encoder, encoder_config, done)
+                encoder = _encode(config, work, plan, pending, encoder, encoder_config, done)
             encode_seconds = time.perf_counter() - encode_started
         dimension = int(work.vectors(plan.parts[0]).shape[1])
         index_bytes = _publish(config, work, plan, info, model_prompts(info.model_dir), dimension, max_tokens,
@@ -394,7 +394,9 @@ def _progress(total: int, done: int, enabled: bool) -> Any:
 
 
 def _encode(config: BuildConfig, work: BuildWork, plan: BuildPlan, pending: list[PartSpec],
-            encoder: Encoder | EncoderConfig, encoder_config: EncoderConfig, done: dict[int, Any]) -> None:
+            encoder: Encoder | EncoderConfig, encoder_config: EncoderConfig,
+            done: dict[int, Any]) -> Encoder | EncoderConfig:
+    """Encode the pending parts; returns the encoder loaded here (the local engine), else ``encoder``."""
     already = sum(p.count for p in plan.parts if p.part in done)
     with _progress(plan.total_units, already, encoder_config.show_progress) as bar:
         if config.engine is Engine.RAY:
@@ -402,7 +404,7 @@ def _encode(config: BuildConfig, work: BuildWork, plan: BuildPlan, pending: list
 
             encode_parts(work, plan, pending, replace(encoder_config, show_progress=False), config.workers,
                          bar.update)
-            return
+            return encoder
         local = encoder if isinstance(encoder, Encoder) else Encoder(encoder_config)
         store = UnitStore.open(work.units_path, plan.total_units)
         for spec in pending:
@@ -411,6 +413,7 @@ def _encode(config: BuildConfig, work: BuildWork, plan: BuildPlan, pending: list
             vectors = local.encode_documents(texts, show_progress=False)
             work.record_part(spec, vectors, time.perf_counter() - began)
             bar.update(spec.count)
+    return local
 
 
 def _gate_queries(work: BuildWork, plan: BuildPlan, encoder: Encoder | EncoderConfig) -> Callable[[], np.ndarray]:
