@@ -93,6 +93,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "query's measured time (batches of a few queries on a small CPU, whole batches on a GPU). "
                             "'off' (default) admits whatever --max-concurrent-calls and --max-queued-queries allow: "
                             "the most throughput, with latency that grows with load (RETRIEVER_LATENCY_BUDGET_MS)")
+    serve.add_argument("--canary-units", type=int, default=None, metavar="N",
+                       help="units the data canary re-encodes and looks up when an index loads or is published "
+                            "(default 64, each shard's first and last always; more catches smaller corruptions, "
+                            "each unit costing one document encoding and one search). 0 skips the re-encoding "
+                            "(exact shards' norms are still checked): only for indexes whose vectors are not the "
+                            "model's by construction, e.g. synthetic benchmarks (RETRIEVER_CANARY_UNITS)")
     serve.add_argument("--resolve", type=SourceResolution, choices=list(SourceResolution), default=None,
                        help=RESOLVE_HELP + " (default filter; RETRIEVER_RESOLUTION)")
     serve.add_argument("--token-file", type=Path, default=None,
@@ -214,7 +220,7 @@ def run_serve(args: argparse.Namespace) -> int:
         "admin_token": read_token(args.admin_token_file) if args.admin_token_file else None,
         "publish_roots": tuple(args.publish_root) if args.publish_root else None,
         "metrics_port": args.metrics_port, "log_queries": args.log_queries,
-        "latency_budget_ms": args.latency_budget_ms,
+        "latency_budget_ms": args.latency_budget_ms, "canary_units": args.canary_units,
     }
     overrides.update({name: getattr(args, name) for _, name, _ in LIMIT_FLAGS})
     config = build_config(overrides)

@@ -101,7 +101,8 @@ def run_data_canary(index: Index, encode: EncodeDocuments, size: int = CANARY_UN
     Args:
         index: the loaded index (already checked against its manifest and for model compatibility).
         encode: the document encoder of the model the index was built with.
-        size: about how many units to re-encode (at least each shard's first and last).
+        size: about how many units to re-encode (at least each shard's first and last); 0 checks
+            the norms only (for indexes whose vectors are not the model's by construction).
         seed: the sample's seed; a fresh random one when None.
         budget_seconds: stop re-encoding after this long, once at least one batch was checked.
 
@@ -112,6 +113,9 @@ def run_data_canary(index: Index, encode: EncodeDocuments, size: int = CANARY_UN
     started = time.perf_counter()
     seed = secrets.randbits(32) if seed is None else seed
     norms = check_norms(index)
+    if size == 0:
+        logger.warning("canary: re-encoding is off (0 units): only the norms of exact shards were checked (%d)", norms)
+        return CanaryReport(0, norms, 1.0, seed, time.perf_counter() - started)
     units = canary_sample(index, size, seed)
     rng = np.random.default_rng(seed)
     units = [units[i] for i in rng.permutation(len(units))]  # a budget cut keeps a spread sample

@@ -33,7 +33,9 @@ of the batch in progress, plus the batches of the queries queued before it, plus
 others are refused at once (``OverloadedError``, RESOURCE_EXHAUSTED) before any parsing or
 queueing work, so under overload the calls that are accepted keep their latency and the excess
 comes back in milliseconds. The ``"auto"`` budget is :data:`AUTO_BUDGET_FACTOR` times one query's
-time, which adapts to the hardware: where batches cost little more than one query (a GPU), whole
+time as :meth:`Batcher.calibrate` measured it on the idle machine at load (an anchor: batches
+slowed by load raise the cost estimate, and so refuse more, but never loosen the budget itself),
+which adapts to the hardware: where batches cost little more than one query (a GPU), whole
 batches fit in it; on a small CPU it lets batches of a few queries form.
 """
 
@@ -234,6 +236,8 @@ class Batcher:
             encoder.query_token_counter() if max_batch_tokens else None)
         self.stats = BatcherStats()
         self.cost = BatchCost()
+        #: One query's seconds as calibrated on the idle machine at load (the "auto" budget's anchor).
+        self.idle_one_query: float | None = None
         self._queue: deque[_Job] = deque()
         self._queued = 0
         self._busy_until: float | None = None  # expected end of the batch in progress (time.monotonic())
@@ -248,8 +252,11 @@ class Batcher:
         return self._queued
 
     def budget_seconds(self) -> float | None:
-        """The latency budget in seconds now (``"auto"`` follows the cost estimate); None: no budget."""
+        """The latency budget in seconds (``"auto"``: from the calibrated one-query time, else the cost
+        estimate until a calibration ran); None: no budget."""
         if self.latency_budget == "auto":
+            if self.idle_one_query is not None:
+                return AUTO_BUDGET_FACTOR * self.idle_one_query
             return AUTO_BUDGET_FACTOR * self.cost.seconds(1) if self.cost.known else None
         return self.latency_budget
 
@@ -306,6 +313,8 @@ class Batcher:
             seconds = time.perf_counter() - started
             with self._cond:
                 self.cost.observe(size, seconds)
+                if size == 1:
+                    self.idle_one_query = seconds
 
     def submit(self, queries: Sequence[BoundQuery], deadline: float | None = None,
                is_active: Callable[[], bool] = lambda: True, admitted: bool = False) -> Future[list[SearchResult]]:

@@ -113,8 +113,13 @@ class ServiceConfig:
         log_queries: put the query and instruction texts in the request log lines.
         latency_budget_ms: a call is admitted only when the batcher expects to answer it within
             this many milliseconds (others get RESOURCE_EXHAUSTED at once, before parsing);
-            ``"auto"`` is twice one query's measured time; ``"off"`` (default) admits every
+            ``"auto"`` is twice one query's time calibrated at load; ``"off"`` (default) admits every
             call the concurrency and queue limits allow (throughput over latency).
+        canary_units: units the data canary re-encodes and searches when an index is loaded or
+            published (each shard's first and last always; None: the canary's default, 64; see
+            :mod:`retriever.index.verify`). 0 skips the re-encoding (the norm check of exact shards
+            still runs): only for indexes whose vectors are not the model's by construction, such as
+            the synthetic 10M benchmark.
     """
 
     host: str = "127.0.0.1"
@@ -136,8 +141,13 @@ class ServiceConfig:
     metrics_port: int | None = None
     log_queries: bool = False
     latency_budget_ms: float | Literal["auto", "off"] = "off"
+    canary_units: int | None = None
 
     def __post_init__(self) -> None:
+        if self.canary_units is not None and (isinstance(self.canary_units, bool)
+                                              or not isinstance(self.canary_units, int) or self.canary_units < 0):
+            raise InvalidInputError(f"canary units (--canary-units, RETRIEVER_CANARY_UNITS) must be an integer >= 0, "
+                                    f"got {self.canary_units!r}")
         if self.latency_budget_ms not in ("auto", "off") and not (
                 isinstance(self.latency_budget_ms, (int, float)) and not isinstance(self.latency_budget_ms, bool)
                 and self.latency_budget_ms > 0):
@@ -233,6 +243,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "RETRIEVER_METRICS_PORT": ("metrics_port", int),
     "RETRIEVER_LOG_QUERIES": ("log_queries", bool),
     "RETRIEVER_LATENCY_BUDGET_MS": ("latency_budget_ms", parse_budget),
+    "RETRIEVER_CANARY_UNITS": ("canary_units", int),
     "RETRIEVER_MAX_MESSAGE_BYTES": ("max_message_bytes", int),
     "RETRIEVER_MAX_TOP_K": ("max_top_k", int),
     "RETRIEVER_MAX_QUERY_BYTES": ("max_query_bytes", int),

@@ -24,7 +24,7 @@ from retriever.encoder import Encoder
 from retriever.errors import CorruptIndexError, InvalidInputError, NotFoundError, NotReadyError, RetrieverError
 from retriever.index import Index, Manifest
 from retriever.index.manifest import MANIFEST_NAME
-from retriever.index.verify import run_data_canary
+from retriever.index.verify import CANARY_UNITS, run_data_canary
 from retriever.query import SearchResult, SourceResolution
 from retriever.searcher import Searcher, find_lexical
 from retriever.service.config import check_name
@@ -113,8 +113,10 @@ class IndexRegistry:
     """The served indexes. Reads are lock-free; publishes are serialized."""
 
     def __init__(self, encoder: Encoder, resolution: SourceResolution = SourceResolution.FILTER,
-                 use_gpu: bool = True, params: Mapping[str, int] | None = None) -> None:
+                 use_gpu: bool = True, params: Mapping[str, int] | None = None,
+                 canary_units: int | None = None) -> None:
         self.encoder, self.resolution, self.use_gpu, self.params = encoder, resolution, use_gpu, params
+        self.canary_units = CANARY_UNITS if canary_units is None else canary_units
         self._current: dict[str, Generation] = {}
         self._default: str | None = None
         self._publish_lock = threading.Lock()
@@ -173,7 +175,7 @@ class IndexRegistry:
                 raise CorruptIndexError(f"cannot read the index directory: {exc.strerror or exc}") from exc
             # checks the model and prompts match; serves bm25 and hybrid when the index has a lexical part
             searcher = Searcher(index, self.encoder, self.resolution, find_lexical(index))
-            run_data_canary(index, self.encoder.encode_documents)
+            run_data_canary(index, self.encoder.encode_documents, self.canary_units)
             number = previous.number + 1 if previous else 1
             loaded = datetime.now(UTC).isoformat(timespec="seconds")
             generation = Generation(name, number, searcher, loaded)

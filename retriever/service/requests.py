@@ -2,9 +2,12 @@
 
 The servicer opens a :class:`CallRecord` when a call starts, fills in what it learns (the parsed
 queries, the generations that answer them, the results) and closes it with the status code. The
-record then writes one structured line at INFO and updates the metrics. The query and
-instruction texts are logged only when the server runs with ``--log-queries``: they may carry
-personal data, and request logs are usually kept longer and read more widely than the data.
+record then writes one structured line at INFO and updates the metrics. Calls refused for
+overload before any work (RESOURCE_EXHAUSTED from admission) are the exception: a re-send storm
+brings hundreds a second, which would flood the log, so each is logged at DEBUG and an INFO line
+sums them up at most every :data:`REFUSAL_SUMMARY_SECONDS` (the metrics still count every one).
+The query and instruction texts are logged only when the server runs with ``--log-queries``: they
+may carry personal data, and request logs are usually kept longer and read more widely than the data.
 """
 
 from __future__ import annotations
@@ -34,6 +37,36 @@ REQUEST_ID_KEY = "x-request-id"
 #: Client ids outside this pattern are replaced by a generated one (no control characters or
 #: unbounded strings in the log).
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:/@+=-]{1,128}$")
+#: Calls refused by admission are summed up in one INFO line at most this often.
+REFUSAL_SUMMARY_SECONDS = 5.0
+
+
+class RefusalSummary:
+    """Counts admission refusals and logs them as one INFO line per period instead of one per call.
+
+    The first refusal after a quiet period is logged at once; those that follow within the period
+    are counted and reported by the first refusal after it.
+    """
+
+    def __init__(self, period: float = REFUSAL_SUMMARY_SECONDS) -> None:
+        self.period = period
+        self._lock = threading.Lock()
+        self._count = 0
+        self._logged = float("-inf")
+
+    def add(self, method: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._count += 1
+            if now - self._logged < self.period:
+                return
+            count, since, self._count, self._logged = self._count, self._logged, 0, now
+        window = "" if since == float("-inf") else f" in the last {now - since:.1f}s"
+        request_log.info("refused %d call(s) over capacity (RESOURCE_EXHAUSTED)%s, the last a %s; each is logged "
+                         "at DEBUG", count, window, method)
+
+
+refusals = RefusalSummary()
 
 
 def request_id(context: grpc.ServicerContext) -> str:
@@ -64,8 +97,12 @@ class CallRecord:
         except ValueError:  # the call already ended; nothing to send it with
             pass
 
-    def finish(self, code: grpc.StatusCode) -> None:
-        """Log and count the call; only the first call does anything (a stream may end on two threads)."""
+    def finish(self, code: grpc.StatusCode, refused: bool = False) -> None:
+        """Log and count the call; only the first call does anything (a stream may end on two threads).
+
+        ``refused``: admission refused the call before any work; its line goes to DEBUG and into the
+        periodic INFO summary (:class:`RefusalSummary`).
+        """
         with self._lock:
             if self._finished:
                 return
@@ -75,9 +112,12 @@ class CallRecord:
         if self.metrics is not None:
             self.metrics.observe_call(self.method, name, seconds)
             self.metrics.observe_results(self.method, self.results)
-        if request_log.isEnabledFor(logging.INFO):
+        if refused:
+            refusals.add(self.method)
+        level = logging.DEBUG if refused else logging.INFO
+        if request_log.isEnabledFor(level):
             fields = self.fields(name, seconds)
-            request_log.info("%s", json.dumps(fields, ensure_ascii=False), extra={"request": fields})
+            request_log.log(level, "%s", json.dumps(fields, ensure_ascii=False), extra={"request": fields})
 
     def fields(self, code: str, seconds: float) -> dict[str, Any]:
         """The log line's fields: per-query values are scalars for Retrieve, lists for RetrieveBatch and

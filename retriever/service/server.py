@@ -198,7 +198,8 @@ class RetrieverServer:
         resolver = SourceResolver.for_encoder(self.config.resolution, encoder)  # --resolve model needs a router
         resolver.warm()
         logger.info("source resolution: %s", resolver.describe())
-        registry = IndexRegistry(encoder, self.config.resolution, use_gpu=self.config.use_gpu)
+        registry = IndexRegistry(encoder, self.config.resolution, use_gpu=self.config.use_gpu,
+                                 canary_units=self.config.canary_units)
         if self.metrics is not None:
             self.metrics.attach(batcher, registry)
 

@@ -99,13 +99,14 @@ class RetrieverServicer:
                 yield response.SerializeToString()
         except Exception as exc:  # as in _guard: every failure becomes a status
             code, message = status_for(exc, "RetrieveStream")
+            refused = release is None and isinstance(exc, OverloadedError)
         else:
             record.finish(grpc.StatusCode.OK)
             return
         finally:
             if release is not None:
                 release()
-        record.finish(code)
+        record.finish(code, refused=refused)
         context.abort(code, message)
 
     def _release_once(self) -> Callable[[], None]:
@@ -137,13 +138,14 @@ class RetrieverServicer:
             response = call(record).SerializeToString()
         except Exception as exc:  # the one place every failure becomes a status (errors.STATUS_CODES)
             code, message = status_for(exc, method)
+            refused = query and release is None and isinstance(exc, OverloadedError)
         else:
             record.finish(grpc.StatusCode.OK)
             return response
         finally:
             if release is not None:
                 release()
-        record.finish(code)
+        record.finish(code, refused=refused)
         context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")
 

@@ -234,3 +234,24 @@ def test_the_default_sample_spreads_over_every_shard_and_keeps_each_shards_ends(
     for info in tiny_index.manifest.shards:
         assert {info.start, info.start + info.count - 1} <= set(sample)
     assert canary_sample(tiny_index, 16, seed=4) == sample and canary_sample(tiny_index, 16, seed=5) != sample
+
+
+def test_canary_units_zero_skips_the_re_encoding_but_not_the_norm_check(tiny_index_dir: Path, encoder,
+                                                                        tmp_path: Path) -> None:
+    from retriever.service.config import ServiceConfig
+    from retriever.service.registry import IndexRegistry
+
+    swapped = Path(shutil.copytree(tiny_index_dir, tmp_path / "swapped"))
+    swap_units(swapped, 3, 9)
+    rehash(swapped)
+    every = len(Index.load(swapped, use_gpu=False).store)
+    with pytest.raises(CorruptIndexError, match=r"is not among"):  # a canary that samples every unit catches it
+        IndexRegistry(encoder, use_gpu=False, canary_units=every).publish("tiny", swapped)
+    assert IndexRegistry(encoder, use_gpu=False, canary_units=0).publish("tiny", swapped).generation.number == 1
+    flipped = Path(shutil.copytree(tiny_index_dir, tmp_path / "flipped"))
+    flip_exponent_byte(flipped, "kb.faiss", 7)
+    rehash(flipped)
+    with pytest.raises(CorruptIndexError, match=r"has norm"):
+        IndexRegistry(encoder, use_gpu=False, canary_units=0).publish("tiny", flipped)
+    with pytest.raises(Exception, match=r"canary units .* must be an integer >= 0"):
+        ServiceConfig(canary_units=-1)

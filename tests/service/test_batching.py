@@ -273,13 +273,19 @@ def test_without_a_budget_only_the_queue_bound_refuses(encoder, generation):
         batcher.stop()
 
 
-def test_auto_budget_follows_one_querys_time_and_calibration_seeds_it(encoder):
+def test_auto_budget_is_anchored_on_one_querys_calibrated_time(encoder):
     batcher = Batcher(encoder, max_batch=4, latency_budget="auto")
     try:
-        assert batcher.budget_seconds() is None  # nothing measured yet: admit
+        batcher.cost.observe(1, 0.5)
+        assert batcher.budget_seconds() == pytest.approx(AUTO_BUDGET_FACTOR * 0.5)  # before calibration: the estimate
         batcher.calibrate()
-        one, four = batcher.cost.seconds(1), batcher.cost.seconds(4)
-        assert 0 < one and 0 < four
+        one, four = batcher.idle_one_query, batcher.cost.seconds(4)
+        assert one is not None and 0 < one and 0 < four
+        assert batcher.budget_seconds() == pytest.approx(AUTO_BUDGET_FACTOR * one)
+        # batches slowed by a busy machine move the cost estimate, not the budget: the SLO does not loosen
+        for _ in range(20):
+            batcher.cost.observe(1, 10 * one)
+        assert batcher.cost.seconds(1) > 5 * one
         assert batcher.budget_seconds() == pytest.approx(AUTO_BUDGET_FACTOR * one)
     finally:
         batcher.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -232,7 +233,12 @@ def test_restart_on_the_same_files_gives_identical_results(encoder, tiny_index_d
     assert answers[0] == answers[1]
 
 
-def test_a_call_over_the_latency_budget_is_refused_before_parsing_and_held_briefly(encoder, tiny_index_dir):
+def test_a_call_over_the_latency_budget_is_refused_before_parsing_and_held_briefly(encoder, tiny_index_dir,
+                                                                                   caplog, monkeypatch):
+    from retriever.service import requests as request_records
+
+    monkeypatch.setattr(request_records, "refusals", request_records.RefusalSummary(period=3600))
+    caplog.set_level(logging.DEBUG, logger="retriever.requests")
     gated = GatedEncoder(encoder)
     # a 1 ms budget: while the worker is busy, every query call is expected to end too late
     with running_server(gated, [("tiny", tiny_index_dir)], latency_budget_ms=1.0) as srv, \
@@ -250,8 +256,14 @@ def test_a_call_over_the_latency_budget_is_refused_before_parsing_and_held_brief
             assert "latency budget" in err.value.details()
             assert REFUSAL_HOLD_SECONDS <= refused_in < 1.0  # held, so a client re-sending at once is paced
         assert srv.batcher.stats.over_budget == 2
+        # a refusal is one DEBUG line; INFO gets one summary line per period (here: the first refusal)
+        refused = [r for r in caplog.records if r.name == "retriever.requests" and "RESOURCE_EXHAUSTED" in r.message]
+        assert [r.levelno for r in refused].count(logging.DEBUG) == 2
+        assert [r.getMessage() for r in refused if r.levelno == logging.INFO] == [
+            "refused 1 call(s) over capacity (RESOURCE_EXHAUSTED), the last a Retrieve; each is logged at DEBUG"]
         gated.gate.set()
         assert busy.result().hits
+        wait_until(lambda: srv.batcher.stats.in_flight == 0)  # the worker ends its batch after answering it
         assert stub.Retrieve(request("idle again"), timeout=30).hits  # an idle server admits any call
 
 
