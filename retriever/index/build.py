@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from retriever.encoder import Encoder, EncoderConfig, ModelInfo, encoding_of, pick_device
 from retriever.errors import CorpusError, InvalidInputError, RetrieverError
-from retriever.index.files import publish_dir, sha256_file, staging_dir, write_json_atomic
+from retriever.index.files import fsync_file, publish_dir, sha256_file, staging_dir, write_json_atomic
 from retriever.index.manifest import FORMAT_VERSION, MANIFEST_NAME, FileEntry, Manifest, ShardInfo
 from retriever.index.recall import PSEUDO_QUERY_WORDS, pseudo_query_texts
 from retriever.index.shard_builder import RECALL_QUERIES, SEED, build_shard
@@ -51,6 +52,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_PART_SIZE = 4096
 #: Units per record batch written to the unit store while planning.
 _SPILL_BATCH = 4096
+#: The local engine's planning seals its spill and records its progress every this many records.
+_PLAN_CHECKPOINT_RECORDS = 250_000
+_PLAN_PROGRESS_NAME = "plan-progress.json"
 
 
 class Engine(StrEnum):
@@ -168,7 +172,7 @@ def build_index(config: BuildConfig, encoder: Encoder | EncoderConfig) -> BuildR
     for _ in read_records(config.corpus, ids, unknown=UnknownFields.WARN if config.lenient else UnknownFields.ERROR):
         pass
     return _run(config, encoder, lambda budget, spill, info: _plan_records(config, ids, budget, spill, info),
-                lambda: file_fingerprint(config.corpus, ids))
+                lambda: file_fingerprint(config.corpus, ids), resumable_plan=config.engine is Engine.LOCAL)
 
 
 def build_index_from_units(units: Sequence[Unit], config: BuildConfig, encoder: Encoder | EncoderConfig,
@@ -194,7 +198,9 @@ def _preflight(config: BuildConfig, encoder: Encoder | EncoderConfig) -> None:
         check_model_dir(encoder.model)
 
 
-def _run(config: BuildConfig, encoder: Encoder | EncoderConfig, plan_units: Any, fingerprint: Any) -> BuildReport:
+def _run(config: BuildConfig, encoder: Encoder | EncoderConfig, plan_units: Any, fingerprint: Any,
+         resumable_plan: bool = False) -> BuildReport:
+    """The build's phases. ``resumable_plan``: ``plan_units`` checkpoints its spill (the local engine)."""
     started = time.perf_counter()
     _preflight(config, encoder)
     info = encoder.info if isinstance(encoder, Encoder) else ModelInfo.describe(encoder)
@@ -215,7 +221,7 @@ def _run(config: BuildConfig, encoder: Encoder | EncoderConfig, plan_units: Any,
         plan = _resumed_plan(work, key, config)
         with _engine_session(config):
             if plan is None:
-                plan = _make_plan(work, key, config, info, max_tokens, plan_units)
+                plan = _make_plan(work, key, config, info, max_tokens, plan_units, resumable_plan)
             done = work.finished_parts(plan)
             pending = [p for p in plan.parts if p.part not in done]
             if done:
@@ -232,6 +238,10 @@ def _run(config: BuildConfig, encoder: Encoder | EncoderConfig, plan_units: Any,
         if kept:
             logger.warning("the build of %s stopped; its %d encoded part(s) are kept in %s: run the same command "
                            "with --resume to continue", config.out, kept, work.path)
+            work.close()
+        elif (work.path / _PLAN_PROGRESS_NAME).is_file():
+            logger.warning("the build of %s stopped while planning; the records planned up to its last checkpoint "
+                           "are kept in %s: run the same command with --resume to continue", config.out, work.path)
             work.close()
         else:
             work.remove()
@@ -290,7 +300,11 @@ def _resumed_plan(work: BuildWork, key: dict[str, Any], config: BuildConfig) -> 
     if plan is not None:
         logger.warning("discarding %s: an interrupted build of %s from other inputs (%d parts encoded)",
                        work.path, config.out, done)
-    work.clear()
+    # an interrupted planning (its spill and progress) is judged by _make_plan: kept only with --resume
+    if not config.resume and (work.path / _PLAN_PROGRESS_NAME).is_file():
+        logger.warning("discarding an interrupted planning of %s (run with --resume to continue it)", config.out)
+    work.clear(keep=(lambda name: name.startswith("spill-") or name == _PLAN_PROGRESS_NAME) if config.resume
+               else (lambda name: False))
     return None
 
 
@@ -307,12 +321,56 @@ def _engine_session(config: BuildConfig) -> Iterator[None]:
 
 
 class _SourceSpill:
-    """Units arrive in corpus order and are written per source, then joined in source order."""
+    """Units arrive in corpus order and are written per source, then joined in source order.
 
-    def __init__(self, directory: Path) -> None:
+    A resumable spill (the local engine's corpus planning) seals its files every
+    :data:`_PLAN_CHECKPOINT_RECORDS` records: each source's file so far becomes a finished segment
+    (``spill-<source>.<n>.arrow``, fsynced), and ``plan-progress.json`` records how many records
+    were planned and which segments hold their units. A build stopped while planning continues
+    with ``--resume`` after the last checkpoint (:meth:`resume`) instead of planning from the
+    first record again.
+    """
+
+    def __init__(self, directory: Path, key: dict[str, Any] | None = None) -> None:
         self.directory = directory
+        self.key = key  # the build's inputs; None: not resumable (no checkpoints)
         self.pending: dict[str, list[Unit]] = {s.value: [] for s in SOURCE_ORDER}
         self.writers: dict[str, UnitStoreWriter] = {}
+        #: Finished segments per source, in order: ``(file name, units)``.
+        self.segments: dict[str, list[tuple[str, int]]] = {s.value: [] for s in SOURCE_ORDER}
+        #: Records planned (all sources; a resumed planning skips this many) and per source.
+        self.planned = 0
+        self.records: Counter[str] = Counter()
+
+    @classmethod
+    def resume(cls, directory: Path, key: dict[str, Any]) -> _SourceSpill:
+        """The spill of an interrupted planning of the same inputs, or a fresh one (stale files removed)."""
+        spill = cls(directory, key)
+        progress = directory / _PLAN_PROGRESS_NAME
+        try:
+            saved = orjson.loads(progress.read_bytes()) if progress.is_file() else None
+        except orjson.JSONDecodeError:
+            saved = None
+        if saved is not None and saved.get("key") == key and all(
+                (directory / name).is_file() for names in saved["segments"].values() for name, _ in names):
+            spill.planned = int(saved["planned"])
+            spill.records.update(saved["records"])
+            spill.segments.update({s: [(n, int(c)) for n, c in names] for s, names in saved["segments"].items()})
+            logger.info("resuming planning after %d records (%d units already planned)", spill.planned,
+                        sum(c for names in spill.segments.values() for _, c in names))
+            return spill
+        if saved is not None:
+            logger.info("discarding an interrupted planning of other inputs in %s", directory)
+        spill.discard()
+        return spill
+
+    def discard(self) -> None:
+        """Remove every spill file and the planning progress (nothing of an earlier planning is kept)."""
+        for path in self.directory.glob("spill-*.arrow"):
+            path.unlink()
+        (self.directory / _PLAN_PROGRESS_NAME).unlink(missing_ok=True)
+        self.segments = {s.value: [] for s in SOURCE_ORDER}
+        self.planned, self.records = 0, Counter()
 
     def add(self, units: Iterable[Unit]) -> None:
         for unit in units:
@@ -321,33 +379,51 @@ class _SourceSpill:
             if len(batch) >= _SPILL_BATCH:
                 self._flush(unit.source.value)
 
+    def planned_record(self, source: str) -> None:
+        """Count one record whose units were added; checkpoints every :data:`_PLAN_CHECKPOINT_RECORDS`."""
+        self.planned += 1
+        self.records[source] += 1
+        if self.key is not None and self.planned % _PLAN_CHECKPOINT_RECORDS == 0:
+            self._seal()
+            write_json_atomic(self.directory / _PLAN_PROGRESS_NAME, {
+                "key": self.key, "planned": self.planned, "records": dict(self.records),
+                "segments": {s: [list(x) for x in names] for s, names in self.segments.items()}})
+            logger.info("planning: %d records planned (checkpoint)", self.planned)
+
     def _flush(self, source: str) -> None:
         batch = self.pending[source]
         if not batch:
             return
         if source not in self.writers:
-            self.writers[source] = UnitStoreWriter(self.directory / f"spill-{source}.arrow")
+            name = f"spill-{source}.{len(self.segments[source])}.arrow"
+            self.writers[source] = UnitStoreWriter(self.directory / name)
         self.writers[source].write(batch)
         self.pending[source] = []
 
-    def join(self, out: Path) -> dict[str, int]:
-        """Write every unit to ``out`` in source order; returns the units per source."""
+    def _seal(self) -> None:
+        """Finish every open file as a segment (durable before the progress file names it)."""
         for source in self.pending:
             self._flush(source)
+        for source, writer in list(self.writers.items()):
+            writer.close()
+            fsync_file(writer.path)
+            self.segments[source].append((writer.path.name, writer.count))
+            del self.writers[source]
+
+    def join(self, out: Path) -> dict[str, int]:
+        """Write every unit to ``out`` in source order; returns the units per source."""
+        self._seal()
         counts: dict[str, int] = {}
         with UnitStoreWriter(out) as writer:
             for source in (s.value for s in SOURCE_ORDER):
-                spill = self.writers.pop(source, None)
-                if spill is None:
-                    counts[source] = 0
-                    continue
-                spill.close()
-                counts[source] = spill.count
-                store = UnitStore.open(spill.path, spill.count)
-                for start in range(0, spill.count, _SPILL_BATCH):
-                    writer.write([store.unit(i) for i in range(start, min(start + _SPILL_BATCH, spill.count))])
-                del store
-                spill.path.unlink()
+                counts[source] = 0
+                for name, count in self.segments[source]:
+                    store = UnitStore.open(self.directory / name, count)
+                    for start in range(0, count, _SPILL_BATCH):
+                        writer.write([store.unit(i) for i in range(start, min(start + _SPILL_BATCH, count))])
+                    del store
+                    counts[source] += count
+        self.discard()
         return counts
 
 
@@ -357,20 +433,27 @@ def _plan_records(config: BuildConfig, ids: list[str] | None, budget: WindowBudg
         from retriever.index.ray_engine import plan_records
 
         return plan_records(config.corpus, ids, budget.max_tokens, info, spill.add, config.workers, config.lenient)
-    records: Counter[str] = Counter()
     # The corpus passed validation before planning (build_index); its warnings were given then.
     unknown = UnknownFields.IGNORE if config.lenient else UnknownFields.ERROR
+    skip = spill.planned  # records planned before an interruption (reading and skipping them is cheap)
     for record in read_records(config.corpus, ids, unknown=unknown):
-        records[record.source.value] += 1
+        if skip:
+            skip -= 1
+            continue
         spill.add(linearize_all([record], budget))
-    return dict(records)
+        spill.planned_record(record.source.value)
+    return dict(spill.records)
 
 
 def _make_plan(work: BuildWork, key: dict[str, Any], config: BuildConfig, info: ModelInfo, max_tokens: int,
-               plan_units: Any) -> BuildPlan:
+               plan_units: Any, resumable: bool) -> BuildPlan:
     started = time.perf_counter()
     budget = WindowBudget(max_tokens=max_tokens, count=info.token_counter())
-    spill = _SourceSpill(work.path)
+    if resumable and config.resume:
+        spill = _SourceSpill.resume(work.path, key)
+    else:
+        spill = _SourceSpill(work.path, key if resumable else None)
+        spill.discard()
     records = plan_units(budget, spill, info)
     counts = spill.join(work.units_path)
     total = sum(counts.values())

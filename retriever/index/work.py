@@ -23,7 +23,7 @@ import fcntl
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -135,10 +135,10 @@ class BuildWork:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    def clear(self) -> None:
-        """Forget every plan and part (the lock stays held)."""
+    def clear(self, keep: Callable[[str], bool] = lambda name: False) -> None:
+        """Forget every plan and part (the lock stays held), except the files whose name ``keep`` accepts."""
         for child in self.path.iterdir():
-            if child.name == "lock":
+            if child.name == "lock" or keep(child.name):
                 continue
             if child.is_dir():
                 shutil.rmtree(child)

@@ -20,6 +20,7 @@ from retriever.errors import CorpusError, InvalidInputError
 from retriever.index import BuildConfig, Index, Manifest, build_index
 from retriever.index.build import Engine
 from retriever.index.work import JOURNAL_NAME, work_dir_for
+from retriever.linearize import linearize_all
 from retriever.records import Source
 from retriever.searcher import Query, Searcher
 from tests.conftest import write_jsonl
@@ -104,6 +105,73 @@ def test_resume_reuses_journalled_parts_and_equals_a_fresh_build(tmp_path: Path,
     build_index(BuildConfig(corpus=tiny_corpus, out=fresh, part_size=16), encoder)
     assert index_files(out) == index_files(fresh)
     same_index(out, tiny_index_dir, atol=1e-5)  # part size does not change the result
+
+
+def test_planning_interrupted_after_a_checkpoint_resumes_there_and_equals_a_fresh_build(
+        tmp_path: Path, tiny_corpus: Path, tiny_records: list[dict], encoder, monkeypatch, caplog) -> None:
+    from retriever.index import build as build_module
+
+    monkeypatch.setattr(build_module, "_PLAN_CHECKPOINT_RECORDS", 3)
+    real = build_module._SourceSpill.planned_record
+
+    def dies_at_record_8(self, source: str) -> None:
+        if self.planned == 7:
+            raise KeyboardInterrupt  # Ctrl-C, or the end of a session, while planning
+        real(self, source)
+
+    out = tmp_path / "idx"
+    monkeypatch.setattr(build_module._SourceSpill, "planned_record", dies_at_record_8)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(BuildConfig(corpus=tiny_corpus, out=out, part_size=16), encoder)
+    work = work_dir_for(out)
+    progress = orjson.loads((work / "plan-progress.json").read_bytes())
+    assert progress["planned"] == 6 and sum(progress["records"].values()) == 6
+    monkeypatch.setattr(build_module._SourceSpill, "planned_record", real)
+    planned: list[str] = []
+
+    def recording(records, budget):
+        planned.extend(r.id for r in records)
+        return linearize_all(records, budget)
+
+    monkeypatch.setattr(build_module, "linearize_all", recording)
+    caplog.set_level("INFO", logger="retriever.index.build")
+    build_index(BuildConfig(corpus=tiny_corpus, out=out, part_size=16, resume=True), encoder)
+    assert "resuming planning after 6 records" in caplog.text
+    assert planned == [r["id"] for r in tiny_records[6:]]  # the first 6 records were not linearized again
+    assert not work.exists()
+    fresh = tmp_path / "fresh"
+    build_index(BuildConfig(corpus=tiny_corpus, out=fresh, part_size=16), encoder)
+    assert index_files(out) == index_files(fresh)
+
+
+def test_an_interrupted_planning_is_discarded_without_resume_and_by_other_inputs(
+        tmp_path: Path, tiny_corpus: Path, encoder, monkeypatch, caplog) -> None:
+    from retriever.index import build as build_module
+
+    monkeypatch.setattr(build_module, "_PLAN_CHECKPOINT_RECORDS", 3)
+    real = build_module._SourceSpill.planned_record
+
+    def dies(self, source: str) -> None:
+        if self.planned == 7:
+            raise KeyboardInterrupt
+        real(self, source)
+
+    out = tmp_path / "idx"
+    monkeypatch.setattr(build_module._SourceSpill, "planned_record", dies)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(BuildConfig(corpus=tiny_corpus, out=out, part_size=16), encoder)
+    monkeypatch.setattr(build_module._SourceSpill, "planned_record", real)
+    caplog.set_level("INFO", logger="retriever.index.build")
+    with pytest.raises(KeyboardInterrupt):  # again, now with another part size: other inputs, planned afresh
+        monkeypatch.setattr(build_module._SourceSpill, "planned_record", dies)
+        build_index(BuildConfig(corpus=tiny_corpus, out=out, part_size=8, resume=True), encoder)
+    assert "resuming planning" not in caplog.text
+    monkeypatch.setattr(build_module._SourceSpill, "planned_record", real)
+    build_index(BuildConfig(corpus=tiny_corpus, out=out, part_size=8), encoder)  # no --resume: discarded, warned
+    assert "discarding an interrupted planning" in caplog.text and "resuming planning" not in caplog.text
+    fresh = tmp_path / "fresh"
+    build_index(BuildConfig(corpus=tiny_corpus, out=fresh, part_size=8), encoder)
+    assert index_files(out) == index_files(fresh)
 
 
 def test_resume_refuses_other_inputs_and_a_corrupt_part_is_encoded_again(tmp_path: Path, tiny_corpus: Path,
