@@ -51,13 +51,15 @@ def main() -> None:
                         help="tuned routers to add, e.g. 0:8:2 3:16:2 (minutes each on a CPU)")
     parser.add_argument("--tuned-lr", type=float, default=None, help="adapters' lr (default: [router] tuned_lr)")
     parser.add_argument("--head-lr", type=float, default=None, help="head's lr (default: [router] head_lr)")
+    parser.add_argument("--train-examples", type=int, default=None,
+                        help="training instructions drawn from the grammar (default: [router] train_examples)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="an .npz of embedded instructions to reuse across runs (written if missing texts)")
     args = parser.parse_args()
 
     defaults = RouterConfig()
     encoder = Encoder(EncoderConfig(model=args.model, show_progress=False, threads=args.threads))
-    train = router_examples("train", defaults.train_examples, args.seed)
+    train = router_examples("train", args.train_examples or defaults.train_examples, args.seed)
     dev = router_examples("dev", defaults.dev_examples, args.seed)
     started = time.perf_counter()
     vectors = embed_all(encoder, [e.text for e in [*train, *dev]], args.cache)

@@ -19,14 +19,14 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
-from retriever.encoder import Encoder, EncoderConfig, ModelInfo
+from retriever.encoder import Backend, Encoder, EncoderConfig, ModelInfo, Precision
 from retriever.index import Index
 from retriever.index.store import SOURCE_ORDER
 from retriever.records import iter_lines
@@ -216,9 +216,12 @@ class SyntheticUnits:
 
 
 class SyntheticEncoder(Encoder):
-    """Embeds a synthetic unit as :meth:`SyntheticUnits.vectors` of its marker; loads no weights.
+    """Embeds a synthetic unit as :meth:`SyntheticUnits.vectors` of its marker; queries go to the real model.
 
-    Its :class:`ModelInfo` is the bundled model's, so the index it builds is served with that model.
+    Its :class:`ModelInfo` is the bundled model's and its encoding torch float32 (what a server with
+    the bundled model runs), so the index it builds is served with that model. Query encoding (the
+    build's recall gate encodes pseudo-queries of sampled units, as the server encodes questions)
+    loads the real model on first use.
     """
 
     def __init__(self, units: SyntheticUnits, config: EncoderConfig) -> None:
@@ -226,8 +229,28 @@ class SyntheticEncoder(Encoder):
         self.info = ModelInfo.describe(config)
         self.model_dir, self.name, self.checksum = self.info.model_dir, self.info.name, self.info.checksum
         self.device = "cpu"
-        self.instruction_tuned = False
+        self.backend, self.precision, self.export = Backend.TORCH, Precision.FLOAT32, None
         self.units = units
+        self._real: Encoder | None = None
+
+    @property
+    def real(self) -> Encoder:
+        if self._real is None:
+            self._real = Encoder(replace(self.config, backend=Backend.TORCH, precision=Precision.FLOAT32,
+                                         show_progress=False))
+        return self._real
+
+    @property
+    def instruction_tuned(self) -> bool:  # type: ignore[override]
+        return self.real.instruction_tuned
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        return self.real.prompts
+
+    def encode_queries(self, questions: Sequence[str], instructions: Sequence[str | None] | str | None = None,
+                       show_progress: bool = False) -> np.ndarray:
+        return self.real.encode_queries(questions, instructions, show_progress)
 
     def encode_documents(self, texts: Sequence[str], show_progress: bool | None = None) -> np.ndarray:
         ids = []
