@@ -40,7 +40,8 @@ from retriever.index.recall import (
 from retriever.index.shards import SearchParams, faiss_module
 
 __all__ = [
-    "DEFAULT_QUERY_NOISE", "EF_SEARCH_CANDIDATES", "EXACT_LADDER", "EXACT_MAX_UNITS", "IVF_SQ8_MAX_UNITS",
+    "ACCURACY_FALLBACKS", "DEFAULT_QUERY_NOISE", "EF_SEARCH_CANDIDATES", "EXACT_LADDER", "EXACT_MAX_UNITS",
+    "IVF_SQ8_MAX_UNITS",
     "K_FACTOR_CANDIDATES", "LARGE_LADDER", "MAX_NLIST", "MEDIUM_LADDER", "MIN_NLIST", "FactoryChoice",
     "add_in_chunks", "bytes_per_unit", "choose_factory", "exact_ground_truth", "factory_ladder", "format_factory",
     "held_aside_queries", "index_bytes", "ivf_lists", "measure_recall", "pq_subquantizers", "train_index",
@@ -67,6 +68,12 @@ PQ_DIMS_PER_CODE_COMPACT = 8
 EXACT_LADDER: tuple[str, ...] = ("Flat", "SQ8", "PQ{m}x4fs", "PQ{m_compact}x4fs")
 MEDIUM_LADDER: tuple[str, ...] = ("IVF{nlist},SQ8", "IVF{nlist},PQ{m}x4fsr", "IVF{nlist},PQ{m_compact}x4fsr")
 LARGE_LADDER: tuple[str, ...] = ("IVF{nlist},PQ{m}x4fsr,Refine(SQ8)", *MEDIUM_LADDER)
+#: More accurate candidates built, in order, when a choice misses the recall gate (and they fit the
+#: budget). The refined choice finds its candidates with 4-bit PQ codes and re-ranks the top
+#: ``k * k_factor`` with 8-bit codes; among many near-equal neighbours (near-duplicate units) the
+#: 4-bit stage can leave true neighbours out of any affordable candidate list. ``IVF,SQ8`` scans the
+#: same 8-bit codes directly (no 4-bit stage), is smaller, and slower per probed list.
+ACCURACY_FALLBACKS: dict[str, tuple[str, ...]] = {LARGE_LADDER[0]: (MEDIUM_LADDER[0],)}
 
 #: Memory-model constants (bytes).
 IVF_ID_BYTES = 8  # one int64 id per vector in an inverted list
@@ -85,6 +92,8 @@ class FactoryChoice:
         estimated_bytes: :func:`index_bytes` of the choice for the shard's size.
         search: starting search parameters, before :func:`tune_search`.
         tunable: the :class:`SearchParams` fields :func:`tune_search` varies (empty when exact).
+        fallbacks: more accurate factories that also fit the budget, built in order when this one
+            misses the recall gate (:data:`ACCURACY_FALLBACKS`).
     """
 
     factory: str
@@ -92,6 +101,7 @@ class FactoryChoice:
     estimated_bytes: int
     search: SearchParams
     tunable: tuple[str, ...]
+    fallbacks: tuple[str, ...] = ()
 
 
 # --- memory model -----------------------------------------------------------------------------
@@ -173,13 +183,15 @@ def pq_subquantizers(dimension: int, dims_per_code: int) -> int:
 
 def factory_ladder(n: int, dimension: int) -> tuple[str, ...]:
     """The candidate factory strings for a shard of ``n`` vectors, preferred first (see :func:`choose_factory`)."""
+    return tuple(format_factory(t, n, dimension) for t in _ladder_templates(n))
+
+
+def _ladder_templates(n: int) -> tuple[str, ...]:
     if n <= EXACT_MAX_UNITS:
-        templates = EXACT_LADDER
-    elif n <= IVF_SQ8_MAX_UNITS:
-        templates = MEDIUM_LADDER
-    else:
-        templates = LARGE_LADDER
-    return tuple(format_factory(t, n, dimension) for t in templates)
+        return EXACT_LADDER
+    if n <= IVF_SQ8_MAX_UNITS:
+        return MEDIUM_LADDER
+    return LARGE_LADDER
 
 
 def format_factory(template: str, n: int, dimension: int) -> str:
@@ -203,8 +215,9 @@ def choose_factory(n: int, dimension: int, memory_budget: int | None) -> Factory
     the tier's ladder (:data:`EXACT_LADDER`, :data:`MEDIUM_LADDER`, :data:`LARGE_LADDER`) to the first
     one that fits: ``SQ8`` (brute force) for small shards, then PQ fast-scan codes of d/4 and d/8
     sub-quantizers without refinement. Those last steps trade much recall for memory; the recall gate
-    (:func:`tune_search`) tells whether it is still acceptable. An explicit factory from the user
-    bypasses this function.
+    (:func:`tune_search`) tells whether it is still acceptable. A refined large choice carries
+    ``IVF{nlist},SQ8`` as its fallback (:data:`ACCURACY_FALLBACKS`), which the build tries when the
+    refined index misses the gate. An explicit factory from the user bypasses this function.
 
     Args:
         n: vectors in the shard.
@@ -221,7 +234,8 @@ def choose_factory(n: int, dimension: int, memory_budget: int | None) -> Factory
         raise InvalidInputError(f"a shard cannot hold {n} vectors")
     if memory_budget is not None and memory_budget <= 0:
         raise InvalidInputError(f"memory budget must be a positive number of bytes, got {memory_budget}")
-    ladder = factory_ladder(n, dimension)
+    templates = _ladder_templates(n)
+    ladder = tuple(format_factory(t, n, dimension) for t in templates)
     estimates = [(factory, index_bytes(factory, n, dimension)) for factory in ladder]
     tier = _tier_reason(n, ladder[0])
     for position, (factory, estimate) in enumerate(estimates):
@@ -232,7 +246,10 @@ def choose_factory(n: int, dimension: int, memory_budget: int | None) -> Factory
             skipped = ", ".join(f"{f} needs {b:,} B" for f, b in estimates[:position])
             reason = (f"{tier}; over the memory budget of {memory_budget:,} B ({skipped}), stepped down to "
                       f"{factory} ({estimate:,} B, approximate)")
-        return FactoryChoice(factory, reason, estimate, _initial_params(factory), _tunable(factory))
+        fallbacks = tuple(f for f in (format_factory(t, n, dimension)
+                                      for t in ACCURACY_FALLBACKS.get(templates[position], ()))
+                          if memory_budget is None or index_bytes(f, n, dimension) <= memory_budget)
+        return FactoryChoice(factory, reason, estimate, _initial_params(factory), _tunable(factory), fallbacks)
     smallest = min(estimates, key=lambda item: item[1])
     raise InvalidInputError(
         f"no index of {n:,} vectors of dimension {dimension} fits the per-shard memory budget of "

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 #: Search-parameter candidates tried by :func:`tune_search`, cheapest first.
 EF_SEARCH_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024)
-K_FACTOR_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
+K_FACTOR_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 #: A typical perturbation for :func:`held_aside_queries` (cosine ≈ 0.97 to the source vector).
 DEFAULT_QUERY_NOISE = 0.25

@@ -73,39 +73,54 @@ def build_shard(factory: str, count: int, dimension: int, memory_budget: int | N
         queries: the recall gate's query vectors (called only for an approximate shard); None:
             perturbed copies of sampled vectors (:func:`held_aside_queries`).
 
+    With ``auto``, a choice that misses the gate is followed by its more accurate fallbacks
+    (:attr:`FactoryChoice.fallbacks`), built from the same parts and gated on the same queries;
+    the manifest's reason says so.
+
     Raises:
-        RecallTooLowError: the tuned index stays below ``min_recall``.
+        RecallTooLowError: the tuned index (of the last fallback, with ``auto``) stays below ``min_recall``.
     """
     started = time.perf_counter()
+    fallbacks: tuple[str, ...] = ()
     if factory == "auto":
         choice = choose_factory(count, dimension, memory_budget)
-        factory, reason = choice.factory, choice.reason
+        factory, reason, fallbacks = choice.factory, choice.reason, choice.fallbacks
     else:
         reason = "given (--factory)"
     faiss = faiss_module()
-    if factory == "Flat":  # nothing to train or tune: the vectors are read once, to add them
-        index, sample = faiss.IndexFlatIP(dimension), None
-    else:
-        sample = _sample(vectors, count, train_sample_size(factory), np.random.default_rng(SEED))
-        index, factory = train_index(factory, dimension, sample, SEED)
-    add_in_chunks(index, vectors())
-    if sample is None or isinstance(index, faiss.IndexFlat):
-        logger.info("shard %s: %s, %d vectors (exact) in %.1fs", source, factory, count,
-                    time.perf_counter() - started)
-        return BuiltShard(index, factory, reason, None, {})
-    gate = (queries() if queries is not None
-            else held_aside_queries(sample, min(RECALL_QUERIES, count), SEED, DEFAULT_QUERY_NOISE))
-    truth = exact_ground_truth(gate, vectors(), RECALL_K)
-    params, recall = tune_search(index, factory, gate, truth, min_recall, RECALL_K)
-    search = {k: int(v) for k, v in asdict(params).items()}
-    logger.info("shard %s: %s, %d vectors, recall@%d %.4f with %s in %.1fs", source, factory, count, RECALL_K,
-                recall, search, time.perf_counter() - started)
-    if recall < min_recall:
-        raise RecallTooLowError(
-            f"shard {source}: {factory} reaches recall@{RECALL_K} {recall:.4f} against exact search on "
-            f"{len(gate)} held-aside queries, below --min-recall {min_recall}; choose a larger --memory-budget "
-            "or another --factory (the encoded parts are kept: re-run with --resume)")
-    return BuiltShard(index, factory, reason, round(float(recall), 4), search)
+    gated: tuple[np.ndarray, np.ndarray] | None = None  # the gate's queries and exact top-k, for every try
+    while True:
+        if factory == "Flat":  # nothing to train or tune: the vectors are read once, to add them
+            index, sample = faiss.IndexFlatIP(dimension), None
+        else:
+            sample = _sample(vectors, count, train_sample_size(factory), np.random.default_rng(SEED))
+            index, factory = train_index(factory, dimension, sample, SEED)
+        add_in_chunks(index, vectors())
+        if sample is None or isinstance(index, faiss.IndexFlat):
+            logger.info("shard %s: %s, %d vectors (exact) in %.1fs", source, factory, count,
+                        time.perf_counter() - started)
+            return BuiltShard(index, factory, reason, None, {})
+        if gated is None:
+            gate = (queries() if queries is not None
+                    else held_aside_queries(sample, min(RECALL_QUERIES, count), SEED, DEFAULT_QUERY_NOISE))
+            gated = gate, exact_ground_truth(gate, vectors(), RECALL_K)
+        params, recall = tune_search(index, factory, *gated, min_recall, RECALL_K)
+        search = {k: int(v) for k, v in asdict(params).items()}
+        logger.info("shard %s: %s, %d vectors, recall@%d %.4f with %s in %.1fs", source, factory, count, RECALL_K,
+                    recall, search, time.perf_counter() - started)
+        if recall >= min_recall:
+            return BuiltShard(index, factory, reason, round(float(recall), 4), search)
+        if not fallbacks:
+            raise RecallTooLowError(
+                f"shard {source}: {factory} reaches recall@{RECALL_K} {recall:.4f} against exact search on "
+                f"{len(gated[0])} held-aside queries, below --min-recall {min_recall}; choose a larger "
+                "--memory-budget or another --factory (the encoded parts are kept: re-run with --resume)")
+        logger.warning("shard %s: %s reaches recall@%d %.4f < %s at best; building the more accurate %s",
+                       source, factory, RECALL_K, recall, min_recall, fallbacks[0])
+        reason = (f"{reason}; it reached recall@{RECALL_K} {recall:.4f} < {min_recall} at best ({search}), "
+                  f"so {fallbacks[0]} was built instead (more accurate, smaller, slower per probed list)")
+        factory, fallbacks = fallbacks[0], fallbacks[1:]
+        del index
 
 
 def train_sample_size(factory: str) -> int:

@@ -109,6 +109,36 @@ def test_exact_choice_has_nothing_to_tune_and_refine_tunes_both() -> None:
     assert choose_factory(10**7, 384, None).tunable == ("nprobe", "k_factor")
 
 
+def test_only_a_refined_choice_carries_the_more_accurate_fallback_and_only_when_it_fits() -> None:
+    assert choose_factory(10**7, 384, None).fallbacks == ("IVF16384,SQ8",)
+    assert choose_factory(10**7, 384, 5_000_000_000).fallbacks == ("IVF16384,SQ8",)  # SQ8 is the smaller
+    assert choose_factory(10**7, 384, 1_000_000_000).fallbacks == ()  # stepped down to PQ: nothing fits
+    assert choose_factory(10**6, 384, None).fallbacks == () and choose_factory(10, 384, None).fallbacks == ()
+
+
+def test_an_auto_shard_below_the_gate_is_rebuilt_with_its_fallback(data, monkeypatch, caplog) -> None:
+    """A refined choice whose 4-bit stage cannot reach the gate (k_factor capped at 1 here) is
+    replaced by IVF,SQ8 from the same vectors and gate; a given factory still fails the build."""
+    from retriever.index import recall as recall_module
+    from retriever.index.shard_builder import RecallTooLowError, build_shard
+
+    x, queries, _ = data
+    monkeypatch.setattr(fm, "EXACT_MAX_UNITS", 1_000)
+    monkeypatch.setattr(fm, "IVF_SQ8_MAX_UNITS", 5_000)  # 20 000 vectors: the large tier
+    monkeypatch.setattr(recall_module, "K_FACTOR_CANDIDATES", (1,))
+
+    def shard(factory: str):
+        return build_shard(factory, len(x), DIM, None, GATE, lambda: chunks(x), "text", lambda: queries)
+
+    caplog.set_level(logging.INFO, logger="retriever.index.shard_builder")
+    built = shard("auto")
+    assert built.factory == "IVF512,SQ8" and built.recall is not None and built.recall >= GATE
+    assert "IVF512,PQ16x4fsr,Refine(SQ8)" in built.reason and "IVF512,SQ8 was built instead" in built.reason
+    assert "building the more accurate IVF512,SQ8" in caplog.text
+    with pytest.raises(RecallTooLowError, match=r"IVF512,PQ16x4fsr,Refine\(SQ8\) reaches recall@10 0\.\d+"):
+        shard("IVF512,PQ16x4fsr,Refine(SQ8)")
+
+
 def test_ivf_lists_is_a_power_of_two_near_four_sqrt_n() -> None:
     assert [ivf_lists(n) for n in (1, 1_000, 100_001, 1_000_000, 10**12)] == [64, 128, 1024, 4096, 65536]
 
