@@ -40,7 +40,7 @@ from retriever.model_dir import (
 )
 from retriever.records import Source
 from retriever.router import Router, find_router
-from retriever.tokens import QueryTokenCounter, count_with
+from retriever.tokens import QueryTokenCounter, count_with, own_counter
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class ModelInfo:
             tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
         except Exception as exc:  # transformers raises many types; wrap them all
             raise ModelError(f"cannot load the tokenizer of {self.model_dir}: {exc}") from exc
-        return lambda texts: count_with(tokenizer, texts)
+        return own_counter(tokenizer)
 
 
 class Encoder:

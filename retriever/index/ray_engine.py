@@ -32,8 +32,8 @@ import orjson
 from retriever.encoder import Encoder, EncoderConfig, ModelInfo
 from retriever.errors import CorpusError
 from retriever.index.work import BuildPlan, BuildWork, PartSpec
-from retriever.linearize import LINEARIZERS, Unit, WindowBudget
-from retriever.records import IdLedger, Source, iter_lines, parse_line
+from retriever.linearize import Unit, WindowBudget, linearize_batch
+from retriever.records import IdLedger, Record, Source, iter_lines, parse_line
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class _Linearize:
     def _block(self, numbers: list[int], lines: list[bytes]) -> bytes:
         ids: list[str] = []
         sources: list[str] = []
-        units: list[list[Any]] = []
+        wanted: list[tuple[int, Record]] = []
         error = None
         for number, raw in zip(numbers, lines):
             try:
@@ -118,8 +118,10 @@ class _Linearize:
             ids.append(record.id)
             sources.append(record.source.value)
             if self.wanted is None or record.id in self.wanted:
-                for u in LINEARIZERS[record.source].linearize(record, self.budget):
-                    units.append([len(ids) - 1, u.source.value, u.part, u.title, u.text])
+                wanted.append((len(ids) - 1, record))
+        units = [[position, u.source.value, u.part, u.title, u.text]
+                 for (position, _), record_units in zip(wanted, linearize_batch([r for _, r in wanted], self.budget))
+                 for u in record_units]
         return orjson.dumps({"lines": [int(n) for n in numbers[:len(ids)]], "ids": ids, "sources": sources,
                              "units": units, "error": error})
 

@@ -5,7 +5,7 @@ One linearizer per source type, in a registry keyed by :class:`~retriever.record
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from retriever.linearize.base import (
     LINEARIZER_VERSION,
@@ -35,14 +35,33 @@ def linearize(record: Record, budget: WindowBudget | None = None) -> list[Unit]:
     return LINEARIZERS[record.source].linearize(record, budget or WindowBudget())
 
 
-def linearize_all(records: Iterable[Record], budget: WindowBudget | None = None) -> Iterator[Unit]:
-    """Linearize records in order, yielding their units."""
+#: Records linearized together by :func:`linearize_all` (their budget checks counted in one call).
+BATCH_RECORDS = 256
+
+
+def linearize_batch(records: Sequence[Record], budget: WindowBudget | None = None) -> list[list[Unit]]:
+    """Each record's units, as :func:`linearize` gives them, with the budget checks of the whole
+    batch counted in one call of the budget's counter (a tokenizer is several times faster so)."""
     budget = budget or WindowBudget()
+    singles = [s for r in records if (s := LINEARIZERS[r.source].single_window(r)) is not None]
+    primed = budget.primed(singles)
+    return [LINEARIZERS[r.source].linearize(r, primed) for r in records]
+
+
+def linearize_all(records: Iterable[Record], budget: WindowBudget | None = None) -> Iterator[Unit]:
+    """Linearize records in order, yielding their units (in batches of :data:`BATCH_RECORDS`)."""
+    batch: list[Record] = []
     for record in records:
-        yield from LINEARIZERS[record.source].linearize(record, budget)
+        batch.append(record)
+        if len(batch) >= BATCH_RECORDS:
+            for units in linearize_batch(batch, budget):
+                yield from units
+            batch = []
+    for units in linearize_batch(batch, budget):
+        yield from units
 
 
 __all__ = [
-    "LINEARIZERS", "LINEARIZER_VERSION", "Linearizer", "TokenCounter", "Unit", "WindowBudget",
-    "count_words", "linearize", "linearize_all", "pack_windows",
+    "BATCH_RECORDS", "LINEARIZERS", "LINEARIZER_VERSION", "Linearizer", "TokenCounter", "Unit", "WindowBudget",
+    "count_words", "linearize", "linearize_all", "linearize_batch", "pack_windows",
 ]

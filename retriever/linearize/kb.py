@@ -9,6 +9,10 @@ from retriever.records import KbRecord, Record, Source
 class KbLinearizer:
     source = Source.KB
 
+    def single_window(self, record: Record) -> None:
+        """Not checked against the budget: each unit is short by construction."""
+        return None
+
     def linearize(self, record: Record, budget: WindowBudget) -> list[Unit]:
         if not isinstance(record, KbRecord):
             raise TypeError(f"KbLinearizer got a {type(record).__name__}")

@@ -20,7 +20,7 @@ from retriever.errors import CorpusError, InvalidInputError
 from retriever.index import BuildConfig, Index, Manifest, build_index
 from retriever.index.build import Engine
 from retriever.index.work import JOURNAL_NAME, work_dir_for
-from retriever.linearize import linearize_all
+from retriever.linearize import linearize_batch
 from retriever.records import Source
 from retriever.searcher import Query, Searcher
 from tests.conftest import write_jsonl
@@ -131,9 +131,9 @@ def test_planning_interrupted_after_a_checkpoint_resumes_there_and_equals_a_fres
 
     def recording(records, budget):
         planned.extend(r.id for r in records)
-        return linearize_all(records, budget)
+        return linearize_batch(records, budget)
 
-    monkeypatch.setattr(build_module, "linearize_all", recording)
+    monkeypatch.setattr(build_module, "linearize_batch", recording)
     caplog.set_level("INFO", logger="retriever.index.build")
     build_index(BuildConfig(corpus=tiny_corpus, out=out, part_size=16, resume=True), encoder)
     assert "resuming planning after 6 records" in caplog.text

@@ -71,3 +71,49 @@ def test_pack_windows_single_oversized_piece_stands_alone() -> None:
 def test_registry_covers_every_source() -> None:
     assert set(LINEARIZERS) == set(Source)
     assert all(lin.source is source for source, lin in LINEARIZERS.items())
+
+
+def test_batched_linearization_equals_one_record_at_a_time_and_counts_the_batch_in_one_call() -> None:
+    from retriever.linearize import linearize_all, linearize_batch
+
+    records = [
+        TextRecord(id="short", title="T", text="a few words"),
+        TextRecord(id="long", title="Long", text=" ".join(f"w{i}" for i in range(100))),
+        TableRecord(id="tab", title="Tab", section="", header=("h1", "h2"), rows=(("a", "b"), ("c", "d"))),
+        KbRecord(id="kb", subject="S", predicate="p", object="o"),
+        InfoboxRecord(id="box", title="Box", attributes=(("k", "v"),)),
+        InfoboxRecord(id="bigbox", title="Big", attributes=tuple((f"k{i}", "word " * 5) for i in range(20))),
+        TextRecord(id="short", title="T", text="a few words"),  # the same text twice
+    ]
+    calls: list[list[str]] = []
+
+    def counting(texts):
+        calls.append(list(texts))
+        return [len(t.split()) for t in texts]
+
+    one_at_a_time = [linearize(r, WindowBudget(max_tokens=30)) for r in records]
+    budget = WindowBudget(max_tokens=30, count=counting)
+    calls.clear()
+    batched = linearize_batch(records, budget)
+    assert batched == one_at_a_time
+    singles = [LINEARIZERS[r.source].single_window(r) for r in records]
+    assert calls[0] == [s for s in singles if s is not None]  # every budget check of the batch in the first call
+    # after it, only the windowing of the two records too long for one window is counted
+    # pack_windows: the long text's words (its joiner, a space, costs nothing), the big box's pairs and joiner
+    assert len(calls) == 1 + 1 + 2
+    assert list(linearize_all(records, budget)) == [u for units in one_at_a_time for u in units]
+
+
+def test_own_counter_counts_as_the_tokenizer_call_does(encoder) -> None:
+    from retriever.tokens import count_with, own_counter
+
+    texts = ["", "Radiohead: In Rainbows", "naïve café – 東京 " * 3, "word " * 700, "x" * 3000,
+             "Released: 10 October 2007 | Length: 42:39"]
+    tokenizer = encoder.model.tokenizer
+    expected = count_with(tokenizer, texts)
+    assert max(expected) > 512  # longer than the model's maximum: counted, not truncated
+    counter = encoder.info.token_counter()
+    assert counter(texts) == expected and counter([]) == []
+    import copy
+
+    assert own_counter(copy.deepcopy(tokenizer))(texts) == expected
