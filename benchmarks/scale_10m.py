@@ -4,8 +4,9 @@
     python benchmarks/scale_10m.py --units 200000 --name smoke      # a smoke run (minutes)
 
 Cost: at 10M units on 2 CPU cores (AVX2) about 1.5 hours once a base index exists (session 16:
-writing the corpus 164 s, validating 10M records ~3 min, planning ~35 min with batched token
-counts, 15 GB of encoded parts ~2 min, IVF training, adding and the recall gate 930 s, exact
+writing the corpus 164 s, validating 10M records ~3 min, planning ~34 min with batched token
+counts (extrapolated from 1,522 s for 7.5M records), 15 GB of encoded parts ~2 min, IVF training,
+adding and the recall gate 930 s, exact
 search for recall 203 s, serving and latency a few minutes; building a base index here adds
 35-90 min, `index_builds/lite` took 40 min) and ~30 GB of free disk
 (docs/SCALING.md). Every stage is resumable: interrupt it (Ctrl-C, end of session) and run the same
