@@ -419,8 +419,8 @@ class _SourceSpill:
                 counts[source] = 0
                 for name, count in self.segments[source]:
                     store = UnitStore.open(self.directory / name, count)
-                    for start in range(0, count, _SPILL_BATCH):
-                        writer.write([store.unit(i) for i in range(start, min(start + _SPILL_BATCH, count))])
+                    for batch in store.batches(_SPILL_BATCH):
+                        writer.write_batch(batch)
                     del store
                     counts[source] += count
         self.discard()
@@ -501,7 +501,7 @@ def _encode(config: BuildConfig, work: BuildWork, plan: BuildPlan, pending: list
         local = encoder if isinstance(encoder, Encoder) else Encoder(encoder_config)
         store = UnitStore.open(work.units_path, plan.total_units)
         for spec in pending:
-            texts = [store.text(i) for i in range(spec.start, spec.start + spec.count)]
+            texts = store.texts[spec.start:spec.start + spec.count]
             began = time.perf_counter()
             vectors = local.encode_documents(texts, show_progress=False)
             work.record_part(spec, vectors, time.perf_counter() - began)

@@ -201,7 +201,7 @@ def encode_parts(work: BuildWork, plan: BuildPlan, pending: list[PartSpec], conf
     count, resources = _resources(workers)
     threads = resources.get("num_cpus", 1) if "num_gpus" not in resources else None
     store = UnitStore.open(work.units_path, plan.total_units)
-    items = [{"part": spec.part, "texts": [store.text(i) for i in range(spec.start, spec.start + spec.count)]}
+    items = [{"part": spec.part, "texts": store.texts[spec.start:spec.start + spec.count]}
              for spec in pending]
     specs = {spec.part: spec for spec in pending}
     actor_config = EncoderConfig(model=config.model, device=None if "num_gpus" in resources else "cpu",

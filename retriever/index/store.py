@@ -9,7 +9,9 @@ paged in only when asked for, so a 10M-unit index never holds every text as a Py
 
 from __future__ import annotations
 
+import bisect
 import logging
+import mmap
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -145,14 +147,53 @@ class UnitStoreWriter:
             self.abort()
 
 
+class _FileSpan:
+    """The open ``units.arrow`` file and the address its memory map starts at, for positional reads."""
+
+    def __init__(self, handle: Any, base: int, size: int) -> None:
+        self.handle = handle
+        self.base = base
+        self.size = size
+
+    def offset_of(self, buffer: pa.Buffer) -> int | None:
+        """The file offset of ``buffer`` when it lies in the map, else None."""
+        start = buffer.address - self.base
+        return start if 0 <= start and start + buffer.size <= self.size else None
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self.handle.fileno(), size, offset)
+
+
 class StringColumn(Sequence[str]):
     """A read-only, lazy view of one string column: rows become Python strings only when read.
 
-    ``column[i]`` touches row ``i`` only; iteration converts a bounded slice of rows at a time.
+    ``column[i]`` touches row ``i`` only. In a store opened from a file, its bytes come from one
+    positional read (``os.pread``) and only its two offsets are read through the memory map: the
+    kernel maps up to 64 KiB around every page faulted in a file mapping ("fault-around", whatever
+    ``madvise`` says), so reading hits' texts through the map made a long-running server's
+    resident set grow towards the whole text column. Iteration converts a bounded slice of rows
+    at a time through the map.
     """
 
-    def __init__(self, column: pa.ChunkedArray) -> None:
+    def __init__(self, column: pa.ChunkedArray, file: _FileSpan | None = None) -> None:
         self._column = column
+        self._file = file
+        self._starts: list[int] = []
+        self._chunks: list[tuple[memoryview[int], int]] = []  # per chunk: its offsets, its data's file offset
+        if file is None:
+            return
+        start = 0
+        for chunk in column.chunks:
+            _, offsets, data = chunk.buffers()
+            at = file.offset_of(data) if data is not None else None
+            if offsets is None or (data is not None and at is None):
+                self._chunks = []  # not every buffer is in the file: read through arrow
+                return
+            whole = memoryview(offsets).cast("q" if pa.types.is_large_string(chunk.type) else "i")
+            view = whole[chunk.offset:chunk.offset + len(chunk) + 1]
+            self._starts.append(start)
+            self._chunks.append((view, at or 0))
+            start += len(chunk)
 
     def __len__(self) -> int:
         return len(self._column)
@@ -169,8 +210,18 @@ class StringColumn(Sequence[str]):
             if step == 1:
                 return list(self._column.slice(start, max(stop - start, 0)).to_pylist())
             return [self[i] for i in range(start, stop, step)]
-        value: str = self._column[index].as_py()  # IndexError when out of range, as for a list
-        return value
+        if not self._chunks or self._file is None:
+            value: str = self._column[index].as_py()  # IndexError when out of range, as for a list
+            return value
+        n = len(self)
+        i = int(index) + n if index < 0 else int(index)
+        if not 0 <= i < n:
+            raise IndexError(f"unit {index} out of range for {n} units")
+        k = bisect.bisect_right(self._starts, i) - 1
+        offsets, at = self._chunks[k]
+        row = i - self._starts[k]
+        begin, end = offsets[row], offsets[row + 1]
+        return self._file.read(at + begin, end - begin).decode("utf-8") if end > begin else ""
 
     def __iter__(self) -> Iterator[str]:
         for chunk in self._column.chunks:
@@ -197,15 +248,16 @@ class UnitStore:
         record_ids, titles, texts: lazy read-only sequences of the string columns.
     """
 
-    def __init__(self, table: pa.Table, mapped: Any = None) -> None:
+    def __init__(self, table: pa.Table, file: _FileSpan | None = None, mapped: Any = None) -> None:
         """Wrap a table with the columns of :data:`UNITS_SCHEMA`; use :meth:`open` or :meth:`from_units`."""
         self._table = table
-        self._mapped = mapped  # the memory map the table's buffers point into, kept open with them
+        self._file = file  # the open file whose map the table's buffers point into, for positional reads
+        self._mapped = mapped  # that memory map, kept open with the buffers
         self.sources: np.ndarray = _numpy(table.column("source"), np.uint8)
         self.parts: np.ndarray = _numpy(table.column("part"), np.int32)
-        self.record_ids = StringColumn(table.column("record_id"))
-        self.titles = StringColumn(table.column("title"))
-        self.texts = StringColumn(table.column("text"))
+        self.record_ids = StringColumn(table.column("record_id"), file)
+        self.titles = StringColumn(table.column("title"), file)
+        self.texts = StringColumn(table.column("text"), file)
 
     def __len__(self) -> int:
         return int(self._table.num_rows)
@@ -221,6 +273,9 @@ class UnitStore:
     def open(cls, path: Path, expected: int) -> UnitStore:
         """Memory-map a ``units.arrow`` file; only the pages that are read become resident.
 
+        The numeric columns are read through the map, a hit's strings by positional reads of the
+        open file (:class:`StringColumn`).
+
         Args:
             path: the file.
             expected: the number of units the manifest lists.
@@ -232,12 +287,28 @@ class UnitStore:
             CorruptIndexError: the file is missing or not a complete Arrow IPC file, has other columns or
                 types, nulls, another number of units than ``expected``, or unknown source codes.
         """
+        handle = None
         try:
-            mapped = pa.memory_map(str(path), "r")
-            table = pa.ipc.open_file(mapped).read_all()
+            handle = open(path, "rb")  # kept open with the store, for positional reads
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)  # ValueError when empty
+            buffer = pa.py_buffer(mapped)
+            table = pa.ipc.open_file(pa.BufferReader(buffer)).read_all()  # zero-copy: slices of the map
             table.validate()  # buffer sizes only; a full check would page in every text
         except (pa.ArrowException, OSError, ValueError) as exc:
+            if handle is not None:
+                handle.close()
             raise CorruptIndexError(f"{path}: not a complete Arrow IPC unit store ({exc})") from exc
+        try:
+            store = cls._checked(path, table, expected, _FileSpan(handle, buffer.address, buffer.size), mapped)
+        except BaseException:
+            handle.close()
+            raise
+        logger.debug("memory-mapped %d units from %s", len(store), path)
+        return store
+
+    @classmethod
+    def _checked(cls, path: Path, table: pa.Table, expected: int, file: _FileSpan, mapped: Any) -> UnitStore:
+        """The store over ``table`` once its columns, types, nulls, length and source codes are checked."""
         names = [f.name for f in table.schema]
         if names != UNITS_SCHEMA.names:
             raise CorruptIndexError(f"{path}: columns {names}, expected {UNITS_SCHEMA.names}")
@@ -249,12 +320,11 @@ class UnitStore:
                 raise CorruptIndexError(f"{path}: column '{field.name}' has null values")
         if table.num_rows != expected:
             raise CorruptIndexError(f"{path}: {table.num_rows} units, manifest says {expected}")
-        store = cls(table, mapped)
+        store = cls(table, file, mapped)
         if len(store) and int(store.sources.max()) >= len(SOURCE_ORDER):
             bad = int(np.flatnonzero(store.sources >= len(SOURCE_ORDER))[0])
             raise CorruptIndexError(f"{path}: column 'source' of unit {bad} is {int(store.sources[bad])}, expected "
                                     f"0-{len(SOURCE_ORDER) - 1} ({', '.join(s.value for s in SOURCE_ORDER)})")
-        logger.debug("memory-mapped %d units from %s", len(store), path)
         return store
 
     def write(self, path: Path) -> None:
@@ -270,11 +340,15 @@ class UnitStore:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             with UnitStoreWriter(tmp) as writer:
-                for batch in self._table.to_batches(max_chunksize=_BATCH_ROWS):
+                for batch in self.batches():
                     writer.write_batch(batch)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def batches(self, rows: int = _BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        """The store's rows in unit-id order, as record batches of at most ``rows`` (zero-copy)."""
+        yield from self._table.to_batches(max_chunksize=rows)
 
     def unit(self, i: int) -> Unit:
         return Unit(self.record_id(i), self.source_of(i), int(self.parts[i]), self.title(i), self.text(i))
