@@ -16,6 +16,7 @@ A build runs in three phases, each resumable from the work directory (:mod:`retr
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -42,7 +43,7 @@ from retriever.index.shard_builder import RECALL_QUERIES, SEED, build_shard
 from retriever.index.shards import write_shard
 from retriever.index.store import SOURCE_CODE, SOURCE_ORDER, UNITS_NAME, UnitStore, UnitStoreWriter
 from retriever.index.work import BuildPlan, BuildWork, PartSpec, split_parts, work_dir_for
-from retriever.linearize import BATCH_RECORDS, LINEARIZER_VERSION, Unit, WindowBudget, linearize_all, linearize_batch
+from retriever.linearize import LINEARIZER_VERSION, Unit, WindowBudget, linearize_all, linearize_records
 from retriever.model_dir import check_model_dir, model_prompts
 from retriever.records import Record, UnknownFields, file_fingerprint, read_id_list, read_records
 
@@ -435,24 +436,12 @@ def _plan_records(config: BuildConfig, ids: list[str] | None, budget: WindowBudg
         return plan_records(config.corpus, ids, budget.max_tokens, info, spill.add, config.workers, config.lenient)
     # The corpus passed validation before planning (build_index); its warnings were given then.
     unknown = UnknownFields.IGNORE if config.lenient else UnknownFields.ERROR
-    skip = spill.planned  # records planned before an interruption (reading and skipping them is cheap)
-    batch: list[Record] = []
-    for record in read_records(config.corpus, ids, unknown=unknown):
-        if skip:
-            skip -= 1
-            continue
-        batch.append(record)
-        if len(batch) >= BATCH_RECORDS:
-            _plan_batch(batch, budget, spill)
-            batch = []
-    _plan_batch(batch, budget, spill)
-    return dict(spill.records)
-
-
-def _plan_batch(records: list[Record], budget: WindowBudget, spill: _SourceSpill) -> None:
-    for record, units in zip(records, linearize_batch(records, budget), strict=True):
+    records = itertools.islice(read_records(config.corpus, ids, unknown=unknown), spill.planned, None)
+    # (records planned before an interruption are read and skipped: cheap beside linearizing them)
+    for record, units in linearize_records(records, budget):
         spill.add(units)
         spill.planned_record(record.source.value)
+    return dict(spill.records)
 
 
 def _make_plan(work: BuildWork, key: dict[str, Any], config: BuildConfig, info: ModelInfo, max_tokens: int,

@@ -48,20 +48,25 @@ def linearize_batch(records: Sequence[Record], budget: WindowBudget | None = Non
     return [LINEARIZERS[r.source].linearize(r, primed) for r in records]
 
 
-def linearize_all(records: Iterable[Record], budget: WindowBudget | None = None) -> Iterator[Unit]:
-    """Linearize records in order, yielding their units (in batches of :data:`BATCH_RECORDS`)."""
+def linearize_records(records: Iterable[Record], budget: WindowBudget | None = None
+                      ) -> Iterator[tuple[Record, list[Unit]]]:
+    """Each record in order with its units, linearized in batches of :data:`BATCH_RECORDS`."""
     batch: list[Record] = []
     for record in records:
         batch.append(record)
         if len(batch) >= BATCH_RECORDS:
-            for units in linearize_batch(batch, budget):
-                yield from units
+            yield from zip(batch, linearize_batch(batch, budget), strict=True)
             batch = []
-    for units in linearize_batch(batch, budget):
+    yield from zip(batch, linearize_batch(batch, budget), strict=True)
+
+
+def linearize_all(records: Iterable[Record], budget: WindowBudget | None = None) -> Iterator[Unit]:
+    """Linearize records in order, yielding their units (in batches of :data:`BATCH_RECORDS`)."""
+    for _, units in linearize_records(records, budget):
         yield from units
 
 
 __all__ = [
     "BATCH_RECORDS", "LINEARIZERS", "LINEARIZER_VERSION", "Linearizer", "TokenCounter", "Unit", "WindowBudget",
-    "count_words", "linearize", "linearize_all", "linearize_batch", "pack_windows",
+    "count_words", "linearize", "linearize_all", "linearize_batch", "linearize_records", "pack_windows",
 ]

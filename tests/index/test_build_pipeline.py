@@ -20,7 +20,7 @@ from retriever.errors import CorpusError, InvalidInputError
 from retriever.index import BuildConfig, Index, Manifest, build_index
 from retriever.index.build import Engine
 from retriever.index.work import JOURNAL_NAME, work_dir_for
-from retriever.linearize import linearize_batch
+from retriever.linearize import linearize_records
 from retriever.records import Source
 from retriever.searcher import Query, Searcher
 from tests.conftest import write_jsonl
@@ -130,10 +130,11 @@ def test_planning_interrupted_after_a_checkpoint_resumes_there_and_equals_a_fres
     planned: list[str] = []
 
     def recording(records, budget):
-        planned.extend(r.id for r in records)
-        return linearize_batch(records, budget)
+        for record, units in linearize_records(records, budget):
+            planned.append(record.id)
+            yield record, units
 
-    monkeypatch.setattr(build_module, "linearize_batch", recording)
+    monkeypatch.setattr(build_module, "linearize_records", recording)
     caplog.set_level("INFO", logger="retriever.index.build")
     build_index(BuildConfig(corpus=tiny_corpus, out=out, part_size=16, resume=True), encoder)
     assert "resuming planning after 6 records" in caplog.text
