@@ -35,15 +35,7 @@ from retriever.encoder import Encoder, EncoderConfig
 from retriever.router import SourceRouter, TunedSpec
 from retriever.training.config import RouterConfig
 from retriever.training.instruction_pool import router_examples
-from retriever.training.router import (
-    PolarityReader,
-    Prototypes,
-    fit_head,
-    fit_tuned,
-    read_rules,
-    score_readings,
-    sweep,
-)
+from retriever.training.router import Prototypes, fit_head, fit_tuned, read_rules, score_readings, sweep
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -57,8 +49,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tuned", nargs="*", default=[], metavar="LAYERS:RANK:EPOCHS",
                         help="tuned routers to add, e.g. 0:8:2 3:16:2 (minutes each on a CPU)")
-    parser.add_argument("--polarity", action="store_true",
-                        help="also fit each --tuned shape as a PolarityReader (wanted / unwanted per source)")
     parser.add_argument("--tuned-lr", type=float, default=None, help="adapters' lr (default: [router] tuned_lr)")
     parser.add_argument("--head-lr", type=float, default=None, help="head's lr (default: [router] head_lr)")
     parser.add_argument("--train-examples", type=int, default=None,
@@ -94,12 +84,6 @@ def main() -> None:
                           encoder.checksum, defaults.threshold)
         readers[f"tuned-l{layers}-r{rank}-e{epochs}"] = (tuned.read_texts([e.text for e in dev]),
                                                          time.perf_counter() - started)
-        if args.polarity:
-            started = time.perf_counter()
-            polar = PolarityReader.fit(encoder.model_dir, train, TunedSpec(layers, rank, 2 * rank), epochs,
-                                       args.tuned_lr or defaults.tuned_lr, args.head_lr or defaults.head_lr, args.seed)
-            readers[f"polarity-l{layers}-r{rank}-e{epochs}"] = (polar.read_texts([e.text for e in dev]),
-                                                                time.perf_counter() - started)
 
     results = {}
     for name, (readings, seconds) in readers.items():

@@ -196,8 +196,6 @@ class RouterExample:
     text: str
     sources: frozenset[Source]
     kind: str  # "single", "multi", "negation", "unnamed"
-    named: frozenset[Source] = frozenset()  # the sources it names as wanted
-    excluded: frozenset[Source] = frozenset()  # the sources it names as unwanted
 
 
 def router_examples(split: str, n: int, seed: int) -> list[RouterExample]:
@@ -217,12 +215,10 @@ def router_examples(split: str, n: int, seed: int) -> list[RouterExample]:
     out: list[RouterExample] = []
     for i in range(n):
         kind = ("single", "multi", "negation", "unnamed")[i % 4]
-        named = excluded = frozenset[Source]()
         if kind == "unnamed":
             text, allowed = _pick(rng, ROUTER_UNNAMED[split]), frozenset[Source]()
         elif kind == "negation":
             drawn = _draw(rng, sources, int(rng.integers(1, 3)))
-            excluded = frozenset(drawn)
             if rng.random() < 0.5:
                 text = _pick(rng, ROUTER_EXCLUDE[split]).format(neg=_names(rng, split, drawn))
                 allowed = frozenset(sources) - frozenset(drawn)
@@ -230,14 +226,14 @@ def router_examples(split: str, n: int, seed: int) -> list[RouterExample]:
                 keep = _draw(rng, [s for s in sources if s not in drawn], 1)
                 text = _pick(rng, ROUTER_CONTRAST[split]).format(pos=_names(rng, split, keep),
                                                                neg=_names(rng, split, drawn))
-                allowed = named = frozenset(keep)
+                allowed = frozenset(keep)
         else:
             drawn = _draw(rng, sources, 1 if kind == "single" else int(rng.integers(2, 4)))
             text = _include(rng, split, drawn)
-            allowed = named = frozenset(drawn)
+            allowed = frozenset(drawn)
         if allowed == frozenset(sources):
             allowed = frozenset()
-        out.append(RouterExample(_typed(rng, text), allowed, kind, named, excluded))
+        out.append(RouterExample(_typed(rng, text), allowed, kind))
     return out
 
 

@@ -159,65 +159,6 @@ def _tune(model_dir: Path, texts: Sequence[str], y: np.ndarray, weight: np.ndarr
     return network, head
 
 
-def polarity_targets(examples: Sequence[RouterExample]) -> np.ndarray:
-    """float32 ``[n, 8]``: names each of :data:`ROUTER_SOURCES` as wanted, then as unwanted."""
-    out = np.zeros((len(examples), 2 * len(ROUTER_SOURCES)), np.float32)
-    for i, example in enumerate(examples):
-        for j, source in enumerate(ROUTER_SOURCES):
-            out[i, j] = source in example.named
-            out[i, len(ROUTER_SOURCES) + j] = source in example.excluded
-    return out
-
-
-def read_polarity(row: np.ndarray) -> Routing:
-    """The set allowed by one instruction's wanted / unwanted probabilities (:func:`polarity_targets`).
-
-    Wanted sources minus unwanted ones; with none wanted, every source but the unwanted ones; all
-    four (or none) is no filter. Confidence: the probability of exactly this reading of the eight.
-    """
-    n = len(ROUTER_SOURCES)
-    wanted = {s for s, p in zip(ROUTER_SOURCES, row[:n], strict=True) if p >= 0.5}
-    unwanted = {s for s, p in zip(ROUTER_SOURCES, row[n:], strict=True) if p >= 0.5}
-    allowed = wanted - unwanted if wanted else set(ROUTER_SOURCES) - unwanted
-    if len(allowed) == n:
-        allowed = set()
-    confidence = float(np.prod(np.maximum(row, 1.0 - row)))
-    return Routing(tuple(s for s in ROUTER_SOURCES if s in allowed), confidence)
-
-
-@dataclass
-class PolarityReader:
-    """Experimental (``benchmarks/router_compare.py --polarity``): a tuned network whose head reads,
-    for each source, whether the instruction names it as wanted and whether as unwanted
-    (:func:`read_polarity`), instead of the allowed set directly."""
-
-    network: Any
-    tokenizer: Any
-    head: Any
-    max_length: int
-
-    @classmethod
-    def fit(cls, model_dir: Path, examples: Sequence[RouterExample], spec: TunedSpec, epochs: int, lr: float,
-            head_lr: float, seed: int, batch_size: int = 32) -> PolarityReader:
-        from transformers import AutoTokenizer
-
-        y = polarity_targets(examples)
-        network, head = _tune(model_dir, [e.text for e in examples], y, np.ones_like(y), spec, epochs, lr, head_lr,
-                              seed, batch_size)
-        return cls(network, AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True), head,
-                   spec.max_length)
-
-    def read_texts(self, texts: Sequence[str], batch_size: int = 128) -> list[Routing]:
-        import torch
-
-        out: list[Routing] = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), batch_size):
-                pooled = mean_pooled(self.network, self.tokenizer, list(texts[i:i + batch_size]), self.max_length)
-                out.extend(read_polarity(row) for row in torch.sigmoid(self.head(pooled)).numpy())
-        return out
-
-
 @dataclass
 class Prototypes:
     """Prototype similarity: the mean embedding of each labelled set; the nearest one is the reading.

@@ -23,7 +23,7 @@ from retriever.training.instruction_pool import (
     naming_instruction,
     router_examples,
 )
-from retriever.training.router import fit_head, polarity_targets, read_polarity, read_rules, score_readings
+from retriever.training.router import fit_head, read_rules, score_readings
 from tests.training.conftest import tiny_config
 
 
@@ -171,26 +171,3 @@ def test_a_tuned_router_learns_a_toy_pool_and_reads_the_same_once_saved(tiny_st_
     assert isinstance(unloadable, TunedRouter)
     with pytest.raises(ModelError, match="transformer weights"):
         unloadable.warm()
-
-
-def test_polarity_labels_and_their_reading_give_back_each_allowed_set() -> None:
-    examples = router_examples("dev", 400, 5)
-    y = polarity_targets(examples)
-    assert y.shape == (400, 8)
-    for example, row in zip(examples, y, strict=True):
-        assert example.named.isdisjoint(example.excluded)
-        if example.kind == "unnamed":
-            assert not example.named and not example.excluded
-        # read at certainty, the labels give back exactly the allowed set, with confidence 1
-        routing = read_polarity(row)
-        assert set(routing.sources) == set(example.sources) and routing.confidence == 1.0, example
-    # "tables, not infoboxes", read with some doubt: wanted minus unwanted, confidence the product
-    row = np.array([0.1, 0.9, 0.2, 0.1, 0.0, 0.1, 0.0, 0.8], np.float32)
-    routing = read_polarity(row)
-    assert routing.sources == (Source.TABLE,)
-    assert routing.confidence == pytest.approx(0.9 * 0.9 * 0.8 * 0.9 * 1.0 * 0.9 * 1.0 * 0.8, rel=1e-6)
-    # "anything but kb": nothing wanted, one unwanted -> the other three
-    assert read_polarity(np.array([0, 0, 0, 0, 0, 0, 1, 0], np.float32)).sources == \
-        (Source.TEXT, Source.TABLE, Source.INFOBOX)
-    # every source wanted is no filter
-    assert read_polarity(np.r_[np.ones(4), np.zeros(4)]).sources == ()
