@@ -256,3 +256,35 @@ def test_the_good_table_of_the_refusal_cases_opens(tmp_path: Path) -> None:
     store = UnitStore.open(write_table(tmp_path / UNITS_NAME, good_columns()), expected=3)
     assert [store.source_of(i) for i in range(3)] == [Source.TEXT, Source.TABLE, Source.INFOBOX]
     assert UNITS_SCHEMA.names == list(good_columns())
+
+
+def mapped_resident_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (``/proc/self/smaps``)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                inside = len(fields) >= 6 and fields[5] == str(path)
+            elif inside and fields[:1] == ["Rss:"]:
+                total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs /proc (Linux)")
+def test_an_open_store_keeps_no_page_of_its_file_mapped_while_hits_are_read(tmp_path: Path) -> None:
+    # Reading the table at open faults pages of every record batch in (2 MiB each on a 10M-unit
+    # store); the store lets them go, and reads hits' offsets and bytes with pread, so a server's
+    # resident set does not grow with the file however many hits it reads.
+    n, batch = 50_000, 4_096
+    path = (tmp_path / UNITS_NAME).resolve()
+    with UnitStoreWriter(path) as writer:
+        for start in range(0, n, batch):
+            writer.write([Unit(f"r{i}", Source.TEXT, i % 3, f"t{i}", f"{i} " + "y" * (i % 500))
+                          for i in range(start, min(n, start + batch))])
+    store = UnitStore.open(path, expected=n)
+    assert mapped_resident_kib(path) == 0
+    picked = np.random.default_rng(3).choice(n, size=2_000, replace=False).tolist()
+    assert [store.unit(i) for i in picked] == [Unit(f"r{i}", Source.TEXT, i % 3, f"t{i}", f"{i} " + "y" * (i % 500))
+                                               for i in picked]
+    assert mapped_resident_kib(path) == 0
