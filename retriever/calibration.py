@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -51,7 +50,7 @@ from retriever.backends import SUPPORTED, Backend, Precision, find_export, runti
 from retriever.encoder import Encoder, EncoderConfig, encoding_of, pick_device
 from retriever.errors import ModelError
 from retriever.index.files import write_json_atomic
-from retriever.machine import cpu_flags, has_native_bf16
+from retriever.machine import cpu_flags, has_native_bf16, usable_cpus
 from retriever.model_dir import check_model_dir, model_checksum
 
 logger = logging.getLogger(__name__)
@@ -226,7 +225,7 @@ def calibrate(config: EncoderConfig, reference: dict[str, str] | None = None, pr
         if encoding_of(ref_config, model_dir, device) != reference:
             raise ModelError(f"the documents were encoded with {reference['backend']}/{reference['precision']} "
                              f"from an export this model directory no longer has")
-    threads = config.threads or max(1, os.cpu_count() or 1)
+    threads = config.threads or usable_cpus()
     key = machine_key(device, threads, config.batch_size)
     path = calibration_path(model_checksum(model_dir))
     timings = _read_timings(path, key)

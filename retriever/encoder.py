@@ -9,7 +9,6 @@ default is the model trained by the CPU recipe, shipped in the package (:mod:`re
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from retriever.backends import (
 from retriever.bundled import canonical_name
 from retriever.errors import ModelError
 from retriever.instructions import compose_query, instruction_for
+from retriever.machine import usable_cpus
 from retriever.model_dir import (
     check_model_dir,
     hub_offline,
@@ -182,7 +182,7 @@ class Encoder:
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
-        threads = self.config.threads or max(1, os.cpu_count() or 1)
+        threads = self.config.threads or usable_cpus()
         if self.device == "cpu":
             torch.set_num_threads(threads)
         elif self.backend is not Backend.TORCH:

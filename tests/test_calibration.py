@@ -133,3 +133,19 @@ def test_a_machine_without_lscpu_knows_no_flags_and_skips_bf16(monkeypatch) -> N
         assert machine.cpu_flags()["simd"] == [] and not machine.has_native_bf16()
     finally:
         machine.cpu_flags.cache_clear()
+
+
+def test_threads_follow_the_processors_this_process_may_use(monkeypatch, tmp_path) -> None:
+    from retriever import machine
+
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    monkeypatch.setattr(machine, "CGROUP_CPU_MAX", tmp_path / "absent")
+    assert machine.usable_cpus() == 6  # the affinity mask, not os.cpu_count()
+    quota = tmp_path / "cpu.max"
+    monkeypatch.setattr(machine, "CGROUP_CPU_MAX", quota)
+    quota.write_text("max 100000\n")
+    assert machine.usable_cpus() == 6  # no quota
+    quota.write_text("250000 100000\n")
+    assert machine.usable_cpus() == 3  # docker --cpus 2.5, rounded up
+    quota.write_text("20000 100000\n")
+    assert machine.usable_cpus() == 1  # never 0
