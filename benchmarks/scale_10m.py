@@ -427,7 +427,8 @@ def measure(args: argparse.Namespace, work: Path, units: SyntheticUnits, synthet
         "serving_delta_over_model": round(delta / model_bytes, 4),
         "serving_delta_within_20pct": abs(delta / model_bytes - 1) <= 0.2,
         "note": "serving delta = server VmRSS after SERVING minus a server on the sample index (less its FAISS "
-                "files): it also holds the unit store's mapped source column and allocator slack"}
+                "files): it also holds the unit store's source and part columns (5 B/unit, copied at open) "
+                "and allocator slack"}
     result["model_at_10m"] = model_at(10_000_000)
     result["load_average_after"] = os.getloadavg()
     return result
