@@ -173,8 +173,8 @@ class StringColumn(Sequence[str]):
     faulted in a file mapping brings its neighbours with it, whatever ``madvise`` says (64 KiB of
     "fault-around"; 2 MiB per record batch touched on the 10M-unit store with the file in the page
     cache, measured, which looks like whole large folios), so reading hits through the map made a
-    long-running server's resident set grow towards the whole file. Iteration and slices convert a bounded slice of rows at a time
-    through the map (builds).
+    long-running server's resident set grow towards the whole file. Iteration and slices convert a
+    bounded slice of rows at a time through the map (builds).
     """
 
     def __init__(self, column: pa.ChunkedArray, file: _FileSpan | None = None) -> None:
