@@ -47,6 +47,9 @@ LIMIT_FLAGS = [
     ("--max-history-turns", "max_history_turns", "most conversation turns in a request's history (default 16)"),
     ("--max-turn-chars", "max_turn_chars", "longest question or answer of one history turn, in characters "
      "(default 2048)"),
+    ("--refusal-hold-ms", "refusal_hold_ms", "how long a refused query call is held before RESOURCE_EXHAUSTED "
+     "goes out, pacing clients that re-send at once (default 25, at most 1000): longer keeps a re-send storm "
+     "from taking processor time from the accepted calls, shorter answers refusals sooner"),
 ]
 
 

@@ -58,6 +58,10 @@ class Limits:
             (RETRIEVER_MAX_HISTORY_TURNS).
         max_turn_chars: longest question or answer of one turn, in characters
             (RETRIEVER_MAX_TURN_CHARS).
+        refusal_hold_ms: how long a refused query call is held before its RESOURCE_EXHAUSTED goes
+            out (RETRIEVER_REFUSAL_HOLD_MS), so a client that re-sends at once re-sends at most
+            1000 / refusal_hold_ms times a second; longer protects the accepted calls' latency from
+            a re-send storm (each refusal costs the server CPU), shorter answers refusals sooner.
     """
 
     max_message_bytes: int = 16 * 1024 * 1024
@@ -71,12 +75,15 @@ class Limits:
     max_fusion_depth: int = 1000
     max_history_turns: int = 16
     max_turn_chars: int = 2048
+    refusal_hold_ms: int = 25
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if not isinstance(value, int) or value < 1:
                 raise InvalidInputError(f"limit {f.name} must be a positive integer, got {value!r}")
+        if self.refusal_hold_ms > 1000:
+            raise InvalidInputError(f"limit refusal_hold_ms must be at most 1000, got {self.refusal_hold_ms}")
         if self.max_queued_queries < self.max_batch_queries:
             raise InvalidInputError(
                 f"max_queued_queries ({self.max_queued_queries}) must be >= max_batch_queries "

@@ -38,12 +38,6 @@ SERVICE_NAME = "retriever.v1.Retriever"
 #: How far before a stream's computed deadline gRPC ending the call still counts as the deadline.
 DEADLINE_TOLERANCE_SECONDS = 0.05
 M = TypeVar("M", bound=Message)
-#: How long a refused query call is held before its RESOURCE_EXHAUSTED goes out, so a client that
-#: re-sends at once re-sends at most 1 / HOLD times a second instead of as fast as the CPU allows
-#: (RELIABILITY: refusals within 50 ms).
-REFUSAL_HOLD_SECONDS = 0.025
-
-
 def parse(cls: type[M], data: bytes) -> M:
     """Parse request bytes, turning any decoding failure into InvalidInputError."""
     try:
@@ -154,7 +148,7 @@ class RetrieverServicer:
 
         Refused: ``max_concurrent_calls`` query calls are in flight, or the batcher expects to
         answer a query later than its latency budget (a batch call's exact size is checked again
-        when it is queued). A refusal is held :data:`REFUSAL_HOLD_SECONDS` when a hold slot is
+        when it is queued). A refusal is held ``limits.refusal_hold_ms`` when a hold slot is
         free (handler threads not taken by admitted calls; grpcio refuses at once beyond them), then
         RESOURCE_EXHAUSTED.
 
@@ -178,7 +172,7 @@ class RetrieverServicer:
             if hold:
                 self._held += 1
         if hold:
-            time.sleep(REFUSAL_HOLD_SECONDS)
+            time.sleep(self.limits.refusal_hold_ms / 1000)
             with self._slots:
                 self._held -= 1
         raise OverloadedError(why)

@@ -12,11 +12,10 @@ import grpc
 import pytest
 
 from retriever.client import RemoteError, RetrieverClient, retry_service_config
-from retriever.errors import CorruptIndexError, NotFoundError, OverloadedError
+from retriever.errors import CorruptIndexError, InvalidInputError, NotFoundError, OverloadedError
 from retriever.service.config import Limits
 from retriever.service.errors import scrub, status_for
 from retriever.service.proto import retriever_pb2 as pb
-from retriever.service.servicer import REFUSAL_HOLD_SECONDS
 from tests.service.helpers import (
     GatedEncoder,
     channel_to,
@@ -241,7 +240,8 @@ def test_a_call_over_the_latency_budget_is_refused_before_parsing_and_held_brief
     caplog.set_level(logging.DEBUG, logger="retriever.requests")
     gated = GatedEncoder(encoder)
     # a 1 ms budget: while the worker is busy, every query call is expected to end too late
-    with running_server(gated, [("tiny", tiny_index_dir)], latency_budget_ms=1.0) as srv, \
+    hold = Limits(refusal_hold_ms=60)  # not the default 25, so the setting is what is measured
+    with running_server(gated, [("tiny", tiny_index_dir)], latency_budget_ms=1.0, limits=hold) as srv, \
             channel_to(srv) as channel:
         stub = stub_for(channel)
         busy = occupy_worker(stub, gated)
@@ -254,7 +254,7 @@ def test_a_call_over_the_latency_budget_is_refused_before_parsing_and_held_brief
             # refused before parsing: the malformed bytes get RESOURCE_EXHAUSTED, not INVALID_ARGUMENT
             assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
             assert "latency budget" in err.value.details()
-            assert REFUSAL_HOLD_SECONDS <= refused_in < 1.0  # held, so a client re-sending at once is paced
+            assert 0.060 <= refused_in < 1.0  # held, so a client re-sending at once is paced
         assert srv.batcher.stats.over_budget == 2
         # a refusal is one DEBUG line; INFO gets one summary line per period (here: the first refusal)
         refused = [r for r in caplog.records if r.name == "retriever.requests" and "RESOURCE_EXHAUSTED" in r.message]
@@ -311,3 +311,10 @@ def test_an_expired_call_frees_its_concurrency_slot_at_its_deadline(encoder, tin
         gated.gate.set()
         assert busy.result().hits and waiting.result().hits
 
+
+
+def test_a_refusal_hold_over_a_second_is_refused() -> None:
+    with pytest.raises(InvalidInputError, match="refusal_hold_ms must be at most 1000"):
+        Limits(refusal_hold_ms=1001)
+    with pytest.raises(InvalidInputError, match="refusal_hold_ms must be a positive integer"):
+        Limits(refusal_hold_ms=0)
