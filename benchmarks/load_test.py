@@ -25,6 +25,13 @@ In one run, on the same queries:
     and how fast the excess comes back RESOURCE_EXHAUSTED; with the latency budget on (auto)
     and off, side by side.
 
+Clients are threads of this process by default. ``--clients processes`` runs each client in a
+process of its own (``benchmarks/load_clients.py``; threads share one interpreter lock, so under a
+storm of fast refusals the latency a thread records includes waiting for it), and
+``--server-cpus 0 --client-cpus 1`` pins the servers and the client processes to separate
+processors, as clients on other machines would be (``taskset``; the server's encoder then runs one
+thread per processor it may use).
+
 The run stops by itself (every level is time-bounded) and writes
 ``benchmarks/results/load_<name>.json``. Figures depend on the machine and on what else runs
 on it: record ``cpu_count`` and the load average that the JSON carries next to them.
@@ -33,18 +40,17 @@ on it: record ``cpu_count`` and the load average that the JSON carries next to t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import random
 import re
 import shlex
-import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +61,30 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "heteromix"
 sys.path.insert(0, str(ROOT))
 
+from load_clients import ClientProcesses, drive, run_clients, summary  # noqa: E402
+
 from retriever.encoder import Encoder, EncoderConfig  # noqa: E402
 from retriever.index import Index  # noqa: E402
+from retriever.machine import cpu_flags  # noqa: E402
 from retriever.query import Query  # noqa: E402
 from retriever.searcher import Searcher  # noqa: E402
 from retriever.service.proto import retriever_pb2 as pb  # noqa: E402
 from retriever.service.proto import retriever_pb2_grpc  # noqa: E402
+
+
+def cpu_list(text: str) -> list[int]:
+    """``0`` or ``0,2`` or ``0-3``: processor numbers, as taskset's --cpu-list reads them."""
+    out: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            out.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a processor list: {text!r} (e.g. 0 or 0,1 or 0-3)") from None
+    usable = os.sched_getaffinity(0)
+    if not out or not out <= usable:
+        raise argparse.ArgumentTypeError(f"processors {sorted(out)} are not all usable here ({sorted(usable)})")
+    return sorted(out)
 
 
 def load_queries(path: Path | None, limit: int) -> list[str]:
@@ -80,15 +104,6 @@ def load_queries(path: Path | None, limit: int) -> list[str]:
     if not texts:
         raise SystemExit(f"no queries in {path}")
     return texts
-
-
-def summary(latencies: list[float], seconds: float, errors: int = 0) -> dict[str, Any]:
-    ordered = sorted(latencies)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] if ordered else float("nan")
-    return {"calls": len(ordered), "errors": errors, "seconds": round(seconds, 3),
-            "qps": round(len(ordered) / seconds, 2) if seconds else 0.0,
-            "p50_ms": round(statistics.median(ordered) * 1000, 2) if ordered else float("nan"),
-            "p99_ms": round(p99 * 1000, 2)}
 
 
 def in_process(index_dir: Path, queries: list[str], k: int, duration: float) -> dict[str, Any]:
@@ -120,9 +135,12 @@ class ServerProcess:
     """``retriever serve`` in a child process on a free loopback port."""
 
     def __init__(self, index_dir: Path, max_batch: int = 32, max_concurrent: int = 64, name: str = "bench",
-                 extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
-        """Start the server and wait until it is SERVING; ``extra`` flags are appended (a repeated flag wins)."""
-        cmd = [sys.executable, "-m", "retriever", "serve", "--index", f"{name}={index_dir}", "--port", "0",
+                 extra: list[str] | None = None, env: dict[str, str] | None = None,
+                 cpus: list[int] | None = None) -> None:
+        """Start the server and wait until it is SERVING; ``extra`` flags are appended (a repeated flag wins);
+        ``cpus``: pinned to these processors (``taskset``; the encoder then runs as many threads)."""
+        pin = ["taskset", "--cpu-list", ",".join(map(str, cpus))] if cpus else []
+        cmd = [*pin, sys.executable, "-m", "retriever", "serve", "--index", f"{name}={index_dir}", "--port", "0",
                "--max-batch", str(max_batch), "--max-concurrent-calls", str(max_concurrent), "--no-progress",
                "--grace", "5", *(extra or [])]
         self.process = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True,
@@ -174,83 +192,25 @@ def stop_process(process: subprocess.Popen) -> None:
         process.kill()
 
 
-def run_clients(client: Callable[[int], None], clients: int) -> float:
-    """Run ``client(n)`` for n in range(clients) on as many threads; wall seconds until all return."""
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - started
-
-
-def drive(address: str, queries: list[str], k: int, clients: int, duration: float,
-          backoff: bool = False, mode: int = pb.SEARCH_MODE_DENSE) -> dict[str, Any]:
-    """``clients`` threads call Retrieve (search ``mode``) back to back for ``duration`` seconds.
-
-    Calls rejected with RESOURCE_EXHAUSTED (over the server's concurrency cap) are counted
-    apart from errors, with their own latency (how fast the rejection came back). With
-    ``backoff`` a rejected client waits like ``RetrieverClient``'s retry policy before its next
-    call: a random time up to 50 ms, doubling per consecutive rejection up to 2 s.
-    """
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    rejections: list[list[float]] = [[] for _ in range(clients)]
-    errors = [0] * clients
-    stop_at = time.perf_counter() + duration
-
-    def client(n: int) -> None:
-        with grpc.insecure_channel(address) as channel:
-            stub = retriever_pb2_grpc.RetrieverStub(channel)
-            i = n * 7919
-            ceiling = 0.05
-            jitter = random.Random(n)
-            while time.perf_counter() < stop_at:
-                request = pb.RetrieveRequest(query=queries[i % len(queries)], top_k=k, mode=mode)
-                t = time.perf_counter()
-                try:
-                    stub.Retrieve(request, timeout=60)
-                    latencies[n].append(time.perf_counter() - t)
-                    ceiling = 0.05
-                except grpc.RpcError as exc:
-                    if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        rejections[n].append(time.perf_counter() - t)
-                        if backoff:
-                            time.sleep(min(jitter.uniform(0, ceiling), max(0.0, stop_at - time.perf_counter())))
-                            ceiling = min(2.0, ceiling * 2)
-                    else:
-                        errors[n] += 1
-                i += 1
-
-    seconds = run_clients(client, clients)
-    out: dict[str, Any] = summary([x for per in latencies for x in per], seconds, sum(errors))
-    rejected = sorted(x for per in rejections for x in per)
-    if rejected:
-        out["rejected"] = len(rejected)
-        out["reject_p50_ms"] = round(statistics.median(rejected) * 1000, 2)
-        out["reject_p99_ms"] = round(rejected[min(len(rejected) - 1, round(0.99 * (len(rejected) - 1)))] * 1000, 2)
-    else:
-        out["rejected"] = 0
-    return out
-
-
 def overload(index_dir: Path, queries: list[str], k: int, max_batch: int, cap: int,
-             duration: float, budgets: tuple[str, ...] = ("auto", "off")) -> dict[str, Any]:
+             duration: float, budgets: tuple[str, ...] = ("auto", "off"), pool: ClientProcesses | None = None,
+             server_cpus: list[int] | None = None, flags: list[str] | None = None) -> dict[str, Any]:
     """RELIABILITY C: a server capped at ``cap`` concurrent calls, driven by 1 and then 2 x cap clients.
 
     Reports the accepted calls' p99 at 2x capacity against the single-client p99 of the same
     server, and how fast the excess is refused (RESOURCE_EXHAUSTED): clients that re-send at once,
     then clients that back off like ``RetrieverClient``. Once per ``--latency-budget-ms`` value,
-    side by side.
+    side by side. Clients are threads of this process, or ``pool``'s processes.
     """
-    out: dict[str, Any] = {"max_concurrent_calls": cap, "max_batch": max_batch}
+    out: dict[str, Any] = {"max_concurrent_calls": cap, "max_batch": max_batch, "serve_flags": flags or []}
     for budget in budgets:
-        server = ServerProcess(index_dir, max_batch, cap, extra=["--latency-budget-ms", budget])
+        server = ServerProcess(index_dir, max_batch, cap, extra=[*(flags or []), "--latency-budget-ms", budget],
+                               cpus=server_cpus)
         try:
-            drive(server.address, queries, k, 1, min(2.0, duration))  # warm-up
-            single = drive(server.address, queries, k, 1, duration)
-            immediate = drive(server.address, queries, k, 2 * cap, duration)
-            backing_off = drive(server.address, queries, k, 2 * cap, duration, backoff=True)
+            drive(server.address, queries, k, 1, min(2.0, duration), pool=pool)  # warm-up
+            single = drive(server.address, queries, k, 1, duration, pool=pool)
+            immediate = drive(server.address, queries, k, 2 * cap, duration, pool=pool)
+            backing_off = drive(server.address, queries, k, 2 * cap, duration, backoff=True, pool=pool)
         finally:
             server.stop()
         out[f"latency_budget_{budget}"] = {
@@ -379,12 +339,26 @@ def main() -> None:
     parser.add_argument("--modes", default="in-process,batched,unbatched,overload",
                         help="which parts to run, comma-separated: in-process, batched, unbatched, hybrid, "
                         "overload, correctness, stream (ratios need the first three)")
+    parser.add_argument("--serve-flags", default="",
+                        help="flags added to every server this run starts (one string, e.g. '--refusal-hold-ms 38')")
     parser.add_argument("--backend-flags", default="--backend auto",
                         help="serve flags of the `backend` mode's server (one string)")
     parser.add_argument("--correctness-seconds", type=float, default=60.0,
                         help="length of the correctness run (8 clients against single-threaded answers)")
+    parser.add_argument("--clients", choices=("threads", "processes"), default="threads",
+                        help="load clients as threads of this process (default) or as processes of their own: "
+                        "threads share one interpreter lock, so under a storm of fast answers the latency they "
+                        "record includes waiting for it (benchmarks/load_clients.py)")
+    parser.add_argument("--server-cpus", type=cpu_list, default=None, metavar="LIST",
+                        help="pin the servers to these processors (e.g. 0), as `taskset --cpu-list` does")
+    parser.add_argument("--client-cpus", type=cpu_list, default=None, metavar="LIST",
+                        help="pin the client processes to these processors (e.g. 1; needs --clients processes): "
+                        "the load then does not take processor time from the server, as clients on other "
+                        "machines would not")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.client_cpus and args.clients != "processes":
+        raise SystemExit("--client-cpus pins client processes; add --clients processes")
     if not (args.index / "manifest.json").is_file():
         raise SystemExit(f"{args.index} is not an index directory; build one or pass --index DIR")
     name = args.name or args.index.name
@@ -396,7 +370,8 @@ def main() -> None:
         "index": str(args.index), "units": sum(manifest["counts"].values()), "factory": manifest["factory"],
         "queries": len(queries), "top_k": args.top_k, "duration_per_level_s": args.duration,
         "cpu_count": os.cpu_count(), "load_average_before": os.getloadavg(), "python": platform.python_version(),
-        "machine": platform.machine(),
+        "machine": platform.machine(), "cpu": cpu_flags(), "clients": args.clients,
+        "server_cpus": args.server_cpus, "client_cpus": args.client_cpus, "serve_flags": args.serve_flags,
     }
     modes = {m.strip() for m in args.modes.split(",") if m.strip()}
     unknown = modes - {"in-process", "batched", "unbatched", "hybrid", "backend", "overload", "correctness", "stream"}
@@ -408,34 +383,11 @@ def main() -> None:
     if "in-process" in modes:
         print(f"in-process ({args.duration:.0f}s each)...", file=sys.stderr)
         result["in_process"] = in_process(args.index, queries, args.top_k, args.duration)
-    for mode, max_batch, search in (("batched", args.max_batch, pb.SEARCH_MODE_DENSE),
-                                    ("unbatched", 1, pb.SEARCH_MODE_DENSE),
-                                    ("hybrid", args.max_batch, pb.SEARCH_MODE_HYBRID),
-                                    ("backend", args.max_batch, pb.SEARCH_MODE_DENSE)):
-        if mode not in modes:
-            continue
-        key = {"hybrid": "server_batched_hybrid", "backend": "server_batched_backend"}.get(mode, f"server_{mode}")
-        flags = shlex.split(args.backend_flags) if mode == "backend" else []
-        started = time.perf_counter()
-        server = ServerProcess(args.index, max_batch, max(levels) + 8,
-                               extra=["--latency-budget-ms", args.latency_budget_ms, *flags])
-        try:
-            start_s = round(time.perf_counter() - started, 1)
-            drive(server.address, queries, args.top_k, 1, min(2.0, args.duration), mode=search)  # warm-up
-            result[key] = {"max_batch": max_batch, "latency_budget_ms": args.latency_budget_ms,
-                           "search_mode": pb.SearchMode.Name(search), "serve_flags": flags, "start_s": start_s,
-                           "encoder": next((line.strip() for line in server.lines if "backend auto:" in line
-                                            or "loaded model" in line), None)}
-            for clients in levels:
-                print(f"{key}: {clients} clients...", file=sys.stderr)
-                result[key][str(clients)] = drive(server.address, queries, args.top_k, clients, args.duration,
-                                                  mode=search)
-        finally:
-            server.stop()
-    if args.overload_cap and "overload" in modes:
-        print(f"overload: cap {args.overload_cap}, {2 * args.overload_cap} clients...", file=sys.stderr)
-        result["overload"] = overload(args.index, queries, args.top_k, args.max_batch, args.overload_cap,
-                                      args.duration)
+    size = max([*levels, 2 * args.overload_cap if "overload" in modes else 1])
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(ClientProcesses(size, queries, args.client_cpus)) if args.clients == "processes" \
+            else None
+        served(args, result, modes, levels, queries, pool)
     if "correctness" in modes:
         print(f"correctness: 8 clients for {args.correctness_seconds:.0f}s...", file=sys.stderr)
         result["correctness"] = correctness(args.index, queries, args.top_k, 8, args.correctness_seconds,
@@ -465,6 +417,40 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     print(f"wrote {out}", file=sys.stderr)
+
+
+def served(args: argparse.Namespace, result: dict[str, Any], modes: set[str], levels: list[int], queries: list[str],
+           pool: ClientProcesses | None) -> None:
+    """The modes that drive a server process, into ``result``."""
+    for mode, max_batch, search in (("batched", args.max_batch, pb.SEARCH_MODE_DENSE),
+                                    ("unbatched", 1, pb.SEARCH_MODE_DENSE),
+                                    ("hybrid", args.max_batch, pb.SEARCH_MODE_HYBRID),
+                                    ("backend", args.max_batch, pb.SEARCH_MODE_DENSE)):
+        if mode not in modes:
+            continue
+        key = {"hybrid": "server_batched_hybrid", "backend": "server_batched_backend"}.get(mode, f"server_{mode}")
+        flags = shlex.split(args.serve_flags) + (shlex.split(args.backend_flags) if mode == "backend" else [])
+        started = time.perf_counter()
+        server = ServerProcess(args.index, max_batch, max(levels) + 8,
+                               extra=["--latency-budget-ms", args.latency_budget_ms, *flags], cpus=args.server_cpus)
+        try:
+            start_s = round(time.perf_counter() - started, 1)
+            drive(server.address, queries, args.top_k, 1, min(2.0, args.duration), mode=search, pool=pool)  # warm-up
+            result[key] = {"max_batch": max_batch, "latency_budget_ms": args.latency_budget_ms,
+                           "search_mode": pb.SearchMode.Name(search), "serve_flags": flags, "start_s": start_s,
+                           "encoder": next((line.strip() for line in server.lines if "backend auto:" in line
+                                            or "loaded model" in line), None)}
+            for clients in levels:
+                print(f"{key}: {clients} clients...", file=sys.stderr)
+                result[key][str(clients)] = drive(server.address, queries, args.top_k, clients, args.duration,
+                                                  mode=search, pool=pool)
+        finally:
+            server.stop()
+    if args.overload_cap and "overload" in modes:
+        print(f"overload: cap {args.overload_cap}, {2 * args.overload_cap} clients...", file=sys.stderr)
+        result["overload"] = overload(args.index, queries, args.top_k, args.max_batch, args.overload_cap,
+                                      args.duration, pool=pool, server_cpus=args.server_cpus,
+                                      flags=shlex.split(args.serve_flags))
 
 
 if __name__ == "__main__":
