@@ -18,6 +18,7 @@ sentence-transformers' own, so every backend runs the same ``encode`` code path.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -52,7 +53,7 @@ class Precision(StrEnum):
     FLOAT32 = "float32"
     FLOAT16 = "float16"
     BFLOAT16 = "bfloat16"
-    INT8 = "int8"  # dynamically quantized weights (ONNX Runtime)
+    INT8 = "int8"  # ONNX Runtime: dynamically quantized weights; OpenVINO: statically quantized (NNCF)
 
 
 class Optimization(StrEnum):
@@ -68,7 +69,7 @@ class Optimization(StrEnum):
 SUPPORTED: dict[Backend, tuple[Precision, ...]] = {
     Backend.TORCH: (Precision.FLOAT32, Precision.FLOAT16, Precision.BFLOAT16),
     Backend.ONNX: (Precision.FLOAT32, Precision.FLOAT16, Precision.INT8),
-    Backend.OPENVINO: (Precision.FLOAT32, Precision.BFLOAT16),
+    Backend.OPENVINO: (Precision.FLOAT32, Precision.BFLOAT16, Precision.INT8),
 }
 
 #: Precisions that run an export stored at another precision: OpenVINO's CPU plugin runs the
@@ -81,8 +82,6 @@ RUNTIME_PRECISIONS: dict[tuple[Backend, Precision], Precision] = {
 def runtime_available(backend: Backend) -> bool:
     """Whether the runtime package of ``backend`` is importable here."""
     module = {Backend.TORCH: "torch", Backend.ONNX: "onnxruntime", Backend.OPENVINO: "openvino"}[backend]
-    import importlib.util
-
     return importlib.util.find_spec(module) is not None
 
 
@@ -164,7 +163,9 @@ def export_model(model_dir: Path, backend: Backend, quantize: bool = False,
     Args:
         model_dir: a local sentence-transformers model directory.
         backend: ``onnx`` or ``openvino``.
-        quantize: int8 dynamic quantization of the weights (``onnx`` only).
+        quantize: int8: ``onnx`` quantizes the weights dynamically (activations at run time);
+            ``openvino`` quantizes weights and activations statically with NNCF, calibrated on
+            the bundled sample corpus and questions (:func:`_quantize_openvino`).
         optimize: ONNX Runtime graph optimisation level (``onnx`` only).
 
     Returns:
@@ -175,9 +176,10 @@ def export_model(model_dir: Path, backend: Backend, quantize: bool = False,
     """
     if backend is Backend.TORCH:
         raise ModelError("the torch backend runs the model's own weights; nothing to export")
-    if backend is Backend.OPENVINO and (quantize or optimize):
-        raise ModelError("--quantize and --optimize apply to --backend onnx; OpenVINO int8 needs nncf "
-                         "(optimum-intel), which does not install beside this transformers version")
+    if backend is Backend.OPENVINO and optimize:
+        raise ModelError("--optimize applies to --backend onnx (ONNX Runtime graph optimisation)")
+    if backend is Backend.OPENVINO and quantize and importlib.util.find_spec("nncf") is None:
+        raise ModelError("--backend openvino --quantize int8 needs nncf: pip install 'retriever[openvino]'")
     if quantize and optimize is Optimization.O4:
         raise ModelError("--optimize O4 makes float16 weights; it cannot be combined with --quantize int8")
     require_runtime(backend)
@@ -196,6 +198,18 @@ def export_model(model_dir: Path, backend: Backend, quantize: bool = False,
         if backend is Backend.OPENVINO:
             target = out_dir / "openvino_model.xml"
             _to_openvino(tmp, target)
+            if quantize:  # the float32 IR first (kept: it is the float32 and bfloat16 export too)
+                float_entry = ExportEntry(
+                    backend=backend.value, precision=Precision.FLOAT32.value, optimize=None,
+                    file=target.relative_to(model_dir).as_posix(),
+                    files={p.relative_to(model_dir).as_posix(): sha256_file(p)
+                           for p in (target, target.with_suffix(".bin"))},
+                    created=datetime.now(UTC).isoformat(timespec="seconds"),
+                    seconds=round(time.perf_counter() - started, 1))
+                _record_export(model_dir, float_entry)
+                source, target = target, out_dir / "openvino_model_qint8_quantized.xml"
+                _quantize_openvino(model_dir, source, target)
+                precision = Precision.INT8
             files = [target, target.with_suffix(".bin")]
         else:
             target = plain
@@ -278,6 +292,45 @@ def _quantize_onnx(source: Path, target: Path) -> None:
     quantize_dynamic(str(source), str(target), per_channel=True, weight_type=QuantType.QInt8)
 
 
+#: Calibration batches for OpenVINO int8: the bundled sample corpus's units and questions, 8 a batch.
+CALIBRATION_BATCH = 8
+
+
+def _quantize_openvino(model_dir: Path, source: Path, target: Path) -> None:
+    """Static int8 quantization of an OpenVINO IR with NNCF (``nncf.quantize``, transformer model
+    type: attention's softmax and the layer norms stay in floating point), calibrated on the
+    bundled sample corpus's units (linearized as a build would) and its questions, tokenized with
+    the model's own tokenizer at its ``max_seq_length``. The file name is the one
+    sentence-transformers' ``export_static_quantized_openvino_model`` writes."""
+    import nncf
+    import numpy as np
+    import openvino as ov
+    from transformers import AutoTokenizer
+
+    from retriever.encoder import Encoder, EncoderConfig
+    from retriever.linearize import WindowBudget, linearize_all
+    from retriever.records import read_records
+    from retriever.sample import SAMPLE_CORPUS, SAMPLE_QUERIES, data_file
+
+    encoder = Encoder(EncoderConfig(model=str(model_dir), device="cpu", show_progress=False))
+    length = encoder.max_seq_length
+    budget = WindowBudget(length - 2, encoder.count_tokens)
+    texts = [unit.text for unit in linearize_all(read_records(data_file(SAMPLE_CORPUS)), budget)]
+    texts += [orjson.loads(line)["text"] for line in data_file(SAMPLE_QUERIES).read_bytes().splitlines()
+              if line.strip()]
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    ir = ov.Core().read_model(str(source))
+    names = [next(iter(i.get_names())) for i in ir.inputs]
+    batches = []
+    for i in range(0, len(texts), CALIBRATION_BATCH):
+        encoded = tokenizer(texts[i:i + CALIBRATION_BATCH], padding=True, truncation=True, max_length=length,
+                            return_tensors="np")
+        batches.append({name: np.asarray(encoded[name], dtype=np.int64) for name in names})
+    quantized = nncf.quantize(ir, nncf.Dataset(batches), model_type=nncf.ModelType.TRANSFORMER,
+                              subset_size=len(batches))
+    ov.save_model(quantized, str(target), compress_to_fp16=False)
+
+
 def _to_openvino(source: Path, target: Path) -> None:
     import openvino as ov
 
@@ -321,8 +374,12 @@ def _runtime_module(path: Path, backend: Backend, precision: Precision, threads:
 
         # The CPU plugin runs an f32 model in bf16 by default where the processor has bf16 units
         # (AVX512_BF16, AMX): embeddings then differ from torch by ~1e-3. float32 means float32;
-        # bfloat16 asks for bf16 (emulated, and slow, where those units are missing).
-        hint = "bf16" if precision is Precision.BFLOAT16 else "f32"
+        # bfloat16 asks for bf16 (emulated, and slow, where those units are missing). int8 runs
+        # the quantized matrix products in int8 and the rest in bf16 where the units are native.
+        from retriever.machine import has_native_bf16
+
+        bf16 = precision is Precision.BFLOAT16 or (precision is Precision.INT8 and has_native_bf16())
+        hint = "bf16" if bf16 else "f32"
         compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
                                                               "INFERENCE_PRECISION_HINT": hint})
         inputs = [next(iter(i.get_names())) for i in compiled.inputs]

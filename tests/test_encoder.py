@@ -137,9 +137,10 @@ def test_a_precision_the_backend_cannot_run_is_refused() -> None:
 
     with pytest.raises(ValueError, match="backend torch does not run int8"):
         EncoderConfig(precision=Precision.INT8)
-    with pytest.raises(ValueError, match="backend openvino does not run int8"):
-        EncoderConfig(backend=Backend.OPENVINO, precision=Precision.INT8)
+    with pytest.raises(ValueError, match="backend openvino does not run float16"):
+        EncoderConfig(backend=Backend.OPENVINO, precision=Precision.FLOAT16)
     assert EncoderConfig(backend=Backend.ONNX, precision=Precision.INT8).backend is Backend.ONNX
+    assert EncoderConfig(backend=Backend.OPENVINO, precision=Precision.INT8).backend is Backend.OPENVINO
 
 
 def test_exports_leave_the_model_checksum_alone(tmp_path: Path) -> None:
@@ -247,3 +248,26 @@ def test_openvino_bfloat16_runs_the_float32_export_at_bf16(tmp_path: Path, encod
     vectors = bf16.encode_documents(texts)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)  # renormalised in float32
     assert np.sum(vectors * encoder.encode_documents(texts), axis=1).min() > 0.99
+
+
+def test_openvino_int8_export_is_quantized_calibrated_and_close_to_torch(tmp_path: Path, encoder) -> None:
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'retriever[openvino]')")
+    pytest.importorskip("nncf", reason="nncf is not installed (pip install 'retriever[openvino]')")
+    import shutil
+
+    from retriever.backends import Backend, Precision, export_model, read_exports
+    from retriever.bundled import bundled_model_dir
+
+    model = Path(shutil.copytree(bundled_model_dir(), tmp_path / "model"))
+    entry = export_model(model, Backend.OPENVINO, quantize=True)
+    assert (entry.precision, entry.file) == ("int8", "openvino/openvino_model_qint8_quantized.xml")
+    # the float32 IR it was quantized from is recorded too (it is the float32 and bfloat16 export)
+    assert {(e.precision, e.file) for e in read_exports(model)} == {
+        ("float32", "openvino/openvino_model.xml"), ("int8", "openvino/openvino_model_qint8_quantized.xml")}
+    assert "FakeQuantize" in (model / entry.file).read_text()  # quantized, not a copy
+    int8 = Encoder(EncoderConfig(model=str(model), backend=Backend.OPENVINO, precision=Precision.INT8,
+                                 show_progress=False))
+    assert int8.encoding == {"backend": "openvino", "precision": "int8", "export_sha256": entry.files[entry.file]}
+    texts = ["who founded the club?", "Jenson Button, was born in, Frome, Somerset, England", "In Rainbows | Length: 42:39"]
+    cosine = np.sum(int8.encode_documents(texts) * encoder.encode_documents(texts), axis=1)
+    assert cosine.min() > 0.95, cosine

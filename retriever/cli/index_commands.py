@@ -213,8 +213,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "one first: it lives in a read-only installed package)")
     export.add_argument("--backend", type=Backend, choices=[Backend.ONNX, Backend.OPENVINO], required=True)
     export.add_argument("--quantize", choices=["int8"], default=None,
-                        help="int8 dynamic quantization of the weights (onnx only; faster, less exact: check "
-                        "docs/BACKENDS.md before serving it)")
+                        help="int8: onnx quantizes the weights dynamically; openvino quantizes weights and "
+                        "activations statically with NNCF, calibrated on the bundled sample corpus (a minute; "
+                        "needs the [openvino] extra). Faster, less exact: check docs/BACKENDS.md before serving it")
     export.add_argument("--optimize", type=Optimization, choices=list(Optimization), default=None,
                         help="ONNX Runtime graph optimisation (onnx only): O1 basic, O2 + transformer fusions, "
                         "O3 + GELU approximation, O4 + float16 weights (GPUs)")
