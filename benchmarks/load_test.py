@@ -14,7 +14,9 @@ In one run, on the same queries:
     at the same levels, for the served hybrid-against-dense figure;
   * backend (only with ``--modes ...,backend``): the batched server again with ``--backend-flags``
     (default ``--backend auto``: the fastest encoder option that passes the agreement check against
-    the index's documents, docs/BACKENDS.md), for the encoder-backend-against-torch figure;
+    the index's documents, docs/BACKENDS.md), for the encoder-backend-against-torch figure; with
+    ``--backend-index DIR`` it serves DIR, an index built with that backend (int8 queries cannot
+    search float32 documents);
   * correctness (RELIABILITY D, only with ``--modes ...,correctness``): 8 clients for 60 s
     against answers computed single-threaded before the run; failed and incorrect calls;
   * stream (only with ``--modes ...,stream``): the ``--limit`` queries once each through one client,
@@ -341,6 +343,9 @@ def main() -> None:
                         "overload, correctness, stream (ratios need the first three)")
     parser.add_argument("--serve-flags", default="",
                         help="flags added to every server this run starts (one string, e.g. '--refusal-hold-ms 38')")
+    parser.add_argument("--backend-index", type=Path, default=None,
+                        help="the index the `backend` mode's server serves (default --index): an index built "
+                        "with that backend, when its queries cannot search --index's documents (int8)")
     parser.add_argument("--backend-flags", default="--backend auto",
                         help="serve flags of the `backend` mode's server (one string)")
     parser.add_argument("--correctness-seconds", type=float, default=60.0,
@@ -431,13 +436,15 @@ def served(args: argparse.Namespace, result: dict[str, Any], modes: set[str], le
         key = {"hybrid": "server_batched_hybrid", "backend": "server_batched_backend"}.get(mode, f"server_{mode}")
         flags = shlex.split(args.serve_flags) + (shlex.split(args.backend_flags) if mode == "backend" else [])
         started = time.perf_counter()
-        server = ServerProcess(args.index, max_batch, max(levels) + 8,
+        index = args.backend_index if mode == "backend" and args.backend_index else args.index
+        server = ServerProcess(index, max_batch, max(levels) + 8,
                                extra=["--latency-budget-ms", args.latency_budget_ms, *flags], cpus=args.server_cpus)
         try:
             start_s = round(time.perf_counter() - started, 1)
             drive(server.address, queries, args.top_k, 1, min(2.0, args.duration), mode=search, pool=pool)  # warm-up
             result[key] = {"max_batch": max_batch, "latency_budget_ms": args.latency_budget_ms,
                            "search_mode": pb.SearchMode.Name(search), "serve_flags": flags, "start_s": start_s,
+                           "index": str(index),
                            "encoder": next((line.strip() for line in server.lines if "backend auto:" in line
                                             or "loaded model" in line), None)}
             for clients in levels:

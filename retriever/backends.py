@@ -297,8 +297,8 @@ CALIBRATION_BATCH = 8
 
 
 def _quantize_openvino(model_dir: Path, source: Path, target: Path) -> None:
-    """Static int8 quantization of an OpenVINO IR with NNCF (``nncf.quantize``, transformer model
-    type: attention's softmax and the layer norms stay in floating point), calibrated on the
+    """Static int8 quantization of an OpenVINO IR with NNCF (``nncf.quantize`` with its transformer
+    model type, which leaves the operations its scheme does not quantize in floating point), calibrated on the
     bundled sample corpus's units (linearized as a build would) and its questions, tokenized with
     the model's own tokenizer at its ``max_seq_length``. The file name is the one
     sentence-transformers' ``export_static_quantized_openvino_model`` writes."""
