@@ -186,7 +186,6 @@ def export_model(model_dir: Path, backend: Backend, quantize: bool = False,
     if not os.access(model_dir, os.W_OK):
         raise ModelError(f"{model_dir} is not writable; copy the model directory and export the copy")
     started = time.perf_counter()
-    from retriever.index.files import sha256_file
 
     out_dir = model_dir / backend.value
     out_dir.mkdir(exist_ok=True)
@@ -199,14 +198,8 @@ def export_model(model_dir: Path, backend: Backend, quantize: bool = False,
             target = out_dir / "openvino_model.xml"
             _to_openvino(tmp, target)
             if quantize:  # the float32 IR first (kept: it is the float32 and bfloat16 export too)
-                float_entry = ExportEntry(
-                    backend=backend.value, precision=Precision.FLOAT32.value, optimize=None,
-                    file=target.relative_to(model_dir).as_posix(),
-                    files={p.relative_to(model_dir).as_posix(): sha256_file(p)
-                           for p in (target, target.with_suffix(".bin"))},
-                    created=datetime.now(UTC).isoformat(timespec="seconds"),
-                    seconds=round(time.perf_counter() - started, 1))
-                _record_export(model_dir, float_entry)
+                _record_export(model_dir, _entry(model_dir, backend, Precision.FLOAT32, None, target,
+                                                 [target, target.with_suffix(".bin")], started))
                 source, target = target, out_dir / "openvino_model_qint8_quantized.xml"
                 _quantize_openvino(model_dir, source, target)
                 precision = Precision.INT8
@@ -227,14 +220,22 @@ def export_model(model_dir: Path, backend: Backend, quantize: bool = False,
             files = [target]
     finally:
         tmp.unlink(missing_ok=True)
-    entry = ExportEntry(
+    entry = _entry(model_dir, backend, precision, optimize, target, files, started)
+    _record_export(model_dir, entry)
+    logger.info("exported %s to %s (%s) in %.1fs", model_dir, entry.file, precision.value, entry.seconds)
+    return entry
+
+
+def _entry(model_dir: Path, backend: Backend, precision: Precision, optimize: Optimization | None, target: Path,
+           files: list[Path], started: float) -> ExportEntry:
+    """The record of an export whose loadable file is ``target`` (``files`` checksummed)."""
+    from retriever.index.files import sha256_file
+
+    return ExportEntry(
         backend=backend.value, precision=precision.value, optimize=optimize.value if optimize else None,
         file=target.relative_to(model_dir).as_posix(),
         files={p.relative_to(model_dir).as_posix(): sha256_file(p) for p in files},
         created=datetime.now(UTC).isoformat(timespec="seconds"), seconds=round(time.perf_counter() - started, 1))
-    _record_export(model_dir, entry)
-    logger.info("exported %s to %s (%s) in %.1fs", model_dir, entry.file, precision.value, entry.seconds)
-    return entry
 
 
 def _torch_onnx_export(model_dir: Path, path: Path) -> None:
@@ -305,7 +306,6 @@ def _quantize_openvino(model_dir: Path, source: Path, target: Path) -> None:
     import nncf
     import numpy as np
     import openvino as ov
-    from transformers import AutoTokenizer
 
     from retriever.encoder import Encoder, EncoderConfig
     from retriever.linearize import WindowBudget, linearize_all
@@ -318,7 +318,7 @@ def _quantize_openvino(model_dir: Path, source: Path, target: Path) -> None:
     texts = [unit.text for unit in linearize_all(read_records(data_file(SAMPLE_CORPUS)), budget)]
     texts += [orjson.loads(line)["text"] for line in data_file(SAMPLE_QUERIES).read_bytes().splitlines()
               if line.strip()]
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    tokenizer = encoder.tokenizer
     ir = ov.Core().read_model(str(source))
     names = [next(iter(i.get_names())) for i in ir.inputs]
     batches = []

@@ -38,6 +38,8 @@ SERVICE_NAME = "retriever.v1.Retriever"
 #: How far before a stream's computed deadline gRPC ending the call still counts as the deadline.
 DEADLINE_TOLERANCE_SECONDS = 0.05
 M = TypeVar("M", bound=Message)
+
+
 def parse(cls: type[M], data: bytes) -> M:
     """Parse request bytes, turning any decoding failure into InvalidInputError."""
     try:

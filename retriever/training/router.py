@@ -107,47 +107,34 @@ def fit_tuned(model_dir: Path, examples: Sequence[RouterExample], spec: TunedSpe
     The same binary cross-entropy and mask as :func:`fit_head`; AdamW (adapters at ``lr``, head at
     ``head_lr``), linear warm-up over the first 10 % of steps and linear decay to 0.
     """
-    from peft import get_peft_model_state_dict
-
-    y = targets(examples)
-    weight = np.ones_like(y)
-    weight[:, 1:] = y[:, :1]
-    network, head = _tune(model_dir, [e.text for e in examples], y, weight, spec, epochs, lr, head_lr, seed,
-                          batch_size)
-    adapter = {k: v.detach().float().numpy().copy() for k, v in get_peft_model_state_dict(network).items()}
-    trained = (head.weight.detach().numpy().T.copy(), head.bias.detach().numpy().copy())
-    # the router keeps the trained network unmerged: it reads exactly as the saved file will once loaded
-    return TunedRouter(model_dir, spec, adapter, trained, threshold, model_checksum, network=network)
-
-
-def _tune(model_dir: Path, texts: Sequence[str], y: np.ndarray, weight: np.ndarray, spec: TunedSpec, epochs: int,
-          lr: float, head_lr: float, seed: int, batch_size: int) -> tuple[Any, Any]:
-    """LoRA adapters and a linear head to ``y.shape[1]`` sigmoid outputs, fitted to ``y`` (binary
-    cross-entropy weighted by ``weight``); returns the (unmerged, eval-mode) network and the head."""
     import torch
+    from peft import get_peft_model_state_dict
     from transformers import AutoTokenizer
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     network = adapted_network(model_dir, spec)
-    head = torch.nn.Linear(network.get_base_model().config.hidden_size, y.shape[1])
-    y_t, weight_t = torch.from_numpy(np.asarray(y, np.float32)), torch.from_numpy(np.asarray(weight, np.float32))
-    steps = max(1, epochs * (len(texts) // batch_size))
+    head = torch.nn.Linear(network.get_base_model().config.hidden_size, 1 + len(ROUTER_SOURCES))
+    y = torch.from_numpy(targets(examples))
+    weight = torch.ones_like(y)
+    weight[:, 1:] = y[:, :1]
+    steps = max(1, epochs * (len(examples) // batch_size))
     trainable = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": trainable, "lr": lr}, {"params": head.parameters(), "lr": head_lr}],
                                   weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / (0.1 * steps)) * max(0.0, 1 - step / steps))
     rng = np.random.default_rng(seed)
+    texts = [e.text for e in examples]
     network.train()
     for epoch in range(epochs):
-        order = rng.permutation(len(texts))
+        order = rng.permutation(len(examples))
         total = 0.0
         for i in range(0, len(order) - batch_size + 1, batch_size):
             idx = order[i:i + batch_size]
             logits = head(mean_pooled(network, tokenizer, [texts[j] for j in idx], spec.max_length))
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits, y_t[idx], weight=weight_t[idx], reduction="sum") / batch_size
+                logits, y[idx], weight=weight[idx], reduction="sum") / batch_size
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -156,7 +143,10 @@ def _tune(model_dir: Path, texts: Sequence[str], y: np.ndarray, weight: np.ndarr
         logger.info("tuned router: epoch %d/%d, mean loss %.4f", epoch + 1, epochs,
                     total / max(1, len(order) // batch_size))
     network.eval()
-    return network, head
+    adapter = {k: v.detach().float().numpy().copy() for k, v in get_peft_model_state_dict(network).items()}
+    trained = (head.weight.detach().numpy().T.copy(), head.bias.detach().numpy().copy())
+    # the router keeps the trained network unmerged: it reads exactly as the saved file will once loaded
+    return TunedRouter(model_dir, spec, adapter, trained, threshold, model_checksum, network=network)
 
 
 @dataclass
