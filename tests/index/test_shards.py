@@ -107,6 +107,25 @@ def test_exact_topk_breaks_ties_by_id() -> None:
     assert scores.tolist() == [[1.0, 1.0, 1.0]]
 
 
+def test_exact_topk_keeps_the_lowest_ids_among_scores_tied_with_the_kth() -> None:
+    vectors = np.array([[0, 1], [1, 0], [1, 0], [0.5, 0.5], [1, 0], [1, 0], [1, 0]], dtype=np.float32)
+    _, ids = exact_topk(np.array([[1, 0], [0, 1]], dtype=np.float32), vectors, 3)
+    assert ids.tolist() == [[1, 2, 4], [0, 3, 1]]
+
+
+def test_exact_topk_matches_a_stable_sort_on_many_duplicates() -> None:
+    rng = np.random.default_rng(3)
+    distinct = normalized(rng, 40)
+    vectors = distinct[rng.integers(0, 40, 5000)]  # every vector repeated ~125 times: ties everywhere
+    queries = normalized(rng, 9)
+    for k in (1, 10, 300):
+        scores, ids = exact_topk(queries, vectors, k)
+        sims = queries @ vectors.T
+        want = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        assert ids.tolist() == want.tolist()
+        assert np.array_equal(scores, np.take_along_axis(sims, want, axis=1))
+
+
 def test_merge_topk_orders_across_shards() -> None:
     a = (np.array([[0.9, 0.5]], np.float32), np.array([[3, 4]]))
     b = (np.array([[0.7, -1.0]], np.float32), np.array([[10, -1]]))
