@@ -337,7 +337,10 @@ def main() -> None:
                         "by twice as many clients (0: skip)")
     parser.add_argument("--latency-budget-ms", default="off",
                         help="the batched and unbatched servers' --latency-budget-ms (default off, the server's "
-                             "default: raw throughput); the overload check runs auto and off side by side")
+                             "default: raw throughput); the overload check runs --overload-budgets")
+    parser.add_argument("--overload-budgets", default="auto,off",
+                        help="the overload check's --latency-budget-ms values, one server each, side by side "
+                             "(comma-separated: auto, off or milliseconds)")
     parser.add_argument("--modes", default="in-process,batched,unbatched,overload",
                         help="which parts to run, comma-separated: in-process, batched, unbatched, hybrid, "
                         "overload, correctness, stream (ratios need the first three)")
@@ -456,7 +459,8 @@ def served(args: argparse.Namespace, result: dict[str, Any], modes: set[str], le
     if args.overload_cap and "overload" in modes:
         print(f"overload: cap {args.overload_cap}, {2 * args.overload_cap} clients...", file=sys.stderr)
         result["overload"] = overload(args.index, queries, args.top_k, args.max_batch, args.overload_cap,
-                                      args.duration, pool=pool, server_cpus=args.server_cpus,
+                                      args.duration, budgets=tuple(args.overload_budgets.split(",")), pool=pool,
+                                      server_cpus=args.server_cpus,
                                       flags=shlex.split(args.serve_flags))
 
 

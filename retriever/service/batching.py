@@ -29,8 +29,10 @@ its own is still answered, alone.
 Admission by latency budget: the worker times every batch, and :class:`BatchCost` keeps a
 moving estimate of a batch's seconds per batch size (seeded by :meth:`Batcher.calibrate` at
 load). A call is admitted only when the batcher expects to answer it within the budget: the rest
-of the batch in progress, plus the batches of the queries queued before it, plus its own. The
-others are refused at once (``OverloadedError``, RESOURCE_EXHAUSTED) before any parsing or
+of the batch in progress, plus the batches of the queries queued before it and of those admitted
+at the door and not yet queued (a :class:`Reservation` each: without them, calls arriving together
+at an idle batcher were all admitted before the first was queued, and waited for one another's
+batches), plus its own. The others are refused at once (``OverloadedError``, RESOURCE_EXHAUSTED) before any parsing or
 queueing work, so under overload the calls that are accepted keep their latency and the excess
 comes back in milliseconds. The ``"auto"`` budget is :data:`AUTO_BUDGET_FACTOR` times one query's
 time as :meth:`Batcher.calibrate` measured it on the idle machine at load (an anchor: batches
@@ -175,6 +177,28 @@ class _Job:
     longest: int = 0  # tokens of the longest of them, as the encoder sees it
 
 
+class Reservation:
+    """Queries admitted by :meth:`Batcher.reserve` and not yet queued: the latency budget counts them.
+
+    Consumed when the call's job is queued (:meth:`Batcher.submit`); :meth:`release` gives it back
+    when the call ends before that (bad request, deadline). Both are idempotent, from any thread.
+    """
+
+    def __init__(self, batcher: Batcher, queries: int) -> None:
+        self._batcher, self.queries = batcher, queries
+        self._held = True
+
+    def release(self) -> None:
+        with self._batcher._cond:
+            self._drop()
+
+    def _drop(self) -> None:
+        """Give the queries back; call under the batcher's lock."""
+        if self._held:
+            self._held = False
+            self._batcher._reserved -= self.queries
+
+
 @dataclass
 class BatcherStats:
     """Counters since start (read without a lock: approximate while serving)."""
@@ -240,6 +264,7 @@ class Batcher:
         self.idle_one_query: float | None = None
         self._queue: deque[_Job] = deque()
         self._queued = 0
+        self._reserved = 0  # queries of Reservations not yet queued
         self._busy_until: float | None = None  # expected end of the batch in progress (time.monotonic())
         self._cond = threading.Condition()
         self._stopping = False
@@ -267,7 +292,7 @@ class Batcher:
 
     def _expected(self, queries: int) -> float:
         running = 0.0 if self._busy_until is None else max(0.0, self._busy_until - time.monotonic())
-        return running + self.cost.work(self._queued + queries, self.max_batch)
+        return running + self.cost.work(self._queued + self._reserved + queries, self.max_batch)
 
     def _over_budget(self, queries: int) -> str | None:
         """Why a call of ``queries`` queries is refused now (None: admitted); call under the lock.
@@ -277,7 +302,7 @@ class Batcher:
         it adds, not by its own size.
         """
         budget = self.budget_seconds()
-        if budget is None or (self._busy_until is None and not self._queued):
+        if budget is None or (self._busy_until is None and not self._queued and not self._reserved):
             return None
         expected = self._expected(queries)
         allowed = budget + self.cost.work(queries, self.max_batch) - self.cost.seconds(1)
@@ -286,13 +311,15 @@ class Batcher:
         return (f"the server is at capacity: this call would be answered in about {expected * 1000:.0f} ms, over "
                 f"its {allowed * 1000:.0f} ms latency budget; retry with backoff")
 
-    def admits(self, queries: int = 1) -> bool:
-        """Whether a call of ``queries`` queries would be admitted now (counts a refusal when not)."""
+    def reserve(self, queries: int = 1) -> Reservation | None:
+        """Admit a call of ``queries`` queries now, counting them until they are queued; None (and a
+        refusal counted) when the latency budget would be exceeded."""
         with self._cond:
             if self._over_budget(queries) is None:
-                return True
+                self._reserved += queries
+                return Reservation(self, queries)
             self.stats.over_budget += 1
-            return False
+            return None
 
     def calibrate(self, texts: Sequence[str] = CALIBRATION_QUESTIONS) -> None:
         """Time batches of 1, 2, 4, ... queries (up to ``max_batch``, at most :data:`CALIBRATION_MAX`).
@@ -317,12 +344,14 @@ class Batcher:
                     self.idle_one_query = seconds
 
     def submit(self, queries: Sequence[BoundQuery], deadline: float | None = None,
-               is_active: Callable[[], bool] = lambda: True, admitted: bool = False) -> Future[list[SearchResult]]:
+               is_active: Callable[[], bool] = lambda: True, admitted: bool = False,
+               reservation: Reservation | None = None) -> Future[list[SearchResult]]:
         """Queue queries for the worker; the future resolves to one result per query, in order.
 
         ``admitted``: the queries belong to a call already admitted (a RetrieveStream's window,
         :mod:`retriever.service.streaming`): the latency budget is not applied again, the queue
-        bound is.
+        bound is. ``reservation``: the call's admission (:meth:`reserve`), consumed here, before
+        the budget judges the job, so that its queries are not counted twice.
 
         Raises:
             OverloadedError: the queue bound or the latency budget would be exceeded (nothing
@@ -340,6 +369,8 @@ class Batcher:
         with self._cond:
             if self._stopping:
                 raise NotReadyError("the server is shutting down")
+            if reservation is not None:
+                reservation._drop()
             refusal = None if admitted else self._over_budget(len(job.queries))
             if refusal is not None:
                 self.stats.over_budget += 1
@@ -372,7 +403,7 @@ class Batcher:
     def search(self, queries: Sequence[BoundQuery], timeout: float | None = None,
                is_active: Callable[[], bool] = lambda: True,
                on_end: Callable[[Callable[[], object]], object] | None = None,
-               admitted: bool = False) -> list[SearchResult]:
+               admitted: bool = False, reservation: Reservation | None = None) -> list[SearchResult]:
         """Submit and wait for one result per query, in order.
 
         A caller whose deadline passes, or who goes away, returns at once (freeing its handler
@@ -386,6 +417,7 @@ class Batcher:
             on_end: registers a callback to run when the call ends for any reason (gRPC's
                 ``context.add_callback``); the job is cancelled from it.
             admitted: skip the latency budget (the server's own canary queries, see :meth:`submit`).
+            reservation: the call's admission, consumed when its queries are queued (:meth:`submit`).
 
         Raises:
             DeadlineExceededError: the deadline passed before or while the queries were answered.
@@ -393,7 +425,7 @@ class Batcher:
             OverloadedError, NotReadyError: see :meth:`submit`.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        future = self.submit(queries, deadline, is_active, admitted=admitted)
+        future = self.submit(queries, deadline, is_active, admitted=admitted, reservation=reservation)
         if on_end is not None:
             on_end(future.cancel)  # a no-op once answered
         return await_results(future, deadline)

@@ -26,6 +26,7 @@ import grpc
 from retriever.query import Query, SearchResult
 
 if TYPE_CHECKING:
+    from retriever.service.batching import Reservation
     from retriever.service.metrics import ServiceMetrics
     from retriever.service.registry import Generation
 
@@ -90,6 +91,8 @@ class CallRecord:
         self.generations: Sequence[Generation] = ()
         #: The answers sent: all or none for Retrieve and RetrieveBatch, those written so far for RetrieveStream.
         self.results: Sequence[SearchResult] = ()
+        #: A query call's admission by the latency budget, until its queries are queued.
+        self.reservation: Reservation | None = None
         self._lock = threading.Lock()
         self._finished = False
         try:

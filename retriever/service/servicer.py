@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError, Message
 from retriever.errors import InvalidInputError, NotReadyError, OverloadedError
 from retriever.query import SearchResult
 from retriever.service import convert
-from retriever.service.batching import Batcher, bind
+from retriever.service.batching import Batcher, Reservation, bind
 from retriever.service.config import Limits, check_name
 from retriever.service.errors import PermissionDeniedError, status_for
 from retriever.service.proto import retriever_pb2 as pb
@@ -89,7 +89,7 @@ class RetrieverServicer:
         record = CallRecord("RetrieveStream", context, self.metrics, self.log_queries)
         release: Callable[[], None] | None = None
         try:
-            release = self._admit()  # a query call: it holds one slot of max_concurrent_calls for the whole stream
+            release = self._admit(record)  # one slot of max_concurrent_calls for the whole stream
             context.add_callback(release)  # grpc may stop pulling this generator and never close it
             for response in self._retrieve_stream(parse(pb.RetrieveStreamRequest, data), context, record):
                 yield response.SerializeToString()
@@ -105,12 +105,14 @@ class RetrieverServicer:
         record.finish(code, refused=refused)
         context.abort(code, message)
 
-    def _release_once(self) -> Callable[[], None]:
-        """A function giving back one admitted query slot the first time it is called (from any thread)."""
+    def _release_once(self, reservation: Reservation) -> Callable[[], None]:
+        """A function giving back one admitted query slot, and the call's reservation if its queries
+        were never queued, the first time it is called (from any thread)."""
         once = threading.Lock()
 
         def release() -> None:
             if once.acquire(blocking=False):
+                reservation.release()
                 with self._slots:
                     self._admitted_calls -= 1
 
@@ -130,7 +132,7 @@ class RetrieverServicer:
         release: Callable[[], None] | None = None
         try:
             if query:
-                release = self._admit()
+                release = self._admit(record)
             response = call(record).SerializeToString()
         except Exception as exc:  # the one place every failure becomes a status (errors.STATUS_CODES)
             code, message = status_for(exc, method)
@@ -145,12 +147,14 @@ class RetrieverServicer:
         context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")
 
-    def _admit(self) -> Callable[[], None]:
+    def _admit(self, record: CallRecord) -> Callable[[], None]:
         """Take a query slot, before the request is even parsed, or refuse the call.
 
         Refused: ``max_concurrent_calls`` query calls are in flight, or the batcher expects to
         answer a query later than its latency budget (a batch call's exact size is checked again
-        when it is queued). A refusal is held ``limits.refusal_hold_ms`` when a hold slot is
+        when it is queued). An admitted call's query is counted by the batcher from now on
+        (``record.reservation``, consumed when it is queued), so that calls arriving together are
+        not all admitted against the same idle batcher. A refusal is held ``limits.refusal_hold_ms`` when a hold slot is
         free (handler threads not taken by admitted calls; grpcio refuses at once beyond them), then
         RESOURCE_EXHAUSTED.
 
@@ -162,12 +166,13 @@ class RetrieverServicer:
             if self._admitted_calls >= self.limits.max_concurrent_calls:
                 why = (f"the server is at capacity: {self._admitted_calls} calls in flight (max_concurrent_calls); "
                        "retry with backoff")
-            elif not batcher.admits(1):
+            elif (reservation := batcher.reserve(1)) is None:
                 why = ("the server is at capacity: calls would be answered later than its latency budget; "
                        "retry with backoff")
             else:
                 self._admitted_calls += 1
-                return self._release_once()
+                record.reservation = reservation
+                return self._release_once(reservation)
             # every handler thread not taken by an admitted call may hold a refusal (server.py sizes
             # the pool at twice the call slots, plus spares for health)
             hold = self._admitted_calls + self._held < 2 * self.limits.max_concurrent_calls
@@ -196,7 +201,7 @@ class RetrieverServicer:
         record.generations = [b.generation for b in bound]
         # _admit judged one query at the door; only a batch call's exact size is judged again
         results = batcher.search(bound, convert.time_remaining(context), context.is_active, context.add_callback,
-                                 admitted=len(bound) == 1)
+                                 admitted=len(bound) == 1, reservation=record.reservation)
         record.results = results
         seconds = time.perf_counter() - started
         return [convert.result_to_proto(result, spec.with_text, b.generation, self.model, seconds)
@@ -226,7 +231,7 @@ class RetrieverServicer:
         record.generations = [b.generation for b in bound]
         timeout = convert.time_remaining(context)
         deadline = None if timeout is None else time.monotonic() + timeout
-        stream = StreamWindow(batcher, bound, window, deadline, context.is_active)
+        stream = StreamWindow(batcher, bound, window, deadline, context.is_active, record.reservation)
         results: list[SearchResult] = []
         record.results = results
 

@@ -30,7 +30,7 @@ from concurrent.futures import Future
 
 from retriever.errors import CancelledError, DeadlineExceededError, OverloadedError
 from retriever.query import SearchResult
-from retriever.service.batching import Batcher, BoundQuery, await_results
+from retriever.service.batching import Batcher, BoundQuery, Reservation, await_results
 
 
 class StreamWindow:
@@ -45,11 +45,13 @@ class StreamWindow:
     """
 
     def __init__(self, batcher: Batcher, queries: Sequence[BoundQuery], window: int, deadline: float | None,
-                 is_active: Callable[[], bool] = lambda: True) -> None:
+                 is_active: Callable[[], bool] = lambda: True, reservation: Reservation | None = None) -> None:
         if window < 1:
             raise ValueError("window must be >= 1")
         self.batcher, self.queries, self.window = batcher, queries, window
         self.deadline, self.is_active = deadline, is_active
+        #: The call's admission (:meth:`Batcher.reserve`), consumed by its first query queued.
+        self.reservation = reservation
         #: Queries submitted to the batcher so far (the next one to submit).
         self.submitted = 0
         #: Answers handed over so far (the next position to answer).
@@ -92,7 +94,7 @@ class StreamWindow:
             while not self._closed and self.submitted < len(self.queries) and len(self._pending) < self.window:
                 try:
                     future = self.batcher.submit([self.queries[self.submitted]], self.deadline, self.is_active,
-                                                 admitted=True)
+                                                 admitted=True, reservation=self.reservation)
                 except OverloadedError:
                     if self._pending:
                         return

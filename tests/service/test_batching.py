@@ -245,13 +245,41 @@ def test_a_busy_batcher_refuses_calls_it_expects_to_answer_after_the_budget(enco
             for i in range(3):
                 batcher.submit([planned(generation, f"over {i}")])
         assert batcher.stats.over_budget == 1
-        assert not batcher.admits(1) and batcher.stats.over_budget == 2
+        assert batcher.reserve(1) is None and batcher.stats.over_budget == 2
         gated.gate.set()
         assert busy.result(30)[0].hits and all(f.result(30)[0].hits for f in admitted)
         wait_until(lambda: batcher.stats.in_flight == 0)
         # idle: any call is admitted, even one whose own batches exceed the budget
         big = batcher.submit([planned(generation, f"big {i}") for i in range(12)])
         assert len(big.result(30)) == 12
+    finally:
+        batcher.stop()
+
+
+def test_calls_admitted_together_are_counted_before_they_are_queued(encoder, generation):
+    gated = GatedEncoder(encoder)
+    batcher = Batcher(gated, max_batch=4, wait_seconds=0.0, latency_budget=0.25)
+    seeded(batcher)  # 0.1 s per query
+    try:
+        first = batcher.reserve(1)  # idle: admitted
+        second = batcher.reserve(1)  # 0.2 s expected with the first counted: admitted
+        assert first is not None and second is not None
+        assert batcher.reserve(1) is None  # 0.3 s: refused, though nothing is queued yet
+        assert batcher.stats.over_budget == 1
+        second.release()
+        second.release()  # idempotent
+        third = batcher.reserve(1)
+        assert third is not None and batcher.expected_seconds(1) == pytest.approx(0.3)
+        gated.gate.clear()
+        future = batcher.submit([planned(generation, "first")], admitted=True, reservation=first)
+        assert gated.entered.wait(10)  # in a batch now: ~0.1 s left, and the third still counted
+        assert batcher.expected_seconds(1) == pytest.approx(0.3, abs=0.02)  # counted once, not twice
+        first.release()  # consumed when queued: releasing it later changes nothing
+        assert batcher.expected_seconds(1) == pytest.approx(0.3, abs=0.02)
+        third.release()
+        assert batcher.expected_seconds(1) == pytest.approx(0.2, abs=0.02)
+        gated.gate.set()
+        assert future.result(30)[0].hits
     finally:
         batcher.stop()
 

@@ -267,6 +267,24 @@ def test_a_call_over_the_latency_budget_is_refused_before_parsing_and_held_brief
         assert stub.Retrieve(request("idle again"), timeout=30).hits  # an idle server admits any call
 
 
+def test_a_call_admitted_and_then_failed_gives_its_admission_back(encoder, tiny_index_dir):
+    # a 1 ms budget: only an idle server admits; an admission still counted makes it not idle
+    with running_server(encoder, [("tiny", tiny_index_dir)], latency_budget_ms=1.0) as srv, \
+            channel_to(srv) as channel:
+        stub = stub_for(channel)
+        raw = channel.unary_unary("/retriever.v1.Retriever/Retrieve")
+        for _ in range(3):  # admitted at the door (idle), then refused by the parser
+            with pytest.raises(grpc.RpcError) as err:
+                raw(b"\xff not a message", timeout=10)
+            assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Retrieve(request("x", top_k=0), timeout=10)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert stub.Retrieve(request("admitted after the failures"), timeout=30).hits
+        assert srv.batcher.stats.over_budget == 0
+        assert srv.batcher.expected_seconds(1) == pytest.approx(srv.batcher.cost.seconds(1))  # nothing reserved
+
+
 def test_client_backs_off_and_retries_a_rejected_call(encoder, tiny_index_dir):
     gated = GatedEncoder(encoder)
     with running_server(gated, [("tiny", tiny_index_dir)], limits=Limits(max_concurrent_calls=1)) as srv:
