@@ -7,8 +7,8 @@ that happened to fall in an unfiltered top-k. All vectors are L2-normalised and 
 by inner product (cosine similarity).
 
 On CPU, exact (``Flat``) shards are searched with a NumPy matrix product over the vectors
-FAISS holds and ``torch.topk``, which the project measured faster than the faiss-cpu wheel's own
-flat search (``benchmarks/flat_search_bench.py``). When FAISS sees a GPU, shards are moved to it.
+FAISS holds, which the project measured faster than the faiss-cpu wheel's own flat search
+(``benchmarks/flat_search_bench.py``). When FAISS sees a GPU, shards are moved to it.
 """
 
 from __future__ import annotations
@@ -156,14 +156,16 @@ def top_columns(sims: np.ndarray, k: int) -> np.ndarray:
     """The columns of each row's ``k`` highest scores (``0 < k < sims.shape[1]``), in no set order;
     among scores tied with the k-th, the lowest columns.
 
-    ``torch.topk`` selects them (several times faster than NumPy's ``argpartition`` on rows this
-    long: ``benchmarks/flat_search_bench.py``), but picks among equal scores in no set order; a row
-    whose k-th score is shared beyond the k taken is selected again here, in column order.
+    NumPy's ``argpartition`` selects them but picks among equal scores in no set order; a row whose
+    k-th score is shared beyond the k taken is selected again here, in column order. (``torch.topk``
+    selected faster in isolation, but the OpenVINO int8 server on lite answered 51 / 110 QPS at 8 /
+    32 clients with it against 82 / 130 with ``argpartition``, one run after the other:
+    ``benchmarks/results/load_lite-ovint8-s20-topk.json`` and ``...-argpartition.json``; why
+    (probably its thread pool contending with BLAS's on two cores) was not measured.)
     """
-    import torch  # the encoder's dependency; imported here so that reading an index does not load it
-
-    values, columns = torch.topk(torch.from_numpy(sims), k, dim=1, sorted=False)
-    part, kth = columns.numpy(), values.numpy().min(axis=1)
+    n = sims.shape[1]
+    part = np.argpartition(sims, n - k, axis=1)[:, n - k:]
+    kth = np.take_along_axis(sims, part, axis=1).min(axis=1)
     for row in np.flatnonzero(np.count_nonzero(sims >= kth[:, None], axis=1) > k):
         above = np.flatnonzero(sims[row] > kth[row])
         tied = np.flatnonzero(sims[row] == kth[row])[: k - len(above)]
