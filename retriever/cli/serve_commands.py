@@ -92,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--latency-budget-ms", type=parse_budget, default=None, metavar="auto|off|MS",
                        help="a latency SLO: admit a query call only when the batcher expects to answer it within "
                             "this time; the rest get RESOURCE_EXHAUSTED at once, so accepted calls keep their latency "
-                            "under overload and clients can back off or go to another replica. 'auto' is 2x one "
+                            "under overload and clients can back off or go to another replica. 'auto' is 1.5x one "
                             "query's measured time (batches of a few queries on a small CPU, whole batches on a GPU). "
                             "'off' (default) admits whatever --max-concurrent-calls and --max-queued-queries allow: "
                             "the most throughput, with latency that grows with load (RETRIEVER_LATENCY_BUDGET_MS)")

@@ -120,7 +120,7 @@ class ServiceConfig:
         log_queries: put the query and instruction texts in the request log lines.
         latency_budget_ms: a call is admitted only when the batcher expects to answer it within
             this many milliseconds (others get RESOURCE_EXHAUSTED at once, before parsing);
-            ``"auto"`` is twice one query's time calibrated at load; ``"off"`` (default) admits every
+            ``"auto"`` is 1.5 times one query's time calibrated at load; ``"off"`` (default) admits every
             call the concurrency and queue limits allow (throughput over latency).
         canary_units: units the data canary re-encodes and searches when an index is loaded or
             published (each shard's first and last always; None: the canary's default, 64; see

@@ -26,7 +26,7 @@ from retriever.errors import InvalidInputError
 from retriever.query import Query, SearchResult
 from retriever.router import SourceResolver
 from retriever.service.auth import BearerTokenInterceptor
-from retriever.service.batching import Batcher, BoundQuery
+from retriever.service.batching import AUTO_BUDGET_FACTOR, Batcher, BoundQuery
 from retriever.service.config import ServiceConfig
 from retriever.service.metrics import ServiceMetrics
 from retriever.service.registry import Generation, IndexRegistry
@@ -192,7 +192,8 @@ class RetrieverServer:
             batcher.calibrate()
             budget = batcher.budget_seconds() or 0.0
             logger.info("latency budget %.0f ms (%s): one query ~%.0f ms, %d queries ~%.0f ms (calibrated)",
-                        budget * 1000, "auto: 2x one query" if batcher.latency_budget == "auto" else "set",
+                        budget * 1000,
+                        f"auto: {AUTO_BUDGET_FACTOR:g}x one query" if batcher.latency_budget == "auto" else "set",
                         batcher.cost.seconds(1) * 1000, self.config.max_batch,
                         batcher.cost.seconds(self.config.max_batch) * 1000)
         resolver = SourceResolver.for_encoder(self.config.resolution, encoder)  # --resolve model needs a router
