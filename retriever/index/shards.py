@@ -152,19 +152,35 @@ def exact_topk(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.nda
     return np.take_along_axis(part_scores, order, axis=1).astype(np.float32), ids
 
 
+#: Every how many columns :func:`top_columns` samples a row to find a floor for its top k.
+SAMPLE_STRIDE = 64
+
+
 def top_columns(sims: np.ndarray, k: int) -> np.ndarray:
     """The columns of each row's ``k`` highest scores (``0 < k < sims.shape[1]``), in no set order;
     among scores tied with the k-th, the lowest columns.
 
-    NumPy's ``argpartition`` selects them but picks among equal scores in no set order; a row whose
-    k-th score is shared beyond the k taken is selected again here, in column order. (``torch.topk``
-    selected faster in isolation, but the OpenVINO int8 server on lite answered 51 / 110 QPS at 8 /
-    32 clients with it against 82 / 130 with ``argpartition``, one run after the other:
-    ``benchmarks/results/load_lite-ovint8-s20-topk.json`` and ``...-argpartition.json``; why
-    (probably its thread pool contending with BLAS's on two cores) was not measured.)
+    The k-th highest score of every ``SAMPLE_STRIDE``-th column is a floor for the row's own k-th
+    highest, so only the columns at or above it (a few hundred of 86K for k=10) go through NumPy's
+    ``argpartition``, not the whole row (``benchmarks/flat_search_bench.py``); the result is the
+    same. ``argpartition`` picks among equal scores in no set order, so a row whose k-th score is
+    shared beyond the k taken is selected again here, in column order. (``torch.topk`` was tried:
+    faster in isolation, but the OpenVINO int8 server on lite answered 51 / 110 QPS at 8 / 32
+    clients with it against 82 / 130 with ``argpartition``, one run after the other:
+    ``benchmarks/results/load_lite-ovint8-s20-topk.json`` and ``...-argpartition.json``.)
     """
     n = sims.shape[1]
-    part = np.argpartition(sims, n - k, axis=1)[:, n - k:]
+    sample = sims[:, ::SAMPLE_STRIDE]
+    if sample.shape[1] > k:
+        floor = np.partition(sample, sample.shape[1] - k, axis=1)[:, sample.shape[1] - k]
+        part = np.empty((len(sims), k), np.intp)
+        for i in range(len(sims)):
+            above = np.flatnonzero(sims[i] >= floor[i])
+            if len(above) < k:  # only when scores are NaN: no floor holds
+                above = np.arange(n)
+            part[i] = above[np.argpartition(sims[i, above], len(above) - k)[len(above) - k:]]
+    else:
+        part = np.argpartition(sims, n - k, axis=1)[:, n - k:]
     kth = np.take_along_axis(sims, part, axis=1).min(axis=1)
     for row in np.flatnonzero(np.count_nonzero(sims >= kth[:, None], axis=1) > k):
         above = np.flatnonzero(sims[row] > kth[row])

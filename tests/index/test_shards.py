@@ -116,14 +116,23 @@ def test_exact_topk_keeps_the_lowest_ids_among_scores_tied_with_the_kth() -> Non
 def test_exact_topk_matches_a_stable_sort_on_many_duplicates() -> None:
     rng = np.random.default_rng(3)
     distinct = normalized(rng, 40)
-    vectors = distinct[rng.integers(0, 40, 5000)]  # every vector repeated ~125 times: ties everywhere
+    vectors = distinct[rng.integers(0, 40, 30000)]  # every vector repeated ~750 times: ties everywhere
     queries = normalized(rng, 9)
-    for k in (1, 10, 300):
+    for k in (1, 10, 300, 600):  # 600: more than the sampled columns, the whole rows are partitioned
         scores, ids = exact_topk(queries, vectors, k)
         sims = queries @ vectors.T
         want = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         assert ids.tolist() == want.tolist()
         assert np.array_equal(scores, np.take_along_axis(sims, want, axis=1))
+
+
+def test_exact_topk_equals_a_full_sort_on_distinct_scores() -> None:
+    rng = np.random.default_rng(5)
+    vectors, queries = normalized(rng, 20000), normalized(rng, 7)
+    sims = queries @ vectors.T
+    for k in (1, 10, 100, 313):
+        scores, ids = exact_topk(queries, vectors, k)
+        assert ids.tolist() == np.argsort(-sims, axis=1, kind="stable")[:, :k].tolist()
 
 
 def test_merge_topk_orders_across_shards() -> None:
