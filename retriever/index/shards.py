@@ -161,31 +161,26 @@ def top_columns(sims: np.ndarray, k: int) -> np.ndarray:
     among scores tied with the k-th, the lowest columns.
 
     The k-th highest score of every ``SAMPLE_STRIDE``-th column is a floor for the row's own k-th
-    highest, so only the columns at or above it (a few hundred of 86K for k=10) go through NumPy's
-    ``argpartition``, not the whole row (``benchmarks/flat_search_bench.py``); the result is the
-    same. ``argpartition`` picks among equal scores in no set order, so a row whose k-th score is
-    shared beyond the k taken is selected again here, in column order. (``torch.topk`` was tried:
-    faster in isolation, but the OpenVINO int8 server on lite answered 51 / 110 QPS at 8 / 32
-    clients with it against 82 / 130 with ``argpartition``, one run after the other:
+    highest, so only the columns at or above it (a few hundred of 86K for k=10) are partitioned,
+    not the whole row (``benchmarks/flat_search_bench.py``). (``torch.topk`` was tried: faster in
+    isolation, but the OpenVINO int8 server on lite answered 51 / 110 QPS at 8 / 32 clients with it
+    against 82 / 130 with NumPy's ``argpartition``, one run after the other:
     ``benchmarks/results/load_lite-ovint8-s20-topk.json`` and ``...-argpartition.json``.)
     """
     n = sims.shape[1]
     sample = sims[:, ::SAMPLE_STRIDE]
-    if sample.shape[1] > k:
-        floor = np.partition(sample, sample.shape[1] - k, axis=1)[:, sample.shape[1] - k]
-        part = np.empty((len(sims), k), np.intp)
-        for i in range(len(sims)):
-            above = np.flatnonzero(sims[i] >= floor[i])
-            if len(above) < k:  # only when scores are NaN: no floor holds
-                above = np.arange(n)
-            part[i] = above[np.argpartition(sims[i, above], len(above) - k)[len(above) - k:]]
-    else:
-        part = np.argpartition(sims, n - k, axis=1)[:, n - k:]
-    kth = np.take_along_axis(sims, part, axis=1).min(axis=1)
-    for row in np.flatnonzero(np.count_nonzero(sims >= kth[:, None], axis=1) > k):
-        above = np.flatnonzero(sims[row] > kth[row])
-        tied = np.flatnonzero(sims[row] == kth[row])[: k - len(above)]
-        part[row] = np.concatenate([above, tied])
+    m = sample.shape[1]
+    floor = np.partition(sample, m - k, axis=1)[:, m - k] if m > k else np.full(len(sims), -np.inf, sims.dtype)
+    part = np.empty((len(sims), k), np.intp)
+    for i in range(len(sims)):
+        above = np.flatnonzero(sims[i] >= floor[i])
+        scores = sims[i, above]
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k] if len(above) >= k else np.nan
+        if np.isnan(kth):  # only with NaN scores, where no floor or order holds: any k columns
+            part[i] = np.argpartition(sims[i], n - k)[n - k:]
+            continue
+        higher = above[scores > kth]
+        part[i] = np.concatenate([higher, above[scores == kth][: k - len(higher)]])  # ties: lowest columns
     return part
 
 
