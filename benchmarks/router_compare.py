@@ -11,9 +11,10 @@ scores it on ``dev`` (frames, source names and connectives never seen in trainin
 * ``prototypes``: nearest mean embedding of each labelled set;
 * ``rules``: the keyword regexes (``--resolve rules``);
 * ``tuned-l<L>-r<R>-e<E>`` (``--tuned L:R:E``): the router ``[router] kind = "tuned"`` trains, LoRA
-  adapters of rank ``R`` on the model's first ``L`` transformer layers (0: all) with a linear head,
-  ``E`` epochs on the same training instructions (the network reads the instruction's words, not a
-  frozen pooled embedding; :func:`retriever.training.router.fit_tuned`).
+  adapters of rank ``R`` on the model's first ``L`` transformer layers (0: all) with a linear head
+  tagging each token (a source name asked for or excluded, or neither), ``E`` epochs on the same
+  training instructions (the network reads the instruction's words, not a frozen pooled
+  embedding; :func:`retriever.training.router.fit_tuned`).
 
 Figures: exact-set accuracy (all, single, multi-source, negation, unnamed), per-source precision
 and recall, and a threshold sweep of what the server would do (filter right / wrong / none).

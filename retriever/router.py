@@ -10,13 +10,17 @@ tables") is resolved here, once, by :class:`SourceResolver` (``Searcher.plan`` c
 
   - :class:`TunedRouter` (the default since it was measured better, ``benchmarks/RESULTS.md``,
     "Source router"): the model's own transformer reads the instruction's words through LoRA
-    adapters (peft), mean-pooled, with a linear head. The adapters and head are a few hundred KB;
-    the base weights are the model's, so nothing else is shipped.
-  - :class:`SourceRouter`: a small head on the model's own (frozen) embedding of the instruction.
+    adapters (peft) and a linear head **tags each token**: not a source name, or a name of source
+    s that the instruction asks for, or one it excludes (:data:`TAGS`). The set is composed from
+    the names found (:func:`read_tags`): the sources asked for minus those excluded, or, when only
+    exclusions are named, every source but those. The adapters and head are a few hundred KB; the
+    base weights are the model's, so nothing else is shipped. (Routers saved before tagging, format
+    ``2``, read a mean-pooled state instead, as the head router does; they still load.)
+  - :class:`SourceRouter`: a small head on the model's own (frozen) embedding of the instruction,
+    reading a probability that the instruction names a source at all (the gate) and one per
+    source type; the set it reads is the sources at >= 0.5, and its confidence is the probability
+    of exactly that reading, ``gate * prod_s max(p_s, 1 - p_s)`` (``1 - gate`` for "names none").
 
-  Either reads a probability that the instruction names a source at all (the gate) and one per
-  source type; the set it reads is the sources at >= 0.5, and its confidence is the probability of
-  exactly that reading, ``gate * prod_s max(p_s, 1 - p_s)`` (``1 - gate`` for "names none").
   The filter is applied only at or above the router's threshold; below it the encoder alone
   decides (it reads the instruction too). The router reads the instruction alone, not the question.
 
@@ -52,12 +56,17 @@ ROUTER_FILE = "router.safetensors"
 #: Routers of models that cannot hold one (the bundled wheel): ``router-<checksum[:16]>.safetensors``.
 SHIPPED_DIR = Path(__file__).parent / "data"
 ROUTER_FORMAT = "1"
-#: The format of a :class:`TunedRouter` file.
-TUNED_FORMAT = "2"
+#: The format of a :class:`TunedRouter` file that tags tokens; ``POOLED_FORMAT``: one that read a
+#: mean-pooled state (written before tagging; still loaded).
+TUNED_FORMAT = "3"
+POOLED_FORMAT = "2"
 #: Instructions whose reading is kept (the cache is emptied when it would grow past this).
 CACHE_SIZE = 4096
 #: The order of the head's outputs after the gate.
 ROUTER_SOURCES: tuple[Source, ...] = (Source.TEXT, Source.TABLE, Source.KB, Source.INFOBOX)
+#: A tuned router's tags per token: 0 not a source name, then for each of :data:`ROUTER_SOURCES`
+#: ``1 + 2i`` a name of it asked for, ``2 + 2i`` a name of it excluded.
+TAGS = 1 + 2 * len(ROUTER_SOURCES)
 
 #: Embeds texts: ``[n]`` strings to float32 ``[n, dim]`` (the model's document embedding).
 Embed = Callable[[Sequence[str]], np.ndarray]
@@ -178,8 +187,10 @@ class TunedSpec:
 
 
 class TunedRouter:
-    """The model's transformer, LoRA-adapted, reading the instruction's words: mean-pooled last
-    hidden states, a linear head, 1 + 4 sigmoid outputs (as :class:`SourceRouter`).
+    """The model's transformer, LoRA-adapted, reading the instruction's words: a linear head on
+    each token's last hidden state, softmax over :data:`TAGS` (read by :func:`read_tags`). A
+    router saved in :data:`POOLED_FORMAT` has a head of 1 + 4 sigmoid outputs on the mean-pooled
+    state instead (read as :class:`SourceRouter`'s).
 
     The network is built on first use from the model directory's own weights (transformers
     ``AutoModel``), the adapters applied and merged (peft), so a server that never resolves an
@@ -189,7 +200,7 @@ class TunedRouter:
         model_dir: the model whose transformer the adapters adapt.
         spec: layers, LoRA rank and alpha, tokens read.
         adapter: peft's adapter state (``get_peft_model_state_dict``), name -> array.
-        head: ``(weight [hidden, 5], bias [5])``.
+        head: ``(weight [hidden, TAGS], bias [TAGS])`` (a pooled router's: 5 outputs).
         threshold: the confidence at or above which a read filter is applied.
         model_checksum: the checksum of ``model_dir``'s model.
         network: an already adapted network (training hands over the one it trained).
@@ -198,8 +209,10 @@ class TunedRouter:
     def __init__(self, model_dir: Path, spec: TunedSpec, adapter: dict[str, np.ndarray],
                  head: tuple[np.ndarray, np.ndarray], threshold: float, model_checksum: str,
                  network: Any = None) -> None:
-        if head[0].ndim != 2 or head[0].shape[1] != 1 + len(ROUTER_SOURCES) or head[1].shape != (head[0].shape[1],):
-            raise ModelError(f"a router's head must map to {1 + len(ROUTER_SOURCES)} outputs")
+        if head[0].ndim != 2 or head[0].shape[1] not in (TAGS, 1 + len(ROUTER_SOURCES)) \
+                or head[1].shape != (head[0].shape[1],):
+            raise ModelError(f"a tuned router's head must map to {TAGS} tags (or, saved before tagging, "
+                             f"{1 + len(ROUTER_SOURCES)} outputs)")
         if not 0.0 <= threshold <= 1.0:
             raise ModelError(f"router threshold must be in [0, 1], got {threshold}")
         if not adapter:
@@ -208,6 +221,7 @@ class TunedRouter:
         # Saved as float16; rounded here too, so a router reads the same before and after saving.
         self.adapter = {k: _half(v) for k, v in adapter.items()}
         self.head = (_half(head[0]), _half(head[1]))
+        self.tags = head[0].shape[1] == TAGS  # False: a router saved before tagging (mean-pooled)
         self.threshold, self.model_checksum = float(threshold), model_checksum
         self._network: Any = network
         self._tokenizer: Any = None
@@ -234,30 +248,41 @@ class TunedRouter:
                 self._network.eval()
             return self._network, self._tokenizer
 
-    def probabilities_of(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
-        """float32 ``[n, 5]``: P(names a source), then P(allows s) for each of :data:`ROUTER_SOURCES`."""
+    def probabilities_of(self, texts: Sequence[str], batch_size: int = 128) -> list[np.ndarray]:
+        """Per instruction, float32 ``[tokens, TAGS]``: each token's tag probabilities (padding left
+        out); a router saved before tagging: ``[1, 5]``, P(names a source), then P(allows s)."""
         import torch
 
         network, tokenizer = self._loaded()
         w, b = (torch.from_numpy(t) for t in self.head)
-        out = []
+        out: list[np.ndarray] = []
         # one reader at a time: a fast tokenizer refuses concurrent calls ("Already borrowed"); readings are cached
         with self._read_lock, torch.inference_mode():
             for i in range(0, len(texts), batch_size):
-                pooled = mean_pooled(network, tokenizer, texts[i:i + batch_size], self.spec.max_length)
-                out.append(torch.sigmoid(pooled.float() @ w + b).numpy())
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 5), np.float32)
+                chunk = list(texts[i:i + batch_size])
+                if not self.tags:
+                    pooled = mean_pooled(network, tokenizer, chunk, self.spec.max_length)
+                    out += list(torch.sigmoid(pooled.float() @ w + b).numpy()[:, None, :])
+                    continue
+                batch = tokenizer(chunk, padding=True, truncation=True, max_length=self.spec.max_length,
+                                  return_tensors="pt")
+                probs = torch.softmax(network(**batch).last_hidden_state.float() @ w + b, dim=-1).numpy()
+                masks = batch["attention_mask"].numpy().astype(bool)
+                out += [p[m] for p, m in zip(probs, masks, strict=True)]
+        return [np.asarray(p, np.float32) for p in out]
 
     def read_texts(self, texts: Sequence[str], embed: Embed | None = None) -> list[Routing]:
         """The set each instruction asks for, with the router's confidence in it (``embed`` unused)."""
-        return [read_probabilities(row) for row in self.probabilities_of(list(texts))]
+        read = read_tags if self.tags else (lambda p: read_probabilities(p[0]))
+        return [read(p) for p in self.probabilities_of(list(texts))]
 
     def save(self, path: Path) -> None:
         """Write safetensors (float16 adapters and head; the spec, checksum and threshold in the header)."""
         tensors = {f"adapter.{k}": v for k, v in self.adapter.items()}
         tensors["head.weight"], tensors["head.bias"] = self.head
         _write_router(path, tensors, {
-            "format": TUNED_FORMAT, "threshold": repr(self.threshold), "model_checksum": self.model_checksum,
+            "format": TUNED_FORMAT if self.tags else POOLED_FORMAT, "threshold": repr(self.threshold),
+            "model_checksum": self.model_checksum,
             "layers": str(self.spec.layers), "rank": str(self.spec.rank), "alpha": str(self.spec.alpha),
             "max_length": str(self.spec.max_length)})
 
@@ -364,12 +389,13 @@ def load_router(path: Path, model_dir: Path, model_checksum: str | None = None) 
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors raises several types for a bad file
         raise ModelError(f"{path}: not a readable router file: {exc}") from exc
-    if meta.get("format") not in (ROUTER_FORMAT, TUNED_FORMAT):
-        raise ModelError(f"{path}: router format {meta.get('format')!r}, expected {ROUTER_FORMAT} or {TUNED_FORMAT}")
+    if meta.get("format") not in (ROUTER_FORMAT, POOLED_FORMAT, TUNED_FORMAT):
+        raise ModelError(f"{path}: router format {meta.get('format')!r}, expected {ROUTER_FORMAT}, "
+                         f"{POOLED_FORMAT} or {TUNED_FORMAT}")
     if model_checksum is not None and meta.get("model_checksum") != model_checksum:
         raise ModelError(f"{path}: this router was trained on model {str(meta.get('model_checksum'))[:12]}, "
                          f"not {model_checksum[:12]}; retrain it with `retriever train-router`")
-    if meta["format"] == TUNED_FORMAT:
+    if meta["format"] in (TUNED_FORMAT, POOLED_FORMAT):
         return TunedRouter.from_file(path, meta, tensors, model_dir)
     return SourceRouter.from_file(path, meta, tensors)
 
@@ -399,6 +425,43 @@ def read_probabilities(p: np.ndarray) -> Routing:
     if len(chosen) == len(ROUTER_SOURCES):
         chosen = ()  # all of them: no filter
     return Routing(chosen, confidence)
+
+
+def read_tags(p: np.ndarray) -> Routing:
+    """The reading of one instruction's tag probabilities ``[tokens, TAGS]`` (a tuned router's).
+
+    A name is a run of tokens each more likely a name than not; its source and whether it is
+    asked for or excluded are the tag with the most probability summed over the run. The set is
+    the sources asked for minus those excluded; if only exclusions are named, every source but
+    those; none named, or all four left: no filter. The confidence is the probability of reading
+    exactly these names: per token ``max(P(name), P(not a name))``, times per name the share of
+    its chosen tag in its tags' mass.
+    """
+    name = 1.0 - p[:, 0]
+    inside = name >= 0.5
+    confidence = float(np.prod(np.maximum(name, 1.0 - name)))
+    wanted: set[Source] = set()
+    excluded: set[Source] = set()
+    t = 0
+    while t < len(p):
+        if not inside[t]:
+            t += 1
+            continue
+        end = t
+        while end < len(p) and inside[end]:
+            end += 1
+        mass = p[t:end, 1:].sum(axis=0)  # [TAGS - 1]
+        tag = int(mass.argmax())
+        confidence *= float(mass[tag] / mass.sum())
+        (excluded if tag % 2 else wanted).add(ROUTER_SOURCES[tag // 2])
+        t = end
+    if wanted:
+        allowed = wanted - excluded
+    else:
+        allowed = set(ROUTER_SOURCES) - excluded if excluded else set()
+    if not allowed or len(allowed) == len(ROUTER_SOURCES):
+        return Routing((), confidence)  # names none, allows all, or excludes all it asks for
+    return Routing(tuple(s for s in ROUTER_SOURCES if s in allowed), confidence)
 
 
 def find_router(model_dir: Path, checksum: str) -> Router | None:

@@ -22,6 +22,7 @@ from retriever.router import (
     find_router,
     load_router,
     read_probabilities,
+    read_tags,
     shipped_router_path,
 )
 from retriever.searcher import Searcher
@@ -70,6 +71,48 @@ def test_confidence_is_the_probability_of_the_reading() -> None:
     assert routing.sources == (Source.TEXT, Source.KB)
     assert routing.confidence == pytest.approx(0.9 * 0.8 * 0.7 * 0.5 * 0.9, rel=1e-6)
     assert read_probabilities(np.array([0.2, 1, 1, 1, 1], np.float32)).confidence == pytest.approx(0.8)
+
+
+def tags(*tokens: tuple[int, float]) -> np.ndarray:
+    """Tag probabilities ``[tokens, 9]``: each token's chosen tag at its probability, the rest on "not a name"
+    (or, for a "not a name" token, on text-asked-for)."""
+    out = np.zeros((len(tokens), 9), np.float32)
+    for i, (tag, q) in enumerate(tokens):
+        out[i, tag] = q
+        out[i, 0 if tag else 1] += 1.0 - q
+    return out
+
+
+NONE, TEXT, NOT_TEXT, TABLE, NOT_TABLE, KB, NOT_KB, INFOBOX = range(8)
+
+
+def test_tags_compose_names_asked_for_and_excluded() -> None:
+    sure = 0.999
+    # "use tables and infoboxes": two names asked for
+    assert read_tags(tags((NONE, sure), (TABLE, sure), (NONE, sure), (INFOBOX, sure))).sources == (
+        Source.TABLE, Source.INFOBOX)
+    # "anything but tables": only an exclusion, so every other source
+    assert read_tags(tags((NONE, sure), (NONE, sure), (NOT_TABLE, sure))).sources == ALL_BUT_TABLES
+    # "search text (not tables)": asked for minus excluded
+    assert read_tags(tags((NONE, sure), (TEXT, sure), (NONE, sure), (NOT_TABLE, sure))).sources == (Source.TEXT,)
+    # no name, or all four asked for: no filter; every name it asks for also excluded: no filter
+    assert read_tags(tags((NONE, sure), (NONE, sure))).sources == ()
+    assert read_tags(tags((TEXT, sure), (NONE, sure), (TABLE, sure), (NONE, sure), (KB, sure), (NONE, sure),
+                          (INFOBOX, sure))).sources == ()
+    assert read_tags(tags((TABLE, sure), (NONE, sure), (NOT_TABLE, sure))).sources == ()
+    # a multi-token name is one name: its tag is the one with the most mass over its tokens
+    one = read_tags(tags((NONE, sure), (KB, 0.6), (TABLE, 0.9), (KB, 0.95)))
+    assert one.sources == (Source.KB,)
+
+
+def test_tag_confidence_is_the_probability_of_reading_these_names() -> None:
+    p = tags((NONE, 0.9), (TABLE, 0.8))
+    routing = read_tags(p)
+    assert routing.sources == (Source.TABLE,)
+    assert routing.confidence == pytest.approx(0.9 * 0.8 * 1.0)  # the name's whole tag mass is table's
+    split = np.zeros((1, 9), np.float32)
+    split[0, [TABLE, NOT_TABLE]] = 0.6, 0.4
+    assert read_tags(split).sources == (Source.TABLE,) and read_tags(split).confidence == pytest.approx(0.6)
 
 
 def test_resolver_filters_only_when_confident() -> None:

@@ -48,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     router.add_argument("--threshold", type=float, default=None,
                         help="filter at router confidence >= this (default: [router] threshold's default)")
     router.add_argument("--kind", choices=("tuned", "head"), default=None,
-                        help="tuned (default): LoRA adapters on the model's transformer and a linear head, minutes "
-                        "on a CPU, reads negations and multi-source requests better; head: a small head on the "
+                        help="tuned (default): LoRA adapters on the model's transformer and a linear head tagging "
+                        "each word as a source name asked for or excluded, minutes on a CPU, reads negations and "
+                        "multi-source requests better; head: a small head on the "
                         "model's frozen embedding, seconds (docs/TRAINING.md, 'The source router')")
     router.add_argument("--seed", type=int, default=42, help="grammar and head seed (default 42)")
     router.add_argument("--device", default=None, help="cpu, cuda... (default: CUDA when present)")

@@ -397,7 +397,8 @@ class RouterConfig:
             the most dev phrasings right with at most 1 % wrong (``benchmarks/RESULTS.md``,
             "Source router").
         kind: ``tuned`` (default): LoRA adapters on the model's first ``layers`` transformer
-            layers (0: all) and a linear head, ``epochs`` passes (a few minutes on 2 CPU cores; on the
+            layers (0: all) and a linear head tagging each token (a source name asked for or
+            excluded, or neither), ``epochs`` passes (about 10 minutes on 2 CPU cores; on the
             held-apart dev phrasings it read more instructions right and filtered fewer wrong than
             the head, ``benchmarks/RESULTS.md``, "Source router"); ``head``: a small head on the
             frozen embedding (seconds after the embeddings; ``hidden``, ``steps``, ``lr``).

@@ -190,12 +190,25 @@ _ENDINGS = ("", ".", "!", ":", " please.")
 
 
 @dataclass(frozen=True)
+class Mention:
+    """Where an instruction names a source: characters ``[start, end)`` of its text, and whether
+    the instruction excludes it ("anything but tables") rather than asks for it."""
+
+    start: int
+    end: int
+    source: Source
+    excluded: bool
+
+
+@dataclass(frozen=True)
 class RouterExample:
-    """One labelled instruction: ``sources`` is the set it allows (empty: no filter)."""
+    """One labelled instruction: ``sources`` is the set it allows (empty: no filter); ``mentions``
+    the names of sources in its text (what a tuned router learns to tag)."""
 
     text: str
     sources: frozenset[Source]
     kind: str  # "single", "multi", "negation", "unnamed"
+    mentions: tuple[Mention, ...] = ()
 
 
 def router_examples(split: str, n: int, seed: int) -> list[RouterExample]:
@@ -220,12 +233,12 @@ def router_examples(split: str, n: int, seed: int) -> list[RouterExample]:
         elif kind == "negation":
             drawn = _draw(rng, sources, int(rng.integers(1, 3)))
             if rng.random() < 0.5:
-                text = _pick(rng, ROUTER_EXCLUDE[split]).format(neg=_names(rng, split, drawn))
+                text = _pick(rng, ROUTER_EXCLUDE[split]).format(neg=_names(rng, split, drawn, excluded=True))
                 allowed = frozenset(sources) - frozenset(drawn)
             else:
                 keep = _draw(rng, [s for s in sources if s not in drawn], 1)
                 text = _pick(rng, ROUTER_CONTRAST[split]).format(pos=_names(rng, split, keep),
-                                                               neg=_names(rng, split, drawn))
+                                                               neg=_names(rng, split, drawn, excluded=True))
                 allowed = frozenset(keep)
         else:
             drawn = _draw(rng, sources, 1 if kind == "single" else int(rng.integers(2, 4)))
@@ -233,7 +246,8 @@ def router_examples(split: str, n: int, seed: int) -> list[RouterExample]:
             allowed = frozenset(drawn)
         if allowed == frozenset(sources):
             allowed = frozenset()
-        out.append(RouterExample(_typed(rng, text), allowed, kind))
+        plain, mentions = _unmark(text)
+        out.append(RouterExample(_typed(rng, plain), allowed, kind, mentions))
     return out
 
 
@@ -247,7 +261,7 @@ def naming_instruction(split: str, sources: Sequence[Source], rng: np.random.Gen
         raise ValueError(f"split must be one of {', '.join(ROUTER_SPLITS)}, got {split!r}")
     if not sources:
         raise ValueError("name at least one source")
-    return _typed(rng, _include(rng, split, list(sources)))
+    return _typed(rng, _unmark(_include(rng, split, list(sources)))[0])
 
 
 def _include(rng: np.random.Generator, split: str, sources: list[Source]) -> str:
@@ -262,11 +276,36 @@ def _draw(rng: np.random.Generator, sources: list[Source], k: int) -> list[Sourc
     return [sources[int(i)] for i in rng.choice(len(sources), size=k, replace=False)]
 
 
-def _names(rng: np.random.Generator, split: str, sources: list[Source]) -> str:
-    names = [_pick(rng, ROUTER_NAMES[split][s]) for s in sources]
+#: Marks a name in a drawn instruction until :func:`_unmark` turns it into a :class:`Mention`:
+#: ``\x01<source index><+|->\x02<name>\x03``.
+_MARK, _NAME, _END = "\x01", "\x02", "\x03"
+
+
+def _names(rng: np.random.Generator, split: str, sources: list[Source], excluded: bool = False) -> str:
+    sign = "-" if excluded else "+"
+    names = [f"{_MARK}{list(Source).index(s)}{sign}{_NAME}{_pick(rng, ROUTER_NAMES[split][s])}{_END}" for s in sources]
     if len(names) == 1:
         return names[0]
     return _pick(rng, ROUTER_JOINS[split]).format(a=", ".join(names[:-1]), b=names[-1])
+
+
+def _unmark(marked: str) -> tuple[str, tuple[Mention, ...]]:
+    """The plain text of a marked instruction and the mention of each marked name."""
+    parts: list[str] = []
+    mentions: list[Mention] = []
+    length, i = 0, 0
+    while (start := marked.find(_MARK, i)) >= 0:
+        parts.append(marked[i:start])
+        length += start - i
+        source, sign = list(Source)[int(marked[start + 1])], marked[start + 2]
+        end = marked.index(_END, start)
+        name = marked[marked.index(_NAME, start) + 1:end]
+        mentions.append(Mention(length, length + len(name), source, sign == "-"))
+        parts.append(name)
+        length += len(name)
+        i = end + 1
+    parts.append(marked[i:])
+    return "".join(parts), tuple(mentions)
 
 
 def _typed(rng: np.random.Generator, text: str) -> str:

@@ -30,6 +30,7 @@ from retriever.instructions import resolve_sources
 from retriever.records import Source
 from retriever.router import (
     ROUTER_SOURCES,
+    TAGS,
     Embed,
     Router,
     Routing,
@@ -37,7 +38,6 @@ from retriever.router import (
     TunedRouter,
     TunedSpec,
     adapted_network,
-    mean_pooled,
 )
 from retriever.training.config import RouterConfig
 from retriever.training.instruction_pool import RouterExample, router_examples
@@ -96,16 +96,47 @@ def fit_head(x: np.ndarray, examples: Sequence[RouterExample], hidden: int, step
     return [(w.detach().numpy().copy(), b.detach().numpy().copy()) for w, b in params]
 
 
+def tag_targets(tokenizer: Any, examples: Sequence[RouterExample], max_length: int) -> tuple[Any, Any]:
+    """Tokenized instructions and each token's tag (:data:`~retriever.router.TAGS`; -100 on padding).
+
+    A token is tagged with a mention (source, asked for or excluded) when its characters overlap
+    the mention's; every other token is "not a source name".
+
+    Raises:
+        ValueError: an example allows sources but has no mentions (a tuned router learns where
+            sources are named).
+    """
+    import torch
+
+    for example in examples:
+        if example.sources and not example.mentions:
+            raise ValueError(f"instruction {example.text!r} allows sources but marks no mention of them")
+    batch = tokenizer([e.text for e in examples], padding=True, truncation=True, max_length=max_length,
+                      return_tensors="pt", return_offsets_mapping=True)
+    offsets = batch.pop("offset_mapping").tolist()  # [n, tokens, 2]
+    tags = torch.zeros(len(examples), len(offsets[0]), dtype=torch.long)
+    for i, example in enumerate(examples):
+        for t, (start, end) in enumerate(offsets[i]):
+            for m in example.mentions:
+                if start < end and start < m.end and end > m.start:
+                    tags[i, t] = 1 + 2 * ROUTER_SOURCES.index(m.source) + int(m.excluded)
+    tags[batch["attention_mask"] == 0] = -100
+    return batch, tags
+
+
 def fit_tuned(model_dir: Path, examples: Sequence[RouterExample], spec: TunedSpec, epochs: int, lr: float,
               head_lr: float, seed: int, model_checksum: str, threshold: float,
               batch_size: int = 32) -> TunedRouter:
     """Fit a :class:`~retriever.router.TunedRouter`: LoRA adapters on the model's first
-    ``spec.layers`` transformer layers and a linear head on their mean-pooled output, so the whole
-    network reads the instruction's words (negations, multi-source requests) rather than a head on
-    a frozen pooled embedding.
+    ``spec.layers`` transformer layers and a linear head tagging each token (a source name, asked
+    for or excluded, or not a name), so the whole network reads the instruction's words and the
+    set is composed from the names it finds (negations, multi-source requests).
 
-    The same binary cross-entropy and mask as :func:`fit_head`; AdamW (adapters at ``lr``, head at
+    Cross-entropy over the tokens' tags (:func:`tag_targets`); AdamW (adapters at ``lr``, head at
     ``head_lr``), linear warm-up over the first 10 % of steps and linear decay to 0.
+
+    Raises:
+        ValueError: an example allows sources but marks no mention of them.
     """
     import torch
     from peft import get_peft_model_state_dict
@@ -113,11 +144,9 @@ def fit_tuned(model_dir: Path, examples: Sequence[RouterExample], spec: TunedSpe
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    tag_targets(tokenizer, examples, spec.max_length)  # bad examples fail before the network loads
     network = adapted_network(model_dir, spec)
-    head = torch.nn.Linear(network.get_base_model().config.hidden_size, 1 + len(ROUTER_SOURCES))
-    y = torch.from_numpy(targets(examples))
-    weight = torch.ones_like(y)
-    weight[:, 1:] = y[:, :1]
+    head = torch.nn.Linear(network.get_base_model().config.hidden_size, TAGS)
     steps = max(1, epochs * (len(examples) // batch_size))
     trainable = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": trainable, "lr": lr}, {"params": head.parameters(), "lr": head_lr}],
@@ -125,16 +154,14 @@ def fit_tuned(model_dir: Path, examples: Sequence[RouterExample], spec: TunedSpe
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / (0.1 * steps)) * max(0.0, 1 - step / steps))
     rng = np.random.default_rng(seed)
-    texts = [e.text for e in examples]
     network.train()
     for epoch in range(epochs):
         order = rng.permutation(len(examples))
         total = 0.0
         for i in range(0, len(order) - batch_size + 1, batch_size):
-            idx = order[i:i + batch_size]
-            logits = head(mean_pooled(network, tokenizer, [texts[j] for j in idx], spec.max_length))
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits, y[idx], weight=weight[idx], reduction="sum") / batch_size
+            batch, tags = tag_targets(tokenizer, [examples[j] for j in order[i:i + batch_size]], spec.max_length)
+            logits = head(network(**batch).last_hidden_state)  # [batch, tokens, TAGS]
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, TAGS), tags.reshape(-1), ignore_index=-100)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -19,11 +19,12 @@ from retriever.training.instruction_pool import (
     ROUTER_JOINS,
     ROUTER_NAMES,
     ROUTER_UNNAMED,
+    Mention,
     RouterExample,
     naming_instruction,
     router_examples,
 )
-from retriever.training.router import fit_head, read_rules, score_readings
+from retriever.training.router import fit_head, read_rules, score_readings, tag_targets
 from tests.training.conftest import tiny_config
 
 
@@ -65,6 +66,37 @@ def test_naming_instruction_names_exactly_the_sources_in_its_split() -> None:
         naming_instruction("dev", [], rng)
     with pytest.raises(ValueError, match="split"):
         naming_instruction("test", [Source.TEXT], rng)
+
+
+def test_every_drawn_name_is_marked_as_a_mention() -> None:
+    for split in ("train", "dev"):
+        for e in router_examples(split, 400, 1):
+            for m in e.mentions:
+                assert e.text[m.start:m.end].lower() in {n.lower() for n in ROUTER_NAMES[split][m.source]}, e
+            asked = {m.source for m in e.mentions if not m.excluded}
+            excluded = {m.source for m in e.mentions if m.excluded}
+            if e.kind == "unnamed":
+                assert not e.mentions
+            elif e.kind == "negation":
+                assert excluded and not excluded & e.sources
+            else:
+                assert not excluded and asked == set(e.sources)
+
+
+def test_tokens_overlapping_a_mention_take_its_tag(tiny_st_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_st_model))
+    text = "use tables, not fact triples"
+    example = RouterExample(text, frozenset({Source.TABLE}), "negation",
+                            (Mention(4, 10, Source.TABLE, False), Mention(16, 28, Source.KB, True)))
+    batch, tags = tag_targets(tokenizer, [example, RouterExample("be concise", frozenset(), "unnamed")], 32)
+    offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+    expected = [3 if 4 <= a < 10 else 6 if 16 <= a < 28 else 0 for a, z in offsets]
+    assert tags[0][:len(offsets)].tolist() == expected and {3, 6} <= set(expected)
+    assert (tags[1][batch["attention_mask"][1] == 1] == 0).all() and (tags[1][batch["attention_mask"][1] == 0] == -100).all()
+    with pytest.raises(ValueError, match="marks no mention"):
+        tag_targets(tokenizer, [RouterExample("use tables", frozenset({Source.TABLE}), "single")], 32)
 
 
 def _core(text: str) -> str:
@@ -138,20 +170,33 @@ def test_a_tuned_router_learns_a_toy_pool_and_reads_the_same_once_saved(tiny_st_
     from retriever.router import TunedRouter, TunedSpec, find_router
     from retriever.training.router import fit_tuned
 
+    def named(text: str, name: str, source: Source, excluded: bool = False) -> Mention:
+        return Mention(text.index(name), text.index(name) + len(name), source, excluded)
+
     pool = {"use tables": (Source.TABLE,), "use text": (Source.TEXT,), "anything but tables":
-            (Source.TEXT, Source.KB, Source.INFOBOX), "be concise": ()}
-    examples = [RouterExample(t, frozenset(s), "toy") for t, s in pool.items()] * 32
+            (Source.TEXT, Source.KB, Source.INFOBOX), "use text, not tables": (Source.TEXT,), "be concise": ()}
+    mentions = {"use tables": (named("use tables", "tables", Source.TABLE),),
+                "use text": (named("use text", "text", Source.TEXT),),
+                "anything but tables": (named("anything but tables", "tables", Source.TABLE, True),),
+                "use text, not tables": (named("use text, not tables", "text", Source.TEXT),
+                                         named("use text, not tables", "tables", Source.TABLE, True)),
+                "be concise": ()}
+    examples = [RouterExample(t, frozenset(s), "toy", mentions[t]) for t, s in pool.items()] * 32
     router = fit_tuned(tiny_st_model, examples, TunedSpec(layers=2, rank=8, alpha=16), epochs=8, lr=1e-2,
                        head_lr=5e-2, seed=0, model_checksum="c" * 64, threshold=0.7, batch_size=16)
     readings = router.read_texts(list(pool))
     assert {t: set(r.sources) for t, r in zip(pool, readings, strict=True)} == {t: set(s) for t, s in pool.items()}
+    # the exclusions it learned never filter to the source they exclude
+    assert all(Source.TABLE not in r.sources for t, r in zip(pool, readings, strict=True) if "not" in t or "but" in t)
     # saved next to a copy of the model, it is found, rebuilt from the model's own weights, and reads alike
     model = tmp_path / "model"
     shutil.copytree(tiny_st_model, model)
     router.save(model / ROUTER_FILE)
     loaded = find_router(model, "c" * 64)
     assert isinstance(loaded, TunedRouter) and loaded.spec == router.spec and loaded.threshold == 0.7
-    np.testing.assert_allclose(loaded.probabilities_of(list(pool)), router.probabilities_of(list(pool)), atol=2e-3)
+    for before, after in zip(router.probabilities_of(list(pool)), loaded.probabilities_of(list(pool)), strict=True):
+        np.testing.assert_allclose(after, before, atol=2e-3)
+    assert loaded.tags and [r.sources for r in loaded.read_texts(list(pool))] == [r.sources for r in readings]
     assert (model / ROUTER_FILE).stat().st_size < 200_000  # adapters and head only, not the model
     # the server's resolver uses it without the model's embedding, and filters when it is sure
     from retriever.query import SourceResolution
@@ -165,6 +210,16 @@ def test_a_tuned_router_learns_a_toy_pool_and_reads_the_same_once_saved(tiny_st_
     assert resolution.sources == ((Source.TABLE,) if resolution.confidence >= 0.7 else ())
     with pytest.raises(ModelError, match="trained on model cccc"):
         find_router(model, "d" * 64)
+    # a router saved before tagging (format 2: 5 sigmoid outputs on the mean-pooled state) still loads and reads
+    from retriever.router import load_router
+
+    hidden = router.head[0].shape[0]
+    pooled = TunedRouter(model, router.spec, router.adapter, (np.zeros((hidden, 5), np.float32),
+                         np.array([6, 6, -6, -6, -6], np.float32)), 0.7, "c" * 64)
+    pooled.save(tmp_path / "pooled.safetensors")
+    old = load_router(tmp_path / "pooled.safetensors", model, "c" * 64)
+    assert isinstance(old, TunedRouter) and not old.tags
+    assert old.read_texts(["whatever it says"])[0].sources == (Source.TEXT,)
     # without the model's weights next to it the router cannot be rebuilt: a model error, at load
     (model / "model.safetensors").unlink()
     unloadable = find_router(model, "c" * 64)
