@@ -14,7 +14,9 @@ scores it on ``dev`` (frames, source names and connectives never seen in trainin
   adapters of rank ``R`` on the model's first ``L`` transformer layers (0: all) with a linear head
   tagging each token (a source name asked for or excluded, or neither), ``E`` epochs on the same
   training instructions (the network reads the instruction's words, not a frozen pooled
-  embedding; :func:`retriever.training.router.fit_tuned`).
+  embedding; :func:`retriever.training.router.fit_tuned`), each name's source read by its nearest
+  training name in the model's embedding (``NamePrototypes``, as shipped); ``...-tags-only``: the
+  same network reading each name's source from its tags.
 
 Figures: exact-set accuracy (all, single, multi-source, negation, unnamed), per-source precision
 and recall, and a threshold sweep of what the server would do (filter right / wrong / none).
@@ -68,6 +70,9 @@ def main() -> None:
     x_dev = np.stack([vectors[e.text] for e in dev])
     embed_seconds = time.perf_counter() - started
 
+    def embed(texts):
+        return encoder.encode_documents(texts, show_progress=False)
+
     readers = {}
     for hidden in args.hidden:
         started = time.perf_counter()
@@ -82,9 +87,11 @@ def main() -> None:
         started = time.perf_counter()
         tuned = fit_tuned(encoder.model_dir, train, TunedSpec(layers, rank, 2 * rank), epochs,
                           args.tuned_lr or defaults.tuned_lr, args.head_lr or defaults.head_lr, args.seed,
-                          encoder.checksum, defaults.threshold)
-        readers[f"tuned-l{layers}-r{rank}-e{epochs}"] = (tuned.read_texts([e.text for e in dev]),
-                                                         time.perf_counter() - started)
+                          encoder.checksum, defaults.threshold, embed=embed)
+        name = f"tuned-l{layers}-r{rank}-e{epochs}"
+        readers[name] = (tuned.read_texts([e.text for e in dev], embed), time.perf_counter() - started)
+        tuned.prototypes = None  # the same network, each name's source read by the tags alone
+        readers[f"{name}-tags-only"] = (tuned.read_texts([e.text for e in dev]), 0.0)
 
     results = {}
     for name, (readings, seconds) in readers.items():

@@ -11,10 +11,13 @@ tables") is resolved here, once, by :class:`SourceResolver` (``Searcher.plan`` c
   - :class:`TunedRouter` (the default since it was measured better, ``benchmarks/RESULTS.md``,
     "Source router"): the model's own transformer reads the instruction's words through LoRA
     adapters (peft) and a linear head **tags each token**: not a source name, or a name of source
-    s that the instruction asks for, or one it excludes (:data:`TAGS`). The set is composed from
-    the names found (:func:`read_tags`): the sources asked for minus those excluded, or, when only
-    exclusions are named, every source but those. The adapters and head are a few hundred KB; the
-    base weights are the model's, so nothing else is shipped. (Routers saved before tagging, format
+    s that the instruction asks for, or one it excludes (:data:`TAGS`). Which source each name
+    found stands for is read by :class:`NamePrototypes` when the router has them: the model's own
+    embedding of the name, nearest to the names seen in training ("quick-facts boxes" is nearest
+    "info boxes"), which carries to unseen synonyms better than the tags. The set is composed from
+    the names (:func:`read_tags`): the sources asked for minus those excluded, or, when only
+    exclusions are named, every source but those. The adapters, head and prototypes are a few
+    hundred KB; the base weights are the model's, so nothing else is shipped. (Routers saved before tagging, format
     ``2``, read a mean-pooled state instead, as the head router does; they still load.)
   - :class:`SourceRouter`: a small head on the model's own (frozen) embedding of the instruction,
     reading a probability that the instruction names a source at all (the gate) and one per
@@ -171,6 +174,36 @@ class SourceRouter:
 
 
 @dataclass(frozen=True)
+class NamePrototypes:
+    """Which source a name stands for, by the model's embedding of it: the softmax, at
+    ``temperature``, of each source's most similar training name (cosine).
+
+    Attributes:
+        vectors: float32 ``[names, dim]``, the model's document embeddings of the training names.
+        labels: ``[names]``, each name's index in :data:`ROUTER_SOURCES`.
+        temperature: the softmax temperature over the four sources' best similarities.
+    """
+
+    vectors: np.ndarray
+    labels: np.ndarray
+    temperature: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.vectors.ndim != 2 or self.labels.shape != (len(self.vectors),) or self.temperature <= 0:
+            raise ModelError("a router's name prototypes need [names, dim] vectors, one label each and a "
+                             "positive temperature")
+        if set(np.unique(self.labels).tolist()) != set(range(len(ROUTER_SOURCES))):
+            raise ModelError("a router's name prototypes must cover every source type")
+
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        """float32 ``[n, 4]``: P(the name embedded is a name of s) for each of :data:`ROUTER_SOURCES`."""
+        sims = np.asarray(embeddings, np.float32) @ self.vectors.T  # [n, names]
+        best = np.stack([sims[:, self.labels == i].max(axis=1) for i in range(len(ROUTER_SOURCES))], axis=1)
+        z = np.exp((best - best.max(axis=1, keepdims=True)) / self.temperature)
+        return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@dataclass(frozen=True)
 class TunedSpec:
     """The shape of a :class:`TunedRouter`.
 
@@ -204,11 +237,13 @@ class TunedRouter:
         threshold: the confidence at or above which a read filter is applied.
         model_checksum: the checksum of ``model_dir``'s model.
         network: an already adapted network (training hands over the one it trained).
+        prototypes: reads which source each name found stands for (None: the tags do); they
+            need the model's embedding of the names, so :meth:`read_texts` then needs ``embed``.
     """
 
     def __init__(self, model_dir: Path, spec: TunedSpec, adapter: dict[str, np.ndarray],
                  head: tuple[np.ndarray, np.ndarray], threshold: float, model_checksum: str,
-                 network: Any = None) -> None:
+                 network: Any = None, prototypes: NamePrototypes | None = None) -> None:
         if head[0].ndim != 2 or head[0].shape[1] not in (TAGS, 1 + len(ROUTER_SOURCES)) \
                 or head[1].shape != (head[0].shape[1],):
             raise ModelError(f"a tuned router's head must map to {TAGS} tags (or, saved before tagging, "
@@ -222,13 +257,17 @@ class TunedRouter:
         self.adapter = {k: _half(v) for k, v in adapter.items()}
         self.head = (_half(head[0]), _half(head[1]))
         self.tags = head[0].shape[1] == TAGS  # False: a router saved before tagging (mean-pooled)
+        if prototypes is not None and not self.tags:
+            raise ModelError("name prototypes need a router that tags tokens")
+        self.prototypes = None if prototypes is None else NamePrototypes(
+            _half(prototypes.vectors), prototypes.labels.astype(np.int64), prototypes.temperature)
+        self.needs_embed = self.prototypes is not None
         self.threshold, self.model_checksum = float(threshold), model_checksum
         self._network: Any = network
         self._tokenizer: Any = None
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
 
-    needs_embed = False
     description = "the model's transformer with LoRA adapters"
 
     def warm(self) -> None:
@@ -251,40 +290,70 @@ class TunedRouter:
     def probabilities_of(self, texts: Sequence[str], batch_size: int = 128) -> list[np.ndarray]:
         """Per instruction, float32 ``[tokens, TAGS]``: each token's tag probabilities (padding left
         out); a router saved before tagging: ``[1, 5]``, P(names a source), then P(allows s)."""
+        return self._read(texts, batch_size)[0]
+
+    def _read(self, texts: Sequence[str], batch_size: int = 128) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """:meth:`probabilities_of` and each kept token's character span ``[tokens, 2]`` (tagging routers)."""
         import torch
 
         network, tokenizer = self._loaded()
         w, b = (torch.from_numpy(t) for t in self.head)
-        out: list[np.ndarray] = []
+        probs: list[np.ndarray] = []
+        spans: list[np.ndarray] = []
         # one reader at a time: a fast tokenizer refuses concurrent calls ("Already borrowed"); readings are cached
         with self._read_lock, torch.inference_mode():
             for i in range(0, len(texts), batch_size):
                 chunk = list(texts[i:i + batch_size])
                 if not self.tags:
                     pooled = mean_pooled(network, tokenizer, chunk, self.spec.max_length)
-                    out += list(torch.sigmoid(pooled.float() @ w + b).numpy()[:, None, :])
+                    probs += list(torch.sigmoid(pooled.float() @ w + b).numpy()[:, None, :])
                     continue
                 batch = tokenizer(chunk, padding=True, truncation=True, max_length=self.spec.max_length,
-                                  return_tensors="pt")
-                probs = torch.softmax(network(**batch).last_hidden_state.float() @ w + b, dim=-1).numpy()
+                                  return_tensors="pt", return_offsets_mapping=True)
+                offsets = batch.pop("offset_mapping").numpy()
+                out = torch.softmax(network(**batch).last_hidden_state.float() @ w + b, dim=-1).numpy()
                 masks = batch["attention_mask"].numpy().astype(bool)
-                out += [p[m] for p, m in zip(probs, masks, strict=True)]
-        return [np.asarray(p, np.float32) for p in out]
+                probs += [p[m] for p, m in zip(out, masks, strict=True)]
+                spans += [o[m] for o, m in zip(offsets, masks, strict=True)]
+        return [np.asarray(p, np.float32) for p in probs], spans
 
     def read_texts(self, texts: Sequence[str], embed: Embed | None = None) -> list[Routing]:
-        """The set each instruction asks for, with the router's confidence in it (``embed`` unused)."""
-        read = read_tags if self.tags else (lambda p: read_probabilities(p[0]))
-        return [read(p) for p in self.probabilities_of(list(texts))]
+        """The set each instruction asks for, with the router's confidence in it.
+
+        Raises:
+            InvalidInputError: the router reads names with prototypes and no ``embed`` is given.
+        """
+        texts = list(texts)
+        probs, spans = self._read(texts)
+        if not self.tags:
+            return [read_probabilities(p[0]) for p in probs]
+        if self.prototypes is None:
+            return [read_tags(p) for p in probs]
+        if embed is None:
+            raise InvalidInputError("this router reads which source a name stands for with the model's embedding: "
+                                    "give an embed")
+        runs = [name_runs(p) for p in probs]
+        names = [text[int(span[a][0]):int(span[z - 1][1])]
+                 for text, span, found in zip(texts, spans, runs, strict=True) for a, z in found]
+        sources = self.prototypes.probabilities(embed(names)) if names else np.zeros((0, len(ROUTER_SOURCES)))
+        out, k = [], 0
+        for p, found in zip(probs, runs, strict=True):
+            out.append(read_tags(p, sources[k:k + len(found)]))
+            k += len(found)
+        return out
 
     def save(self, path: Path) -> None:
         """Write safetensors (float16 adapters and head; the spec, checksum and threshold in the header)."""
         tensors = {f"adapter.{k}": v for k, v in self.adapter.items()}
         tensors["head.weight"], tensors["head.bias"] = self.head
-        _write_router(path, tensors, {
-            "format": TUNED_FORMAT if self.tags else POOLED_FORMAT, "threshold": repr(self.threshold),
-            "model_checksum": self.model_checksum,
-            "layers": str(self.spec.layers), "rank": str(self.spec.rank), "alpha": str(self.spec.alpha),
-            "max_length": str(self.spec.max_length)})
+        meta = {"format": TUNED_FORMAT if self.tags else POOLED_FORMAT, "threshold": repr(self.threshold),
+                "model_checksum": self.model_checksum, "layers": str(self.spec.layers), "rank": str(self.spec.rank),
+                "alpha": str(self.spec.alpha), "max_length": str(self.spec.max_length)}
+        if self.prototypes is not None:
+            tensors["prototypes.vectors"] = self.prototypes.vectors
+            tensors["prototypes.labels"] = self.prototypes.labels.astype(np.float32)  # 0..3, exact in float16
+            meta["prototypes_temperature"] = repr(self.prototypes.temperature)
+        _write_router(path, tensors, meta)
 
     @classmethod
     def from_file(cls, path: Path, meta: dict[str, str], tensors: dict[str, np.ndarray],
@@ -292,8 +361,13 @@ class TunedRouter:
         try:
             spec = TunedSpec(int(meta["layers"]), int(meta["rank"]), int(meta["alpha"]), int(meta["max_length"]))
             adapter = {k.removeprefix("adapter."): v for k, v in tensors.items() if k.startswith("adapter.")}
+            prototypes = None
+            if "prototypes.vectors" in tensors:
+                prototypes = NamePrototypes(tensors["prototypes.vectors"].astype(np.float32),
+                                            np.rint(tensors["prototypes.labels"]).astype(np.int64),
+                                            float(meta["prototypes_temperature"]))
             return cls(model_dir, spec, adapter, (tensors["head.weight"], tensors["head.bias"]),
-                       float(meta["threshold"]), str(meta["model_checksum"]))
+                       float(meta["threshold"]), str(meta["model_checksum"]), prototypes=prototypes)
         except (KeyError, ValueError) as exc:
             raise ModelError(f"{path}: incomplete router file: {exc}") from exc
 
@@ -427,34 +501,45 @@ def read_probabilities(p: np.ndarray) -> Routing:
     return Routing(chosen, confidence)
 
 
-def read_tags(p: np.ndarray) -> Routing:
+def name_runs(p: np.ndarray) -> list[tuple[int, int]]:
+    """The names in one instruction's tag probabilities ``[tokens, TAGS]``: runs ``[start, end)`` of
+    tokens each more likely part of a source name than not."""
+    inside = p[:, 0] <= 0.5
+    runs, t = [], 0
+    while t < len(p):
+        if inside[t]:
+            end = t
+            while end < len(p) and inside[end]:
+                end += 1
+            runs.append((t, end))
+            t = end
+        else:
+            t += 1
+    return runs
+
+
+def read_tags(p: np.ndarray, sources: np.ndarray | None = None) -> Routing:
     """The reading of one instruction's tag probabilities ``[tokens, TAGS]`` (a tuned router's).
 
-    A name is a run of tokens each more likely a name than not; its source and whether it is
-    asked for or excluded are the tag with the most probability summed over the run. The set is
-    the sources asked for minus those excluded; if only exclusions are named, every source but
-    those; none named, or all four left: no filter. The confidence is the probability of reading
-    exactly these names: per token ``max(P(name), P(not a name))``, times per name the share of
-    its chosen tag in its tags' mass.
+    Each name (:func:`name_runs`) is asked for or excluded by the tags' mass summed over its
+    tokens, and stands for the source given by ``sources`` (``[names, 4]``, e.g. the router's
+    :class:`NamePrototypes`), or else by the tags' mass. The set is the sources asked for minus
+    those excluded; if only exclusions are named, every source but those; none named, or all four
+    left: no filter. The confidence is the probability of reading exactly these names: per token
+    ``max(P(name), P(not a name))``, times per name the chosen source's and the chosen polarity's
+    shares.
     """
     name = 1.0 - p[:, 0]
-    inside = name >= 0.5
     confidence = float(np.prod(np.maximum(name, 1.0 - name)))
     wanted: set[Source] = set()
     excluded: set[Source] = set()
-    t = 0
-    while t < len(p):
-        if not inside[t]:
-            t += 1
-            continue
-        end = t
-        while end < len(p) and inside[end]:
-            end += 1
-        mass = p[t:end, 1:].sum(axis=0)  # [TAGS - 1]
-        tag = int(mass.argmax())
-        confidence *= float(mass[tag] / mass.sum())
-        (excluded if tag % 2 else wanted).add(ROUTER_SOURCES[tag // 2])
-        t = end
+    for i, (start, end) in enumerate(name_runs(p)):
+        mass = p[start:end, 1:].sum(axis=0).reshape(len(ROUTER_SOURCES), 2)  # [source, asked | excluded]
+        polarity = mass.sum(axis=0)
+        of_source = mass.sum(axis=1) / mass.sum() if sources is None else np.asarray(sources[i], np.float64)
+        k = int(of_source.argmax())
+        confidence *= float(of_source[k]) * float(polarity.max() / polarity.sum())
+        (excluded if polarity[1] > polarity[0] else wanted).add(ROUTER_SOURCES[k])
     if wanted:
         allowed = wanted - excluded
     else:

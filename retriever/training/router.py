@@ -32,6 +32,7 @@ from retriever.router import (
     ROUTER_SOURCES,
     TAGS,
     Embed,
+    NamePrototypes,
     Router,
     Routing,
     SourceRouter,
@@ -124,16 +125,34 @@ def tag_targets(tokenizer: Any, examples: Sequence[RouterExample], max_length: i
     return batch, tags
 
 
+def name_prototypes(examples: Sequence[RouterExample], embed: Embed) -> NamePrototypes:
+    """The model's embedding of every distinct source name the training instructions mention.
+
+    Raises:
+        ModelError: the instructions do not name every source type.
+    """
+    names: dict[tuple[str, Source], None] = {}
+    for e in examples:
+        for m in e.mentions:
+            names[(e.text[m.start:m.end].lower(), m.source)] = None
+    texts = [text for text, _ in names]
+    labels = np.array([ROUTER_SOURCES.index(source) for _, source in names], np.int64)
+    vectors = embed(texts) if texts else np.zeros((0, 1), np.float32)
+    return NamePrototypes(np.asarray(vectors, np.float32), labels)
+
+
 def fit_tuned(model_dir: Path, examples: Sequence[RouterExample], spec: TunedSpec, epochs: int, lr: float,
               head_lr: float, seed: int, model_checksum: str, threshold: float,
-              batch_size: int = 32) -> TunedRouter:
+              batch_size: int = 32, embed: Embed | None = None) -> TunedRouter:
     """Fit a :class:`~retriever.router.TunedRouter`: LoRA adapters on the model's first
     ``spec.layers`` transformer layers and a linear head tagging each token (a source name, asked
     for or excluded, or not a name), so the whole network reads the instruction's words and the
     set is composed from the names it finds (negations, multi-source requests).
 
     Cross-entropy over the tokens' tags (:func:`tag_targets`); AdamW (adapters at ``lr``, head at
-    ``head_lr``), linear warm-up over the first 10 % of steps and linear decay to 0.
+    ``head_lr``), linear warm-up over the first 10 % of steps and linear decay to 0. With
+    ``embed`` (the model's document embedding), the router also gets :func:`name_prototypes`, and
+    reads which source a name stands for by its nearest training name.
 
     Raises:
         ValueError: an example allows sources but marks no mention of them.
@@ -173,7 +192,9 @@ def fit_tuned(model_dir: Path, examples: Sequence[RouterExample], spec: TunedSpe
     adapter = {k: v.detach().float().numpy().copy() for k, v in get_peft_model_state_dict(network).items()}
     trained = (head.weight.detach().numpy().T.copy(), head.bias.detach().numpy().copy())
     # the router keeps the trained network unmerged: it reads exactly as the saved file will once loaded
-    return TunedRouter(model_dir, spec, adapter, trained, threshold, model_checksum, network=network)
+    prototypes = None if embed is None else name_prototypes(examples, embed)
+    return TunedRouter(model_dir, spec, adapter, trained, threshold, model_checksum, network=network,
+                       prototypes=prototypes)
 
 
 @dataclass
@@ -284,7 +305,7 @@ def train_router(embed: Embed, model_dir: Path, model_checksum: str, config: Rou
         logger.info("source router: tuning %s layers (LoRA rank %d) on %d training instructions, %d epochs",
                     config.layers or "all", config.rank, len(train), config.epochs)
         router = fit_tuned(model_dir, train, TunedSpec(config.layers, config.rank, config.alpha), config.epochs,
-                           config.tuned_lr, config.head_lr, seed, model_checksum, config.threshold)
+                           config.tuned_lr, config.head_lr, seed, model_checksum, config.threshold, embed=embed)
     else:
         logger.info("source router: embedding %d training and %d dev instructions", len(train), len(dev))
         layers = fit_head(embed([e.text for e in train]), train, config.hidden, config.steps, config.lr,

@@ -210,9 +210,28 @@ def test_a_tuned_router_learns_a_toy_pool_and_reads_the_same_once_saved(tiny_st_
     assert resolution.sources == ((Source.TABLE,) if resolution.confidence >= 0.7 else ())
     with pytest.raises(ModelError, match="trained on model cccc"):
         find_router(model, "d" * 64)
-    # a router saved before tagging (format 2: 5 sigmoid outputs on the mean-pooled state) still loads and reads
-    from retriever.router import load_router
+    # with name prototypes (the model's embedding of training names), a name's source is read by the nearest one;
+    # here every name embeds next to the kb prototype, so "use tables" reads as kb, and reading needs an embed
+    from retriever.errors import InvalidInputError
+    from retriever.router import NamePrototypes, SourceResolver, load_router
 
+    prototypes = NamePrototypes(np.eye(4, dtype=np.float32), np.array([0, 1, 2, 3]))
+    named = TunedRouter(model, router.spec, router.adapter, router.head, 0.7, "c" * 64, prototypes=prototypes)
+    named.save(tmp_path / "named.safetensors")
+    again = load_router(tmp_path / "named.safetensors", model, "c" * 64)
+    assert isinstance(again, TunedRouter) and again.needs_embed and again.prototypes is not None
+    np.testing.assert_array_equal(again.prototypes.labels, [0, 1, 2, 3])
+
+    def near_kb(texts):
+        return np.tile(np.array([[0.0, 0.0, 1.0, 0.0]], np.float32), (len(texts), 1))
+
+    assert again.read_texts(["use tables"], near_kb)[0].sources == (Source.KB,)
+    with pytest.raises(InvalidInputError, match="give an embed"):
+        again.read_texts(["use tables"])
+    assert SourceResolver(SourceResolution.FILTER, again).mode is SourceResolution.RULES  # no embed: not usable
+    resolved = SourceResolver(SourceResolution.FILTER, again, near_kb).resolve("use tables")
+    assert resolved.confidence is not None and resolved.sources == ((Source.KB,) if resolved.confidence >= 0.7 else ())
+    # a router saved before tagging (format 2: 5 sigmoid outputs on the mean-pooled state) still loads and reads
     hidden = router.head[0].shape[0]
     pooled = TunedRouter(model, router.spec, router.adapter, (np.zeros((hidden, 5), np.float32),
                          np.array([6, 6, -6, -6, -6], np.float32)), 0.7, "c" * 64)
