@@ -262,13 +262,14 @@ class TunedRouter:
         self.prototypes = None if prototypes is None else NamePrototypes(
             _half(prototypes.vectors), prototypes.labels.astype(np.int64), prototypes.temperature)
         self.needs_embed = self.prototypes is not None
+        self.description = "the model's transformer with LoRA adapters, " + (
+            "tagging source names" if self.tags else "mean-pooled (a router saved before tagging)")
         self.threshold, self.model_checksum = float(threshold), model_checksum
         self._network: Any = network
         self._tokenizer: Any = None
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
 
-    description = "the model's transformer with LoRA adapters"
 
     def warm(self) -> None:
         """Load the network now (the first read does otherwise)."""
