@@ -62,7 +62,8 @@ class Pooling(StrEnum):
 
 class NegativeMiner(StrEnum):
     BM25 = "bm25"  # bm25s over the training pool, per source type
-    MODEL = "model"  # the current model's embeddings at the start of the stage
+    MODEL = "model"  # a model's embeddings: ``miner_model``, else the model at the start of the stage
+    MIXED = "mixed"  # both, interleaved per source type: lexical look-alikes and the model's own confusions
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,11 @@ class FinetuneConfig(OptimConfig):
             source router's grammar (many more names and frames: "spreadsheets", "RDF triples",
             "stick to ..."; the dev half stays unseen) instead of the sampler's own few templates.
             0 (default) samples as the shipped recipe did.
-        miner: bm25 or model.
+        miner: bm25, model, or mixed (BM25's and the model's rankings interleaved per source
+            type, each ``mine_depth`` deep).
+        miner_model: for ``model`` and ``mixed``, the model directory (or bundled name) whose
+            embeddings mine, e.g. an earlier trained retriever: its own mistakes are the hardest
+            negatives (ANCE, RocketQA). Empty (default): the model stage 3 starts from.
         mine_depth: candidates mined per question and source type.
         dataset_balance: questions are drawn with P(dataset) ∝ count**dataset_balance
             (1: natural mix, 0: uniform over datasets).
@@ -330,6 +335,7 @@ class FinetuneConfig(OptimConfig):
     canonical_phrasing_prob: float = 0.5
     grammar_phrasing_prob: float = 0.0
     miner: NegativeMiner = NegativeMiner.BM25
+    miner_model: str = ""
     mine_depth: int = 20
     dataset_balance: float = 0.5
     query_max_seq_length: int = 64
@@ -348,6 +354,8 @@ class FinetuneConfig(OptimConfig):
                      "grammar_phrasing_prob", "dataset_balance"):
             _fraction("finetune", name, getattr(self, name))
         _positive("finetune", "mine_depth", self.mine_depth)
+        if self.miner_model and self.miner is NegativeMiner.BM25:
+            raise TrainConfigError("[finetune] miner_model is only used with miner = \"model\" or \"mixed\"")
         if self.query_max_seq_length < 8:
             raise TrainConfigError(f"[finetune] query_max_seq_length must be >= 8, got {self.query_max_seq_length}")
 
@@ -488,7 +496,7 @@ class TrainConfig:
 
 
 #: (section, key) pairs added after runs existed: left out of the fingerprint at their default.
-ADDED_KEYS = (("data", "lenient"), ("finetune", "grammar_phrasing_prob"))
+ADDED_KEYS = (("data", "lenient"), ("finetune", "grammar_phrasing_prob"), ("finetune", "miner_model"))
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -40,7 +40,7 @@ from retriever.training.data import TrainingData, load_training_data, tokenizer_
 from retriever.training.devcheck import DevSample, dev_record_ids, evaluate_sample, sample_dev
 from retriever.training.merge import MANIFEST_NAME, interpolate_models
 from retriever.training.model import EmbeddingModel
-from retriever.training.negatives import Mined, mine_bm25, mine_with_model
+from retriever.training.negatives import Mined, interleave_mined, mine_bm25, mine_with_model
 from retriever.training.router import train_model_router
 from retriever.training.stage1_pretrain import PretrainTask
 from retriever.training.stage2_align import AlignTask
@@ -224,7 +224,14 @@ def _finetune_and_merge(device: str, start: Path, data: TrainingData, config: Tr
 def _mine(model: EmbeddingModel, data: TrainingData, settings: FinetuneConfig) -> Mined:
     if settings.miner is NegativeMiner.BM25:
         return mine_bm25(data, settings.mine_depth)
-    return mine_with_model(data, model, settings.mine_depth)
+    miner = model
+    if settings.miner_model:
+        miner = EmbeddingModel(resolve_model_dir(settings.miner_model), model.config, model.device)
+        logger.info("mining negatives with %s", settings.miner_model)
+    by_model = mine_with_model(data, miner, settings.mine_depth)
+    if settings.miner is NegativeMiner.MODEL:
+        return by_model
+    return interleave_mined(mine_bm25(data, settings.mine_depth), by_model)
 
 
 def _build_task(stage: StageName, model: EmbeddingModel, data: TrainingData, config: TrainConfig,

@@ -130,3 +130,17 @@ def test_cli_overrides_reach_the_config(monkeypatch):
     assert config.finetune.tokens == 1234
     with pytest.raises(TrainConfigError, match="finetune"):
         load_config(ROOT / "configs" / "train_cpu.toml", {"finetune": {"no_such_key": 1}})
+
+
+def test_miner_model_needs_a_model_miner_and_leaves_older_runs_resumable(tiny_data, tiny_st_model, tmp_path):
+    raw = tiny_config(tiny_data, tiny_st_model, tmp_path)
+    before = config_from_dict(raw).fingerprint()
+    raw["finetune"]["miner_model"] = str(tiny_st_model)
+    with pytest.raises(TrainConfigError, match="miner_model"):
+        config_from_dict(raw)
+    raw["finetune"]["miner"] = "mixed"
+    config = config_from_dict(raw)
+    assert config.finetune.miner is NegativeMiner.MIXED and config.fingerprint() != before
+    raw["finetune"].pop("miner_model")
+    raw["finetune"].pop("miner")
+    assert config_from_dict(raw).fingerprint() == before

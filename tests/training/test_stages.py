@@ -14,7 +14,7 @@ from retriever.training.config import AlignConfig, FinetuneConfig, ModelConfig, 
 from retriever.training.data import load_training_data, tokenizer_budget
 from retriever.training.losses import info_nce, source_preference
 from retriever.training.model import EmbeddingModel
-from retriever.training.negatives import mine_bm25
+from retriever.training.negatives import interleave_mined, mine_bm25, mine_with_model
 from retriever.training.stage1_pretrain import PretrainTask
 from retriever.training.stage2_align import AlignTask
 from retriever.training.stage3_finetune import FinetuneTask
@@ -194,6 +194,25 @@ def test_mined_negatives_never_contain_gold_records(data):
         for source, indexes in per_q.items():
             assert all(data.units[i].source is source for i in indexes)
             assert not {data.units[i].record_id for i in indexes} & item.gold_records
+
+
+def test_mixed_mining_interleaves_both_rankings_without_gold(model, data):
+    bm25, by_model = mine_bm25(data, 6), mine_with_model(data, model, 6)
+    mixed = interleave_mined(bm25, by_model)
+    # the tiny model and BM25 disagree somewhere, so the mix holds more than either
+    assert any(len(r) > max(len(a.get(s, ())), len(b.get(s, ())))
+               for a, b, m in zip(bm25, by_model, mixed, strict=True) for s, r in m.items())
+    for a, b, m, item in zip(bm25, by_model, mixed, data.questions, strict=True):
+        assert list(m) == [s for s in Source if s in a or s in b]  # a fixed source order: seeded draws repeat
+        for source, ranked in m.items():
+            x, y = list(a.get(source, [])), list(b.get(source, []))
+            assert sorted(ranked.tolist()) == sorted(set(x) | set(y))
+            assert len(set(ranked.tolist())) == len(ranked)
+            if x and y:  # rank by rank: BM25's first, then the model's first
+                assert ranked[0] == x[0] and y[0] in ranked[:2]
+            assert not {data.units[i].record_id for i in ranked} & item.gold_records
+    with pytest.raises(ValueError, match="questions"):
+        interleave_mined(bm25, by_model[:-1])
 
 
 def test_source_specific_examples_get_other_source_negatives(model, data):
