@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -213,6 +214,32 @@ def test_mixed_mining_interleaves_both_rankings_without_gold(model, data):
             assert not {data.units[i].record_id for i in ranked} & item.gold_records
     with pytest.raises(ValueError, match="questions"):
         interleave_mined(bm25, by_model[:-1])
+
+
+def test_the_miner_model_mines_in_place_of_the_model_being_trained(model, data, tiny_st_model, tmp_path,
+                                                                    monkeypatch):
+    import shutil
+
+    from retriever.training import pipeline
+    from retriever.training.config import NegativeMiner
+
+    other = tmp_path / "miner"
+    shutil.copytree(tiny_st_model, other)
+    used: list[Path] = []
+
+    def spy(data, miner, depth):
+        used.append(Path(miner.source))
+        return mine_with_model(data, miner, depth)
+
+    monkeypatch.setattr(pipeline, "mine_with_model", spy)
+    settings = FinetuneConfig(steps=1, mine_depth=5, miner=NegativeMiner.MIXED, miner_model=str(other))
+    mixed = pipeline._mine(model, data, settings)
+    assert used == [other]
+    expected = interleave_mined(mine_bm25(data, 5), mine_with_model(data, model, 5))  # the copy ranks alike
+    assert [{k: v.tolist() for k, v in m.items()} for m in mixed] == \
+        [{k: v.tolist() for k, v in m.items()} for m in expected]
+    pipeline._mine(model, data, FinetuneConfig(steps=1, mine_depth=5, miner=NegativeMiner.MODEL))
+    assert used == [other, Path(model.source)]
 
 
 def test_source_specific_examples_get_other_source_negatives(model, data):
