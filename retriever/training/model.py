@@ -171,15 +171,22 @@ class EmbeddingModel:
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """Embed without gradients in eval mode (mining, dev checks); float32 ``[n, dim]`` on CPU."""
+        """Embed without gradients in eval mode (mining, dev checks); float32 ``[n, dim]`` on CPU.
+
+        Batches are cut from the texts sorted by length (characters), so short kb triples are not
+        padded to the length of the passages beside them; rows come back in the input order.
+        """
         was_training = self.st.training
         self.st.eval()
         try:
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
             out = []
             for start in range(0, len(texts), batch_size):
-                features = self.features(texts[start:start + batch_size])
+                features = self.features([texts[i] for i in order[start:start + batch_size]])
                 out.append(self.embed_features(features).cpu())
-            return torch.cat(out) if out else torch.zeros(0, self.dimension)
+            if not out:
+                return torch.zeros(0, self.dimension)
+            return torch.cat(out)[torch.argsort(torch.tensor(order))]
         finally:
             self.st.train(was_training)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -285,3 +286,16 @@ def test_length_bucketed_embedding_matches_one_padded_pass(model):
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
     model.st.train()
+
+
+def test_encode_sorts_by_length_and_returns_the_input_order(model, monkeypatch):
+    texts = ["a much longer passage about the history of the city and its rivers, bridges and people " * 3,
+             "short", "Heliodoro Castillo, country, Mexico", "x y", "a medium length sentence here"]
+    batches: list[list[str]] = []
+    features = model.features
+    monkeypatch.setattr(model, "features", lambda chunk, *a: batches.append(list(chunk)) or features(chunk, *a))
+    together = model.encode(texts, batch_size=2).numpy()
+    assert [t for b in batches for t in b] == sorted(texts, key=len)
+    monkeypatch.undo()
+    alone = np.concatenate([model.encode([t]).numpy() for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
