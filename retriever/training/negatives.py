@@ -74,25 +74,28 @@ def mine_with_model(data: TrainingData, model: EmbeddingModel, depth: int, batch
     return out
 
 
+def interleave(rankings: list[np.ndarray]) -> list[int]:
+    """Merge rankings rank by rank (1st of each, then 2nd of each, ...)."""
+    out: list[int] = []
+    longest = max((len(r) for r in rankings), default=0)
+    for rank in range(longest):
+        out.extend(int(r[rank]) for r in rankings if rank < len(r))
+    return out
+
+
 def interleave_mined(first: Mined, second: Mined) -> Mined:
-    """Two miners' rankings merged per question and source, rank by rank (first's 1st, second's
-    1st, first's 2nd, ...), each unit once."""
+    """Two miners' rankings merged per question and source by :func:`interleave` (first's 1st,
+    second's 1st, first's 2nd, ...), each unit once."""
     if len(first) != len(second):
         raise ValueError(f"mined rankings for {len(first)} and {len(second)} questions")
     out: Mined = []
     for a, b in zip(first, second, strict=True):
         merged: dict[Source, np.ndarray] = {}
-        for source in (s for s in Source if s in a or s in b):
-            x, y = a.get(source, _NONE), b.get(source, _NONE)
-            ranked: list[int] = []
-            for rank in range(max(len(x), len(y))):
-                ranked += [int(r[rank]) for r in (x, y) if rank < len(r)]
+        for source in (s for s in Source if s in a or s in b):  # a fixed order: seeded draws repeat
+            ranked = interleave([r[source] for r in (a, b) if source in r])
             merged[source] = np.array(list(dict.fromkeys(ranked)), dtype=np.int64)
         out.append(merged)
     return out
-
-
-_NONE = np.zeros(0, dtype=np.int64)
 
 
 def _drop_gold(data: TrainingData, question: int, ranked: np.ndarray, depth: int) -> np.ndarray:

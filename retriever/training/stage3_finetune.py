@@ -31,7 +31,7 @@ from retriever.training.data import TrainingData, TrainingQuestion
 from retriever.training.instruction_pool import InstructionSampler
 from retriever.training.losses import info_nce, source_preference
 from retriever.training.model import EmbeddingModel
-from retriever.training.negatives import Mined
+from retriever.training.negatives import Mined, interleave
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class FinetuneTask:
         wanted = self.config.hard_negatives
         gold = [i for s in item.sources for i in item.positives[s]]
         chosen = _take(gold, max(1, wanted // 2), rng)
-        other_pool = _interleave([m for s, m in mined.items() if s is not source])
+        other_pool = interleave([m for s, m in mined.items() if s is not source])
         chosen += _take([i for i in other_pool if i not in chosen], wanted - len(chosen), rng)
         return FinetuneExample(compose_query(instruction.text, item.question.text), positive, tuple(chosen), source,
                                item.gold_records | item.related_records, counterfactual=True)
@@ -141,10 +141,10 @@ class FinetuneTask:
             return [int(i) for i in indexes if units[int(i)].record_id not in not_negative]
 
         if requested is None:
-            return tuple(_take(usable(_interleave(list(mined.values()))), wanted, rng))
+            return tuple(_take(usable(interleave(list(mined.values()))), wanted, rng))
         others = [int(i) for s in item.sources if s is not requested for i in item.positives[s]]
         n_other = round(wanted * self.config.other_source_share)
-        other_pool = usable(_interleave([m for s, m in mined.items() if s is not requested]))
+        other_pool = usable(interleave([m for s, m in mined.items() if s is not requested]))
         chosen = _take(others, n_other, rng)
         chosen += _take(other_pool, n_other - len(chosen), rng)
         same_pool = usable(mined.get(requested, np.zeros(0, dtype=np.int64)))
@@ -193,15 +193,6 @@ class FinetuneTask:
             d = self.model.features([self.data.units[i].text for i in doc_ids])
             counts.append(int(q["attention_mask"].sum()) + int(d["attention_mask"].sum()))
         return float(np.mean(counts))
-
-
-def _interleave(rankings: list[np.ndarray]) -> list[int]:
-    """Merge per-source rankings rank by rank (1st of each source, then 2nd of each, ...)."""
-    out: list[int] = []
-    longest = max((len(r) for r in rankings), default=0)
-    for rank in range(longest):
-        out.extend(int(r[rank]) for r in rankings if rank < len(r))
-    return out
 
 
 def _take(candidates: list[int], n: int, rng: np.random.Generator) -> list[int]:
