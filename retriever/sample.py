@@ -13,7 +13,7 @@ from retriever.encoder import Encoder
 from retriever.errors import RetrieverError
 from retriever.index import BuildConfig, Index, build_index
 from retriever.index.manifest import DEFAULT_ENCODING
-from retriever.linearize import LINEARIZER_VERSION
+from retriever.linearize import DEFAULT_LINK_ROWS, LINEARIZER_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ def sample_index_dir(encoder: Encoder) -> Path:
     corpus = data_file(SAMPLE_CORPUS).read_bytes()
     # Another encoding than torch/float32 gets its own cache (the key of torch/float32 is as before it was recorded).
     encoding = b"" if encoder.encoding == DEFAULT_ENCODING else json.dumps(encoder.encoding, sort_keys=True).encode()
-    key = hashlib.sha256(corpus + encoder.checksum.encode() + LINEARIZER_VERSION.encode() + encoding).hexdigest()[:16]
+    links = f"links {DEFAULT_LINK_ROWS}".encode()  # passages with their link context (retriever.linearize.links)
+    key = hashlib.sha256(corpus + encoder.checksum.encode() + LINEARIZER_VERSION.encode() + encoding
+                         + links).hexdigest()[:16]
     return cache_dir() / "indexes" / f"sample-{key}"
 
 

@@ -17,6 +17,7 @@ from retriever.encoder import Encoder, EncoderConfig
 from retriever.errors import InvalidInputError
 from retriever.index import BuildConfig, Index, Manifest, build_index
 from retriever.index.build import DEFAULT_PART_SIZE, Engine
+from retriever.linearize import DEFAULT_LINK_ROWS
 from retriever.model_dir import check_model_dir, resolve_model_dir
 from retriever.query import FusionConfig, Mode, Query, SearchResult, SourceResolution, Turn
 from retriever.records import Source
@@ -121,6 +122,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "held-aside queries; a build below it fails before publishing (default 0.95)")
     build.add_argument("--max-tokens", type=at_least(16), default=None,
                        help="window size for long passages and infoboxes (default: model max length - 2)")
+    build.add_argument("--link-rows", type=at_least(0), default=DEFAULT_LINK_ROWS,
+                       help="start each passage with up to N of the table rows that link to it (row_links), so "
+                            "multi-hop questions that describe the row find the passage (HybridQA, OTT-QA: "
+                            "benchmarks/RESULTS.md); the rows become part of the passage's text in hits. "
+                            f"0 keeps passages as written (default {DEFAULT_LINK_ROWS})")
     build.add_argument("--overwrite", action="store_true", help="replace an existing directory at --out")
     build.add_argument("--resume", action="store_true",
                        help="continue an interrupted build of --out (same corpus, ids and model): only the parts its "
@@ -262,7 +268,8 @@ def parse_bytes(value: str) -> int:
 
 def run_build(args: argparse.Namespace) -> int:
     config = BuildConfig(corpus=args.corpus, out=args.out, ids_file=args.ids, factory=args.factory,
-                         max_tokens=args.max_tokens, overwrite=args.overwrite, resume=args.resume, engine=args.engine,
+                         max_tokens=args.max_tokens, link_rows=args.link_rows, overwrite=args.overwrite,
+                         resume=args.resume, engine=args.engine,
                          ray_address=args.ray_address, workers=args.workers, part_size=args.part_size,
                          memory_budget=args.memory_budget, min_recall=args.min_recall, keep_parts=args.keep_parts,
                          lenient=args.lenient)

@@ -31,7 +31,7 @@ from retriever.errors import IncompatibleIndexError, InvalidInputError, Retrieve
 from retriever.index import BuildConfig, Index, Manifest, build_index, load_units
 from retriever.index.lexical import Bm25Config, LexicalIndex, texts_sha256
 from retriever.index.store import UnitStore
-from retriever.linearize import LINEARIZER_VERSION, WindowBudget
+from retriever.linearize import DEFAULT_LINK_ROWS, LINEARIZER_VERSION, WindowBudget
 from retriever.records import file_fingerprint, read_id_list
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class CorpusSpec:
 
 
 def dense_cache_key(fingerprint: str, model_checksum: str, max_tokens: int) -> str:
-    raw = f"{fingerprint}\0{model_checksum}\0{LINEARIZER_VERSION}\0{max_tokens}"
+    raw = f"{fingerprint}\0{model_checksum}\0{LINEARIZER_VERSION}\0{max_tokens}\0links {DEFAULT_LINK_ROWS}"
     return hashlib.sha256(raw.encode()).hexdigest()[:20]
 
 
@@ -126,9 +126,11 @@ def read_collection(spec: CorpusSpec, scheme: UnitScheme, encoder: Encoder | Non
         if encoder is None:
             raise InvalidInputError("index units need the encoder's tokenizer; load an encoder")
         budget = WindowBudget(max_tokens=max(16, encoder.max_seq_length - 2), count=encoder.count_tokens)
+        link_rows = DEFAULT_LINK_ROWS  # as build-index makes them
     else:
         budget = WindowBudget(max_tokens=WHOLE_RECORD_TOKENS)
-    _, units = load_units(spec.corpus, spec.ids_file, budget)
+        link_rows = 0  # the data README's reference units: passages as written
+    _, units = load_units(spec.corpus, spec.ids_file, budget, link_rows)
     logger.info("linearized %s into %d %s units", spec.corpus, len(units), scheme.value)
     return UnitStore.from_units(units)
 

@@ -43,7 +43,16 @@ from retriever.index.shard_builder import RECALL_QUERIES, SEED, build_shard
 from retriever.index.shards import write_shard
 from retriever.index.store import SOURCE_CODE, SOURCE_ORDER, UNITS_NAME, UnitStore, UnitStoreWriter
 from retriever.index.work import BuildPlan, BuildWork, PartSpec, split_parts, work_dir_for
-from retriever.linearize import LINEARIZER_VERSION, Unit, WindowBudget, linearize_all, linearize_records
+from retriever.linearize import (
+    DEFAULT_LINK_ROWS,
+    LINEARIZER_VERSION,
+    LinkCollector,
+    Unit,
+    WindowBudget,
+    collect_links,
+    linearize_all,
+    linearize_records,
+)
 from retriever.model_dir import check_model_dir, model_prompts
 from retriever.records import Record, UnknownFields, file_fingerprint, read_id_list, read_records
 
@@ -75,6 +84,8 @@ class BuildConfig:
             factory string used for every shard (``Flat`` is exact).
         max_tokens: window size for long passages and infoboxes; None uses the model's
             max sequence length minus 2 special tokens.
+        link_rows: how many of the table rows that link to a passage (``row_links``) start its text
+            (:mod:`retriever.linearize.links`); 0: passages as written.
         overwrite: replace an existing directory at ``out``.
         resume: continue an interrupted build of ``out`` (same corpus, ids, model and window
             size), re-encoding only the parts its journal does not vouch for.
@@ -97,6 +108,7 @@ class BuildConfig:
     ids_file: Path | None = None
     factory: str = "auto"
     max_tokens: int | None = None
+    link_rows: int = DEFAULT_LINK_ROWS
     overwrite: bool = False
     resume: bool = False
     engine: Engine = Engine.LOCAL
@@ -138,13 +150,15 @@ class BuildReport:
     parts_reused: int = 0
 
 
-def load_units(corpus: Path, ids_file: Path | None, budget: WindowBudget) -> tuple[list[Record], list[Unit]]:
-    """Read and validate the (selected) records and linearize them in memory, ordered by source.
+def load_units(corpus: Path, ids_file: Path | None, budget: WindowBudget,
+               link_rows: int = DEFAULT_LINK_ROWS) -> tuple[list[Record], list[Unit]]:
+    """Read and validate the (selected) records and linearize them in memory, ordered by source,
+    passages with the link context of the selected tables (as ``build-index`` makes them).
 
     For evaluation over small collections; index builds stream units to disk instead.
     """
     records = list(read_records(corpus, read_id_list(ids_file) if ids_file else None))
-    units = list(linearize_all(records, budget))
+    units = list(linearize_all(records, replace(budget, links=collect_links(records, link_rows))))
     units.sort(key=lambda u: SOURCE_CODE[u.source])  # stable: corpus order within a source
     return records, units
 
@@ -170,16 +184,21 @@ def build_index(config: BuildConfig, encoder: Encoder | EncoderConfig) -> BuildR
     """
     ids = read_id_list(config.ids_file) if config.ids_file else None
     _preflight(config, encoder)
-    for _ in read_records(config.corpus, ids, unknown=UnknownFields.WARN if config.lenient else UnknownFields.ERROR):
-        pass
-    return _run(config, encoder, lambda budget, spill, info: _plan_records(config, ids, budget, spill, info),
+    # the validation pass also gathers the link context (the rows that link to each passage)
+    collector = LinkCollector(config.link_rows)
+    unknown = UnknownFields.WARN if config.lenient else UnknownFields.ERROR
+    for record in read_records(config.corpus, ids, unknown=unknown):
+        collector.add(record)
+    links = collector.context() if config.link_rows else None
+    return _run(config, encoder,
+                lambda budget, spill, info: _plan_records(config, ids, replace(budget, links=links), spill, info),
                 lambda: file_fingerprint(config.corpus, ids), resumable_plan=config.engine is Engine.LOCAL)
 
 
 def build_index_from_units(units: Sequence[Unit], config: BuildConfig, encoder: Encoder | EncoderConfig,
                            fingerprint: str, record_counts: dict[str, int], max_tokens: int) -> BuildReport:
     """Build from already-linearized units (CompMix-IR evidence), through the same phases."""
-    config = replace(config, max_tokens=max_tokens)
+    config = replace(config, max_tokens=max_tokens, link_rows=0)
 
     def plan(budget: WindowBudget, spill: _SourceSpill, info: ModelInfo) -> dict[str, int]:
         spill.add(units)
@@ -210,7 +229,8 @@ def _run(config: BuildConfig, encoder: Encoder | EncoderConfig, plan_units: Any,
     encoding = (encoder.encoding if isinstance(encoder, Encoder)
                 else encoding_of(encoder_config, info.model_dir, pick_device(encoder_config.device)))
     key = {"corpus_fingerprint": fingerprint(), "model_checksum": info.checksum,
-           "linearizer_version": LINEARIZER_VERSION, "max_tokens": max_tokens, "part_size": config.part_size,
+           "linearizer_version": LINEARIZER_VERSION, "max_tokens": max_tokens, "link_rows": config.link_rows,
+           "part_size": config.part_size,
            "encoding": encoding}
     if config.out.exists() and not config.overwrite:
         built = _already_built(config, key)
@@ -268,7 +288,7 @@ def _already_built(config: BuildConfig, key: dict[str, Any]) -> BuildReport | No
         return None
     made = {"corpus_fingerprint": manifest.corpus_fingerprint, "model_checksum": manifest.model_checksum,
             "linearizer_version": manifest.linearizer_version, "max_tokens": manifest.max_tokens,
-            "encoding": manifest.encoding}
+            "link_rows": manifest.link_rows, "encoding": manifest.encoding}
     if any(key[k] != v for k, v in made.items()):
         return None
     logger.info("%s is already built from these inputs; nothing to resume", config.out)
@@ -433,7 +453,8 @@ def _plan_records(config: BuildConfig, ids: list[str] | None, budget: WindowBudg
     if config.engine is Engine.RAY:
         from retriever.index.ray_engine import plan_records
 
-        return plan_records(config.corpus, ids, budget.max_tokens, info, spill.add, config.workers, config.lenient)
+        return plan_records(config.corpus, ids, budget.max_tokens, info, spill.add, config.workers, config.lenient,
+                            budget.links)
     # The corpus passed validation before planning (build_index); its warnings were given then.
     unknown = UnknownFields.IGNORE if config.lenient else UnknownFields.ERROR
     records = itertools.islice(read_records(config.corpus, ids, unknown=unknown), spill.planned, None)
@@ -548,6 +569,7 @@ def _publish(config: BuildConfig, work: BuildWork, plan: BuildPlan, info: ModelI
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             build_seconds=round(time.perf_counter() - started, 3),
             build={"engine": config.engine.value, "parts": len(plan.parts), "part_size": config.part_size,
+                   "link_rows": plan.key["link_rows"],
                    "parts_encoded_last_run": encoded, "encode_seconds_all_parts": round(encode_total, 3),
                    "encode_seconds_last_run": round(encode_seconds, 3),
                    "units_per_second": round(plan.total_units / max(encode_total, 1e-9), 2),

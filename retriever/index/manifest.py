@@ -82,6 +82,11 @@ class Manifest:
     def total_units(self) -> int:
         return sum(self.counts.values())
 
+    @property
+    def link_rows(self) -> int:
+        """Table rows of link context each passage carries (0: none; indexes built before it existed)."""
+        return int(self.build.get("link_rows", 0))
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -251,6 +256,8 @@ def _validate(data: Any) -> None:
     for name in ("build", "extra"):
         if name in data and not isinstance(data[name], dict):
             raise _Invalid(name, f"expected an object, got {type(data[name]).__name__}")
+    if "link_rows" in data.get("build", {}):
+        _int(data["build"]["link_rows"], "build.link_rows")
     if "encoding" in data:
         _encoding(data["encoding"])
     counts = _per_source(data["counts"], "counts")

@@ -32,7 +32,7 @@ import orjson
 from retriever.encoder import Encoder, EncoderConfig, ModelInfo
 from retriever.errors import CorpusError
 from retriever.index.work import BuildPlan, BuildWork, PartSpec
-from retriever.linearize import Unit, WindowBudget, linearize_batch
+from retriever.linearize import LinkContext, Unit, WindowBudget, linearize_batch
 from retriever.records import IdLedger, Record, Source, iter_lines, parse_line
 
 logger = logging.getLogger(__name__)
@@ -93,9 +93,13 @@ class _Linearize:
     """Ray actor: parse, validate and linearize blocks of corpus lines."""
 
     def __init__(self, path: str, model: ModelInfo, max_tokens: int, wanted: frozenset[str] | None,
-                 lenient: bool = False) -> None:
+                 lenient: bool = False, links: list[Any] | None = None) -> None:
+        import ray
+
         self.path = path
-        self.budget = WindowBudget(max_tokens=max_tokens, count=model.token_counter())
+        # links: [object ref] of the driver's LinkContext (wrapped in a list so that Ray hands over the ref)
+        context = ray.get(links[0]) if links else None
+        self.budget = WindowBudget(max_tokens=max_tokens, count=model.token_counter(), links=context)
         self.wanted = wanted
         self.lenient = lenient
 
@@ -141,8 +145,10 @@ def _blocks(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def plan_records(corpus: Path, ids: list[str] | None, max_tokens: int, model: ModelInfo,
-                 emit: Callable[[Iterable[Unit]], None], workers: int | None, lenient: bool = False) -> dict[str, int]:
-    """Validate and linearize ``corpus`` on Ray; units go to ``emit`` in corpus order.
+                 emit: Callable[[Iterable[Unit]], None], workers: int | None, lenient: bool = False,
+                 links: LinkContext | None = None) -> dict[str, int]:
+    """Validate and linearize ``corpus`` on Ray; units go to ``emit`` in corpus order. ``links``: the
+    link context passages carry (gathered by the driver's validation pass), shared through the object store.
 
     Returns the selected records per source. Raises CorpusError for the first bad line.
     """
@@ -157,7 +163,8 @@ def plan_records(corpus: Path, ids: list[str] | None, max_tokens: int, model: Mo
         wanted = frozenset(ids) if ids is not None else None
         dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 4 * count)).map_batches(
             _Linearize, batch_size=1, concurrency=min(count, len(items)), num_cpus=1,
-            fn_constructor_args=(name, model, max_tokens, wanted, lenient))
+            fn_constructor_args=(name, model, max_tokens, wanted, lenient,
+                                 [ray.put(links)] if links is not None else None))
         for row in dataset.iter_rows():
             block = orjson.loads(row["payload"])
             for line, record_id, source in zip(block["lines"], block["ids"], block["sources"]):

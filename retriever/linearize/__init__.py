@@ -18,6 +18,7 @@ from retriever.linearize.base import (
 )
 from retriever.linearize.infobox import InfoboxLinearizer
 from retriever.linearize.kb import KbLinearizer
+from retriever.linearize.links import DEFAULT_LINK_ROWS, LinkCollector, LinkContext, collect_links
 from retriever.linearize.table import TableLinearizer
 from retriever.linearize.text import TextLinearizer
 from retriever.records import Record, Source
@@ -31,8 +32,12 @@ LINEARIZERS: dict[Source, Linearizer] = {
 
 
 def linearize(record: Record, budget: WindowBudget | None = None) -> list[Unit]:
-    """Linearize one record into its units (a table gives one unit per non-empty row)."""
-    return LINEARIZERS[record.source].linearize(record, budget or WindowBudget())
+    """Linearize one record into its units (a table gives one unit per non-empty row); a passage
+    starts with its link context when the budget carries one."""
+    budget = budget or WindowBudget()
+    if budget.links is not None:
+        record = budget.links.apply(record)
+    return LINEARIZERS[record.source].linearize(record, budget)
 
 
 #: Records linearized together by :func:`linearize_all` (their budget checks counted in one call).
@@ -43,6 +48,8 @@ def linearize_batch(records: Sequence[Record], budget: WindowBudget | None = Non
     """Each record's units, as :func:`linearize` gives them, with the budget checks of the whole
     batch counted in one call of the budget's counter (a tokenizer is several times faster so)."""
     budget = budget or WindowBudget()
+    if budget.links is not None:
+        records = [budget.links.apply(r) for r in records]
     singles = [s for r in records if (s := LINEARIZERS[r.source].single_window(r)) is not None]
     primed = budget.primed(singles)
     return [LINEARIZERS[r.source].linearize(r, primed) for r in records]
@@ -67,6 +74,21 @@ def linearize_all(records: Iterable[Record], budget: WindowBudget | None = None)
 
 
 __all__ = [
-    "BATCH_RECORDS", "LINEARIZERS", "LINEARIZER_VERSION", "Linearizer", "TokenCounter", "Unit", "WindowBudget",
-    "count_words", "linearize", "linearize_all", "linearize_batch", "linearize_records", "pack_windows",
+    "BATCH_RECORDS",
+    "DEFAULT_LINK_ROWS",
+    "LINEARIZERS",
+    "LINEARIZER_VERSION",
+    "Linearizer",
+    "LinkCollector",
+    "LinkContext",
+    "TokenCounter",
+    "Unit",
+    "WindowBudget",
+    "collect_links",
+    "count_words",
+    "linearize",
+    "linearize_all",
+    "linearize_batch",
+    "linearize_records",
+    "pack_windows",
 ]

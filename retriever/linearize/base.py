@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from retriever.linearize.links import LinkContext
 from retriever.records import Record, Source
 
 #: Bumped whenever any linearizer changes its output; recorded in every index manifest.
@@ -37,10 +38,12 @@ class Unit:
 
 @dataclass(frozen=True, slots=True)
 class WindowBudget:
-    """How many tokens a unit may hold, and how to count them."""
+    """How many tokens a unit may hold, how to count them, and the link context passages carry
+    (:mod:`retriever.linearize.links`; None: none)."""
 
     max_tokens: int = 254
     count: TokenCounter = count_words
+    links: LinkContext | None = None
 
     def fits(self, text: str) -> bool:
         return self.count([text])[0] <= self.max_tokens

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from retriever.errors import InvalidInputError
+from retriever.linearize.links import DEFAULT_LINK_ROWS
 from retriever.records import Source
 
 
@@ -170,6 +171,8 @@ class DataConfig:
         pairs_files: CompMix data-text pairs files (``raw_data`` / ``nl_text``).
         window_tokens: linearizer window in tokens; 0 uses the base model's max length - 2,
             exactly as ``build-index`` does.
+        link_rows: table rows of link context each passage starts with (``build-index
+            --link-rows``; :mod:`retriever.linearize.links`), gathered from every table of the corpus.
         lenient: skip corpus fields the record's source type does not have, with a warning per
             field name (``retriever train --lenient``); by default such a field stops the run
             before any training, naming file, line and field (as ``build-index`` does).
@@ -182,6 +185,7 @@ class DataConfig:
     max_train_queries: int = 0
     pairs_files: tuple[Path, ...] = ()
     window_tokens: int = 0
+    link_rows: int = DEFAULT_LINK_ROWS
     lenient: bool = False
 
     def validate(self) -> None:
@@ -193,6 +197,7 @@ class DataConfig:
             _exists("data", f"pairs_files[{i}]", path)
         _non_negative("data", "pool_records", self.pool_records)
         _non_negative("data", "max_train_queries", self.max_train_queries)
+        _non_negative("data", "link_rows", self.link_rows)
         if self.window_tokens and self.window_tokens < 16:
             raise TrainConfigError(f"[data] window_tokens must be 0 (model default) or >= 16, got {self.window_tokens}")
         if "dev" in self.train_queries.name:
@@ -496,7 +501,8 @@ class TrainConfig:
 
 
 #: (section, key) pairs added after runs existed: left out of the fingerprint at their default.
-ADDED_KEYS = (("data", "lenient"), ("finetune", "grammar_phrasing_prob"), ("finetune", "miner_model"))
+ADDED_KEYS = (("data", "lenient"), ("finetune", "grammar_phrasing_prob"), ("finetune", "miner_model"),
+              ("data", "link_rows"))
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -17,13 +17,13 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from retriever.errors import CorpusError
-from retriever.linearize import Unit, WindowBudget, linearize_all
+from retriever.linearize import DEFAULT_LINK_ROWS, Unit, WindowBudget, collect_links, linearize_all
 from retriever.records import (
     InfoboxRecord,
     KbRecord,
@@ -131,6 +131,7 @@ def load_training_data(
     max_train_queries: int = 0,
     extra_ids: Callable[[dict[str, Record]], set[str]] | None = None,
     lenient: bool = False,
+    link_rows: int = DEFAULT_LINK_ROWS,
 ) -> TrainingData:
     """Read the corpus once, select pool and gold records, linearize them and attach questions.
 
@@ -144,6 +145,7 @@ def load_training_data(
         max_train_queries: sample this many questions (0: all).
         extra_ids: more record ids to linearize (e.g. the dev sample), given all records.
         lenient: skip unknown corpus fields with a warning instead of failing (``--lenient``).
+        link_rows: table rows of link context each passage starts with (0: none).
     """
     started = time.perf_counter()
     rng = np.random.default_rng([seed, 7])
@@ -182,7 +184,8 @@ def load_training_data(
     if extra_ids is not None:
         wanted.update(extra_ids(records))
     selected = [records[i] for i in records if i in wanted]  # corpus order
-    units = list(linearize_all(selected, budget))
+    # passages carry the rows that link to them from every table of the corpus, as a full build makes them
+    units = list(linearize_all(selected, replace(budget, links=collect_links(records.values(), link_rows))))
     units_by_record: dict[str, list[int]] = defaultdict(list)
     for index, unit in enumerate(units):
         units_by_record[unit.record_id].append(index)

@@ -163,7 +163,7 @@ def read_run_data(config: TrainConfig, model: EmbeddingModel, dev: DevSample | N
         tokenizer_budget(model.tokenizer, window), config.run.seed, config.data.pool_ids,
         config.data.pool_records, config.data.max_train_queries,
         extra_ids=(lambda records: dev_record_ids(dev, records)) if dev is not None else None,
-        lenient=config.data.lenient)
+        lenient=config.data.lenient, link_rows=config.data.link_rows)
     return data, window
 
 
@@ -292,7 +292,7 @@ def _manifest(config: TrainConfig, base_dir: Path, stages: list[dict[str, Any]],
         "base_model": {"name": config.model.base, "path": str(base_dir), "sha256": model_checksum(base_dir)},
         "stages": stages,
         "data": fingerprints,
-        "linearizer": {"version": LINEARIZER_VERSION, "window_tokens": window},
+        "linearizer": {"version": LINEARIZER_VERSION, "window_tokens": window, "link_rows": config.data.link_rows},
         "prompts": default_prompts(),
         "config": config.to_json(),
         "dev_metrics": {"kind": "in-process dev sample (a proxy); use `retriever bench heteromix` for the real "

@@ -205,3 +205,25 @@ def test_other_model_or_prompts_are_refused(tmp_path: Path, tiny_index_dir: Path
     index = Index.load(path)
     with pytest.raises(IncompatibleIndexError, match="rebuild the index"):
         Searcher(index, encoder)
+
+
+def test_passages_carry_the_rows_that_link_to_them_and_the_manifest_says_how_many(tmp_path: Path, encoder) -> None:
+    records = [
+        {"id": "t", "source": "table", "title": "League", "header": ["Pos", "Club"], "rows": [["3", "Blues"]],
+         "row_links": [["p"]]},
+        {"id": "p", "source": "text", "title": "Blues FC", "text": "Blues FC is a football club."},
+        {"id": "q", "source": "text", "title": "Reds FC", "text": "Reds FC is another club."},
+    ]
+    corpus = tmp_path / "linked.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in records))
+    texts = {}
+    for rows in (2, 0):
+        out = tmp_path / f"links{rows}"
+        build_index(BuildConfig(corpus=corpus, out=out, link_rows=rows), encoder)
+        index = Index.load(out, use_gpu=False)
+        assert index.manifest.link_rows == rows
+        texts[rows] = {index.store.record_id(i): index.store.text(i) for i in range(len(index.store))}
+    assert texts[2]["p"] == "Blues FC: Listed in: League: Pos is 3, Club is Blues. Blues FC is a football club."
+    assert texts[0]["p"] == "Blues FC: Blues FC is a football club."
+    assert texts[2]["q"] == texts[0]["q"] == "Reds FC: Reds FC is another club."
+    assert texts[2]["t"] == texts[0]["t"]

@@ -78,6 +78,8 @@ MANIFEST_CASES: dict[str, tuple[Callable[[dict], object], str]] = {
     "export without its checksum": (lambda d: d["encoding"].update(backend="onnx"),
                                     r"encoding\.export_sha256: required for an exported backend"),
     "unknown encoding field": (lambda d: d["encoding"].update(device="cpu"), r"encoding: unknown field\(s\) device"),
+    "link rows as a string": (lambda d: d["build"].update(link_rows="2"), r"build\.link_rows: expected an integer"),
+    "negative link rows": (lambda d: d["build"].update(link_rows=-1), r"build\.link_rows: -1 is out of range"),
 }
 
 

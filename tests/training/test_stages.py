@@ -54,6 +54,25 @@ def test_an_unknown_corpus_field_stops_training_data_unless_lenient(tiny_data, t
     assert data.questions and "field 'titel': unknown field, ignored (--lenient)" in caplog.text
 
 
+def test_training_passages_carry_their_link_context_as_an_index_build_makes_it(tiny_st_model, tmp_path) -> None:
+    import json
+
+    records = [
+        {"id": "p", "source": "text", "title": "Blues FC", "text": "Blues FC is a football club."},
+        {"id": "t", "source": "table", "title": "League", "header": ["Pos", "Club"], "rows": [["3", "Blues"]],
+         "row_links": [["p"]]},
+    ]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    m = EmbeddingModel(tiny_st_model, ModelConfig(base=str(tiny_st_model), max_seq_length=48), "cpu")
+    budget = tokenizer_budget(m.tokenizer, 62)
+    linked = load_training_data(corpus, None, budget, seed=3)
+    plain = load_training_data(corpus, None, budget, seed=3, link_rows=0)
+    text = {u.record_id: u.text for u in linked.units}
+    assert text["p"] == "Blues FC: Listed in: League: Pos is 3, Club is Blues. Blues FC is a football club."
+    assert {u.record_id: u.text for u in plain.units}["p"] == "Blues FC: Blues FC is a football club."
+
+
 def _fits_fixed_batch(task, model, steps: int = 12) -> list[float]:
     params = [p for _, p in model.named_trainable_parameters()]
     for module in task.extra_modules().values():
