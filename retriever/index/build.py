@@ -46,7 +46,6 @@ from retriever.index.work import BuildPlan, BuildWork, PartSpec, split_parts, wo
 from retriever.linearize import (
     DEFAULT_LINK_ROWS,
     LINEARIZER_VERSION,
-    LinkCollector,
     Unit,
     WindowBudget,
     collect_links,
@@ -184,12 +183,9 @@ def build_index(config: BuildConfig, encoder: Encoder | EncoderConfig) -> BuildR
     """
     ids = read_id_list(config.ids_file) if config.ids_file else None
     _preflight(config, encoder)
-    # the validation pass also gathers the link context (the rows that link to each passage)
-    collector = LinkCollector(config.link_rows)
+    # the validation pass, which also gathers the link context (the rows that link to each passage)
     unknown = UnknownFields.WARN if config.lenient else UnknownFields.ERROR
-    for record in read_records(config.corpus, ids, unknown=unknown):
-        collector.add(record)
-    links = collector.context() if config.link_rows else None
+    links = collect_links(read_records(config.corpus, ids, unknown=unknown), config.link_rows)
     return _run(config, encoder,
                 lambda budget, spill, info: _plan_records(config, ids, replace(budget, links=links), spill, info),
                 lambda: file_fingerprint(config.corpus, ids), resumable_plan=config.engine is Engine.LOCAL)

@@ -18,7 +18,7 @@ from retriever.linearize.base import (
 )
 from retriever.linearize.infobox import InfoboxLinearizer
 from retriever.linearize.kb import KbLinearizer
-from retriever.linearize.links import DEFAULT_LINK_ROWS, LinkCollector, LinkContext, collect_links
+from retriever.linearize.links import DEFAULT_LINK_ROWS, LinkContext, collect_links
 from retriever.linearize.table import TableLinearizer
 from retriever.linearize.text import TextLinearizer
 from retriever.records import Record, Source
@@ -79,7 +79,6 @@ __all__ = [
     "LINEARIZERS",
     "LINEARIZER_VERSION",
     "Linearizer",
-    "LinkCollector",
     "LinkContext",
     "TokenCounter",
     "Unit",

@@ -32,9 +32,8 @@ LEAD = "Listed in: "
 
 @dataclass(frozen=True)
 class LinkContext:
-    """For each linked passage id, the texts of the rows that link to it (at most ``rows``)."""
+    """For each linked passage id, the texts of the rows that link to it (at most the collector's cap)."""
 
-    rows: int
     by_passage: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def apply(self, record: Record) -> Record:
@@ -74,17 +73,16 @@ class LinkCollector:
                         kept.append(text)
 
     def context(self) -> LinkContext:
-        return LinkContext(self.rows, {k: tuple(v) for k, v in self._by_passage.items() if v})
+        return LinkContext({k: tuple(v) for k, v in self._by_passage.items() if v})
 
 
 def collect_links(records: Iterable[Record], rows: int = DEFAULT_LINK_ROWS) -> LinkContext | None:
-    """The link context of ``records`` (None when ``rows`` is 0)."""
-    if not rows:
-        return None
+    """The link context of ``records`` (None when ``rows`` is 0). Consumes ``records`` whatever
+    ``rows`` is, so an index build's validation pass is this call."""
     collector = LinkCollector(rows)
     for record in records:
         collector.add(record)
-    return collector.context()
+    return collector.context() if rows else None
 
 
 def _cut(text: str) -> str:
