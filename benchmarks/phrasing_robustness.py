@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from retriever.backends import Backend, Precision
 from retriever.encoder import Encoder, EncoderConfig
 from retriever.evaluation.heteromix import HeteroConfig, HeteroQuestion, Scenario, read_questions, run_heteromix
 from retriever.evaluation.retrievers import EngineRetriever, QueryVectors, UnitRetriever
@@ -99,6 +100,9 @@ def main() -> None:
     parser.add_argument("--index", type=Path, default=ROOT / "index_builds" / "mini-default")
     parser.add_argument("--questions", type=Path, default=DATA / "queries.dev.mini.jsonl")
     parser.add_argument("--model", default=None, help="model (default: the one named in the index manifest)")
+    parser.add_argument("--backend", type=Backend, choices=list(Backend), default=Backend.TORCH,
+                        help="what encodes the queries (default torch); match the index's documents")
+    parser.add_argument("--precision", type=Precision, choices=list(Precision), default=Precision.AUTO)
     parser.add_argument("--phrasings", type=int, default=4, help="dev-grammar phrasings per question")
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--limit", type=int, default=None, help="first N questions only")
@@ -107,13 +111,15 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     index = Index.load(args.index)
-    encoder = Encoder(EncoderConfig(model=args.model or index.manifest.model_name, show_progress=False))
+    encoder = Encoder(EncoderConfig(model=args.model or index.manifest.model_name, backend=args.backend,
+                                    precision=args.precision, show_progress=False))
     questions: list[HeteroQuestion] = read_questions(args.questions, args.limit)
     sources = {q.text: q.gold_sources for q in questions}
     config = HeteroConfig(scenarios=(Scenario.SOURCE_SOFT,), show_progress=False)
     started = time.perf_counter()
     result: dict[str, Any] = {
         "index": str(args.index), "questions_file": str(args.questions), "model": encoder.name,
+        "encoding": {"backend": encoder.backend.value, "precision": encoder.precision.value},
         "phrasings": args.phrasings, "seed": args.seed, "cpu_count": os.cpu_count(),
         "python": platform.python_version(), "ways": {}, "examples": {}}
     vectors = QueryVectors()
