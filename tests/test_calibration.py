@@ -74,7 +74,7 @@ def test_an_option_that_fails_the_gate_is_never_chosen_however_fast(setup) -> No
 
 
 def test_a_build_gates_on_cosine_and_queries_for_an_index_on_the_whole_check(setup) -> None:
-    setup.noise = 0.06  # cosine ~0.998 to float32, yet some canary questions' top-10 change
+    setup.noise = 0.11  # cosine ~0.993 to float32, yet some canary questions' top-10 change
     build = setup.run()
     bf16 = {c.label: c for c in build.candidates}["torch/bfloat16"]
     assert build.chosen.label == "torch/bfloat16" and bf16.min_cosine >= agreement.MIN_COSINE
