@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from retriever.backends import Backend, Precision
-from retriever.encoder import Encoder, EncoderConfig
+from retriever.cli.index_commands import add_encoder_args, encoder_config
+from retriever.encoder import Encoder
 from retriever.evaluation.heteromix import HeteroConfig, HeteroQuestion, Scenario, read_questions, run_heteromix
 from retriever.evaluation.retrievers import EngineRetriever, QueryVectors, UnitRetriever
 from retriever.index import Index
@@ -99,10 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, default=ROOT / "index_builds" / "mini-default")
     parser.add_argument("--questions", type=Path, default=DATA / "queries.dev.mini.jsonl")
-    parser.add_argument("--model", default=None, help="model (default: the one named in the index manifest)")
-    parser.add_argument("--backend", type=Backend, choices=list(Backend), default=Backend.TORCH,
-                        help="what encodes the queries (default torch); match the index's documents")
-    parser.add_argument("--precision", type=Precision, choices=list(Precision), default=Precision.AUTO)
+    add_encoder_args(parser, "model (default: the one named in the index manifest)")
     parser.add_argument("--phrasings", type=int, default=4, help="dev-grammar phrasings per question")
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--limit", type=int, default=None, help="first N questions only")
@@ -111,8 +108,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     index = Index.load(args.index)
-    encoder = Encoder(EncoderConfig(model=args.model or index.manifest.model_name, backend=args.backend,
-                                    precision=args.precision, show_progress=False))
+    encoder = Encoder(replace(encoder_config(args, args.model or index.manifest.model_name, index.manifest.encoding),
+                              show_progress=False))
     questions: list[HeteroQuestion] = read_questions(args.questions, args.limit)
     sources = {q.text: q.gold_sources for q in questions}
     config = HeteroConfig(scenarios=(Scenario.SOURCE_SOFT,), show_progress=False)
