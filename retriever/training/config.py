@@ -325,6 +325,12 @@ class FinetuneConfig(OptimConfig):
             carry only the source-preference term (their positive slot holds the best-mined unit of
             that source, used as an in-batch negative for the others), so the model must read the
             instruction instead of guessing the source from the question's style.
+        consistency_weight: weight of the phrasing-consistency term
+            (:func:`retriever.training.losses.phrasing_consistency`): each example also embeds its
+            question behind a second phrasing of the same instruction (the canonical one and
+            another, from the sampler's pool, the router grammar's train half included per
+            ``grammar_phrasing_prob``), and the other phrasing's score distribution over the batch
+            is pulled toward the canonical one's (KL). 0 (default) draws no second phrasing.
         plain_merge_weight: when above 0, stage 3 also trains a *plain* copy from the same
             starting model, with the same seeds and batches but no source-preference term and no
             counterfactual instructions, and the stage's model becomes
@@ -346,12 +352,14 @@ class FinetuneConfig(OptimConfig):
     query_max_seq_length: int = 64
     source_loss_weight: float = 0.0
     counterfactual_prob: float = 0.0
+    consistency_weight: float = 0.0
     plain_merge_weight: float = 0.0
 
     def validate(self) -> None:
         self.validate_optim("finetune")
         _fraction("finetune", "plain_merge_weight", self.plain_merge_weight)
         _non_negative("finetune", "source_loss_weight", self.source_loss_weight)
+        _non_negative("finetune", "consistency_weight", self.consistency_weight)
         _fraction("finetune", "counterfactual_prob", self.counterfactual_prob)
         _temperature("finetune", self.temperature)
         _non_negative("finetune", "hard_negatives", self.hard_negatives)
@@ -502,7 +510,7 @@ class TrainConfig:
 
 #: (section, key) pairs added after runs existed: left out of the fingerprint at their default.
 ADDED_KEYS = (("data", "lenient"), ("finetune", "grammar_phrasing_prob"), ("finetune", "miner_model"),
-              ("data", "link_rows"))
+              ("data", "link_rows"), ("finetune", "consistency_weight"))
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -81,6 +81,18 @@ class InstructionSampler:
         template = SOURCE_PHRASINGS[int(rng.integers(len(SOURCE_PHRASINGS)))]
         return SampledInstruction(template.format(source=names[int(rng.integers(len(names)))]), source, False)
 
+    def counterpart(self, drawn: SampledInstruction, rng: np.random.Generator) -> SampledInstruction:
+        """Another phrasing of the same request, for the phrasing-consistency term: the canonical
+        phrasing when ``drawn`` is not canonical, else one of the others (drawn as :meth:`sample`
+        draws them, so ``grammar_prob`` applies)."""
+        if not drawn.canonical:
+            text = general_instruction() if drawn.source is None else source_instruction(drawn.source)
+            return SampledInstruction(text, drawn.source, True)
+        other = InstructionSampler(0.0, 0.0, self.grammar_prob)
+        if drawn.source is None:
+            return other.sample([], rng)
+        return other.sample([drawn.source], rng, specific=True)
+
 
 def all_phrasings(source: Source | None) -> list[str]:
     """Every phrasing the sampler can produce for one request (used by tests and docs)."""

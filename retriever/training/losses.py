@@ -70,6 +70,36 @@ def source_preference(queries: torch.Tensor, docs: torch.Tensor, temperature: fl
     return (torch.logsumexp(scores, dim=1) - inside).mean()
 
 
+def phrasing_consistency(teacher: torch.Tensor, student: torch.Tensor, docs: torch.Tensor, temperature: float,
+                         invalid: torch.Tensor | None = None) -> torch.Tensor:
+    """``KL(p_teacher || p_student)`` between two phrasings' score distributions over the batch.
+
+    Row ``i`` of ``teacher`` and ``student`` embed the same question behind two phrasings of one
+    instruction (the canonical one and another); each is softmaxed over ``docs`` at
+    ``temperature``, and the student's distribution is pulled toward the teacher's. The teacher
+    and the documents are held fixed (detached): an unseen phrasing should rank like the
+    canonical one by moving its own embedding, not the canonical one or the documents. The
+    paraphrase consistency of Sun et al. (2023), "Evaluating the Zero-shot Robustness of
+    Instruction-tuned Language Models", applied to the retriever's ranking.
+
+    Args:
+        teacher, student: ``[B, d]`` L2-normalised; ``teacher`` rows may carry gradients (ignored).
+        docs: ``[N, d]`` L2-normalised.
+        temperature: softmax temperature.
+        invalid: optional bool ``[B, N]``; docs left out of both distributions for that row.
+
+    Returns:
+        The mean KL over the rows (a scalar, >= 0).
+    """
+    t = teacher.detach() @ docs.detach().T / temperature  # [B, N]
+    s = student @ docs.detach().T / temperature
+    if invalid is not None:
+        # A large finite fill, not -inf: left-out docs get probability 0 in both, and 0 * (a - b) stays 0.
+        t, s = t.masked_fill(invalid, -1e4), s.masked_fill(invalid, -1e4)
+    log_t, log_s = F.log_softmax(t, dim=1), F.log_softmax(s, dim=1)
+    return (log_t.exp() * (log_t - log_s)).sum(dim=1).mean()
+
+
 def key_collisions(row_keys: list[set[str]], col_keys: list[str], device: torch.device | str) -> torch.Tensor:
     """Bool ``[len(row_keys), len(col_keys)]``: True where a column's key is in the row's key set."""
     out = torch.zeros(len(row_keys), len(col_keys), dtype=torch.bool)

@@ -12,13 +12,16 @@ That orders the gold unit above its negatives, but not the rest of the top-k: tw
 adds :func:`~retriever.training.losses.source_preference`, which pushes the batch's other units
 of the requested source (the query's own gold left out) above units of other sources;
 ``counterfactual_prob`` asks for sources the question has no gold in, so the instruction, not the
-question's style, has to decide the source.
+question's style, has to decide the source. ``consistency_weight`` adds
+:func:`~retriever.training.losses.phrasing_consistency`: each question is also embedded behind a
+second phrasing of its instruction, and that phrasing's ranking of the batch is pulled toward the
+canonical phrasing's, so unseen phrasings rank as the canonical one does.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -28,8 +31,8 @@ from retriever.instructions import compose_query
 from retriever.records import Source
 from retriever.training.config import FinetuneConfig
 from retriever.training.data import TrainingData, TrainingQuestion
-from retriever.training.instruction_pool import InstructionSampler
-from retriever.training.losses import info_nce, source_preference
+from retriever.training.instruction_pool import InstructionSampler, SampledInstruction
+from retriever.training.losses import info_nce, phrasing_consistency, source_preference
 from retriever.training.model import EmbeddingModel
 from retriever.training.negatives import Mined, interleave
 
@@ -46,6 +49,10 @@ class FinetuneExample:
     not_negative: frozenset[str]
     #: the instruction names a source without gold for this question (source-preference term only)
     counterfactual: bool = False
+    #: the same question behind another phrasing of the instruction (consistency term; "" when off),
+    #: and whether ``query`` holds the canonical phrasing (the term's fixed side)
+    paired_query: str = ""
+    query_is_canonical: bool = False
 
 
 class FinetuneTask:
@@ -94,8 +101,18 @@ class FinetuneTask:
             positive = options[int(rng.integers(len(options)))]
             not_negative = item.gold_records
         negatives = self._negatives(q, item, requested, not_negative, rng)
-        return FinetuneExample(compose_query(instruction.text, item.question.text), positive, negatives, requested,
-                               frozenset(not_negative))
+        return self._paired(FinetuneExample(compose_query(instruction.text, item.question.text), positive, negatives,
+                                            requested, frozenset(not_negative)), instruction, item, rng)
+
+    def _paired(self, example: FinetuneExample, instruction: SampledInstruction, item: TrainingQuestion,
+                rng: np.random.Generator) -> FinetuneExample:
+        """``example`` with a second phrasing of its instruction when the consistency term is on
+        (no draw otherwise, so runs without it sample exactly as before it existed)."""
+        if not self.config.consistency_weight:
+            return example
+        other = self.sampler.counterpart(instruction, rng)
+        return replace(example, paired_query=compose_query(other.text, item.question.text),
+                       query_is_canonical=instruction.canonical)
 
     def _counterfactual(self, q: int, item: TrainingQuestion, rng: np.random.Generator) -> FinetuneExample | None:
         """An instruction for a source the question has no gold unit of (None when every source has gold).
@@ -115,8 +132,9 @@ class FinetuneTask:
         chosen = _take(gold, max(1, wanted // 2), rng)
         other_pool = interleave([m for s, m in mined.items() if s is not source])
         chosen += _take([i for i in other_pool if i not in chosen], wanted - len(chosen), rng)
-        return FinetuneExample(compose_query(instruction.text, item.question.text), positive, tuple(chosen), source,
-                               item.gold_records | item.related_records, counterfactual=True)
+        return self._paired(FinetuneExample(compose_query(instruction.text, item.question.text), positive,
+                                            tuple(chosen), source, item.gold_records | item.related_records,
+                                            counterfactual=True), instruction, item, rng)
 
     def _general_positive(self, item: TrainingQuestion, rng: np.random.Generator) -> int:
         # The answer's source when the label names one (ottqa: the passage, not the bridging table).
@@ -182,13 +200,25 @@ class FinetuneTask:
                                dtype=torch.bool, device=device)
             loss = loss + self.config.source_loss_weight * source_preference(queries, docs, self.config.temperature,
                                                                              wanted, ignore=own)
+        if self.config.consistency_weight:
+            paired, p_tokens = self.model.embed([e.paired_query for e in examples], self.config.query_max_seq_length)
+            q_tokens += p_tokens
+            canonical = torch.tensor([e.query_is_canonical for e in examples], dtype=torch.bool,
+                                     device=device).unsqueeze(1)
+            teacher = torch.where(canonical, queries, paired)
+            student = torch.where(canonical, paired, queries)
+            mask = invalid.to(device)
+            mask[torch.arange(len(examples)), torch.arange(len(examples))] = False
+            loss = loss + self.config.consistency_weight * phrasing_consistency(
+                teacher, student, docs, self.config.temperature, mask)
         return loss, q_tokens + d_tokens
 
     def estimate_tokens(self, rng: np.random.Generator, samples: int) -> float:
         counts = []
         for _ in range(samples):
             examples = self.batch(rng)
-            q = self.model.features([e.query for e in examples], self.config.query_max_seq_length)
+            q = self.model.features([e.query for e in examples] + [e.paired_query for e in examples if e.paired_query],
+                                    self.config.query_max_seq_length)
             doc_ids = [e.positive for e in examples] + [n for e in examples for n in e.negatives]
             d = self.model.features([self.data.units[i].text for i in doc_ids])
             counts.append(int(q["attention_mask"].sum()) + int(d["attention_mask"].sum()))

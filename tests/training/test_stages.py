@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from retriever.instructions import SOURCE_NAMES
+from retriever.instructions import SOURCE_NAMES, default_prompts
 from retriever.records import Source
 from retriever.training.anchors import read_pairs_file
 from retriever.training.config import AlignConfig, FinetuneConfig, ModelConfig, PretrainConfig
 from retriever.training.data import load_training_data, tokenizer_budget
-from retriever.training.losses import info_nce, source_preference
+from retriever.training.losses import info_nce, phrasing_consistency, source_preference
 from retriever.training.model import EmbeddingModel
 from retriever.training.negatives import interleave_mined, mine_bm25, mine_with_model
 from retriever.training.stage1_pretrain import PretrainTask
@@ -165,6 +165,54 @@ def test_finetune_source_term_leaves_out_each_querys_own_gold(model, data, monke
         expected = [not e.counterfactual and unit == e.positive for unit in doc_ids]
         assert seen["ignore"][r].tolist() == expected
     assert seen["wanted"][~seen["ignore"]].any()
+
+
+def test_phrasing_consistency_is_the_kl_to_the_fixed_canonical_ranking():
+    torch.manual_seed(3)
+    teacher = torch.nn.functional.normalize(torch.randn(3, 6), dim=-1).requires_grad_()
+    student = torch.nn.functional.normalize(torch.randn(3, 6), dim=-1).requires_grad_()
+    docs = torch.nn.functional.normalize(torch.randn(7, 6), dim=-1).requires_grad_()
+    invalid = torch.zeros(3, 7, dtype=torch.bool)
+    invalid[0, 4] = invalid[2, 1] = True
+    got = phrasing_consistency(teacher, student, docs, 0.1, invalid)
+    expected = []
+    for r in range(3):
+        keep = ~invalid[r]
+        p = torch.softmax(teacher[r] @ docs[keep].T / 0.1, dim=0)
+        q = torch.softmax(student[r] @ docs[keep].T / 0.1, dim=0)
+        expected.append((p * (p / q).log()).sum())
+    assert torch.allclose(got, torch.stack(expected).mean(), atol=1e-5)
+    assert got.item() > 0
+    got.backward()
+    assert teacher.grad is None and docs.grad is None  # only the other phrasing moves
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    same = phrasing_consistency(student.detach(), student.detach(), docs.detach(), 0.1, invalid)
+    assert abs(same.item()) < 1e-6
+
+
+def test_consistency_pairs_each_question_with_the_canonical_phrasing_and_off_draws_as_before(model, data):
+    base = dict(steps=1, batch_size=4, hard_negatives=2, general_instruction_prob=0.3, counterfactual_prob=0.3,
+                grammar_phrasing_prob=0.5)
+    plain = _draw(model, data, FinetuneConfig(**base), seed=5)
+    assert all(e.paired_query == "" for e in plain)
+    paired = _draw(model, data, FinetuneConfig(**base, consistency_weight=1.0), seed=5)
+    assert paired[0].query == plain[0].query  # the first draw is the same; the pairing draws after it
+    prompts = set(default_prompts().values())
+    for e in paired:
+        question = next(t.question.text for t in data.questions if e.query.endswith(t.question.text))
+        assert e.paired_query.endswith(question) and e.paired_query != e.query
+        canonical, other = (e.query, e.paired_query) if e.query_is_canonical else (e.paired_query, e.query)
+        assert canonical.removesuffix(question).strip() in prompts, canonical
+        assert other.removesuffix(question).strip() not in prompts, other
+    assert {e.query_is_canonical for e in paired} == {True, False}
+
+
+def test_finetune_with_the_consistency_term_decreases_on_a_fixed_batch(model, data):
+    config = FinetuneConfig(steps=1, batch_size=6, temperature=0.05, hard_negatives=2, mine_depth=5,
+                            consistency_weight=1.0, grammar_phrasing_prob=0.5)
+    task = FinetuneTask(model, data, config, mine_bm25(data, config.mine_depth))
+    losses = _fits_fixed_batch(task, model)
+    assert losses[-1] < 0.5 * losses[0], losses
 
 
 def test_source_preference_is_the_requested_sources_softmax_mass():
