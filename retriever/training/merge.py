@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,8 +28,48 @@ from retriever.records import file_fingerprint
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "training_manifest.json"
-# Files that must match byte for byte: the same tokenizer and the same module layout.
+# Files that must match: the same tokenizer and the same module layout.
 MUST_MATCH = ("tokenizer.json", "modules.json")
+#: tokenizer.json keys that record the tokenizer's last call, not the tokenizer: sentence-transformers
+#: sets truncation and padding on every call, so two runs of one recipe can save different values.
+TOKENIZER_STATE = ("truncation", "padding")
+
+
+def _weight_files(model_dir: Path) -> list[str]:
+    """The model's safetensors weight files (not its source router, also safetensors)."""
+    from retriever.router import ROUTER_FILE
+
+    return sorted(p.name for p in model_dir.glob("*.safetensors") if p.name != ROUTER_FILE)
+
+
+def _derived_from_weights(root: Path) -> Callable[[str, list[str]], set[str]]:
+    """A ``copytree`` filter leaving out what ``root``'s files made from its weights, which would
+    not match the merged weights: its source router and its exported copies (``onnx/``,
+    ``openvino/``, their manifests)."""
+    from retriever.backends import EXPORT_PATHS
+    from retriever.router import ROUTER_FILE
+
+    derived = {ROUTER_FILE, *(path.rstrip("/") for path in EXPORT_PATHS)}
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        return {name for name in names if name in derived} if Path(directory) == root else set()
+
+    return ignore
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Byte for byte, except a ``tokenizer.json``'s :data:`TOKENIZER_STATE`."""
+    if file_fingerprint(a) == file_fingerprint(b):
+        return True
+    if a.name != "tokenizer.json":
+        return False
+    try:
+        left, right = (json.loads(path.read_text(encoding="utf-8")) for path in (a, b))
+    except (OSError, ValueError):
+        return False
+    for key in TOKENIZER_STATE:
+        left.pop(key, None), right.pop(key, None)
+    return bool(left == right)
 
 
 def interpolate_models(first: Path, second: Path, weight: float, out: Path) -> Path:
@@ -46,21 +87,21 @@ def interpolate_models(first: Path, second: Path, weight: float, out: Path) -> P
     if not 0.0 <= weight <= 1.0:
         raise InvalidInputError(f"merge weight must be in [0, 1], got {weight}")
     for path in (first, second):
-        if not path.is_dir() or not any(path.glob("*.safetensors")):
+        if not path.is_dir() or not _weight_files(path):
             raise InvalidInputError(f"{path}: not a model directory with safetensors weights")
-    shards = sorted(p.name for p in first.glob("*.safetensors"))
-    if shards != sorted(p.name for p in second.glob("*.safetensors")):
+    shards = _weight_files(first)
+    if shards != _weight_files(second):
         raise InvalidInputError(f"{first} and {second} have different weight files")
     for name in MUST_MATCH:
         a, b = first / name, second / name
-        if a.is_file() != b.is_file() or (a.is_file() and file_fingerprint(a) != file_fingerprint(b)):
+        if a.is_file() != b.is_file() or (a.is_file() and not _same_file(a, b)):
             raise InvalidInputError(f"{first} and {second} differ in {name}; only models of one architecture "
                                     "and tokenizer can be merged")
 
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    shutil.copytree(first, tmp)
+    shutil.copytree(first, tmp, ignore=_derived_from_weights(first))
     try:
         for shard in shards:
             merged, metadata = _merge_shard(first / shard, second / shard, weight)

@@ -32,7 +32,12 @@ def _perturbed(model_dir: Path, out: Path, scale: float) -> Path:
 
 
 def test_interpolation_is_tensorwise_and_keeps_the_first_models_files(tiny_st_model, tmp_path: Path):
+    first = tmp_path / "first"
+    shutil.copytree(tiny_st_model, first)
+    (first / "router.safetensors").write_bytes(b"made from the first model's weights")
+    (first / "openvino").mkdir()
     other = _perturbed(tiny_st_model, tmp_path / "other", 0.1)
+    tiny_st_model = first
     out = interpolate_models(tiny_st_model, other, 0.25, tmp_path / "merged")
     a, b, m = _weights(tiny_st_model), _weights(other), _weights(out)
     assert m.keys() == a.keys()
@@ -41,6 +46,8 @@ def test_interpolation_is_tensorwise_and_keeps_the_first_models_files(tiny_st_mo
         torch.testing.assert_close(m[name].float(), expected.float(), rtol=1e-6, atol=1e-6)
         assert m[name].dtype == a[name].dtype
     assert (out / "modules.json").read_bytes() == (tiny_st_model / "modules.json").read_bytes()
+    # the first model's router and exports were made from its weights, not the merged ones
+    assert not (out / "router.safetensors").exists() and not (out / "openvino").exists()
     merge = json.loads((out / "training_manifest.json").read_text())["merge"]
     assert merge["weight"] == 0.25 and merge["first"]["path"] == str(tiny_st_model)
     # weight 0 gives the first model's weights back exactly
@@ -61,6 +68,19 @@ def test_mismatched_models_are_refused_and_nothing_is_left_behind(tiny_st_model,
         interpolate_models(tiny_st_model, tiny_st_model, 1.5, tmp_path / "merged")
     with pytest.raises(InvalidInputError, match="not a model directory"):
         interpolate_models(tiny_st_model, tmp_path / "missing", 0.5, tmp_path / "merged")
+
+
+def test_tokenizers_that_differ_only_in_their_last_calls_truncation_merge_and_others_do_not(tiny_st_model,
+                                                                                            tmp_path: Path):
+    other = _perturbed(tiny_st_model, tmp_path / "other", 0.1)
+    tokenizer = json.loads((other / "tokenizer.json").read_text())
+    tokenizer["truncation"] = {"direction": "Right", "max_length": 64, "strategy": "LongestFirst", "stride": 0}
+    (other / "tokenizer.json").write_text(json.dumps(tokenizer))
+    interpolate_models(tiny_st_model, other, 0.5, tmp_path / "merged")  # two runs of one recipe
+    tokenizer["model"]["vocab"]["[unused0]" if "[unused0]" in tokenizer["model"]["vocab"] else "[PAD]"] = 99999
+    (other / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(InvalidInputError, match="tokenizer.json"):
+        interpolate_models(tiny_st_model, other, 0.5, tmp_path / "again")
 
 
 def test_merge_models_command(tiny_st_model, tmp_path: Path, capsys):
