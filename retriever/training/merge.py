@@ -67,9 +67,7 @@ def _same_file(a: Path, b: Path) -> bool:
         left, right = (json.loads(path.read_text(encoding="utf-8")) for path in (a, b))
     except (OSError, ValueError):
         return False
-    for key in TOKENIZER_STATE:
-        left.pop(key, None), right.pop(key, None)
-    return bool(left == right)
+    return all(left.get(k) == right.get(k) for k in left.keys() | right.keys() if k not in TOKENIZER_STATE)
 
 
 def interpolate_models(first: Path, second: Path, weight: float, out: Path) -> Path:

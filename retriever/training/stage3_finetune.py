@@ -207,10 +207,8 @@ class FinetuneTask:
                                      device=device).unsqueeze(1)
             teacher = torch.where(canonical, queries, paired)
             student = torch.where(canonical, paired, queries)
-            mask = invalid.to(device)
-            mask[torch.arange(len(examples)), torch.arange(len(examples))] = False
             loss = loss + self.config.consistency_weight * phrasing_consistency(
-                teacher, student, docs, self.config.temperature, mask)
+                teacher, student, docs, self.config.temperature, invalid.to(device))
         return loss, q_tokens + d_tokens
 
     def estimate_tokens(self, rng: np.random.Generator, samples: int) -> float:
