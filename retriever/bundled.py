@@ -42,6 +42,8 @@ QUANTIZATIONS = ("int8", "float16")
 _SCALE = ".__row_scale__"
 # What a pack leaves out of the model directory: weights (packed instead), exports, routers (a
 # router is shipped by the unpacked model's checksum, retriever/data/router-*.safetensors), caches.
+#: The attributions a pack carries (copied from the model directory as saved).
+NOTICE_FILE = "NOTICE.md"
 _LEFT_OUT = ("model.safetensors", "router.safetensors", "exports.json")
 _LEFT_OUT_DIRS = ("onnx", "openvino", "checkpoints")
 
@@ -189,7 +191,8 @@ def pack_model(model_dir: Path, out: Path, quantization: str = "int8", overwrite
         ``pack.json``'s content: format, quantization, the source's and the unpacked model's SHA-256.
 
     Raises:
-        ModelError: bad arguments, or the model has no single ``model.safetensors``.
+        ModelError: bad arguments, the model has no single ``model.safetensors``, or the pack it
+            replaces carries a ``NOTICE.md`` (attributions) that the model lacks.
     """
     from safetensors.torch import load_file, save_file
 
@@ -202,6 +205,11 @@ def pack_model(model_dir: Path, out: Path, quantization: str = "int8", overwrite
         raise ModelError(f"{model_dir}: no model.safetensors (sharded or pickled weights cannot be packed)")
     if out.exists() and not overwrite:
         raise ModelError(f"{out} exists; pass --overwrite to replace it")
+    if (out / NOTICE_FILE).is_file() and not (model_dir / NOTICE_FILE).is_file():
+        # the pack being replaced carries attributions its training data requires; a new model
+        # trained on the same data needs them too (docs/TRAINING.md, "Shipping a model")
+        raise ModelError(f"{out / NOTICE_FILE} carries the attributions of the pack being replaced and "
+                         f"{model_dir} has none: copy it into {model_dir} first (or edit it for this model)")
     packed = _quantize(load_file(str(weights)), quantization)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

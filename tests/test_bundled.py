@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,21 @@ def test_pack_refuses_bad_arguments(tmp_path) -> None:
         pack_model(bundled_model_dir(ZERO_SHOT_MODEL), tmp_path / "x", "int4")
     with pytest.raises(ModelError, match="no model.safetensors"):
         pack_model(tmp_path, tmp_path / "x")
+
+
+def test_replacing_a_pack_that_carries_attributions_needs_them_in_the_new_model(tmp_path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(bundled_model_dir(ZERO_SHOT_MODEL), model)
+    out = tmp_path / "pack"
+    pack_model(model, out)
+    (out / bundled.NOTICE_FILE).write_text("# attributions\n", encoding="utf-8")
+    before = (out / PACKED_WEIGHTS).read_bytes()
+    with pytest.raises(ModelError, match="NOTICE.md carries the attributions"):
+        pack_model(model, out, overwrite=True)
+    assert (out / PACKED_WEIGHTS).read_bytes() == before  # nothing replaced
+    (model / bundled.NOTICE_FILE).write_text("# attributions, this model\n", encoding="utf-8")
+    pack_model(model, out, overwrite=True)
+    assert (out / bundled.NOTICE_FILE).read_text(encoding="utf-8") == "# attributions, this model\n"
 
 
 def test_the_default_is_shipped_with_its_router_manifest_and_notice(cache) -> None:
