@@ -547,9 +547,13 @@ class Batcher:
             ranked = searcher.rank([queries[i].planned for i in rows], vectors[rows])
             rankings.update(zip(rows, ranked, strict=True))
         jobs = self._live(jobs, "while the query was searched")
-        for job in jobs:
-            results = [queries[i].generation.searcher.hits([queries[i].planned], [rankings[i]])[0]
-                       for i in rows_of[id(job)]]
+        answers = [(job, [queries[i].generation.searcher.hits([queries[i].planned], [rankings[i]])[0]
+                          for i in rows_of[id(job)]]) for job in jobs]
+        with self._cond:
+            # the batch's work is done: what follows (metrics, the cost estimate) is not work a new
+            # call waits for, so a caller that calls again as soon as it is answered finds us idle
+            self._busy_until = None
+        for job, results in answers:
             _resolve(job, results)
         if self.on_batch is not None:
             self.on_batch(BatchTimings(len(queries), encoded - started, time.perf_counter() - encoded, tokens))

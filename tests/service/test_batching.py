@@ -284,6 +284,21 @@ def test_calls_admitted_together_are_counted_before_they_are_queued(encoder, gen
         batcher.stop()
 
 
+def test_a_client_calling_again_as_soon_as_it_is_answered_finds_the_batcher_idle(encoder, generation):
+    # the worker's bookkeeping after a batch (metrics, the cost estimate) must not count as work in
+    # progress: a lone client's next call, sent the moment its answer arrives, was refused by a tight
+    # budget while the worker was still marked busy with the batch it had just answered
+    batcher = Batcher(encoder, max_batch=4, wait_seconds=0.0, latency_budget=0.12,
+                      on_batch=lambda timings: time.sleep(0.05))  # slow bookkeeping after each answer
+    seeded(batcher)  # 0.1 s per query: any call judged "busy" is expected past the 0.12 s budget
+    try:
+        for i in range(5):
+            assert batcher.search([planned(generation, f"call {i}")], 30)[0].hits
+        assert batcher.stats.over_budget == 0
+    finally:
+        batcher.stop()
+
+
 def test_without_a_budget_only_the_queue_bound_refuses(encoder, generation):
     gated = GatedEncoder(encoder)
     batcher = Batcher(gated, max_batch=4, wait_seconds=0.0, max_queued=6, latency_budget=None)
