@@ -108,6 +108,10 @@ class ClientProcesses:
             worker.stdin.write(json.dumps(list(queries)) + "\n")
             worker.stdin.flush()
 
+    @property
+    def pids(self) -> list[int]:
+        return [worker.pid for worker in self._workers]
+
     def run(self, jobs: Sequence[dict[str, Any]]) -> list[tuple[list[float], list[float], int]]:
         """One job per worker, all at once; their results in job order."""
         if len(jobs) > self.size:

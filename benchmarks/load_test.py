@@ -34,6 +34,11 @@ storm of fast refusals the latency a thread records includes waiting for it), an
 processors, as clients on other machines would be (``taskset``; the server's encoder then runs one
 thread per processor it may use).
 
+Every served level also records ``where_time_goes``: the server's and the load generator's
+processor cores (from /proc), the mean batch, encode and search milliseconds per batch and the
+share of the wall time the batcher was encoding or searching (from the server's Prometheus
+metrics, which every server of the run exports on a free port).
+
 The run stops by itself (every level is time-bounded) and writes
 ``benchmarks/results/load_<name>.json``. Figures depend on the machine and on what else runs
 on it: record ``cpu_count`` and the load average that the JSON carries next to them.
@@ -49,10 +54,12 @@ import platform
 import random
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -142,9 +149,10 @@ class ServerProcess:
         """Start the server and wait until it is SERVING; ``extra`` flags are appended (a repeated flag wins);
         ``cpus``: pinned to these processors (``taskset``; the encoder then runs as many threads)."""
         pin = ["taskset", "--cpu-list", ",".join(map(str, cpus))] if cpus else []
+        self.metrics_port = free_port()  # its batch sizes and encode / search seconds: where the time goes
         cmd = [*pin, sys.executable, "-m", "retriever", "serve", "--index", f"{name}={index_dir}", "--port", "0",
                "--max-batch", str(max_batch), "--max-concurrent-calls", str(max_concurrent), "--no-progress",
-               "--grace", "5", *(extra or [])]
+               "--grace", "5", "--metrics-port", str(self.metrics_port), *(extra or [])]
         self.process = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True,
                                         env=None if env is None else {**os.environ, **env})
         self.lines: list[str] = []
@@ -181,8 +189,48 @@ class ServerProcess:
                 time.sleep(0.2)
         raise SystemExit("server never became SERVING:\n" + "".join(self.lines[-20:]))
 
+    def usage(self) -> dict[str, float]:
+        """The server's processor seconds so far (every thread, from /proc) and its batch metrics' sums."""
+        out = {"cpu_seconds": process_cpu_seconds(self.process.pid)}
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+        for line in text.splitlines():
+            found = re.match(r"retriever_(batch_size|encode_seconds|search_seconds)_(sum|count)(?:\{[^}]*\})? (\S+)$",
+                             line)
+            if found:
+                key = f"{found.group(1)}_{found.group(2)}"
+                out[key] = out.get(key, 0.0) + float(found.group(3))
+        return out
+
     def stop(self) -> None:
         stop_process(self.process)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system processor seconds of process ``pid``, all its threads (Linux /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def where_time_goes(before: dict[str, float], after: dict[str, float], seconds: float,
+                    client_seconds: float) -> dict[str, float]:
+    """What one level cost: server and client processor cores, mean batch, encode / search per batch,
+    and the share of the wall time the batcher was encoding or searching."""
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    batches = delta.get("batch_size_count", 0.0) or 1.0
+    work = delta.get("encode_seconds_sum", 0.0) + delta.get("search_seconds_sum", 0.0)
+    return {"server_cores": round(delta["cpu_seconds"] / seconds, 3), "client_cores": round(client_seconds / seconds, 3),
+            "batches": int(delta.get("batch_size_count", 0.0)),
+            "mean_batch": round(delta.get("batch_size_sum", 0.0) / batches, 2),
+            "encode_ms_per_batch": round(1000 * delta.get("encode_seconds_sum", 0.0) / batches, 2),
+            "search_ms_per_batch": round(1000 * delta.get("search_seconds_sum", 0.0) / batches, 2),
+            "batcher_busy": round(work / seconds, 3)}
 
 
 def stop_process(process: subprocess.Popen) -> None:
@@ -427,6 +475,14 @@ def main() -> None:
     print(f"wrote {out}", file=sys.stderr)
 
 
+def client_cpu_seconds(pool: ClientProcesses | None) -> float:
+    """Processor seconds the load generator used so far: this process (thread clients) or the pool's."""
+    if pool is None:
+        times = os.times()
+        return times.user + times.system
+    return sum(process_cpu_seconds(pid) for pid in pool.pids)
+
+
 def served(args: argparse.Namespace, result: dict[str, Any], modes: set[str], levels: list[int], queries: list[str],
            pool: ClientProcesses | None) -> None:
     """The modes that drive a server process, into ``result``."""
@@ -452,8 +508,12 @@ def served(args: argparse.Namespace, result: dict[str, Any], modes: set[str], le
                                             or "loaded model" in line), None)}
             for clients in levels:
                 print(f"{key}: {clients} clients...", file=sys.stderr)
-                result[key][str(clients)] = drive(server.address, queries, args.top_k, clients, args.duration,
-                                                  mode=search, pool=pool)
+                before, clients_before, started_level = server.usage(), client_cpu_seconds(pool), time.monotonic()
+                level = drive(server.address, queries, args.top_k, clients, args.duration, mode=search, pool=pool)
+                seconds = time.monotonic() - started_level
+                level["where_time_goes"] = where_time_goes(before, server.usage(), seconds,
+                                                           client_cpu_seconds(pool) - clients_before)
+                result[key][str(clients)] = level
         finally:
             server.stop()
     if args.overload_cap and "overload" in modes:
