@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -308,3 +309,23 @@ def test_answer_without_a_turn_is_a_usage_error(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["search", str(tmp_path), "q", "--answer", "a"])
     assert "--answer: give it right after the --turn" in capsys.readouterr().err
+
+
+def test_the_command_quiets_openblas_spinning_before_numpy_loads_and_keeps_a_users_setting() -> None:
+    # numpy's OpenBLAS reads OPENBLAS_THREAD_TIMEOUT when it loads; its default spin took the cores
+    # from the encoder's threads after every exact search (docs/BACKENDS.md)
+    probe = ("import os, sys, json; import retriever.cli.main as m; m.build_parser(); "
+             "print(json.dumps([os.environ.get('OPENBLAS_THREAD_TIMEOUT'), 'numpy' in sys.modules]))")
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    first = subprocess.run([sys.executable, "-X", "importtime", "-c", probe], env=env, capture_output=True,
+                           text=True, timeout=120, check=True, cwd=root)
+    assert json.loads(first.stdout.strip().splitlines()[-1]) == ["4", True]
+    # numpy was not loaded before the variable was set: the setting precedes it in the import log
+    imports = [line.rsplit("|", 1)[-1].strip() for line in first.stderr.splitlines() if line.startswith("import time:")]
+    assert "retriever.cli.main" in imports and "numpy" in imports
+    assert imports.index("numpy") > imports.index("retriever.cli.main")  # by the commands, after main's top ran
+    mine = subprocess.run([sys.executable, "-c", probe], env={**env, "OPENBLAS_THREAD_TIMEOUT": "20"},
+                          capture_output=True, text=True, timeout=120, check=True, cwd=root)
+    assert json.loads(mine.stdout.strip().splitlines()[-1]) == ["20", True]
