@@ -225,7 +225,8 @@ def where_time_goes(before: dict[str, float], after: dict[str, float], seconds: 
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     batches = delta.get("batch_size_count", 0.0) or 1.0
     work = delta.get("encode_seconds_sum", 0.0) + delta.get("search_seconds_sum", 0.0)
-    return {"server_cores": round(delta["cpu_seconds"] / seconds, 3), "client_cores": round(client_seconds / seconds, 3),
+    return {"server_cores": round(delta["cpu_seconds"] / seconds, 3),
+            "client_cores": round(client_seconds / seconds, 3),
             "batches": int(delta.get("batch_size_count", 0.0)),
             "mean_batch": round(delta.get("batch_size_sum", 0.0) / batches, 2),
             "encode_ms_per_batch": round(1000 * delta.get("encode_seconds_sum", 0.0) / batches, 2),
