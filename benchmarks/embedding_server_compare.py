@@ -27,7 +27,6 @@ import http.client
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -72,17 +71,11 @@ def st3_copy(model_dir: Path, out: Path) -> Path:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Infinity:
     """``infinity_emb v2`` in a child process, ready when ``/health`` answers."""
 
     def __init__(self, binary: str, model: str, engine: str, batch_size: int, timeout: float = 600.0) -> None:
-        self.port = free_port()
+        self.port = load_test.free_port()
         self.model = model
         log = ROOT / "logs" / f"infinity_{engine}.log"
         log.parent.mkdir(exist_ok=True)

@@ -65,6 +65,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "heteromix"
@@ -192,13 +193,15 @@ class ServerProcess:
     def usage(self) -> dict[str, float]:
         """The server's processor seconds so far (every thread, from /proc) and its batch metrics' sums."""
         out = {"cpu_seconds": process_cpu_seconds(self.process.pid)}
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
-        for line in text.splitlines():
-            found = re.match(r"retriever_(batch_size|encode_seconds|search_seconds)_(sum|count)(?:\{[^}]*\})? (\S+)$",
-                             line)
-            if found:
-                key = f"{found.group(1)}_{found.group(2)}"
-                out[key] = out.get(key, 0.0) + float(found.group(3))
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+            text = response.read().decode("utf-8")
+        wanted = {f"retriever_{name}_{part}" for name in ("batch_size", "encode_seconds", "search_seconds")
+                  for part in ("sum", "count")}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in wanted:  # summed over labels
+                    key = sample.name.removeprefix("retriever_")
+                    out[key] = out.get(key, 0.0) + sample.value
         return out
 
     def stop(self) -> None:
@@ -206,9 +209,10 @@ class ServerProcess:
 
 
 def free_port() -> int:
+    """A free loopback port (another process may take it before it is used)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        return int(probe.getsockname()[1])
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 # numpy's OpenBLAS threads busy-wait 2**28 processor cycles (~0.1 s) after every call before they
 # sleep. Between two encoder batches the server runs an exact search (a NumPy matrix product), and
 # the spinning BLAS threads then take the cores from the encoder's own threads (torch's OpenMP,
-# OpenVINO's): on 2 cores a served batch-1 torch query took 46 ms instead of 12 (docs/BACKENDS.md,
-# "Where a served query's time goes"). 2**4 cycles (OpenBLAS's minimum): they sleep at once. It must
+# OpenVINO's): on 2 cores the server encoded a one-query torch batch in 46 ms instead of 12
+# (docs/BACKENDS.md, "Where a served query's time goes"). 2**4 cycles (OpenBLAS's minimum): they sleep at once. It must
 # be set before numpy loads OpenBLAS, so here, before any command module; a value already set wins.
 # (Programs that use the engine as a library set it themselves; the gRPC client sets nothing.)
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
