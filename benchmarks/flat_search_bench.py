@@ -1,12 +1,15 @@
-"""Exact search: the faiss wheel's IndexFlatIP.search vs the project's NumPy path (exact_topk).
+"""Exact search: the faiss wheel's IndexFlatIP.search vs the project's path (exact_topk: torch's matrix
+product, then topk_of), with NumPy's own matrix product (OpenBLAS) in front of the same topk_of as a
+third column.
 
     python benchmarks/flat_search_bench.py                 # seeded vectors, mini- and lite-sized
     python benchmarks/flat_search_bench.py --sizes 410000  # full-corpus size
     python benchmarks/flat_search_bench.py --sizes 86067 -k 10 100 --name lite
 
-Both sides search the same seeded L2-normalised vectors in one process, one after the other per
+All three search the same seeded L2-normalised vectors in one process, one after the other per
 batch, and must return the same ids. Writes ``benchmarks/results/flat_search[_<name>].json``; the
-figure that matters is the ratio (faiss time / project time) per batch size.
+figures that matter are the ratios (faiss time / project time, NumPy BLAS time / project time) per
+batch size. Run it with ``OPENBLAS_THREAD_TIMEOUT=4`` as the ``retriever`` command sets it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retriever.index.shards import exact_topk, faiss_module
+from retriever.index.shards import exact_topk, faiss_module, topk_of
 from retriever.machine import cpu_flags
 
 
@@ -58,10 +61,14 @@ def main() -> None:
             for k in args.k:
                 faiss_s, (_, faiss_ids) = timed(lambda: index.search(q, k), args.repeats)  # noqa: B023
                 project_s, (_, project_ids) = timed(lambda: exact_topk(q, view, k), args.repeats)  # noqa: B023
+                blas_s, (_, blas_cols) = timed(lambda: topk_of(q @ view.T, k), args.repeats)  # noqa: B023
                 agree = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(faiss_ids, project_ids)]))
+                blas_agree = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(blas_cols, project_ids)]))
                 rows.append({"n": n, "nq": nq, "k": k, "faiss_ms": round(faiss_s * 1e3, 3),
-                             "numpy_ms": round(project_s * 1e3, 3), "faiss_over_numpy": round(faiss_s / project_s, 2),
-                             "id_agreement": round(agree, 4)})
+                             "project_ms": round(project_s * 1e3, 3), "numpy_blas_ms": round(blas_s * 1e3, 3),
+                             "faiss_over_project": round(faiss_s / project_s, 2),
+                             "numpy_blas_over_project": round(blas_s / project_s, 2),
+                             "id_agreement": round(agree, 4), "numpy_blas_id_agreement": round(blas_agree, 4)})
                 print(json.dumps(rows[-1]))
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / (f"flat_search_{args.name}.json" if args.name else "flat_search.json")

@@ -6,14 +6,15 @@ merges their top-k: asking for tables returns the best k table units, never the 
 that happened to fall in an unfiltered top-k. All vectors are L2-normalised and searched
 by inner product (cosine similarity).
 
-On CPU, exact (``Flat``) shards are searched with a NumPy matrix product over the vectors
-FAISS holds, which the project measured faster than the faiss-cpu wheel's own flat search
-(``benchmarks/flat_search_bench.py``). When FAISS sees a GPU, shards are moved to it.
+On CPU, exact (``Flat``) shards are searched with a torch matrix product over the vectors
+FAISS holds (no copy), which the project measured faster than the faiss-cpu wheel's own flat
+search and than NumPy's OpenBLAS (``benchmarks/flat_search_bench.py``). When FAISS sees a GPU, shards are moved to it.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,9 +142,35 @@ class Shard:
         return scores, ids
 
 
+def inner_products(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """``queries @ vectors.T`` in float32 (``[nq, n]``): one query by NumPy (a BLAS matrix-vector
+    product), several by torch's CPU matrix product.
+
+    NumPy's OpenBLAS is slow at products of a few queries with many vectors: on 87K vectors, top-10
+    for 8 / 16 / 32 queries took 14.1 / 16.8 / 19.9 ms with it and 8.3 / 10.7 / 16.4 ms with torch,
+    while for one query the two were alike and torch was 3.7 ms against 2.9 in an earlier run
+    (``benchmarks/flat_search_bench.py``: ``numpy_blas_ms`` against ``project_ms``, same run;
+    ``benchmarks/results/flat_search_lite-amx.json``).
+    """
+    if len(queries) == 1:
+        return queries @ vectors.T
+    import torch
+
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    with warnings.catch_warnings():  # FAISS's buffer view may be read-only; torch only reads it here
+        warnings.simplefilter("ignore", UserWarning)
+        v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    with torch.inference_mode():
+        return (q @ v.T).numpy()
+
+
 def exact_topk(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k, ordered by score then id (deterministic on ties)."""
-    sims = queries @ vectors.T  # [nq, n]
+    return topk_of(inner_products(queries, vectors), k)
+
+
+def topk_of(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's top-k ``(scores, columns)`` of a ``[nq, n]`` score matrix, by score then column."""
     n = sims.shape[1]
     part = top_columns(sims, k) if k < n else np.broadcast_to(np.arange(n), sims.shape).copy()
     part_scores = np.take_along_axis(sims, part, axis=1)
