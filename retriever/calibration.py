@@ -8,8 +8,10 @@ machine:
 1. **Candidates**: every (backend, precision) that can run here: torch float32, float16 on CUDA,
    bfloat16 on CUDA and on processors with native bf16 (AVX512_BF16 or AMX; emulated it is several
    times slower), and each ONNX / OpenVINO export of the model (``retriever export-model``) whose
-   runtime is installed (their bf16 under the same rule). ``--precision`` other than auto keeps
-   only that precision.
+   runtime is installed (their bf16 under the same rule), except int8 exports: with the precision
+   left to auto they are never candidates (their quality on HeteroMix mini moved single datasets by
+   more than 0.01, and their canary cosine sits at the gate's edge: 0.990 passed on one processor);
+   ``--precision int8`` (or any other) keeps only that precision.
 2. **Gate**, by the agreement check of :mod:`retriever.agreement` against the *reference*
    (recorded in the model directory as ``retriever check-agreement`` records it):
 
@@ -20,7 +22,7 @@ machine:
      the chosen way, so nothing is mixed): the cosine part, every canary document's embedding
      within cosine 0.99 of torch float32's. Near-ties that swap the 10th and 11th canary document
      (bf16 does that for a few questions at cosine 0.9999) do not disqualify an option here;
-     int8 (worst cosine 0.985-0.988 on this project's machines) is out.
+     int8 asked for by name is gated the same way.
 
    The reference itself always passes.
 3. **Speed**: 128 canary documents (the first units of the bundled sample corpus) encoded at
@@ -123,8 +125,11 @@ def candidate_configs(config: EncoderConfig, device: str, precision: Precision =
                 except ModelError:
                     continue
                 options.append((backend, runs))
-    if precision is not Precision.AUTO:
-        options = [(b, p) for b, p in options if p is precision]
+    # int8 is never auto's to choose: its canary cosine sits at the gate's edge (0.981-0.990 by export
+    # and processor) and on HeteroMix mini it moved single datasets by more than 0.01 (docs/BACKENDS.md,
+    # "The quality gate"); `--precision int8` asks for it by name.
+    auto = precision is Precision.AUTO
+    options = [(b, p) for b, p in options if p is precision or (auto and p is not Precision.INT8)]
     options.sort(key=lambda bp: (bp != (Backend.TORCH, Precision.FLOAT32)))
     return [replace(config, backend=b, precision=p, show_progress=False) for b, p in options]
 

@@ -149,3 +149,17 @@ def test_threads_follow_the_processors_this_process_may_use(monkeypatch, tmp_pat
     assert machine.usable_cpus() == 3  # docker --cpus 2.5, rounded up
     quota.write_text("20000 100000\n")
     assert machine.usable_cpus() == 1  # never 0
+
+
+def test_auto_never_offers_int8_unless_asked_for_by_precision(monkeypatch, tmp_path) -> None:
+    # every runtime installed, every export present, native bf16: int8 exports exist for onnx and openvino
+    monkeypatch.setattr(calibration, "check_model_dir", lambda model: tmp_path)
+    monkeypatch.setattr(calibration, "runtime_available", lambda backend: True)
+    monkeypatch.setattr(calibration, "find_export", lambda model_dir, backend, precision: None)
+    monkeypatch.setattr(calibration, "has_native_bf16", lambda: True)
+    config = EncoderConfig(model="m", device="cpu", show_progress=False)
+    offered = {(c.backend, c.precision) for c in calibration.candidate_configs(config, "cpu")}
+    assert (Backend.OPENVINO, Precision.BFLOAT16) in offered and (Backend.TORCH, Precision.BFLOAT16) in offered
+    assert not {p for _, p in offered} & {Precision.INT8}
+    asked = {(c.backend, c.precision) for c in calibration.candidate_configs(config, "cpu", Precision.INT8)}
+    assert asked == {(Backend.ONNX, Precision.INT8), (Backend.OPENVINO, Precision.INT8)}

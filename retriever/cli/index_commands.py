@@ -66,8 +66,9 @@ def add_encoder_args(parser: argparse.ArgumentParser, model_help: str) -> None:
                        "made with `retriever export-model` (CPU only); docs/BACKENDS.md has the measured speed and "
                        "agreement of each on this project's machines. auto: the fastest option measured on this "
                        "machine that passes the agreement check against the index's documents (torch float32 for a "
-                       "build); a short calibration at first use (about a minute per option), cached and logged "
-                       "(`retriever calibrate` shows it). An index records what encoded it")
+                       "build), int8 exports only with --precision int8; a short calibration at first use (about a "
+                       "minute per option), cached and logged (`retriever calibrate` shows it). An index records "
+                       "what encoded it")
     group.add_argument("--precision", type=Precision, choices=list(Precision), default=Precision.AUTO,
                        help="weights' dtype (default auto: float16 on CUDA, float32 on CPU). torch runs float32, "
                        "float16, bfloat16 (slow on CPUs without native bf16); onnx runs float32, int8 (a quantized "
