@@ -37,7 +37,9 @@ thread per processor it may use).
 Every served level also records ``where_time_goes``: the server's and the load generator's
 processor cores (from /proc), the mean batch, encode and search milliseconds per batch and the
 share of the wall time the batcher was encoding or searching (from the server's Prometheus
-metrics, which every server of the run exports on a free port).
+metrics, which every server of the run exports on a free port). So does every overload phase, with
+``server_side`` too: its accepted calls' p50 / p99 inside the server (``server_ms`` of the server's
+request log: handler start to answer), to set against what the clients measured.
 
 The run stops by itself (every level is time-bounded) and writes
 ``benchmarks/results/load_<name>.json``. Figures depend on the machine and on what else runs
@@ -55,6 +57,7 @@ import random
 import re
 import shlex
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -247,6 +250,26 @@ def stop_process(process: subprocess.Popen) -> None:
         process.kill()
 
 
+def server_side(lines: list[str]) -> dict[str, Any]:
+    """The accepted (OK) calls' time inside the server, from its request log lines (``server_ms``: from
+    the handler's start to its answer; not the gRPC queueing before it nor the reply's transfer), to set
+    against what the clients measured."""
+    ms = []
+    for line in lines:
+        start = line.find("{")
+        try:
+            fields = json.loads(line[start:]) if start >= 0 else None
+        except ValueError:
+            continue
+        if isinstance(fields, dict) and fields.get("code") == "OK" and "server_ms" in fields:
+            ms.append(float(fields["server_ms"]))
+    if not ms:
+        return {"calls": 0}
+    ms.sort()
+    return {"calls": len(ms), "p50_ms": round(statistics.median(ms), 2),
+            "p99_ms": round(ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))], 2)}
+
+
 def overload(index_dir: Path, queries: list[str], k: int, max_batch: int, cap: int,
              duration: float, budgets: tuple[str, ...] = ("auto", "off"), pool: ClientProcesses | None = None,
              server_cpus: list[int] | None = None, flags: list[str] | None = None) -> dict[str, Any]:
@@ -263,9 +286,15 @@ def overload(index_dir: Path, queries: list[str], k: int, max_batch: int, cap: i
                                cpus=server_cpus)
         try:
             drive(server.address, queries, k, 1, min(2.0, duration), pool=pool)  # warm-up
-            single = drive(server.address, queries, k, 1, duration, pool=pool)
-            immediate = drive(server.address, queries, k, 2 * cap, duration, pool=pool)
-            backing_off = drive(server.address, queries, k, 2 * cap, duration, backoff=True, pool=pool)
+            phases = []
+            for clients, backoff in ((1, False), (2 * cap, False), (2 * cap, True)):
+                logged, before, clients_before = len(server.lines), server.usage(), client_cpu_seconds(pool)
+                started = time.monotonic()
+                phases.append(drive(server.address, queries, k, clients, duration, backoff=backoff, pool=pool))
+                phases[-1]["where_time_goes"] = where_time_goes(before, server.usage(), time.monotonic() - started,
+                                                                client_cpu_seconds(pool) - clients_before)
+                phases[-1]["server_side"] = server_side(server.lines[logged:])
+            single, immediate, backing_off = phases
         finally:
             server.stop()
         out[f"latency_budget_{budget}"] = {
