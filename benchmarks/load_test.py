@@ -57,7 +57,6 @@ import random
 import re
 import shlex
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -265,9 +264,8 @@ def server_side(lines: list[str]) -> dict[str, Any]:
             ms.append(float(fields["server_ms"]))
     if not ms:
         return {"calls": 0}
-    ms.sort()
-    return {"calls": len(ms), "p50_ms": round(statistics.median(ms), 2),
-            "p99_ms": round(ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))], 2)}
+    same = summary([m / 1000 for m in ms], 0.0)  # the clients' percentiles, the same way
+    return {"calls": same["calls"], "p50_ms": same["p50_ms"], "p99_ms": same["p99_ms"]}
 
 
 def overload(index_dir: Path, queries: list[str], k: int, max_batch: int, cap: int,

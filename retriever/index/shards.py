@@ -147,10 +147,11 @@ def inner_products(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     product), several by torch's CPU matrix product (by NumPy where torch is not installed).
 
     NumPy's OpenBLAS is slow at products of a few queries with many vectors: on 87K vectors, top-10
-    for 8 / 16 / 32 queries took 14.1 / 16.8 / 19.9 ms with it and 8.3 / 10.7 / 16.4 ms with torch,
-    while for one query the two were alike and torch was 3.7 ms against 2.9 in an earlier run
+    for 8 / 16 / 32 queries took 14.1 / 16.8 / 19.9 ms with it and 8.3 / 10.7 / 16.4 ms with torch
     (``benchmarks/flat_search_bench.py``: ``numpy_blas_ms`` against ``project_ms``, same run;
-    ``benchmarks/results/flat_search_lite-amx.json``).
+    ``benchmarks/results/flat_search_lite-amx.json``). One query stays on NumPy's matrix-vector
+    product: torch was slower there (3.7 against 2.9 ms) in the first run of that command, before
+    this rule (its file was overwritten by the run cited).
     """
     if len(queries) == 1:
         return queries @ vectors.T
