@@ -48,17 +48,19 @@ def own_counter(tokenizer: Any) -> Callable[[Sequence[str]], list[int]]:
 class QueryTokenCounter:
     """Tokens of ``instruction + question`` as the encoder's forward pass sees them.
 
-    The text is composed as :meth:`Encoder.encode_queries` composes it, counted with
-    :func:`count_with`, plus the tokenizer's special tokens, and capped at ``max_seq_length``
-    (longer input is truncated by the encoder anyway). It counts with its own copy of the
-    tokenizer behind its own lock: the encoder's tokenizer is not safe to call from two threads
-    (sentence-transformers switches its truncation and padding on for every forward pass, and
-    counting switches them off), and the encoder's lock is held for a whole batch. So the
-    server's handler threads count their queries at admission while the worker encodes.
+    The text is composed as :meth:`Encoder.encode_queries` composes it, counted as :func:`count_with`
+    counts (through :func:`own_counter`: every call of the server counts its queries here, and for a
+    short query the transformers wrapper's own work is most of the count), plus the tokenizer's
+    special tokens, and capped at ``max_seq_length`` (longer input is truncated by the encoder
+    anyway). It counts with its own copy of the tokenizer behind its own lock: the encoder's
+    tokenizer is not safe to call from two threads (sentence-transformers switches its truncation
+    and padding on for every forward pass, and counting switches them off), and the encoder's lock
+    is held for a whole batch. So the server's handler threads count their queries at admission
+    while the worker encodes.
     """
 
     def __init__(self, tokenizer: Any, max_seq_length: int) -> None:
-        self._tokenizer = copy.deepcopy(tokenizer)
+        self._count = own_counter(copy.deepcopy(tokenizer))
         self._special = int(tokenizer.num_special_tokens_to_add(pair=False))
         self.max_seq_length = max_seq_length
         self._lock = threading.Lock()
@@ -66,5 +68,5 @@ class QueryTokenCounter:
     def __call__(self, questions: Sequence[str], instructions: Sequence[str | None]) -> list[int]:
         texts = [compose_query(i, q) for i, q in zip(instructions, questions, strict=True)]
         with self._lock:
-            counts = count_with(self._tokenizer, texts)
+            counts = self._count(texts)
         return [min(n + self._special, self.max_seq_length) for n in counts]
