@@ -25,8 +25,21 @@ machine:
      int8 asked for by name is gated the same way.
 
    The reference itself always passes.
-3. **Speed**: 128 canary documents (the first units of the bundled sample corpus) encoded at
-   the configured batch size after a warm-up; units per second, best of two rounds.
+3. **Speed**, of the job at hand, best of two rounds after a warm-up:
+
+   - a build encodes documents: 128 canary documents (the first units of the bundled sample
+     corpus) at the configured batch size, in units per second;
+   - queries for an index encode short questions, one call at a time when few clients call and
+     in batches of a few to a few dozen under load (the server's dynamic batching): the 64 canary
+     questions with the model's default instruction, once one at a time and once in batches of
+     :data:`QUERY_BATCH`, in queries per second over both. The two rankings differ: on an Intel
+     Xeon with AMX torch bf16 builds fastest, while OpenVINO bf16 answers queries fastest
+     (docs/BACKENDS.md, "Which speed auto ranks by").
+
+   Both speeds are measured and shown for every candidate that passed. An index's encoding is
+   its queries' too (other encodings must pass the whole check to search it), so a build whose
+   choice is not also the fastest for queries logs the option that is, for operators who would
+   rather build with it.
 
 The fastest candidate that passed is chosen and logged with every candidate's figures. Timings are
 cached in ``<cache>/calibration/<checksum>.json`` (``$RETRIEVER_CACHE_DIR``, else
@@ -62,6 +75,12 @@ CALIBRATION_FORMAT = 1
 ROUNDS = 2
 #: Canary documents timed per round.
 SPEED_TEXTS = 128
+#: Queries per call in the batched half of the query speed (a served batch under load, docs/BACKENDS.md).
+QUERY_BATCH = 16
+#: A build logs the option that encodes queries this many times faster than its choice, if one passed.
+QUERY_HINT_RATIO = 1.1
+#: The two jobs a calibration ranks for (:class:`Calibration`'s ``job``).
+DOCUMENTS, QUERIES = "documents", "queries"
 #: The torch reference when no index says otherwise.
 TORCH_FLOAT32 = {"backend": Backend.TORCH.value, "precision": Precision.FLOAT32.value}
 
@@ -73,7 +92,8 @@ class Candidate:
     backend: str
     precision: str
     encoding: dict[str, str]  # as index manifests record it (export checksum included)
-    units_per_s: float | None = None  # None: not measured (it failed the gate first)
+    units_per_s: float | None = None  # documents; None: not measured (it failed the gate first)
+    queries_per_s: float | None = None  # queries with the default instruction, one at a time and batched
     passed: bool = False  # the agreement check against the reference
     min_cosine: float | None = None
     why: str = ""  # why it was not chosen, when it was not
@@ -92,15 +112,21 @@ class Calibration:
     reference: dict[str, str]
     cached: bool  # every timing came from the cache
     seconds: float
+    job: str  # "documents" (a build) or "queries" (for an index): the speed the choice ranks by
 
     def table(self) -> str:
-        lines = [f"reference (documents): {self.reference['backend']}/{self.reference['precision']}",
-                 f"{'option':<20} {'units/s':>9} {'min cosine':>11}  gate"]
+        ranked = "units/s (a build encodes documents)" if self.job == DOCUMENTS else \
+            "queries/s (queries for an index)"
+        lines = [f"reference (documents): {self.reference['backend']}/{self.reference['precision']}; "
+                 f"ranked by {ranked}",
+                 f"{'option':<20} {'units/s':>9} {'queries/s':>10} {'min cosine':>11}  gate"]
         for c in self.candidates:
             speed = f"{c.units_per_s:9.1f}" if c.units_per_s is not None else f"{'-':>9}"
+            queries = f"{c.queries_per_s:10.1f}" if c.queries_per_s is not None else f"{'-':>10}"
             cosine = f"{c.min_cosine:11.5f}" if c.min_cosine is not None else f"{'-':>11}"
             mark = " <- chosen" if c is self.chosen else ""
-            lines.append(f"{c.label:<20} {speed} {cosine}  {'passed' if c.passed else 'failed: ' + c.why}{mark}")
+            lines.append(f"{c.label:<20} {speed} {queries} {cosine}  "
+                         f"{'passed' if c.passed else 'failed: ' + c.why}{mark}")
         return "\n".join(lines)
 
 
@@ -185,8 +211,9 @@ def _write_timings(path: Path, key: str, timings: dict[str, float]) -> None:
         logger.warning("cannot cache the calibration in %s (%s)", path, exc)
 
 
-def _timing_key(encoding: dict[str, str]) -> str:
-    return orjson.dumps(encoding, option=orjson.OPT_SORT_KEYS).decode()
+def _timing_key(encoding: dict[str, str], job: str = DOCUMENTS) -> str:
+    key = orjson.dumps(encoding, option=orjson.OPT_SORT_KEYS).decode()
+    return key if job == DOCUMENTS else f"{job}:{key}"  # documents keep the first format's keys
 
 
 def measure_speed(encoder: Encoder, texts: list[str], rounds: int = ROUNDS) -> float:
@@ -200,9 +227,26 @@ def measure_speed(encoder: Encoder, texts: list[str], rounds: int = ROUNDS) -> f
     return len(texts) / best
 
 
+def measure_query_speed(encoder: Encoder, questions: list[str], rounds: int = ROUNDS) -> float:
+    """Queries per second encoding ``questions`` with the model's default instruction once one at a
+    time and once in batches of :data:`QUERY_BATCH` (after a warm-up batch), best of ``rounds``."""
+    instruction = encoder.default_instruction()
+    encoder.encode_queries(questions[:QUERY_BATCH], instruction)
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for question in questions:
+            encoder.encode_queries([question], instruction)
+        for i in range(0, len(questions), QUERY_BATCH):
+            encoder.encode_queries(questions[i:i + QUERY_BATCH], instruction)
+        best = min(best, time.perf_counter() - started)
+    return 2 * len(questions) / best
+
+
 def calibrate(config: EncoderConfig, reference: dict[str, str] | None = None, precision: Precision = Precision.AUTO,
               load: Callable[[EncoderConfig], Encoder] = Encoder,
-              speed: Callable[[Encoder, list[str]], float] = measure_speed) -> Calibration:
+              speed: Callable[[Encoder, list[str]], float] = measure_speed,
+              query_speed: Callable[[Encoder, list[str]], float] = measure_query_speed) -> Calibration:
     """Measure the candidates of ``config``'s model and choose (see the module docstring).
 
     Args:
@@ -210,7 +254,8 @@ def calibrate(config: EncoderConfig, reference: dict[str, str] | None = None, pr
         reference: the encoding of the documents the queries will search (an index's
             ``Manifest.encoding``); default torch float32.
         precision: only candidates of this precision (auto: all).
-        load, speed: how an encoder is loaded and timed (tests replace them).
+        load, speed, query_speed: how an encoder is loaded and its documents and queries timed
+            (tests replace them).
 
     Raises:
         ModelError: the reference cannot run here (its runtime or export is missing), or no
@@ -218,6 +263,7 @@ def calibrate(config: EncoderConfig, reference: dict[str, str] | None = None, pr
     """
     started = time.perf_counter()
     mixing = reference is not None  # queries will search documents encoded the reference's way
+    job = QUERIES if mixing else DOCUMENTS
     reference = dict(reference or TORCH_FLOAT32)
     device = pick_device(config.device)
     model_dir = check_model_dir(config.model)
@@ -237,6 +283,7 @@ def calibrate(config: EncoderConfig, reference: dict[str, str] | None = None, pr
     measured = False
     reference_encoder: Encoder | None = None
     texts: list[str] = []
+    questions: list[str] = []
     out: list[Candidate] = []
     try:
         for cfg, encoding in zip(configs, encodings, strict=True):
@@ -250,7 +297,8 @@ def calibrate(config: EncoderConfig, reference: dict[str, str] | None = None, pr
                     candidate = replace(candidate, passed=_gate(found, mixing), min_cosine=found.min_cosine)
             need_gate = encoding != reference and found is None
             # an option known to fail the gate is never timed (nor loaded again to learn that)
-            need_speed = _timing_key(encoding) not in timings and (candidate.passed or need_gate)
+            untimed = [j for j in (DOCUMENTS, QUERIES) if _timing_key(encoding, j) not in timings]
+            need_speed = bool(untimed) and (candidate.passed or need_gate)
             if need_speed or need_gate:
                 measured = True
                 encoder = load(cfg)
@@ -258,36 +306,65 @@ def calibrate(config: EncoderConfig, reference: dict[str, str] | None = None, pr
                     if need_gate:
                         if reference_encoder is None:
                             reference_encoder = load(ref_config)
-                        check = check_agreement(reference_encoder, encoder)
-                        candidate = replace(candidate, passed=_gate(check, mixing), min_cosine=check.min_cosine)
+                        found = check_agreement(reference_encoder, encoder)
+                        candidate = replace(candidate, passed=_gate(found, mixing), min_cosine=found.min_cosine)
                     if need_speed and candidate.passed:
                         if not texts:
-                            texts = canary_texts(encoder)[0][:SPEED_TEXTS]
-                        timings[_timing_key(encoding)] = round(speed(encoder, texts), 2)
+                            texts, questions = canary_texts(encoder)
+                            texts = texts[:SPEED_TEXTS]
+                        if DOCUMENTS in untimed:
+                            timings[_timing_key(encoding)] = round(speed(encoder, texts), 2)
+                        if QUERIES in untimed:
+                            timings[_timing_key(encoding, QUERIES)] = round(query_speed(encoder, questions), 2)
                 finally:
                     del encoder
             if not candidate.passed:
-                cosine = "unknown" if candidate.min_cosine is None else f"{candidate.min_cosine:.4f}"
-                candidate = replace(candidate, why=f"agreement with the reference (min cosine {cosine})")
-            out.append(replace(candidate, units_per_s=timings.get(_timing_key(encoding))))
+                candidate = replace(candidate, why=_failed(found, mixing))
+            out.append(replace(candidate, units_per_s=timings.get(_timing_key(encoding)),
+                               queries_per_s=timings.get(_timing_key(encoding, QUERIES))))
     finally:
         del reference_encoder
     cached = not measured
     if measured:
         _write_timings(path, key, timings)
-    passed = [c for c in out if c.passed and c.units_per_s is not None]
+    def ranked(c: Candidate) -> float | None:
+        return c.units_per_s if job == DOCUMENTS else c.queries_per_s
+
+    passed = [c for c in out if c.passed and ranked(c) is not None]
     if not passed:
         raise ModelError(f"backend auto: no option{'' if precision is Precision.AUTO else ' at ' + precision.value} "
                          f"passed the agreement check against {reference['backend']}/{reference['precision']}: "
                          + "; ".join(_summary(c) for c in out))
-    chosen = max(passed, key=lambda c: c.units_per_s or 0.0)
-    out = [c if c is chosen or not c.passed else replace(c, why=f"slower than {chosen.label}") for c in out]
+    chosen = max(passed, key=lambda c: ranked(c) or 0.0)
+    out = [c if c is chosen or not c.passed else replace(c, why=f"slower than {chosen.label} at {job}")
+           for c in out]
     chosen = next(c for c in out if c.encoding == chosen.encoding)
-    result = Calibration(chosen, out, reference, cached, time.perf_counter() - started)
+    result = Calibration(chosen, out, reference, cached, time.perf_counter() - started, job)
     others = "; ".join(_summary(c) for c in out if c is not chosen) or "no other option here"
-    logger.info("backend auto: %s (%s) for %s on %s%s", _summary(chosen), others, model_dir, device,
+    logger.info("backend auto: %s (%s) for %s on %s, ranked by %s%s", _summary(chosen), others, model_dir, device,
+                "units/s" if job == DOCUMENTS else "queries/s",
                 " (cached timings)" if cached else f" (calibrated in {result.seconds:.0f}s)")
+    hint = query_hint(result)
+    if hint:
+        logger.info("%s", hint)
     return result
+
+
+def query_hint(calibration: Calibration) -> str | None:
+    """For a build: the option that passed and encodes queries at least :data:`QUERY_HINT_RATIO` times
+    faster than the chosen one (the index's queries will be encoded its way), or None."""
+    chosen = calibration.chosen
+    if calibration.job != DOCUMENTS or chosen.queries_per_s is None:
+        return None
+    faster = [c for c in calibration.candidates if c.passed and c.queries_per_s is not None
+              and c.queries_per_s >= QUERY_HINT_RATIO * chosen.queries_per_s]
+    if not faster:
+        return None
+    best = max(faster, key=lambda c: c.queries_per_s or 0.0)
+    return (f"{best.label} encodes queries {best.queries_per_s / chosen.queries_per_s:.2f}x as fast as "
+            f"{chosen.label} here ({best.queries_per_s:.0f} against {chosen.queries_per_s:.0f} queries/s); "
+            f"an index's queries are encoded as its documents were, so for serving speed build with "
+            f"--backend {best.backend} --precision {best.precision}")
 
 
 def _gate(check: Agreement, mixing: bool) -> bool:
@@ -296,8 +373,20 @@ def _gate(check: Agreement, mixing: bool) -> bool:
     return check.passed if mixing else check.min_cosine >= MIN_COSINE
 
 
+def _failed(check: Agreement | None, mixing: bool) -> str:
+    """Why an option failed the gate: the part of the check that failed, with its figure."""
+    if check is None:
+        return "agreement with the reference (not checked)"
+    if check.min_cosine < MIN_COSINE or not mixing:
+        return f"agreement with the reference (min cosine {check.min_cosine:.4f}, needs >= {MIN_COSINE})"
+    return (f"agreement with the reference (same top-10 for {100 * check.same_top_k:.1f}% of the canary questions, "
+            f"needs 100%; min cosine {check.min_cosine:.5f})")
+
+
 def _summary(c: Candidate) -> str:
     speed = "not timed" if c.units_per_s is None else f"{c.units_per_s:.1f} units/s"
+    if c.queries_per_s is not None:
+        speed += f", {c.queries_per_s:.1f} queries/s"
     return f"{c.label} {speed}" + ("" if c.passed else ", failed the agreement gate")
 
 
@@ -309,5 +398,6 @@ def auto_config(config: EncoderConfig, reference: dict[str, str] | None = None,
 
 
 def to_json(calibration: Calibration) -> dict[str, Any]:
-    return {"chosen": calibration.chosen.label, "reference": calibration.reference, "cached": calibration.cached,
-            "seconds": round(calibration.seconds, 1), "candidates": [asdict(c) for c in calibration.candidates]}
+    return {"chosen": calibration.chosen.label, "job": calibration.job, "reference": calibration.reference,
+            "cached": calibration.cached, "seconds": round(calibration.seconds, 1),
+            "query_hint": query_hint(calibration), "candidates": [asdict(c) for c in calibration.candidates]}

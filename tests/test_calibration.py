@@ -17,6 +17,8 @@ from retriever.encoder import EncoderConfig
 from retriever.errors import ModelError
 
 SPEEDS = {"torch/float32": 50.0, "torch/bfloat16": 100.0}
+#: Queries per second: the other order (as torch and OpenVINO bf16 rank on an AMX processor, docs/BACKENDS.md).
+QUERY_SPEEDS = {"torch/float32": 80.0, "torch/bfloat16": 60.0}
 
 
 @pytest.fixture
@@ -54,7 +56,7 @@ def setup(encoder, tmp_path: Path, monkeypatch):
     state.model_dir = tmp_path
     state.run = lambda precision=Precision.AUTO, reference=None: calibrate(
         EncoderConfig(model="m", device="cpu", show_progress=False), reference, precision, load=load,
-        speed=lambda enc, texts: SPEEDS[enc.label])
+        speed=lambda enc, texts: SPEEDS[enc.label], query_speed=lambda enc, questions: QUERY_SPEEDS[enc.label])
     return state
 
 
@@ -89,10 +91,46 @@ def test_the_fastest_option_that_passes_is_chosen_and_the_next_start_reads_the_c
     first = setup.run()
     assert first.chosen.label == "torch/bfloat16" and first.chosen.units_per_s == 100.0 and not first.cached
     assert {c.label: c.passed for c in first.candidates} == {"torch/float32": True, "torch/bfloat16": True}
-    assert {c.label: c.why for c in first.candidates}["torch/float32"] == "slower than torch/bfloat16"
+    assert {c.label: c.why for c in first.candidates}["torch/float32"] == "slower than torch/bfloat16 at documents"
     setup.loads.clear()
     again = setup.run()
     assert again.cached and again.chosen.label == "torch/bfloat16" and setup.loads == []  # nothing loaded
+
+
+def test_a_build_ranks_by_documents_and_queries_for_an_index_by_queries_and_the_build_names_the_faster(
+        setup, caplog) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="retriever.calibration"):
+        build = setup.run()
+    assert build.job == "documents" and build.chosen.label == "torch/bfloat16"  # 100 against 50 units/s
+    assert {c.label: c.queries_per_s for c in build.candidates} == QUERY_SPEEDS  # both timed, both shown
+    hint = calibration.query_hint(build)
+    assert hint is not None and "torch/float32 encodes queries 1.33x" in hint and "--precision float32" in hint
+    assert hint in caplog.text and "queries/s" in build.table()
+    # queries for an index whose documents are bf16 (float32 passes the whole check: no noise)
+    serve = setup.run(reference={"backend": "torch", "precision": "bfloat16"})
+    assert serve.job == "queries" and serve.chosen.label == "torch/float32"  # 80 against 60 queries/s
+    assert calibration.query_hint(serve) is None  # a hint is for builds
+    assert "slower than torch/float32 at queries" in {c.label: c.why for c in serve.candidates}["torch/bfloat16"]
+
+
+def test_a_cache_with_document_timings_only_measures_the_query_speed_once(setup, monkeypatch) -> None:
+    setup.run()
+    path = calibration.calibration_path("c" * 64)
+    import orjson
+
+    data = orjson.loads(path.read_bytes())
+    for timings in data["timings"].values():  # as the first format wrote it: no query timings
+        for key in [k for k in timings if k.startswith("queries:")]:
+            del timings[key]
+    path.write_bytes(orjson.dumps(data))
+    setup.loads.clear()
+    again = setup.run()
+    assert not again.cached and sorted(setup.loads) == ["torch/bfloat16", "torch/float32"]
+    assert {c.label: c.queries_per_s for c in again.candidates} == QUERY_SPEEDS
+    setup.loads.clear()
+    assert setup.run().cached and setup.loads == []
 
 
 def test_a_changed_machine_key_measures_again(setup, monkeypatch) -> None:

@@ -66,9 +66,12 @@ def add_encoder_args(parser: argparse.ArgumentParser, model_help: str) -> None:
                        "made with `retriever export-model` (CPU only); docs/BACKENDS.md has the measured speed and "
                        "agreement of each on this project's machines. auto: the fastest option measured on this "
                        "machine that passes the agreement check against the index's documents (torch float32 for a "
-                       "build), int8 exports only with --precision int8; a short calibration at first use (about a "
-                       "minute per option), cached and logged (`retriever calibrate` shows it). An index records "
-                       "what encoded it")
+                       "build), int8 exports only with --precision int8; fastest at the job: a build ranks by "
+                       "documents encoded per second, queries for an index by queries per second (one at a time "
+                       "and batched), and a build logs the option that would encode the index's queries faster; a "
+                       "short calibration at first use (about a minute per option), cached and logged "
+                       "(`retriever calibrate` shows it). An index records what encoded it, and its queries are "
+                       "encoded the same way unless another option passes the whole check")
     group.add_argument("--precision", type=Precision, choices=list(Precision), default=Precision.AUTO,
                        help="weights' dtype (default auto: float16 on CUDA, float32 on CPU). torch runs float32, "
                        "float16, bfloat16 (slow on CPUs without native bf16); onnx runs float32, int8 (a quantized "
@@ -242,7 +245,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "calibrate", help="measure which backend/precision --backend auto chooses on this machine",
         description="Time every backend/precision that can run the model here (torch, and each ONNX/OpenVINO "
         "export whose runtime is installed), gate each by the agreement check against the documents' encoding "
-        "(the index's, else torch float32), and print what --backend auto chooses. Timings are cached per "
+        "(the index's, else torch float32), time each at encoding documents (units/s) and queries (queries/s), "
+        "and print what --backend auto chooses: by units/s for a build, by queries/s with --index. Timings are "
+        "cached per "
         "processor, device, threads, batch size and runtime versions; --remeasure drops them first.")
     calibrate.add_argument("--index", type=Path, default=None,
                            help="index whose documents the queries would search (default: a build, torch float32)")
@@ -413,7 +418,7 @@ def run_check_agreement(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from retriever.calibration import calibrate, calibration_path, to_json
+    from retriever.calibration import calibrate, calibration_path, query_hint, to_json
     from retriever.model_dir import model_checksum
 
     manifest = Manifest.read(args.index) if args.index is not None else None
@@ -430,6 +435,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
         print(result.table())
         print(f"--backend auto runs {result.chosen.label}"
               f" ({'cached timings' if result.cached else f'calibrated in {result.seconds:.0f}s'})")
+        hint = query_hint(result)
+        if hint:
+            print(f"note: {hint}")
     return 0
 
 
