@@ -252,8 +252,10 @@ def stop_process(process: subprocess.Popen) -> None:
 def server_side(lines: list[str]) -> dict[str, Any]:
     """The accepted (OK) calls' time inside the server, from its request log lines (``server_ms``: from
     the handler's start to its answer; not the gRPC queueing before it nor the reply's transfer), to set
-    against what the clients measured."""
+    against what the clients measured; ``stages``: the p50 / p99 of each stage of the lines' ``stages_ms``
+    (admit, queue, batch, reply; docs/SERVICE.md, "Request logs"), to show which one makes the tail."""
     ms = []
+    stages: dict[str, list[float]] = {}
     for line in lines:
         start = line.find("{")
         try:
@@ -262,10 +264,16 @@ def server_side(lines: list[str]) -> dict[str, Any]:
             continue
         if isinstance(fields, dict) and fields.get("code") == "OK" and "server_ms" in fields:
             ms.append(float(fields["server_ms"]))
+            for stage, value in (fields.get("stages_ms") or {}).items():
+                stages.setdefault(stage, []).append(float(value) / 1000)
     if not ms:
         return {"calls": 0}
     same = summary([m / 1000 for m in ms], 0.0)  # the clients' percentiles, the same way
-    return {"calls": same["calls"], "p50_ms": same["p50_ms"], "p99_ms": same["p99_ms"]}
+    out: dict[str, Any] = {"calls": same["calls"], "p50_ms": same["p50_ms"], "p99_ms": same["p99_ms"]}
+    if stages:
+        out["stages"] = {name: {k: summary(values, 0.0)[k] for k in ("p50_ms", "p99_ms")}
+                         for name, values in stages.items()}
+    return out
 
 
 def overload(index_dir: Path, queries: list[str], k: int, max_batch: int, cap: int,

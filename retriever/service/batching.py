@@ -171,11 +171,23 @@ def padded_tokens(vectors: int, longest: int) -> int:
 
 
 @dataclass
+class JobTimes:
+    """When one submitted job passed the batcher's stages (``time.perf_counter()`` seconds; None: not
+    reached). The caller hands one to :meth:`Batcher.search` and reads it after the answer: the
+    request log's ``stages_ms`` (:class:`~retriever.service.requests.CallRecord`)."""
+
+    submitted: float | None = None  # queued
+    taken: float | None = None  # taken into a batch by the worker
+    answered: float | None = None  # its results handed to the caller's future
+
+
+@dataclass
 class _Job:
     queries: Sequence[BoundQuery]
     deadline: float | None  # time.monotonic() seconds
     is_active: Callable[[], bool]
     future: Future[list[SearchResult]] = field(default_factory=Future)
+    times: JobTimes = field(default_factory=JobTimes)
     vectors: int = 0  # queries that need a vector (counted only with a token budget)
     longest: int = 0  # tokens of the longest of them, as the encoder sees it
 
@@ -348,13 +360,14 @@ class Batcher:
 
     def submit(self, queries: Sequence[BoundQuery], deadline: float | None = None,
                is_active: Callable[[], bool] = lambda: True, admitted: bool = False,
-               reservation: Reservation | None = None) -> Future[list[SearchResult]]:
+               reservation: Reservation | None = None, times: JobTimes | None = None) -> Future[list[SearchResult]]:
         """Queue queries for the worker; the future resolves to one result per query, in order.
 
         ``admitted``: the queries belong to a call already admitted (a RetrieveStream's window,
         :mod:`retriever.service.streaming`): the latency budget is not applied again, the queue
         bound is. ``reservation``: the call's admission (:meth:`reserve`), consumed here, before
-        the budget judges the job, so that its queries are not counted twice.
+        the budget judges the job, so that its queries are not counted twice. ``times``: filled in
+        as the job passes the worker's stages (:class:`JobTimes`).
 
         Raises:
             OverloadedError: the queue bound or the latency budget would be exceeded (nothing
@@ -364,7 +377,7 @@ class Batcher:
         """
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceededError("the deadline passed before the query was queued")
-        job = _Job(list(queries), deadline, is_active)
+        job = _Job(list(queries), deadline, is_active, times=times or JobTimes())
         if not job.queries:
             job.future.set_result([])
             return job.future
@@ -382,6 +395,7 @@ class Batcher:
                 self.stats.rejected += 1
                 raise OverloadedError(f"too many queries queued ({self._queued} waiting, limit {self.max_queued}); "
                                       "retry with backoff")
+            job.times.submitted = time.perf_counter()
             self._queue.append(job)
             self._queued += len(job.queries)
             self.stats.in_flight += 1
@@ -406,7 +420,8 @@ class Batcher:
     def search(self, queries: Sequence[BoundQuery], timeout: float | None = None,
                is_active: Callable[[], bool] = lambda: True,
                on_end: Callable[[Callable[[], object]], object] | None = None,
-               admitted: bool = False, reservation: Reservation | None = None) -> list[SearchResult]:
+               admitted: bool = False, reservation: Reservation | None = None,
+               times: JobTimes | None = None) -> list[SearchResult]:
         """Submit and wait for one result per query, in order.
 
         A caller whose deadline passes, or who goes away, returns at once (freeing its handler
@@ -421,6 +436,7 @@ class Batcher:
                 ``context.add_callback``); the job is cancelled from it.
             admitted: skip the latency budget (the server's own canary queries, see :meth:`submit`).
             reservation: the call's admission, consumed when its queries are queued (:meth:`submit`).
+            times: filled in with when the job was queued, taken into a batch and answered.
 
         Raises:
             DeadlineExceededError: the deadline passed before or while the queries were answered.
@@ -428,7 +444,7 @@ class Batcher:
             OverloadedError, NotReadyError: see :meth:`submit`.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        future = self.submit(queries, deadline, is_active, admitted=admitted, reservation=reservation)
+        future = self.submit(queries, deadline, is_active, admitted=admitted, reservation=reservation, times=times)
         if on_end is not None:
             on_end(future.cancel)  # a no-op once answered
         return await_results(future, deadline)
@@ -468,6 +484,9 @@ class Batcher:
                 self._cond.wait(remaining)
             self._queued -= count
             self._busy_until = time.monotonic() + self.cost.seconds(count)  # busy from now on, for admission
+            taken = time.perf_counter()
+            for job in jobs:
+                job.times.taken = taken
             return jobs
 
     def _run(self) -> None:
@@ -587,6 +606,7 @@ def await_results(future: Future[list[SearchResult]], deadline: float | None) ->
 
 
 def _resolve(job: _Job, results: list[SearchResult]) -> None:
+    job.times.answered = time.perf_counter()
     try:
         job.future.set_result(results)
     except InvalidStateError:  # cancelled by its caller at this very moment

@@ -26,7 +26,7 @@ import grpc
 from retriever.query import Query, SearchResult
 
 if TYPE_CHECKING:
-    from retriever.service.batching import Reservation
+    from retriever.service.batching import JobTimes, Reservation
     from retriever.service.metrics import ServiceMetrics
     from retriever.service.registry import Generation
 
@@ -93,6 +93,8 @@ class CallRecord:
         self.results: Sequence[SearchResult] = ()
         #: A query call's admission by the latency budget, until its queries are queued.
         self.reservation: Reservation | None = None
+        #: When a Retrieve or RetrieveBatch call's job passed the batcher's stages (the log's ``stages_ms``).
+        self.times: JobTimes | None = None
         self._lock = threading.Lock()
         self._finished = False
         try:
@@ -122,12 +124,33 @@ class CallRecord:
             fields = self.fields(name, seconds)
             request_log.log(level, "%s", json.dumps(fields, ensure_ascii=False), extra={"request": fields})
 
+    def stages(self, seconds: float) -> dict[str, float]:
+        """Where a batched call's ``server_ms`` went, in milliseconds, for the stages it reached:
+        ``admit`` (handler start to queued: admission, parsing, planning, token count), ``queue`` (queued
+        to taken into a batch: the batch in progress and those before it), ``batch`` (taken to answered:
+        its batch's encoding, search and hits, the other queries of the batch included) and ``reply``
+        (answered to the call's end: the handler waking, the response built)."""
+        times = self.times
+        if times is None or times.submitted is None:
+            return {}
+        marks = [("admit", self.started, times.submitted), ("queue", times.submitted, times.taken),
+                 ("batch", times.taken, times.answered), ("reply", times.answered, self.started + seconds)]
+        out = {}
+        for name, start, end in marks:
+            if start is None or end is None:
+                break
+            out[name] = round((end - start) * 1000, 3)
+        return out
+
     def fields(self, code: str, seconds: float) -> dict[str, Any]:
         """The log line's fields: per-query values are scalars for Retrieve, lists for RetrieveBatch and
         RetrieveStream (whose ``sources``, ``sources_resolved`` and ``hits`` cover the answers sent,
         counted in ``answered`` out of ``queries``)."""
         out: dict[str, Any] = {"method": self.method, "request_id": self.request_id, "code": code,
                                "server_ms": round(seconds * 1000, 3)}
+        stages = self.stages(seconds)
+        if stages:
+            out["stages_ms"] = stages
         if not self.queries:
             return out
         if self.method == "RetrieveStream":

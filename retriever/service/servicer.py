@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError, Message
 from retriever.errors import InvalidInputError, NotReadyError, OverloadedError
 from retriever.query import SearchResult
 from retriever.service import convert
-from retriever.service.batching import Batcher, Reservation, bind
+from retriever.service.batching import Batcher, JobTimes, Reservation, bind
 from retriever.service.config import Limits, check_name
 from retriever.service.errors import PermissionDeniedError, status_for
 from retriever.service.proto import retriever_pb2 as pb
@@ -199,9 +199,10 @@ class RetrieverServicer:
         registry, batcher = self._parts()
         bound = bind([(spec.index, spec.query) for spec in specs], registry.get)
         record.generations = [b.generation for b in bound]
+        record.times = JobTimes()
         # _admit judged one query at the door; only a batch call's exact size is judged again
         results = batcher.search(bound, convert.time_remaining(context), context.is_active, context.add_callback,
-                                 admitted=len(bound) == 1, reservation=record.reservation)
+                                 admitted=len(bound) == 1, reservation=record.reservation, times=record.times)
         record.results = results
         seconds = time.perf_counter() - started
         return [convert.result_to_proto(result, spec.with_text, b.generation, self.model, seconds)

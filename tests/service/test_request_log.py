@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from retriever.service.proto import retriever_pb2 as pb
-from tests.service.helpers import channel_to, request, running_server, stub_for
+from tests.service.helpers import GatedEncoder, channel_to, occupy_worker, request, running_server, stub_for, wait_until
 
 QUERY = "which band did rick witter sing in"
 INSTRUCTION = "find the musician's band"
@@ -51,11 +51,15 @@ def test_one_line_per_call_with_fields_and_no_query_text_by_default(encoder, tin
     assert fields["sources"] == [] and fields["sources_resolved"] is False
     assert fields["hits"] == len(ok.hits) == 3
     assert 0 < fields["server_ms"] < 60_000
+    stages = fields["stages_ms"]
+    assert list(stages) == ["admit", "queue", "batch", "reply"] and min(stages.values()) >= 0
+    assert sum(stages.values()) == pytest.approx(fields["server_ms"], abs=0.01)  # they split it, rounding aside
 
     error = json.loads(bad.getMessage())
     assert error["method"] == "Retrieve" and error["code"] == "INVALID_ARGUMENT"
     assert len(error["request_id"]) == 32 and error["request_id"] != "client-id-42"  # generated
     assert "hits" not in error and error["server_ms"] >= 0
+    assert "stages_ms" not in error  # refused before it was queued
 
     if log_queries:
         assert fields["query"] == QUERY and fields["instruction"] == INSTRUCTION
@@ -85,3 +89,23 @@ def test_malformed_request_ids_are_replaced(stub, caplog):
         (record,) = lines(caplog)
         assert record.request["request_id"] != bad  # type: ignore[attr-defined]
         assert len(record.request["request_id"]) == 32  # type: ignore[attr-defined]
+
+
+def test_a_call_queued_behind_a_busy_batch_logs_the_wait_as_its_queue_stage(encoder, tiny_index_dir, caplog):
+    import time
+
+    caplog.set_level(logging.INFO, logger="retriever.requests")
+    gated = GatedEncoder(encoder)
+    with running_server(gated, [("tiny", tiny_index_dir)]) as server, channel_to(server) as channel:
+        stub = stub_for(channel)
+        busy = occupy_worker(stub, gated)
+        caplog.clear()
+        queued = stub.Retrieve.future(request(QUERY, top_k=2), metadata=(("x-request-id", "queued-call"),),
+                                      timeout=60)
+        wait_until(lambda: server.batcher.queued == 1)
+        time.sleep(0.3)  # the batch in progress holds the worker this long after the call was queued
+        gated.gate.set()
+        assert busy.result().hits and queued.result().hits
+    (record,) = [r for r in lines(caplog) if r.request["request_id"] == "queued-call"]  # type: ignore[attr-defined]
+    stages = record.request["stages_ms"]  # type: ignore[attr-defined]
+    assert stages["queue"] >= 300 and stages["queue"] > stages["batch"] and stages["queue"] > stages["admit"]
