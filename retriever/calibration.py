@@ -60,7 +60,7 @@ from typing import Any
 
 import orjson
 
-from retriever.agreement import MIN_COSINE, Agreement, canary_texts, check_agreement, recorded
+from retriever.agreement import MIN_COSINE, TOP_K, Agreement, canary_texts, check_agreement, recorded
 from retriever.backends import SUPPORTED, Backend, Precision, find_export, runtime_available
 from retriever.encoder import Encoder, EncoderConfig, encoding_of, pick_device
 from retriever.errors import ModelError
@@ -327,15 +327,12 @@ def calibrate(config: EncoderConfig, reference: dict[str, str] | None = None, pr
     cached = not measured
     if measured:
         _write_timings(path, key, timings)
-    def ranked(c: Candidate) -> float | None:
-        return c.units_per_s if job == DOCUMENTS else c.queries_per_s
-
-    passed = [c for c in out if c.passed and ranked(c) is not None]
+    passed = [c for c in out if c.passed and _speed(c, job) is not None]
     if not passed:
         raise ModelError(f"backend auto: no option{'' if precision is Precision.AUTO else ' at ' + precision.value} "
                          f"passed the agreement check against {reference['backend']}/{reference['precision']}: "
                          + "; ".join(_summary(c) for c in out))
-    chosen = max(passed, key=lambda c: ranked(c) or 0.0)
+    chosen = max(passed, key=lambda c: _speed(c, job) or 0.0)
     out = [c if c is chosen or not c.passed else replace(c, why=f"slower than {chosen.label} at {job}")
            for c in out]
     chosen = next(c for c in out if c.encoding == chosen.encoding)
@@ -367,6 +364,11 @@ def query_hint(calibration: Calibration) -> str | None:
             f"--backend {best.backend} --precision {best.precision}")
 
 
+def _speed(candidate: Candidate, job: str) -> float | None:
+    """``candidate``'s speed at ``job`` (None: not timed)."""
+    return candidate.units_per_s if job == DOCUMENTS else candidate.queries_per_s
+
+
 def _gate(check: Agreement, mixing: bool) -> bool:
     """Whether an option passes: the whole check when it will search another encoding's documents,
     else the cosine part (see the module docstring)."""
@@ -379,8 +381,8 @@ def _failed(check: Agreement | None, mixing: bool) -> str:
         return "agreement with the reference (not checked)"
     if check.min_cosine < MIN_COSINE or not mixing:
         return f"agreement with the reference (min cosine {check.min_cosine:.4f}, needs >= {MIN_COSINE})"
-    return (f"agreement with the reference (same top-10 for {100 * check.same_top_k:.1f}% of the canary questions, "
-            f"needs 100%; min cosine {check.min_cosine:.5f})")
+    return (f"agreement with the reference (same top-{TOP_K} for {100 * check.same_top_k:.1f}% of the canary "
+            f"questions, needs 100%; min cosine {check.min_cosine:.5f})")
 
 
 def _summary(c: Candidate) -> str:
