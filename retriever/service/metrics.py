@@ -63,6 +63,9 @@ class ServiceMetrics:
         self.search_seconds = Histogram("retriever_search_seconds",
                                         "Ranking and hit building time per batch (all its index generations)",
                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.stages = Histogram("retriever_call_stage_seconds",
+                                "Where a batched call's time in the handler went, by stage: admit, queue, batch, "
+                                "reply (the request log's stages_ms)", ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.queries = Counter("retriever_queries", "Queries answered (answers sent), by method", ["method"],
                                registry=r)
         self.hits = Counter("retriever_hits", "Hits returned, by source type", ["source"], registry=r)
@@ -84,6 +87,11 @@ class ServiceMetrics:
         if code != "OK":
             self.errors.labels(code).inc()
         self.latency.labels(method).observe(seconds)
+
+    def observe_stages(self, stages: dict[str, float]) -> None:
+        """A batched call's stages, in seconds (:meth:`~retriever.service.requests.CallRecord.stages`)."""
+        for stage, seconds in stages.items():
+            self.stages.labels(stage).observe(seconds)
 
     def observe_refused(self, method: str, code: str) -> None:
         """A call refused before the servicer saw it (UNAUTHENTICATED by the auth interceptor): counted, not timed."""

@@ -114,14 +114,16 @@ class CallRecord:
             self._finished = True
         seconds = time.perf_counter() - self.started
         name = code.name
+        stages = self.stages(seconds)
         if self.metrics is not None:
             self.metrics.observe_call(self.method, name, seconds)
             self.metrics.observe_results(self.method, self.results)
+            self.metrics.observe_stages({stage: ms / 1000 for stage, ms in stages.items()})
         if refused:
             refusals.add(self.method)
         level = logging.DEBUG if refused else logging.INFO
         if request_log.isEnabledFor(level):
-            fields = self.fields(name, seconds)
+            fields = self.fields(name, seconds, stages)
             request_log.log(level, "%s", json.dumps(fields, ensure_ascii=False), extra={"request": fields})
 
     def stages(self, seconds: float) -> dict[str, float]:
@@ -142,13 +144,13 @@ class CallRecord:
             out[name] = round((end - start) * 1000, 3)
         return out
 
-    def fields(self, code: str, seconds: float) -> dict[str, Any]:
+    def fields(self, code: str, seconds: float, stages: dict[str, float] | None = None) -> dict[str, Any]:
         """The log line's fields: per-query values are scalars for Retrieve, lists for RetrieveBatch and
         RetrieveStream (whose ``sources``, ``sources_resolved`` and ``hits`` cover the answers sent,
         counted in ``answered`` out of ``queries``)."""
         out: dict[str, Any] = {"method": self.method, "request_id": self.request_id, "code": code,
                                "server_ms": round(seconds * 1000, 3)}
-        stages = self.stages(seconds)
+        stages = self.stages(seconds) if stages is None else stages
         if stages:
             out["stages_ms"] = stages
         if not self.queries:

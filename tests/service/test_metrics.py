@@ -53,6 +53,10 @@ def test_metrics_endpoint_reports_calls_batches_hits_and_state(encoder, tiny_ind
     assert m["retriever_batch_size_sum"][()] == 6
     assert m["retriever_encode_seconds_count"][()] == 5 and m["retriever_search_seconds_count"][()] == 5
     assert m["retriever_encode_seconds_sum"][()] > 0 and m["retriever_search_seconds_sum"][()] > 0
+    # the stages of the 4 calls that reached the batcher (3 Retrieve, 1 RetrieveBatch; not the refused one)
+    stages = {labels[0][1]: value for labels, value in m["retriever_call_stage_seconds_count"].items()}
+    assert stages == {"admit": 4, "queue": 4, "batch": 4, "reply": 4}
+    assert m["retriever_call_stage_seconds_sum"][(("stage", "batch"),)] > 0
 
     returned: dict[str, int] = {}
     for response in [*ok, tables, *batch.responses]:
