@@ -353,13 +353,14 @@ def query_hint(calibration: Calibration) -> str | None:
     chosen = calibration.chosen
     if calibration.job != DOCUMENTS or chosen.queries_per_s is None:
         return None
-    faster = [c for c in calibration.candidates if c.passed and c.queries_per_s is not None
-              and c.queries_per_s >= QUERY_HINT_RATIO * chosen.queries_per_s]
+    own = chosen.queries_per_s
+    faster = [(c.queries_per_s, c) for c in calibration.candidates
+              if c.passed and c.queries_per_s is not None and c.queries_per_s >= QUERY_HINT_RATIO * own]
     if not faster:
         return None
-    best = max(faster, key=lambda c: c.queries_per_s or 0.0)
-    return (f"{best.label} encodes queries {best.queries_per_s / chosen.queries_per_s:.2f}x as fast as "
-            f"{chosen.label} here ({best.queries_per_s:.0f} against {chosen.queries_per_s:.0f} queries/s); "
+    speed, best = max(faster, key=lambda pair: pair[0])
+    return (f"{best.label} encodes queries {speed / own:.2f}x as fast as "
+            f"{chosen.label} here ({speed:.0f} against {own:.0f} queries/s); "
             f"an index's queries are encoded as its documents were, so for serving speed build with "
             f"--backend {best.backend} --precision {best.precision}")
 
