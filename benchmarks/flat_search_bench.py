@@ -1,6 +1,7 @@
 """Exact search: the faiss wheel's IndexFlatIP.search vs the project's path (exact_topk: torch's matrix
 product, then topk_of), with NumPy's own matrix product (OpenBLAS) in front of the same topk_of as a
-third column.
+third column, and, where the processor multiplies bf16 natively, the project's bf16 first pass
+(``exact_topk`` with a bf16 copy: bf16 scores, then the candidates again in float32) as a fourth.
 
     python benchmarks/flat_search_bench.py                 # seeded vectors, mini- and lite-sized
     python benchmarks/flat_search_bench.py --sizes 410000  # full-corpus size
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retriever.index.shards import exact_topk, faiss_module, topk_of
+from retriever.index.shards import Bf16Copy, bf16_prefilter, exact_topk, faiss_module, topk_of
 from retriever.machine import cpu_flags
 
 
@@ -55,6 +56,11 @@ def main() -> None:
         index = faiss.IndexFlatIP(args.dim)
         index.add(x)
         view = np.asarray(faiss.rev_swig_ptr(index.get_xb(), n * args.dim)).reshape(n, args.dim)
+        copy = None
+        if bf16_prefilter():
+            import torch
+
+            copy = Bf16Copy(torch.from_numpy(view.copy()).to(torch.bfloat16), 1.0)  # unit vectors
         for nq in args.batches:
             q = rng.standard_normal((nq, args.dim)).astype(np.float32)
             q /= np.linalg.norm(q, axis=1, keepdims=True)
@@ -69,6 +75,12 @@ def main() -> None:
                              "faiss_over_project": round(faiss_s / project_s, 2),
                              "numpy_blas_over_project": round(blas_s / project_s, 2),
                              "id_agreement": round(agree, 4), "numpy_blas_id_agreement": round(blas_agree, 4)})
+                if copy is not None:
+                    bf16_s, (_, bf16_ids) = timed(lambda: exact_topk(q, view, k, copy), args.repeats)  # noqa: B023
+                    rows[-1].update({"bf16_first_ms": round(bf16_s * 1e3, 3),
+                                     "project_over_bf16_first": round(project_s / bf16_s, 2),
+                                     "bf16_first_id_agreement": float(np.mean(
+                                         [len(set(a) & set(b)) / k for a, b in zip(bf16_ids, project_ids)]))})
                 print(json.dumps(rows[-1]))
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / (f"flat_search_{args.name}.json" if args.name else "flat_search.json")

@@ -160,3 +160,99 @@ def test_a_missing_faiss_wheel_says_which_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ImportError
     with pytest.raises(DependencyError, match=r"retriever\[cpu\].*retriever\[gpu\]"):
         faiss_module()
+
+
+# -- the bfloat16 first pass of exact shards: the same top k as float32 -----------------------------------------
+
+
+def bf16_copy(vectors: np.ndarray):
+    torch = pytest.importorskip("torch")
+    from retriever.index.shards import Bf16Copy
+
+    return Bf16Copy(torch.from_numpy(vectors).to(torch.bfloat16), float(np.linalg.norm(vectors, axis=1).max()))
+
+
+def assert_same_topk(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.ndarray]) -> None:
+    """Same scores (float32 sums in another order: within 1e-6) and the same ids wherever a score is not tied."""
+    (scores, ids), (want_scores, want_ids) = got, want
+    np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+    untied = np.abs(np.diff(want_scores, axis=1, prepend=np.inf)) > 1e-6
+    untied &= np.abs(np.diff(want_scores, axis=1, append=-np.inf)) > 1e-6
+    assert np.array_equal(ids[untied], want_ids[untied])
+
+
+def test_the_bf16_first_pass_returns_the_exact_top_k_of_float32(monkeypatch) -> None:
+    from retriever.index import shards
+
+    rng = np.random.default_rng(11)
+    vectors, queries = normalized(rng, 20000), normalized(rng, 9)
+    copy = bf16_copy(vectors)
+    full = []
+    real = shards.inner_products
+    for k in (1, 10, 100):
+        monkeypatch.setattr(shards, "inner_products", lambda q, v: full.append(len(q)) or real(q, v))
+        got = exact_topk(queries, vectors, k, copy)
+        monkeypatch.setattr(shards, "inner_products", real)
+        assert_same_topk(got, exact_topk(queries, vectors, k))
+    assert not full  # every row's candidates covered its near-ties: no float32 product over all vectors
+
+
+def test_the_bf16_error_stays_within_the_bound_the_first_pass_relies_on() -> None:
+    torch = pytest.importorskip("torch")
+    from retriever.index.shards import BF16_ERROR
+
+    rng = np.random.default_rng(12)
+    vectors = normalized(rng, 5000) * rng.uniform(0.5, 2.0, (5000, 1)).astype(np.float32)  # not unit norm
+    queries = normalized(rng, 16) * 3
+    copy = bf16_copy(vectors)
+    approx = (torch.from_numpy(queries).to(torch.bfloat16) @ copy.vectors.T).float().numpy()
+    bound = BF16_ERROR * np.linalg.norm(queries, axis=1, keepdims=True) * copy.max_norm
+    assert np.all(np.abs(approx - queries @ vectors.T) <= bound)
+
+
+def test_the_bf16_first_pass_stays_exact_among_hundreds_of_near_ties(monkeypatch) -> None:
+    from retriever.index import shards
+
+    rng = np.random.default_rng(13)
+    distinct = normalized(rng, 30)
+    # every vector one of 30, slightly moved: hundreds of scores within bf16's error of one another
+    vectors = distinct[rng.integers(0, 30, 12000)] + rng.normal(0, 1e-3, (12000, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = np.vstack([normalized(rng, 4), distinct[:2]])
+    monkeypatch.setattr(shards, "inner_products", lambda q, v: pytest.fail("a float32 product over all vectors"))
+    got = exact_topk(queries, vectors, 10, bf16_copy(vectors))
+    monkeypatch.undo()
+    assert_same_topk(got, exact_topk(queries, vectors, 10))
+
+
+def test_a_shard_makes_its_bf16_copy_at_the_first_batch_search_only_when_on(monkeypatch) -> None:
+    pytest.importorskip("torch")
+    from retriever.index import shards
+
+    rng = np.random.default_rng(14)
+    vectors = normalized(rng, 6000)
+    index, used = create_index(DIM, "Flat", vectors)
+    monkeypatch.setattr(shards, "bf16_prefilter", lambda: True)
+    shard = Shard("text", 0, index, used, use_gpu=False)
+    one = shard.search(normalized(rng, 1), 5)
+    assert shard._bf16 is None  # one query: float32 only, no copy
+    queries = normalized(rng, 8)
+    batch = shard.search(queries, 5)
+    assert shard._bf16 is not None and shard._bf16.vectors.shape == (6000, DIM)
+    assert_same_topk(batch, exact_topk(queries, vectors, 5))
+    assert one[1].shape == (1, 5)
+    monkeypatch.setattr(shards, "bf16_prefilter", lambda: False)
+    off = Shard("text", 0, index, used, use_gpu=False)
+    off.search(queries, 5)
+    assert off._bf16 is None
+
+
+def test_retriever_exact_bf16_0_turns_the_first_pass_off(monkeypatch) -> None:
+    from retriever.index import shards
+
+    shards.bf16_prefilter.cache_clear()
+    monkeypatch.setenv("RETRIEVER_EXACT_BF16", "0")
+    try:
+        assert shards.bf16_prefilter() is False
+    finally:
+        shards.bf16_prefilter.cache_clear()
