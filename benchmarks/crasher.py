@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load_test import ServerProcess  # noqa: E402
+from load_test import ServerProcess, same_answer  # noqa: E402
 
 from retriever.service.proto import retriever_pb2 as pb  # noqa: E402
 from retriever.service.proto import retriever_pb2_grpc  # noqa: E402
@@ -165,18 +165,9 @@ def references(address: str) -> dict[int, list[tuple[str, int, float]]]:
 
 
 def same(a: list[tuple[str, int, float]], b: list[tuple[str, int, float]]) -> bool:
-    """Equal answers: scores position by position within tolerance, and the same units in each group of
-    tied scores (units that tie may come in either order; the group at the cut-off may differ)."""
-    if len(a) != len(b) or any(abs(x[2] - y[2]) > SCORE_TOLERANCE for x, y in zip(a, b, strict=True)):
-        return False
-    groups: list[list[int]] = []
-    for i in range(len(a)):
-        if groups and abs(a[i][2] - a[groups[-1][0]][2]) <= SCORE_TOLERANCE:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return all({a[i][1] for i in group} == {b[i][1] for i in group} for group in groups[:-1]) and (
-        not groups or len(groups[-1]) > 1 or a[groups[-1][0]][1] == b[groups[-1][0]][1])
+    """Equal answers (:func:`load_test.same_answer` over the unit ids and scores)."""
+    return same_answer([(unit, score) for _, unit, score in a], [(unit, score) for _, unit, score in b],
+                       SCORE_TOLERANCE)
 
 
 def check(state: State, records: dict[str, set[str]], refs: dict[str, dict[int, list]]) -> dict[str, Any]:

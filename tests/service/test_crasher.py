@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ def test_one_minute_of_kills_gives_no_wrong_answer_and_no_partial_index(tmp_path
     spec = importlib.util.spec_from_file_location("crasher", ROOT / "benchmarks" / "crasher.py")
     assert spec is not None and spec.loader is not None
     crasher = importlib.util.module_from_spec(spec)
+    sys.modules["crasher"] = crasher  # its dataclasses resolve their annotations through sys.modules
     spec.loader.exec_module(crasher)
     result = crasher.run(minutes=1.0, clients=3, seed=11, work=tmp_path / "work")
     print(json.dumps(result, indent=2))
