@@ -56,11 +56,7 @@ def main() -> None:
         index = faiss.IndexFlatIP(args.dim)
         index.add(x)
         view = np.asarray(faiss.rev_swig_ptr(index.get_xb(), n * args.dim)).reshape(n, args.dim)
-        copy = None
-        if bf16_prefilter():
-            import torch
-
-            copy = Bf16Copy(torch.from_numpy(view.copy()).to(torch.bfloat16), 1.0)  # unit vectors
+        copy = Bf16Copy.of(view) if bf16_prefilter() else None
         for nq in args.batches:
             q = rng.standard_normal((nq, args.dim)).astype(np.float32)
             q /= np.linalg.norm(q, axis=1, keepdims=True)

@@ -133,13 +133,7 @@ class Shard:
             return None
         with self._bf16_lock:
             if self._bf16 is None:
-                import torch
-
-                with warnings.catch_warnings():  # FAISS's buffer may be read-only; it is only read here
-                    warnings.simplefilter("ignore", UserWarning)
-                    copy = torch.from_numpy(self._flat).to(torch.bfloat16)
-                norm = float(np.sqrt(np.max(np.einsum("ij,ij->i", self._flat, self._flat))))
-                self._bf16 = Bf16Copy(copy, norm)
+                self._bf16 = Bf16Copy.of(self._flat)
             return self._bf16
 
     def flat_vectors(self) -> np.ndarray | None:
@@ -210,6 +204,16 @@ class Bf16Copy:
     vectors: Any
     max_norm: float
 
+    @classmethod
+    def of(cls, vectors: np.ndarray) -> Bf16Copy:
+        """The copy of ``[n, d]`` float32 ``vectors`` (needs torch)."""
+        import torch
+
+        with warnings.catch_warnings():  # FAISS's buffer may be read-only; it is only read here
+            warnings.simplefilter("ignore", UserWarning)
+            copy = torch.from_numpy(vectors).to(torch.bfloat16)
+        return cls(copy, float(np.sqrt(np.max(np.einsum("ij,ij->i", vectors, vectors)))))
+
 
 @functools.cache
 def bf16_prefilter() -> bool:
@@ -253,6 +257,9 @@ def exact_topk(queries: np.ndarray, vectors: np.ndarray, k: int,
     ids = np.empty((len(queries), k), np.int64)
     for i in range(len(queries)):
         candidates = np.flatnonzero(approx[i] >= floor[i])  # ascending ids; at least k of them
+        if len(candidates) < k:  # only with NaN scores, where no bound holds: the whole row
+            scores[i], ids[i] = (part[0] for part in topk_of(inner_products(queries[i:i + 1], vectors), k))
+            continue
         exact = vectors[candidates] @ queries[i]
         order = np.lexsort((candidates, -exact))[:k]  # by score, then id
         scores[i], ids[i] = exact[order], candidates[order]

@@ -144,13 +144,12 @@ class CallRecord:
             out[name] = round((end - start) * 1000, 3)
         return out
 
-    def fields(self, code: str, seconds: float, stages: dict[str, float] | None = None) -> dict[str, Any]:
+    def fields(self, code: str, seconds: float, stages: dict[str, float]) -> dict[str, Any]:
         """The log line's fields: per-query values are scalars for Retrieve, lists for RetrieveBatch and
         RetrieveStream (whose ``sources``, ``sources_resolved`` and ``hits`` cover the answers sent,
         counted in ``answered`` out of ``queries``)."""
         out: dict[str, Any] = {"method": self.method, "request_id": self.request_id, "code": code,
                                "server_ms": round(seconds * 1000, 3)}
-        stages = self.stages(seconds) if stages is None else stages
         if stages:
             out["stages_ms"] = stages
         if not self.queries:

@@ -166,10 +166,10 @@ def test_a_missing_faiss_wheel_says_which_extra_to_install(monkeypatch):
 
 
 def bf16_copy(vectors: np.ndarray):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from retriever.index.shards import Bf16Copy
 
-    return Bf16Copy(torch.from_numpy(vectors).to(torch.bfloat16), float(np.linalg.norm(vectors, axis=1).max()))
+    return Bf16Copy.of(vectors)
 
 
 def assert_same_topk(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.ndarray]) -> None:
@@ -256,3 +256,14 @@ def test_retriever_exact_bf16_0_turns_the_first_pass_off(monkeypatch) -> None:
         assert shards.bf16_prefilter() is False
     finally:
         shards.bf16_prefilter.cache_clear()
+
+
+def test_a_nan_query_in_a_batch_is_scored_in_float32_in_full() -> None:
+    rng = np.random.default_rng(15)
+    vectors = normalized(rng, 6000)
+    queries = normalized(rng, 3)
+    queries[1] = np.nan  # no bf16 bound holds for it: fewer than k candidates clear a NaN floor
+    scores, ids = exact_topk(queries, vectors, 5, bf16_copy(vectors))
+    want_scores, want_ids = exact_topk(queries, vectors, 5)
+    assert ids.shape == (3, 5) and np.array_equal(ids[1], want_ids[1])
+    assert_same_topk((scores[[0, 2]], ids[[0, 2]]), (want_scores[[0, 2]], want_ids[[0, 2]]))
