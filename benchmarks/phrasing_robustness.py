@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from retriever.cli.index_commands import add_encoder_args, encoder_config
+from retriever.cli.index_commands import add_encoder_args, encoder_config, fraction
 from retriever.encoder import Encoder
 from retriever.evaluation.heteromix import HeteroConfig, HeteroQuestion, Scenario, read_questions, run_heteromix
 from retriever.evaluation.retrievers import EngineRetriever, QueryVectors, UnitRetriever
@@ -104,6 +104,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=16)
     parser.add_argument("--limit", type=int, default=None, help="first N questions only")
     parser.add_argument("--name", default=None, help="result name (default: the index directory's name)")
+    parser.add_argument("--router-thresholds", type=fraction, nargs="*", default=[], metavar="P",
+                        help="also ask every phrasing with the router filtering at each of these confidences "
+                        "(ways 'filter@P'; `--router-threshold` of search and serve)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -118,10 +121,15 @@ def main() -> None:
         "index": str(args.index), "questions_file": str(args.questions), "model": encoder.name,
         "encoding": {"backend": encoder.backend.value, "precision": encoder.precision.value},
         "phrasings": args.phrasings, "seed": args.seed, "cpu_count": os.cpu_count(),
-        "python": platform.python_version(), "ways": {}, "examples": {}}
+        "python": platform.python_version(),
+        "router_threshold": encoder.router.threshold if encoder.router is not None else None,
+        "ways": {}, "examples": {}}
     vectors = QueryVectors()
-    for way, resolution in (("encoder-only", SourceResolution.ENCODER_ONLY), ("filter", SourceResolution.FILTER)):
-        searcher = Searcher(index, encoder, resolution)
+    ways: list[tuple[str, SourceResolution, float | None]] = [
+        ("encoder-only", SourceResolution.ENCODER_ONLY, None), ("filter", SourceResolution.FILTER, None),
+        *((f"filter@{p:g}", SourceResolution.FILTER, p) for p in args.router_thresholds)]
+    for way, resolution, threshold in ways:
+        searcher = Searcher(index, encoder, resolution, router_threshold=threshold)
         dense = EngineRetriever(searcher, Mode.DENSE, vectors=vectors)
         variants: list[UnitRetriever] = [dense]
         variants += [Phrased(dense, j, args.seed, sources) for j in range(args.phrasings)]

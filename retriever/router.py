@@ -570,13 +570,16 @@ class SourceResolver:
             ``rules`` or ``encoder-only`` (never filter).
         router: the model's router, if it has one.
         embed: the model's document embedding (needed with a :class:`SourceRouter`).
+        threshold: filter when the router's confidence is at least this, instead of the threshold
+            saved with the router (None: the router's own).
 
     Raises:
-        InvalidInputError: ``model`` without a router.
+        InvalidInputError: ``model`` without a router; a ``threshold`` outside [0, 1], or one given
+            where the router does not read the instructions.
     """
 
     def __init__(self, resolution: SourceResolution, router: Router | None = None,
-                 embed: Embed | None = None) -> None:
+                 embed: Embed | None = None, threshold: float | None = None) -> None:
         resolution = SourceResolution(resolution)  # configuration may hand over the plain value
         usable = router is not None and (embed is not None or not router.needs_embed)
         if resolution is SourceResolution.FILTER:
@@ -584,16 +587,27 @@ class SourceResolver:
         if resolution is SourceResolution.MODEL and not usable:
             raise InvalidInputError("--resolve model: this model has no source router; train one with "
                                     "`retriever train-router --model DIR` or use --resolve rules")
+        if threshold is not None:
+            if not 0.0 <= threshold <= 1.0:
+                raise InvalidInputError(f"--router-threshold must be in [0, 1], got {threshold}")
+            if resolution is not SourceResolution.MODEL:
+                why = ("this model has no source router" if router is None
+                       else f"--resolve {resolution.value} does not use the router")
+                raise InvalidInputError(f"--router-threshold {threshold:g}: {why}")
         self.mode, self.router, self._embed = resolution, router, embed
+        #: Confidence at which the router's reading filters (None: no router).
+        self.threshold = threshold if threshold is not None else router.threshold if router is not None else None
         self._cache: dict[str, Routing] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def for_encoder(cls, resolution: SourceResolution, encoder: Encoder | None) -> SourceResolver:
+    def for_encoder(cls, resolution: SourceResolution, encoder: Encoder | None,
+                    threshold: float | None = None) -> SourceResolver:
         """The resolver for a model (None: BM25 only, so the rules)."""
         if encoder is None or encoder.router is None:
-            return cls(resolution)
-        return cls(resolution, encoder.router, lambda texts: encoder.encode_documents(texts, show_progress=False))
+            return cls(resolution, threshold=threshold)
+        return cls(resolution, encoder.router, lambda texts: encoder.encode_documents(texts, show_progress=False),
+                   threshold)
 
     def warm(self) -> None:
         """Load what the first resolution would load (a tuned router's network), so no query pays for it."""
@@ -603,8 +617,9 @@ class SourceResolver:
     def describe(self) -> str:
         """Which reader this resolver uses, for the log."""
         if self.router is not None and self.mode is SourceResolution.MODEL:
+            own = "" if self.threshold == self.router.threshold else f", set; its own {self.router.threshold:.2f}"
             return (f"model (the model's source router: {self.router.description}; filtering at confidence "
-                    f">= {self.router.threshold:.2f})")
+                    f">= {self.threshold:.2f}{own})")
         if self.mode is SourceResolution.RULES:
             return "rules (keyword regexes)"
         return "encoder-only (instructions never filter)"
@@ -620,7 +635,7 @@ class SourceResolver:
         if rules or self.router is None or self.mode is SourceResolution.RULES:
             return Resolution(tuple(resolve_sources(instruction)))
         routing = self.read([instruction])[0]
-        if routing.sources and routing.confidence >= self.router.threshold:
+        if routing.sources and self.threshold is not None and routing.confidence >= self.threshold:
             return Resolution(routing.sources, routing.confidence)
         return Resolution((), routing.confidence)
 

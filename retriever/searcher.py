@@ -60,7 +60,7 @@ class Searcher:
 
     def __init__(self, index: Index | None, encoder: Encoder | None = None,
                  resolution: SourceResolution = SourceResolution.FILTER, lexical: LexicalIndex | None = None,
-                 store: UnitStore | None = None) -> None:
+                 store: UnitStore | None = None, router_threshold: float | None = None) -> None:
         if index is not None:
             if store is not None:
                 raise ValueError("give an index or a unit store, not both")
@@ -77,7 +77,7 @@ class Searcher:
             raise InvalidInputError(f"the lexical index covers other units than {where}; "
                                     "rebuild it with `retriever build-lexical`")
         self._index, self.encoder, self.lexical, self.resolution = index, encoder, lexical, resolution
-        self.resolver = SourceResolver.for_encoder(resolution, encoder)
+        self.resolver = SourceResolver.for_encoder(resolution, encoder, router_threshold)
 
     @property
     def index(self) -> Index:

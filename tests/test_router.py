@@ -151,6 +151,23 @@ def test_resolver_filters_only_when_confident() -> None:
     assert lenient.resolve("maybe tables?").sources == (Source.TABLE,)
 
 
+def test_a_set_threshold_replaces_the_routers_own() -> None:
+    router, embed = fake_router(threshold=0.9)
+    lenient = SourceResolver(SourceResolution.FILTER, router, embed, threshold=0.5)
+    assert lenient.threshold == 0.5 and router.threshold == 0.9  # the router itself is left as it was
+    assert lenient.resolve("maybe tables?").sources == (Source.TABLE,)
+    assert "0.50" in lenient.describe() and "its own 0.90" in lenient.describe()
+    strict = SourceResolver(SourceResolution.MODEL, router, embed, threshold=1.0)
+    assert strict.resolve("anything but tables").sources == ()  # never confident enough: no filter
+    assert SourceResolver(SourceResolution.MODEL, router, embed).threshold == 0.9
+    with pytest.raises(InvalidInputError, match=r"\[0, 1\]"):
+        SourceResolver(SourceResolution.MODEL, router, embed, threshold=1.5)
+    with pytest.raises(InvalidInputError, match="no source router"):
+        SourceResolver(SourceResolution.FILTER, threshold=0.5)  # the rules would read it: nothing to set
+    with pytest.raises(InvalidInputError, match="--resolve rules does not use the router"):
+        SourceResolver(SourceResolution.RULES, router, embed, threshold=0.5)
+
+
 def test_rules_mode_is_the_regexes_and_encoder_only_never_filters() -> None:
     router, embed = fake_router()
     for text in ("from tables and infoboxes", "anything but tables", "be concise"):
@@ -204,6 +221,8 @@ def test_searcher_plan_reports_the_resolution(tiny_index, encoder, monkeypatch: 
     assert explicit.sources == (Source.TABLE,) and not explicit.resolved and explicit.confidence is None
     rules = Searcher(tiny_index, encoder, SourceResolution.RULES).plan(Query("q", instruction="anything but tables"))
     assert rules.sources == (Source.TABLE,) and rules.confidence is None
+    lenient = Searcher(tiny_index, encoder, router_threshold=0.5).plan(Query("q", instruction="maybe tables?"))
+    assert lenient.sources == (Source.TABLE,) and lenient.resolved
 
 
 @pytest.mark.parametrize("name", bundled_names())

@@ -167,6 +167,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="filter exactly to this source type (text, table, kb, infobox); repeatable")
     search.add_argument("--resolve", type=SourceResolution, choices=list(SourceResolution),
                         default=SourceResolution.FILTER, help=RESOLVE_HELP + " (default filter)")
+    search.add_argument("--router-threshold", type=fraction, default=None, metavar="P", help=ROUTER_THRESHOLD_HELP)
     search.add_argument("-k", "--top-k", type=at_least(1), default=10, help="number of hits (default 10)")
     search.add_argument("--score-threshold", type=float, default=None, help="drop hits scoring below this")
     search.add_argument("--nprobe", type=int, default=None,
@@ -298,6 +299,14 @@ RESOLVE_HELP = ("when the query gives no --source but has an instruction: 'filte
                 "for, read by the model's source router when it has one, else by the keyword rules; 'model' or "
                 "'rules' to choose; 'encoder-only' never filters")
 
+#: The --router-threshold help of `search` and `serve`.
+ROUTER_THRESHOLD_HELP = ("filter on the source router's reading when its confidence is at least P (0 to 1) instead "
+                         "of the threshold saved with the router (0.7 for the bundled models'). Lower filters more "
+                         "instructions, right and wrong: the default model's router, on the held-apart dev "
+                         "phrasings, filters 0.37 of them right and 0.002 wrong at 0.7, 0.45 / 0.003 at 0.6, "
+                         "0.53 / 0.009 at 0.5 (benchmarks/RESULTS.md, 'Source router'); below the threshold the "
+                         "encoder alone follows the instruction")
+
 
 def run_search(args: argparse.Namespace) -> int:
     # Everything that needs no model is checked first (the query, the index's files, its lexical
@@ -316,7 +325,7 @@ def run_search(args: argparse.Namespace) -> int:
     index = Index.load(args.index, params=overrides)
     lexical = load_lexical(index, args.lexical) if args.mode.uses_lexical else None
     encoder = Encoder(model_config) if model_config is not None else None
-    searcher = Searcher(index, encoder, args.resolve, lexical)
+    searcher = Searcher(index, encoder, args.resolve, lexical, router_threshold=args.router_threshold)
     logger.info("source resolution: %s", searcher.resolver.describe())
     print_result(searcher.search([query])[0], args.json, asked=args.query)
     return 0

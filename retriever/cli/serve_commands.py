@@ -12,11 +12,13 @@ from typing import Any
 
 from retriever.cli.index_commands import (
     RESOLVE_HELP,
+    ROUTER_THRESHOLD_HELP,
     add_encoder_args,
     add_grouping_args,
     add_history_args,
     at_least,
     encoder_config,
+    fraction,
     model_for_index,
     print_result,
 )
@@ -104,6 +106,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "model's by construction, e.g. synthetic benchmarks (RETRIEVER_CANARY_UNITS)")
     serve.add_argument("--resolve", type=SourceResolution, choices=list(SourceResolution), default=None,
                        help=RESOLVE_HELP + " (default filter; RETRIEVER_RESOLUTION)")
+    serve.add_argument("--router-threshold", type=fraction, default=None, metavar="P",
+                       help=ROUTER_THRESHOLD_HELP + " (RETRIEVER_ROUTER_THRESHOLD)")
     serve.add_argument("--token-file", type=Path, default=None,
                        help="file holding the bearer token every call but health must carry (or "
                        "RETRIEVER_AUTH_TOKEN)")
@@ -216,7 +220,8 @@ def run_serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         "host": args.host, "port": args.port, "max_batch": args.max_batch, "max_batch_tokens": args.max_batch_tokens,
         "batch_wait_ms": args.batch_wait_ms,
-        "resolution": args.resolve, "insecure": args.insecure, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+        "resolution": args.resolve, "router_threshold": args.router_threshold,
+        "insecure": args.insecure, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
         "tls_client_ca": args.tls_client_ca,
         "grace_seconds": args.grace, "use_gpu": False if args.cpu_index else None,
         "token": read_token(args.token_file) if args.token_file else None,

@@ -105,6 +105,9 @@ class ServiceConfig:
             turns it off (only ``max_batch`` cuts).
         batch_wait_ms: how long the batcher waits for more queries once it has one.
         resolution: what an instruction naming source types does when ``sources`` is empty.
+        router_threshold: the source router filters at confidence >= this instead of the
+            threshold saved with it (None: the router's own); lower filters more instructions,
+            right and wrong (docs/SERVICE.md, "Resolution").
         token: bearer token every call but health must carry; None disables auth.
         insecure: allow a non-loopback bind without a token.
         tls_cert, tls_key: PEM files; when both are set the port uses TLS.
@@ -136,6 +139,7 @@ class ServiceConfig:
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     batch_wait_ms: float = 2.0
     resolution: SourceResolution = SourceResolution.FILTER
+    router_threshold: float | None = None
     token: str | None = None
     insecure: bool = False
     tls_cert: Path | None = None
@@ -160,6 +164,11 @@ class ServiceConfig:
                 and self.latency_budget_ms > 0):
             raise InvalidInputError(f"the latency budget must be 'auto', 'off' or a number of milliseconds > 0, "
                                     f"got {self.latency_budget_ms!r}")
+        if self.router_threshold is not None and (isinstance(self.router_threshold, bool)
+                                                  or not isinstance(self.router_threshold, (int, float))
+                                                  or not 0.0 <= self.router_threshold <= 1.0):
+            raise InvalidInputError(f"the router threshold (--router-threshold, RETRIEVER_ROUTER_THRESHOLD) must be a "
+                                    f"number in [0, 1], got {self.router_threshold!r}")
         if not 0 <= self.port <= 65535:
             raise InvalidInputError(f"port must be in 0..65535, got {self.port}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
@@ -239,6 +248,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "RETRIEVER_MAX_BATCH_TOKENS": ("max_batch_tokens", int),
     "RETRIEVER_BATCH_WAIT_MS": ("batch_wait_ms", float),
     "RETRIEVER_RESOLUTION": ("resolution", SourceResolution),
+    "RETRIEVER_ROUTER_THRESHOLD": ("router_threshold", float),
     "RETRIEVER_AUTH_TOKEN": ("token", str),
     "RETRIEVER_INSECURE": ("insecure", bool),
     "RETRIEVER_TLS_CERT": ("tls_cert", Path),

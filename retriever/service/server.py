@@ -196,11 +196,12 @@ class RetrieverServer:
                         f"auto: {AUTO_BUDGET_FACTOR:g}x one query" if batcher.latency_budget == "auto" else "set",
                         batcher.cost.seconds(1) * 1000, self.config.max_batch,
                         batcher.cost.seconds(self.config.max_batch) * 1000)
-        resolver = SourceResolver.for_encoder(self.config.resolution, encoder)  # --resolve model needs a router
+        # --resolve model needs a router; --router-threshold one that reads the instructions
+        resolver = SourceResolver.for_encoder(self.config.resolution, encoder, self.config.router_threshold)
         resolver.warm()
         logger.info("source resolution: %s", resolver.describe())
         registry = IndexRegistry(encoder, self.config.resolution, use_gpu=self.config.use_gpu,
-                                 canary_units=self.config.canary_units)
+                                 canary_units=self.config.canary_units, router_threshold=self.config.router_threshold)
         if self.metrics is not None:
             self.metrics.attach(batcher, registry)
 

@@ -97,6 +97,10 @@ def test_environment_variables_and_flags():
         build_config({"max_top_k": 0}, {})
     with pytest.raises(InvalidInputError, match="unknown service setting"):
         build_config({"max_topk": 3}, {})
+    assert config.router_threshold is None
+    assert build_config({}, {"RETRIEVER_ROUTER_THRESHOLD": "0.6"}).router_threshold == 0.6
+    with pytest.raises(InvalidInputError, match="RETRIEVER_ROUTER_THRESHOLD"):
+        build_config({}, {"RETRIEVER_ROUTER_THRESHOLD": "1.5"})
 
 
 def test_limits_from_config_are_enforced(encoder, tiny_index_dir):

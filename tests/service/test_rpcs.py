@@ -70,6 +70,16 @@ def test_instruction_naming_sources_is_resolved_and_reported(stub):
     assert response.HasField("sources_confidence") and 0.0 < response.sources_confidence <= 1.0
 
 
+def test_a_router_threshold_set_on_the_server_decides_what_filters(encoder, tiny_index_dir):
+    with running_server(encoder, [("tiny", tiny_index_dir)], router_threshold=1.0) as srv, \
+            channel_to(srv) as channel:
+        response = stub_for(channel).Retrieve(request("when was he born", top_k=5,
+                                                      instruction="retrieve evidence from tables and infoboxes"))
+    # read as before (the confidence is reported) but never sure enough at 1.0: the encoder alone decides
+    assert not response.sources and not response.sources_resolved
+    assert response.HasField("sources_confidence") and response.sources_confidence < 1.0
+
+
 def test_rules_resolution_reports_no_confidence(encoder, tiny_index_dir):
     with running_server(encoder, [("tiny", tiny_index_dir)], resolution="rules") as srv, \
             channel_to(srv) as channel:
