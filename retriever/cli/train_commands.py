@@ -55,6 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     router.add_argument("--seed", type=int, default=42, help="grammar and head seed (default 42)")
     router.add_argument("--device", default=None, help="cpu, cuda... (default: CUDA when present)")
     router.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    router.add_argument("--misses", type=Path, default=None, metavar="FILE",
+                        help="also write the held-apart dev instructions it reads wrong to FILE, one JSON object "
+                        "a line (text, kind, allowed, read, confidence): what to look at before changing the "
+                        "grammar, without copying the dev half into training")
     router.set_defaults(func=run_train_router)
 
     merge = subparsers.add_parser(
@@ -144,6 +148,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_train_router(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from retriever.errors import InvalidInputError
     from retriever.training.config import RouterConfig
     from retriever.training.router import train_model_router
 
@@ -153,9 +158,15 @@ def run_train_router(args: argparse.Namespace) -> int:
     if args.kind is not None:
         config = replace(config, kind=args.kind)
     config.validate()
+    if args.misses is not None and not args.misses.parent.is_dir():
+        raise InvalidInputError(f"--misses {args.misses}: no directory {args.misses.parent}")
     path, report = train_model_router(args.model, config, args.seed, args.out, args.device, args.threads)
     dev = report.dev
     print(f"router: {path} (threshold {report.router.threshold:.2f})")
+    if args.misses is not None:
+        args.misses.write_text("".join(json.dumps(m, ensure_ascii=False) + "\n" for m in report.misses),
+                               encoding="utf-8")
+        print(f"misread dev instructions: {len(report.misses)} of {dev['n']} in {args.misses}")
     print(f"held-apart dev phrasings ({dev['n']}): exact set {dev['exact_set_accuracy']:.3f}, single "
           f"{dev['accuracy[single]']:.3f}, multi {dev['accuracy[multi]']:.3f}, negation "
           f"{dev['accuracy[negation]']:.3f}, "

@@ -20,7 +20,7 @@ import itertools
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +266,15 @@ def score_readings(examples: Sequence[RouterExample], readings: Sequence[Routing
     return out
 
 
+def misreadings(examples: Sequence[RouterExample], readings: Sequence[Routing]) -> list[dict[str, Any]]:
+    """The instructions read as another set than the one they allow, one dict each (what
+    ``retriever train-router --misses`` writes): the text, its kind, the allowed and the read
+    sources and the reading's confidence."""
+    return [{"text": e.text, "kind": e.kind, "allowed": sorted(s.value for s in e.sources),
+             "read": sorted(s.value for s in r.sources), "confidence": round(float(r.confidence), 4)}
+            for e, r in zip(examples, readings, strict=True) if set(r.sources) != set(e.sources)]
+
+
 def sweep(examples: Sequence[RouterExample], readings: Sequence[Routing]) -> list[dict[str, float]]:
     """What the server would do at each threshold of :data:`SWEEP`."""
     rows = []
@@ -288,6 +297,8 @@ class RouterReport:
     dev: dict[str, Any]
     sweep: list[dict[str, float]]
     seconds: float
+    #: The dev instructions it read wrong (:func:`misreadings`).
+    misses: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"threshold": self.router.threshold, "dev": self.dev, "sweep": self.sweep,
@@ -313,7 +324,7 @@ def train_router(embed: Embed, model_dir: Path, model_checksum: str, config: Rou
         router = SourceRouter(layers, config.threshold, model_checksum)
     readings = router.read_texts([e.text for e in dev], embed)
     report = RouterReport(router, score_readings(dev, readings, config.threshold), sweep(dev, readings),
-                          time.perf_counter() - started)
+                          time.perf_counter() - started, misreadings(dev, readings))
     logger.info("source router on the held-apart dev phrasings: exact set %.3f (negation %.3f, multi %.3f); at "
                 "threshold %.2f filters %.3f right, %.3f wrong (%.1fs)", report.dev["exact_set_accuracy"],
                 report.dev["accuracy[negation]"], report.dev["accuracy[multi]"], config.threshold,

@@ -24,7 +24,7 @@ from retriever.training.instruction_pool import (
     naming_instruction,
     router_examples,
 )
-from retriever.training.router import fit_head, read_rules, score_readings, tag_targets
+from retriever.training.router import fit_head, misreadings, read_rules, score_readings, tag_targets
 from tests.training.conftest import tiny_config
 
 
@@ -245,3 +245,15 @@ def test_a_tuned_router_learns_a_toy_pool_and_reads_the_same_once_saved(tiny_st_
     assert isinstance(unloadable, TunedRouter)
     with pytest.raises(ModelError, match="transformer weights"):
         unloadable.warm()
+
+
+def test_misreadings_lists_exactly_the_instructions_read_as_another_set() -> None:
+    dev = router_examples("dev", 8, 3)
+    readings = [Routing(tuple(e.sources), 0.9) for e in dev]
+    assert misreadings(dev, readings) == []
+    wrong = next(i for i, e in enumerate(dev) if e.kind == "single")
+    readings[wrong] = Routing((Source.KB,) if Source.KB not in dev[wrong].sources else (Source.TEXT,), 0.42)
+    misses = misreadings(dev, readings)
+    assert len(misses) == 1 and misses[0]["text"] == dev[wrong].text and misses[0]["kind"] == "single"
+    assert misses[0]["allowed"] == sorted(s.value for s in dev[wrong].sources) and misses[0]["confidence"] == 0.42
+    assert misses[0]["read"] != misses[0]["allowed"]
