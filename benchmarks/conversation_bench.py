@@ -36,13 +36,14 @@ from pathlib import Path
 
 from retriever.conversation import concatenate, content_words, is_follow_up, resolve, salient_spans
 from retriever.encoder import Encoder, EncoderConfig
-from retriever.evaluation.heteromix import HeteroConfig, HeteroQuestion, Scenario, read_questions, run_heteromix
+from retriever.evaluation.heteromix import HeteroConfig, Scenario, run_heteromix
 from retriever.evaluation.metrics import collapse_records
 from retriever.evaluation.report import replace_section
 from retriever.evaluation.retrievers import engine_retrievers
 from retriever.index import Index
 from retriever.index.lexical import LexicalIndex
 from retriever.query import Mode, Turn
+from retriever.questions import Question, read_questions
 
 logger = logging.getLogger("conversation_bench")
 Rewrite = Callable[[str, Sequence[Turn]], str]
@@ -86,7 +87,7 @@ VARIANTS: dict[str, Rewrite] = {
 }
 
 
-def variant_questions(questions: Sequence[HeteroQuestion], name: str, original: dict[str, str]) -> list[HeteroQuestion]:
+def variant_questions(questions: Sequence[Question], name: str, original: dict[str, str]) -> list[Question]:
     if name == "original":
         return [replace(q, text=original[q.id], history=()) for q in questions]
     if name == "bare":

@@ -43,10 +43,11 @@ import numpy as np
 
 from retriever.cli.index_commands import add_encoder_args, encoder_config, fraction
 from retriever.encoder import Encoder
-from retriever.evaluation.heteromix import HeteroConfig, HeteroQuestion, Scenario, read_questions, run_heteromix
+from retriever.evaluation.heteromix import HeteroConfig, Scenario, run_heteromix
 from retriever.evaluation.retrievers import EngineRetriever, QueryVectors, UnitRetriever
 from retriever.index import Index
 from retriever.query import Mode, Query, SourceResolution
+from retriever.questions import Question, read_questions
 from retriever.records import Source
 from retriever.searcher import Ranking, Searcher
 from retriever.training.instruction_pool import naming_instruction
@@ -113,7 +114,7 @@ def main() -> None:
     index = Index.load(args.index)
     encoder = Encoder(replace(encoder_config(args, args.model or index.manifest.model_name, index.manifest.encoding),
                               show_progress=False))
-    questions: list[HeteroQuestion] = read_questions(args.questions, args.limit)
+    questions: list[Question] = read_questions(args.questions, args.limit)
     sources = {q.text: q.gold_sources for q in questions}
     config = HeteroConfig(scenarios=(Scenario.SOURCE_SOFT,), show_progress=False)
     started = time.perf_counter()

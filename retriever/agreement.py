@@ -13,7 +13,6 @@ for that pair on the same model and was recorded in the model directory (``agree
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -28,7 +27,7 @@ from retriever.index import load_units
 from retriever.index.files import write_json_atomic
 from retriever.index.manifest import Manifest
 from retriever.linearize import WindowBudget
-from retriever.sample import SAMPLE_CORPUS, SAMPLE_QUERIES, data_file
+from retriever.sample import SAMPLE_CORPUS, data_file, sample_questions
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +59,7 @@ def canary_texts(encoder: Encoder) -> tuple[list[str], list[str]]:
     """The fixed canary documents and questions (from the sample data shipped in the package)."""
     budget = WindowBudget(encoder.max_seq_length - 2, encoder.count_tokens)
     _, units = load_units(data_file(SAMPLE_CORPUS), None, budget)
-    lines = data_file(SAMPLE_QUERIES).read_text(encoding="utf-8").splitlines()
-    questions = [json.loads(line)["text"] for line in lines if line.strip()]
+    questions = [q.text for q in sample_questions()]
     return [u.text for u in units[:CANARY_DOCS]], questions[:CANARY_QUERIES]
 
 

@@ -310,14 +310,13 @@ def _quantize_openvino(model_dir: Path, source: Path, target: Path) -> None:
     from retriever.encoder import Encoder, EncoderConfig
     from retriever.linearize import WindowBudget, linearize_all
     from retriever.records import read_records
-    from retriever.sample import SAMPLE_CORPUS, SAMPLE_QUERIES, data_file
+    from retriever.sample import SAMPLE_CORPUS, data_file, sample_questions
 
     encoder = Encoder(EncoderConfig(model=str(model_dir), device="cpu", show_progress=False))
     length = encoder.max_seq_length
     budget = WindowBudget(length - 2, encoder.count_tokens)
     texts = [unit.text for unit in linearize_all(read_records(data_file(SAMPLE_CORPUS)), budget)]
-    texts += [orjson.loads(line)["text"] for line in data_file(SAMPLE_QUERIES).read_bytes().splitlines()
-              if line.strip()]
+    texts += [q.text for q in sample_questions()]
     tokenizer = encoder.tokenizer
     ir = ov.Core().read_model(str(source))
     names = [next(iter(i.get_names())) for i in ir.inputs]

@@ -14,6 +14,7 @@ from retriever.errors import RetrieverError
 from retriever.index import BuildConfig, Index, build_index
 from retriever.index.manifest import DEFAULT_ENCODING
 from retriever.linearize import DEFAULT_LINK_ROWS, LINEARIZER_VERSION
+from retriever.questions import Question, read_questions
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,11 @@ SAMPLE_QUERIES = "sample_queries.jsonl"
 def data_file(name: str) -> Path:
     """Path of a file in ``retriever/data`` (the package is installed unzipped)."""
     return Path(str(resources.files("retriever") / "data" / name))
+
+
+def sample_questions() -> list[Question]:
+    """The real questions of ``retriever/data/sample_queries.jsonl``; their gold is in the sample corpus."""
+    return read_questions(data_file(SAMPLE_QUERIES))
 
 
 def cache_dir() -> Path:

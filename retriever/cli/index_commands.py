@@ -494,12 +494,10 @@ DEMO_QUESTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
 
 def demo_queries(k: int) -> list[tuple[Query, frozenset[str]]]:
     """The demo's queries, each with its gold record ids."""
-    from retriever.sample import SAMPLE_QUERIES, data_file
+    from retriever.sample import sample_questions
 
-    lines = data_file(SAMPLE_QUERIES).read_text(encoding="utf-8").splitlines()
-    questions = {q["id"]: q for q in map(json.loads, lines)}
-    return [(Query(questions[qid]["text"], k=k, **how), frozenset(questions[qid]["gold"]))
-            for qid, how in DEMO_QUESTIONS]
+    questions = {q.id: q for q in sample_questions()}
+    return [(Query(questions[qid].text, k=k, **how), frozenset(questions[qid].gold)) for qid, how in DEMO_QUESTIONS]
 
 
 def gold_rank(result: SearchResult, gold: frozenset[str]) -> int | None:

@@ -32,11 +32,9 @@ from retriever.evaluation.collection import (
 from retriever.evaluation.heteromix import (
     DEFAULT_SCENARIOS,
     HeteroConfig,
-    HeteroQuestion,
     RunResult,
     Scenario,
     make_query,
-    read_questions,
     run_heteromix,
 )
 from retriever.evaluation.remote import ServedIndex
@@ -55,6 +53,7 @@ from retriever.index.lexical import Bm25Config
 from retriever.index.store import UnitStore
 from retriever.instructions import default_prompts
 from retriever.query import FusionConfig, Mode
+from retriever.questions import Question, read_questions
 from retriever.records import read_id_list
 
 if TYPE_CHECKING:
@@ -208,7 +207,7 @@ def run_heteromix_bench(config: HeteroBenchConfig, encoder: Encoder | None = Non
     return BenchReport(runs, store, outputs, markdown)
 
 
-def _run_served(config: HeteroBenchConfig, questions: Sequence[HeteroQuestion], manifest: Manifest,
+def _run_served(config: HeteroBenchConfig, questions: Sequence[Question], manifest: Manifest,
                 client: RetrieverClient, started: float) -> BenchReport:
     """The same run with the ranking done by the server (``config.server``); see :mod:`retriever.evaluation.remote`."""
     from retriever.evaluation.remote import describe, open_served, probe_queries, remote_retrievers

@@ -41,7 +41,7 @@ from retriever.encoder import Encoder, EncoderConfig
 from retriever.errors import InvalidInputError, RetrieverError
 from retriever.evaluation.bench import Method, command_line, prepare_out_dir, write_run_outputs
 from retriever.evaluation.collection import cache_root, lexical_index
-from retriever.evaluation.heteromix import DEFAULT_SCENARIOS, HeteroConfig, HeteroQuestion, RunResult, run_heteromix
+from retriever.evaluation.heteromix import DEFAULT_SCENARIOS, HeteroConfig, RunResult, run_heteromix
 from retriever.evaluation.retrievers import engine_retrievers
 from retriever.index import BuildConfig, Index, build_index_from_units
 from retriever.index.lexical import Bm25Config
@@ -49,6 +49,7 @@ from retriever.index.store import SOURCE_CODE, UnitStore
 from retriever.instructions import default_prompts
 from retriever.linearize import LINEARIZER_VERSION, Unit
 from retriever.query import FusionConfig
+from retriever.questions import Question
 from retriever.records import Source, file_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -203,9 +204,9 @@ def read_compmix_questions(path: Path, limit: int | None = None) -> list[CompMix
 
 
 def to_hetero_questions(questions: Sequence[CompMixQuestion], answers: AnswerIndex,
-                        fixed_source: Source | None = None) -> list[HeteroQuestion]:
+                        fixed_source: Source | None = None) -> list[Question]:
     """CompMix questions as HeteroMix questions: relevant evidences are the gold records."""
-    return [HeteroQuestion(q.id, q.text, q.domain, (fixed_source,) if fixed_source else q.answer_src,
+    return [Question(q.id, q.text, q.domain, (fixed_source,) if fixed_source else q.answer_src,
                            tuple(answers.relevant(q.answers)), {}, tuple(a.label for a in q.answers))
             for q in questions]
 

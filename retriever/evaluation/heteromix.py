@@ -1,4 +1,4 @@
-"""The HeteroMix protocol: question files, scenarios, judgments and the benchmark runner.
+"""The HeteroMix protocol: scenarios, judgments and the benchmark runner (question files: :mod:`retriever.questions`).
 
 Scenarios (``Scenario``):
 
@@ -24,11 +24,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from pathlib import Path
 
 from tqdm import tqdm
 
-from retriever.errors import InvalidInputError
 from retriever.evaluation.metrics import (
     DEFAULT_KS,
     DEFAULT_MRR_K,
@@ -40,8 +38,9 @@ from retriever.evaluation.metrics import (
 from retriever.evaluation.retrievers import UnitRetriever
 from retriever.index.store import SOURCE_ORDER, UnitStore
 from retriever.instructions import SOURCE_NAMES, SOURCE_TEMPLATE, instruction_for
-from retriever.query import Query, Turn
-from retriever.records import Source, iter_json_lines
+from retriever.query import Query
+from retriever.questions import Question
+from retriever.records import Source
 from retriever.searcher import Ranking
 
 logger = logging.getLogger(__name__)
@@ -64,89 +63,6 @@ class Scenario(StrEnum):
 DEFAULT_SCENARIOS: tuple[Scenario, ...] = (Scenario.ALL, Scenario.SOURCE_SOFT, Scenario.SOURCE_HARD)
 
 
-@dataclass(frozen=True)
-class HeteroQuestion:
-    id: str
-    text: str
-    dataset: str
-    gold_sources: tuple[Source, ...]
-    gold: tuple[str, ...]
-    gold_rows: Mapping[str, frozenset[int]] = field(default_factory=dict)
-    answers: tuple[str, ...] = ()
-    history: tuple[Turn, ...] = ()  # earlier turns of a conversation (optional field ``history``)
-
-
-def parse_gold_source(value: str) -> tuple[Source, ...]:
-    """``"text"`` → (text,), ``"text+table"`` → (text, table); raises ValueError on unknown names."""
-    parts = [p for p in value.split("+") if p.strip()]
-    if not parts:
-        raise ValueError("empty gold_source")
-    return tuple(dict.fromkeys(Source.parse(p) for p in parts))
-
-
-def read_questions(path: str | Path, limit: int | None = None) -> list[HeteroQuestion]:
-    """Read a HeteroMix question file (``queries.*.jsonl`` format).
-
-    Raises:
-        InvalidInputError: naming file, line and field of the first bad question.
-    """
-    path = Path(path)
-    out: list[HeteroQuestion] = []
-    seen: set[str] = set()
-    for number, obj in iter_json_lines(path):
-        where = f"{path}:{number}"
-        out.append(_question(obj, where))
-        if out[-1].id in seen:
-            raise InvalidInputError(f"{where}: field 'id': duplicate question id {out[-1].id!r}")
-        seen.add(out[-1].id)
-        if limit is not None and len(out) >= limit:
-            break
-    if not out:
-        raise InvalidInputError(f"{path}: no questions")
-    return out
-
-
-def _question(obj: object, where: str) -> HeteroQuestion:
-    if not isinstance(obj, dict):
-        raise InvalidInputError(f"{where}: expected a JSON object")
-    for name in ("id", "text", "gold_source"):
-        if not isinstance(obj.get(name), str) or not obj[name].strip():
-            raise InvalidInputError(f"{where}: field '{name}': missing or not a non-empty string")
-    gold = obj.get("gold")
-    if not isinstance(gold, list) or not gold or not all(isinstance(g, str) for g in gold):
-        raise InvalidInputError(f"{where}: field 'gold': expected a non-empty list of record ids")
-    try:
-        sources = parse_gold_source(obj["gold_source"])
-    except ValueError as exc:
-        raise InvalidInputError(f"{where}: field 'gold_source': {exc}") from None
-    rows: dict[str, frozenset[int]] = {}
-    raw_rows = obj.get("gold_rows") or {}
-    if not isinstance(raw_rows, dict):
-        raise InvalidInputError(f"{where}: field 'gold_rows': expected an object {{table id: [rows]}}")
-    for table, indexes in raw_rows.items():
-        if not isinstance(indexes, list) or not all(isinstance(i, int) and i >= 0 for i in indexes):
-            raise InvalidInputError(f"{where}: field 'gold_rows.{table}': expected a list of row indexes >= 0")
-        rows[table] = frozenset(indexes)
-    answers = tuple(str(a) for a in obj.get("answers") or ())
-    return HeteroQuestion(obj["id"], obj["text"], str(obj.get("dataset") or ""), sources,
-                          tuple(dict.fromkeys(gold)), rows, answers, _history(obj.get("history"), where))
-
-
-def _history(raw: object, where: str) -> tuple[Turn, ...]:
-    """The optional ``history`` field: ``[{"question": str, "answer": str (optional)}, ...]``."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise InvalidInputError(f"{where}: field 'history': expected a list of {{question, answer}} objects")
-    turns = []
-    for i, turn in enumerate(raw):
-        if not isinstance(turn, dict) or not isinstance(turn.get("question"), str) \
-                or not isinstance(turn.get("answer", ""), str):
-            raise InvalidInputError(f"{where}: field 'history[{i}]': expected {{\"question\": str, \"answer\": str}}")
-        turns.append(Turn(turn["question"], turn.get("answer", "")))
-    return tuple(turns)
-
-
 def instruction_for_sources(prompts: Mapping[str, str], sources: Sequence[Source]) -> str:
     """The model's saved prompt for one source; for several, the source template naming them all."""
     if len(sources) == 1:
@@ -154,13 +70,13 @@ def instruction_for_sources(prompts: Mapping[str, str], sources: Sequence[Source
     return SOURCE_TEMPLATE.format(source=" and ".join(SOURCE_NAMES[s] for s in sources))
 
 
-def make_query(question: HeteroQuestion, scenario: Scenario, prompts: Mapping[str, str]) -> Query:
+def make_query(question: Question, scenario: Scenario, prompts: Mapping[str, str]) -> Query:
     """The scenario's query for ``question``, carrying its conversation history (if any)."""
     query = _scenario_query(question, scenario, prompts)
     return replace(query, history=question.history) if question.history else query
 
 
-def _scenario_query(question: HeteroQuestion, scenario: Scenario, prompts: Mapping[str, str]) -> Query:
+def _scenario_query(question: Question, scenario: Scenario, prompts: Mapping[str, str]) -> Query:
     if scenario is Scenario.ALL_PLAIN:
         return Query(question.text, instruction="")
     if scenario is Scenario.ALL:
@@ -172,7 +88,7 @@ def _scenario_query(question: HeteroQuestion, scenario: Scenario, prompts: Mappi
     return Query(question.text, instruction=instruction, sources=sources)
 
 
-def judge(question: HeteroQuestion, scenario: Scenario, record_sources: Mapping[str, Source],
+def judge(question: Question, scenario: Scenario, record_sources: Mapping[str, Source],
           score_unanswerable: bool = False) -> Judgment | None:
     """The judgment for one question; None when it is skipped.
 
@@ -257,7 +173,7 @@ class HeteroConfig:
                              f"({max(max(self.ks), self.mrr_k)})")
 
 
-def run_heteromix(questions: Sequence[HeteroQuestion], store: UnitStore, retrievers: Sequence[UnitRetriever],
+def run_heteromix(questions: Sequence[Question], store: UnitStore, retrievers: Sequence[UnitRetriever],
                   prompts: Mapping[str, str], config: HeteroConfig | None = None) -> list[RunResult]:
     """Rank every question with every retriever under every scenario and score the rankings."""
     config = config or HeteroConfig()

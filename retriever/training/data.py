@@ -24,6 +24,7 @@ import numpy as np
 
 from retriever.errors import CorpusError
 from retriever.linearize import DEFAULT_LINK_ROWS, Unit, WindowBudget, collect_links, linearize_all
+from retriever.questions import Question, read_questions
 from retriever.records import (
     InfoboxRecord,
     KbRecord,
@@ -31,52 +32,11 @@ from retriever.records import (
     Source,
     TableRecord,
     UnknownFields,
-    iter_json_lines,
     read_id_list,
     read_records,
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Question:
-    """One labelled question (train or dev file format)."""
-
-    id: str
-    text: str
-    dataset: str
-    gold: tuple[str, ...]
-    gold_source: str
-    gold_rows: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    answers: tuple[str, ...] = ()
-
-
-def read_questions(path: str | Path) -> list[Question]:
-    """Read a questions file (``queries.*.jsonl``), naming file, line and field on errors."""
-    path = Path(path)
-    out = []
-    for number, obj in iter_json_lines(path):
-        if not isinstance(obj, dict):
-            raise CorpusError(str(path), number, "expected a JSON object")
-        for key in ("id", "text", "gold"):
-            if key not in obj:
-                raise CorpusError(str(path), number, "missing required field", field=key)
-        gold = obj["gold"]
-        if not isinstance(gold, list) or not gold or not all(isinstance(g, str) for g in gold):
-            raise CorpusError(str(path), number, "expected a non-empty list of record ids", field="gold")
-        rows = obj.get("gold_rows") or {}
-        if not isinstance(rows, dict):
-            raise CorpusError(str(path), number, "expected an object {table id: [row indexes]}", field="gold_rows")
-        out.append(Question(
-            id=str(obj["id"]), text=str(obj["text"]), dataset=str(obj.get("dataset", "")), gold=tuple(gold),
-            gold_source=str(obj.get("gold_source", "")),
-            gold_rows={str(k): tuple(int(i) for i in v) for k, v in rows.items()},
-            answers=tuple(str(a) for a in obj.get("answers") or ()),
-        ))
-    if not out:
-        raise CorpusError(str(path), None, "no questions found")
-    return out
 
 
 @dataclass

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from retriever.instructions import compose_query, general_instruction, source_instruction
-from retriever.records import Record, Source, read_id_list
-from retriever.training.data import Question, TrainingData, read_questions
+from retriever.questions import Question, read_questions
+from retriever.records import Record, read_id_list
+from retriever.training.data import TrainingData
 from retriever.training.model import EmbeddingModel
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def evaluate_sample(model: EmbeddingModel, data: TrainingData, sample: DevSample
         rr = _reciprocal_rank(vector @ docs.T, records, set(q.gold))
         metrics["s1_mrr@100"].append(rr)
         metrics[f"s1_mrr@100/{q.dataset}"].append(rr)
-    single = [(q, Source.parse(q.gold_source)) for q in sample.questions if q.gold_source in {s.value for s in Source}]
+    single = [(q, q.single_source) for q in sample.questions if q.single_source is not None]
     if single:
         s2 = model.encode([compose_query(source_instruction(s), q.text) for q, s in single]).numpy()
         for (q, source), vector in zip(single, s2, strict=True):

@@ -138,10 +138,7 @@ class FinetuneTask:
 
     def _general_positive(self, item: TrainingQuestion, rng: np.random.Generator) -> int:
         # The answer's source when the label names one (ottqa: the passage, not the bridging table).
-        try:
-            preferred = Source.parse(item.question.gold_source)
-        except ValueError:
-            preferred = None
+        preferred = item.question.single_source
         options = item.positives.get(preferred) if preferred else None
         if not options:
             options = [i for s in item.sources for i in item.positives[s]]

@@ -14,17 +14,15 @@ from retriever.evaluation.bench import HeteroBenchConfig, Method, run_heteromix_
 from retriever.evaluation.collection import CorpusSpec, UnitScheme, check_index_matches, dense_cache_key
 from retriever.evaluation.heteromix import (
     HeteroConfig,
-    HeteroQuestion,
     Scenario,
     judge,
     make_query,
-    parse_gold_source,
-    read_questions,
 )
 from retriever.evaluation.report import replace_section, trec_docid
 from retriever.index.store import UnitStore
 from retriever.instructions import default_prompts, general_instruction, source_instruction
 from retriever.linearize import Unit
+from retriever.questions import Question, read_questions
 from retriever.records import Source
 
 T, TB, KB, IB = Source.TEXT, Source.TABLE, Source.KB, Source.INFOBOX
@@ -35,29 +33,7 @@ def write_questions(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def test_parse_gold_source() -> None:
-    assert parse_gold_source("table") == (TB,)
-    assert parse_gold_source("text+table") == (T, TB)
-    with pytest.raises(ValueError):
-        parse_gold_source("text+video")
-
-
-def test_read_questions_reports_file_line_and_field(tmp_path: Path) -> None:
-    good = {"id": "q1", "text": "who?", "dataset": "d", "gold_source": "kb", "gold": ["k1"], "answers": []}
-    path = write_questions(tmp_path / "q.jsonl", [good, {**good, "id": "q2", "gold": []}])
-    with pytest.raises(InvalidInputError, match=r"q\.jsonl:2: field 'gold'"):
-        read_questions(path)
-    path = write_questions(tmp_path / "q.jsonl", [good, {**good, "id": "q2", "gold_rows": {"t": [-1]}}])
-    with pytest.raises(InvalidInputError, match=r":2: field 'gold_rows.t'"):
-        read_questions(path)
-    path = write_questions(tmp_path / "q.jsonl", [good, good])
-    with pytest.raises(InvalidInputError, match="duplicate question id"):
-        read_questions(path)
-    q = read_questions(write_questions(tmp_path / "q.jsonl", [{**good, "gold_rows": {"t": [2, 0]}}]))[0]
-    assert q.gold_sources == (KB,) and q.gold_rows == {"t": frozenset({0, 2})}
-
-
-QUESTION = HeteroQuestion("q", "which?", "hybridqa", (T, TB), ("p", "t", "k", "lost"), {"t": frozenset({1})})
+QUESTION = Question("q", "which?", "hybridqa", (T, TB), ("p", "t", "k", "lost"), {"t": frozenset({1})})
 SOURCES = {"p": T, "t": TB, "k": KB}
 
 
@@ -68,7 +44,7 @@ def test_judgments_per_scenario() -> None:
     only = judge(QUESTION, Scenario.SOURCE_HARD, SOURCES)
     # text+table requests both: the kb gold drops out, the missing gold stays (and is reported).
     assert only is not None and only.gold == {"p", "t", "lost"} and only.indexed == 2
-    kb_only = HeteroQuestion("q", "which?", "d", (IB,), ("k",))
+    kb_only = Question("q", "which?", "d", (IB,), ("k",))
     assert judge(kb_only, Scenario.SOURCE_SOFT, SOURCES) is None
 
 
@@ -83,7 +59,7 @@ def test_queries_per_scenario() -> None:
     assert soft.sources == () and hard.sources == (T, TB)
     plain_hard = make_query(QUESTION, Scenario.SOURCE_HARD_PLAIN, prompts)
     assert plain_hard.instruction == "" and plain_hard.sources == (T, TB)
-    single = HeteroQuestion("q", "which?", "d", (KB,), ("k",))
+    single = Question("q", "which?", "d", (KB,), ("k",))
     assert make_query(single, Scenario.SOURCE_SOFT, prompts).instruction == source_instruction(KB)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,15 +17,10 @@ from typing import Any
 import pytest
 
 from retriever.cli.main import main
-from retriever.sample import SAMPLE_QUERIES, data_file, ensure_sample_index
+from retriever.sample import ensure_sample_index, sample_questions
 from tests.service.helpers import running_server
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def sample_questions() -> dict[str, dict[str, Any]]:
-    lines = data_file(SAMPLE_QUERIES).read_text(encoding="utf-8").splitlines()
-    return {q["text"]: q for q in map(json.loads, lines)}
 
 
 def readme_client_block() -> str:
@@ -50,7 +44,7 @@ def test_readme_client_example_finds_its_gold_in_the_top_3(sample_cache: Path, e
     block = readme_client_block()
     asked = re.search(r'client\.retrieve\(\s*"([^"]+)"', block)
     assert asked, "the README's client example should ask a literal question"
-    question = sample_questions().get(asked.group(1))
+    question = {q.text: q for q in sample_questions()}.get(asked.group(1))
     assert question is not None, f"the README asks {asked.group(1)!r}, which is not a sample question"
     with running_server(encoder, [("sample", ensure_sample_index(encoder))]) as server:
         assert "127.0.0.1:50051" in block
@@ -58,7 +52,7 @@ def test_readme_client_example_finds_its_gold_in_the_top_3(sample_cache: Path, e
         with contextlib.redirect_stdout(out):
             exec(block.replace("127.0.0.1:50051", f"127.0.0.1:{server.port}"), {})  # the README's own code
     ranks = [int(line.split()[0]) for line in out.getvalue().splitlines()
-             if any(gold in line.split() for gold in question["gold"])]
+             if any(gold in line.split() for gold in question.gold)]
     assert ranks and min(ranks) <= 3, out.getvalue()
     # The README shows the output it documents: the same first three lines (rank, source, record, row).
     shown = re.search(r"```\n(1 .*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S)

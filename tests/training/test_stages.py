@@ -54,6 +54,18 @@ def test_an_unknown_corpus_field_stops_training_data_unless_lenient(tiny_data, t
     assert data.questions and "field 'titel': unknown field, ignored (--lenient)" in caplog.text
 
 
+def test_training_questions_are_read_as_the_benchmarks_read_them(tiny_data, tiny_st_model, tmp_path) -> None:
+    from retriever.errors import InvalidInputError
+
+    lines = tiny_data["train"].read_text(encoding="utf-8").splitlines()
+    bad = tmp_path / "queries.train.jsonl"
+    bad.write_text("\n".join([*lines[:2], lines[2].replace('"gold_source": "', '"gold_source": "video+')]) + "\n",
+                   encoding="utf-8")
+    m = EmbeddingModel(tiny_st_model, ModelConfig(base=str(tiny_st_model), max_seq_length=48), "cpu")
+    with pytest.raises(InvalidInputError, match=r"queries\.train\.jsonl:3: field 'gold_source'"):
+        load_training_data(tiny_data["corpus"], bad, tokenizer_budget(m.tokenizer, 62), seed=3)
+
+
 def test_training_passages_carry_their_link_context_as_an_index_build_makes_it(tiny_st_model, tmp_path) -> None:
     import json
 
