@@ -126,10 +126,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmp.add_argument("--scenarios", type=comma_list, default=None, help="only these scenarios, in this order")
     cmp.add_argument("--methods", type=comma_list, default=None, help="only these methods (bm25, dense, hybrid)")
     cmp.add_argument("--paired", action="store_true",
-                     help="instead of the tables: is each difference more than chance? Reads the run files and the "
-                     "question file the runs answered, and prints per dataset the MRR of the first run (first of "
-                     "--methods, default dense) minus each other run and method, with its paired standard error and "
-                     "a bootstrap 95%% interval over the questions (scenarios all and all-plain; default all)")
+                     help="instead of the tables: is each difference more than chance? Pairs the runs' per-question "
+                     "metrics by question and prints per dataset the first run's mean (first of --methods, default "
+                     "dense) minus each other run and method, with its paired standard error and a bootstrap 95%% "
+                     "interval over the questions (scenarios: --scenarios, default those of the first run)")
     cmp.add_argument("--bootstrap", type=int, default=2000, help="bootstrap draws for --paired (default 2000)")
     cmp.add_argument("--seed", type=int, default=0, help="bootstrap seed for --paired (default 0)")
     cmp.set_defaults(func=run_compare)
@@ -250,8 +250,8 @@ def run_compare(args: argparse.Namespace) -> int:
     from retriever.evaluation.compare import compare_markdown, paired_markdown
 
     if args.paired:
-        print(paired_markdown(args.runs, args.labels, args.scenarios, args.methods or ["dense"], args.bootstrap,
-                              args.seed))
+        print(paired_markdown(args.runs, args.labels, args.metrics, args.scenarios, args.methods or ["dense"],
+                              args.bootstrap, args.seed))
         return 0
     print(compare_markdown(args.runs, args.labels, args.metrics, args.scenarios, args.methods))
     return 0

@@ -41,10 +41,12 @@ from retriever.evaluation.remote import ServedIndex
 from retriever.evaluation.report import (
     Column,
     per_dataset_table,
+    per_question_name,
     plot_hit_curves,
     pooled_table,
     replace_section,
     write_json,
+    write_per_question,
     write_trec,
 )
 from retriever.evaluation.retrievers import UnitRetriever, engine_retrievers
@@ -295,13 +297,16 @@ def prepare_out_dir(out: Path) -> Path:
 
 def write_run_outputs(out: Path, runs: Sequence[RunResult], store: UnitStore, description: dict[str, Any],
                       title: str, results_md: Path | None, section: str, depth: int) -> tuple[dict[str, Path], str]:
-    """TREC files per run, ``metrics.json``, ``results.md``, ``hit_at_k.png`` and the RESULTS.md section."""
+    """TREC and per-question files per run, metrics.json, results.md, hit_at_k.png and the RESULTS.md section."""
     out.mkdir(parents=True, exist_ok=True)
     outputs: dict[str, Path] = {}
     for run in runs:
         path = out / f"run.{run.method}.{run.scenario.value}.trec"
         write_trec(path, run, store, tag=f"{run.method}-{run.scenario.value}")
         outputs[f"trec:{run.label}"] = path
+        path = out / per_question_name(run.method, run.scenario.value)
+        write_per_question(path, run)
+        outputs[f"questions:{run.label}"] = path
     description = {**description, "created": datetime.now(UTC).isoformat(timespec="seconds"),
                    "python": platform.python_version()}
     payload = {**description, "runs": [{"method": r.method, "scenario": r.scenario.value, "metrics": r.metrics,

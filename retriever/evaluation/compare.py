@@ -5,16 +5,14 @@ a new checkpoint against the bundled one) means reading several of them and lini
 method and scenario per dataset. Nothing is recomputed here: the figures are the saved ones.
 
 ``paired_markdown`` (``bench compare --paired``) asks whether a difference is more than chance: it
-reads the saved run files (``run.<method>.<scenario>.trec``) and the question file named in
-``metrics.json``, scores each question's reciprocal rank of its first gold record (record ranks, as
-the benchmark counts them), and reports per dataset and pooled the mean difference against the
-first run, its paired standard error and a seeded bootstrap 95 % interval over the questions.
+reads each run's per-question metrics (``questions.<method>.<scenario>.jsonl``, as the benchmark
+judged them), pairs the questions by id and reports per dataset and pooled the mean difference
+against the first run, its paired standard error and a seeded bootstrap 95 % interval over the
+questions.
 """
 
 from __future__ import annotations
 
-import re
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +22,7 @@ import numpy as np
 import orjson
 
 from retriever.errors import InvalidInputError
-from retriever.evaluation.report import POOLED, fmt
-from retriever.questions import Question, read_questions
+from retriever.evaluation.report import POOLED, fmt, per_question_name
 
 METRICS_FILE = "metrics.json"
 
@@ -96,45 +93,29 @@ def compare_markdown(directories: Sequence[Path], labels: Sequence[str] | None, 
     return "\n\n".join(blocks)
 
 
-#: The scenarios in which every gold record counts, so a run file and the question file are enough to judge.
-PAIRED_SCENARIOS = ("all", "all-plain")
-_PART = re.compile(r"#(w?\d+)$")
 
-
-def record_of(docid: str) -> str:
-    """A run file's docid → its record: ``rec#3`` (table row) and ``rec#w1`` (window) → ``rec``."""
-    return _PART.sub("", docid)
-
-
-def read_trec_records(path: Path) -> dict[str, list[str]]:
-    """Each question's records in rank order (a record at the rank of its first unit)."""
-    ranked: dict[str, list[tuple[int, str]]] = defaultdict(list)
+def read_per_question(path: Path) -> dict[str, dict[str, Any]]:
+    """A run's per-question file (``questions.<method>.<scenario>.jsonl``): question id → its line."""
+    out: dict[str, dict[str, Any]] = {}
     try:
-        with path.open(encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) != 6 or not parts[3].isdigit():
-                    raise InvalidInputError(f"{path}:{number}: expected 'qid Q0 docid rank score tag'")
-                ranked[parts[0]].append((int(parts[3]), record_of(parts[2])))
+        lines = path.read_bytes().splitlines()
     except FileNotFoundError:
-        raise InvalidInputError(f"{path}: not found (a run file of `retriever bench heteromix --out`)") from None
-    return {qid: list(dict.fromkeys(record for _, record in sorted(units))) for qid, units in ranked.items()}
-
-
-def reciprocal_ranks(run: dict[str, list[str]], questions: Sequence[Question], depth: int) -> np.ndarray:
-    """Per question, 1 / rank of its first gold record within ``depth`` records (0 when not found)."""
-    out = np.zeros(len(questions))
-    for i, q in enumerate(questions):
-        gold = set(q.gold)
-        out[i] = next((1.0 / (rank + 1) for rank, r in enumerate(run.get(q.id, [])[:depth]) if r in gold), 0.0)
+        raise InvalidInputError(f"{path}: not found (written by `retriever bench heteromix` and `bench compmix`; "
+                                "older outputs lack it: run the benchmark again)") from None
+    for number, line in enumerate(lines, 1):
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInputError(f"{path}:{number}: not valid JSON ({exc})") from exc
+        if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get("dataset"), str):
+            raise InvalidInputError(f"{path}:{number}: expected an object with string fields 'id' and 'dataset'")
+        out[row["id"]] = row
     return out
 
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """Reference minus other, over ``n`` questions: means, difference, paired SE, bootstrap 95 % interval."""
+    """Reference minus other over ``n`` paired questions: means, difference, paired SE, bootstrap 95 % interval."""
 
     n: int
     reference: float
@@ -155,84 +136,84 @@ def paired_difference(reference: np.ndarray, other: np.ndarray, draws: int,
                             float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)))
 
 
-def _saved_settings(directory: Path) -> dict[str, Any]:
-    path = directory / METRICS_FILE
+def _settings(directory: Path) -> dict[str, Any]:
+    path = directory if directory.suffix == ".json" and not directory.is_dir() else directory / METRICS_FILE
     try:
         payload = orjson.loads(path.read_bytes())
     except FileNotFoundError:
         raise InvalidInputError(f"{path}: not found (expected the --out directory of `retriever bench`)") from None
     except orjson.JSONDecodeError as exc:
         raise InvalidInputError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("protocol") != "heteromix":
-        raise InvalidInputError(f"{path}: --paired reads `retriever bench heteromix` outputs only")
-    if payload.get("collapse") is not True:
-        raise InvalidInputError(f"{path}: --paired compares record ranks; this run ranked units (--unit-ranks)")
-    for key in ("questions", "depth"):
-        if key not in payload:
-            raise InvalidInputError(f"{path}: field '{key}' is missing")
+    if not isinstance(payload, dict):
+        raise InvalidInputError(f"{path}: expected a JSON object")
     return payload
 
 
-def paired_markdown(directories: Sequence[Path], labels: Sequence[str] | None, scenarios: Sequence[str] | None,
-                    methods: Sequence[str], draws: int = 2000, seed: int = 0) -> str:
-    """Per scenario, every (run, method) against the first: MRR difference, paired SE, bootstrap interval.
+def paired_markdown(directories: Sequence[Path], labels: Sequence[str] | None, metrics: Sequence[str],
+                    scenarios: Sequence[str] | None, methods: Sequence[str], draws: int = 2000, seed: int = 0) -> str:
+    """Per scenario and metric, every (run, method) against the first: difference, paired SE, bootstrap interval.
 
-    The reference is the first directory with the first of ``methods``; the others are every
-    directory × method pair after it. All runs must have answered the same question file (the one
-    their ``metrics.json`` names) at the same depth.
+    The reference is the first directory with the first of ``methods``; the others are every other
+    directory × method pair whose per-question file exists (those without one are listed). Questions
+    are paired by id; a question judged in one run but not the other (another index's gold) is
+    left out and counted. Runs of another question file, depth or rank convention are refused.
     """
     if labels and len(labels) != len(directories):
         raise InvalidInputError(f"--labels has {len(labels)} names for {len(directories)} directories")
     if draws < 1:
         raise InvalidInputError(f"--bootstrap must be >= 1, got {draws}")
-    chosen = list(scenarios) if scenarios else ["all"]
-    wrong = [s for s in chosen if s not in PAIRED_SCENARIOS]
-    if wrong:
-        raise InvalidInputError(f"--paired judges {', '.join(PAIRED_SCENARIOS)} (every gold record counts); "
-                                f"not {', '.join(wrong)}")
     names = list(labels) if labels else [str(d) for d in directories]
-    settings = [_saved_settings(d) for d in directories]
-    files = {str(s["questions"]) for s in settings}
-    depths = {int(s["depth"]) for s in settings}
-    if len(files) > 1 or len(depths) > 1:
-        raise InvalidInputError(f"the runs answered different question files or depths: {sorted(files)}, "
-                                f"{sorted(depths)}")
-    questions = read_questions(files.pop(), settings[0].get("limit"))
-    depth = depths.pop()
+    dirs = [d.parent if d.suffix == ".json" and not d.is_dir() else d for d in directories]
+    settings = [_settings(d) for d in directories]
+    for key in ("questions", "depth", "collapse", "limit"):
+        values = {str(s.get(key)) for s in settings}
+        if len(values) > 1:
+            raise InvalidInputError(f"the runs differ in '{key}' ({', '.join(sorted(values))}): their questions "
+                                    "or ranks do not pair")
+    chosen = list(scenarios) if scenarios else list(settings[0].get("scenarios") or ["all"])
     rng = np.random.default_rng(seed)
     blocks = []
     for scenario in chosen:
-        entries = [(name, d, m) for name, d in zip(names, directories, strict=True) for m in methods]
-        # Every pair but the reference may lack its run file (a directory benchmarked with fewer methods).
-        absent = [f"{name} / {m}" for name, d, m in entries[1:] if not (d / f"run.{m}.{scenario}.trec").is_file()]
-        entries = entries[:1] + [e for e in entries[1:] if f"{e[0]} / {e[2]}" not in absent]
-        if len(entries) < 2:
-            raise InvalidInputError(f"{scenario}: nothing to compare the first run with (no run file for "
-                                    f"{', '.join(absent) or 'another run or method'})")
-        ranks = []
-        for _, directory, method in entries:
-            run = read_trec_records(directory / f"run.{method}.{scenario}.trec")
-            unknown = set(run) - {q.id for q in questions}
-            if unknown:
-                raise InvalidInputError(f"{directory}/run.{method}.{scenario}.trec: {len(unknown)} question ids "
-                                        f"are not in the question file (e.g. {sorted(unknown)[0]!r})")
-            ranks.append(reciprocal_ranks(run, questions, depth))
-        groups: dict[str, list[int]] = defaultdict(list)
-        for i, q in enumerate(questions):
-            groups[q.dataset].append(i)
-        groups[POOLED] = list(range(len(questions)))
-        ref_name, _, ref_method = entries[0]
-        lines = [f"{scenario}: MRR@{depth}, reference {ref_name} / {ref_method} minus each run, paired standard "
-                 f"error, bootstrap 95 % interval ({draws} draws, seed {seed})", "",
-                 "| run | method | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
-        for (name, _, method), other in zip(entries[1:], ranks[1:], strict=True):
-            cells = []
-            for idx in groups.values():
-                d = paired_difference(ranks[0][idx], other[idx], draws, rng)
-                cells.append(f"{d.reference:.3f} − {d.other:.3f} = {d.diff:+.3f} ± {d.se:.3f} "
-                             f"[{d.low:+.3f}, {d.high:+.3f}]")
-            lines.append(f"| {name} | {method} | " + " | ".join(cells) + " |")
-        if absent:
-            lines += ["", f"No run file for {', '.join(absent)}."]
-        blocks.append("\n".join(lines))
+        entries = [(name, d, m) for name, d in zip(names, dirs, strict=True) for m in methods]
+        files = [d / per_question_name(m, scenario) for _, d, m in entries]
+        absent = [f"{e[0]} / {e[2]}" for e, f in zip(entries[1:], files[1:], strict=True) if not f.is_file()]
+        reference = read_per_question(files[0])
+        others = [(e, read_per_question(f)) for e, f in zip(entries[1:], files[1:], strict=True) if f.is_file()]
+        if not others:
+            raise InvalidInputError(f"{scenario}: nothing to set against {entries[0][0]} / {entries[0][2]} (no "
+                                    f"per-question file for {', '.join(absent) or 'another run or method'})")
+        for metric in metrics:
+            lines = [f"{scenario}, {metric}: {entries[0][0]} / {entries[0][2]} minus each run "
+                     f"(mean − mean = difference ± paired standard error [bootstrap 95 % interval, {draws} draws, "
+                     f"seed {seed}])", ""]
+            rows, datasets, unpaired = [], sorted({r["dataset"] for r in reference.values()}), []
+            for (name, _, method), run in others:
+                ref_with = [q for q in reference if metric in reference[q]]
+                run_with = sum(metric in row for row in run.values())
+                ids = [q for q in ref_with if metric in run.get(q, {})]
+                if len(ids) < len(ref_with) or len(ids) < run_with:
+                    unpaired.append(f"{name} / {method}: {len(ids)} paired of {len(ref_with)} and {run_with}")
+                if not ids:
+                    raise InvalidInputError(f"{scenario}, {metric}: no question of {name} / {method} pairs with "
+                                            "the reference (another question file, or a metric it lacks)")
+                a = np.array([float(reference[q][metric]) for q in ids])
+                b = np.array([float(run[q][metric]) for q in ids])
+                groups = {d: [i for i, q in enumerate(ids) if reference[q]["dataset"] == d] for d in datasets}
+                groups[POOLED] = list(range(len(ids)))
+                cells = []
+                for idx in groups.values():
+                    if not idx:
+                        cells.append("–")
+                        continue
+                    d = paired_difference(a[idx], b[idx], draws, rng)
+                    cells.append(f"{d.reference:.3f} − {d.other:.3f} = {d.diff:+.3f} ± {d.se:.3f} "
+                                 f"[{d.low:+.3f}, {d.high:+.3f}]")
+                rows.append(f"| {name} | {method} | " + " | ".join(cells) + " |")
+            lines += ["| run | method | " + " | ".join([*datasets, POOLED]) + " |",
+                      "|---|---|" + "---|" * (len(datasets) + 1), *rows]
+            notes = ([f"No per-question file for {', '.join(absent)}."] if absent else []) + \
+                [f"Unpaired questions left out: {'; '.join(unpaired)}."] * bool(unpaired)
+            if notes:
+                lines += ["", *notes]
+            blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

@@ -137,6 +137,7 @@ class RunResult:
     metrics: dict[str, dict[str, float]]  # "pooled" and one entry per dataset
     seconds: float
     first_ranks: list[int | None] = field(default_factory=list)  # rank of the first gold record (hit curves)
+    datasets: list[str] = field(default_factory=list)  # each judged question's dataset, in question order
 
     @property
     def label(self) -> str:
@@ -198,7 +199,7 @@ def run_heteromix(questions: Sequence[Question], store: UnitStore, retrievers: S
                     metrics[POOLED].get("hit@1", 0.0), config.mrr_k,
                     metrics[POOLED].get(f"mrr@{config.mrr_k}", 0.0), len(judged), seconds)
         results.append(RunResult(retriever.name, scenario, [q.id for q, _ in judged], rankings, per_question,
-                                 metrics, seconds, first_ranks))
+                                 metrics, seconds, first_ranks, [q.dataset for q, _ in judged]))
     return results
 
 

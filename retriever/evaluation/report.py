@@ -1,4 +1,4 @@
-"""Benchmark outputs: TREC run files, a metrics JSON, Markdown tables, Hit@k plots, RESULTS.md sections."""
+"""Benchmark outputs: run files, per-question metrics, metrics JSON, Markdown tables, Hit@k plots, RESULTS.md."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ class ScoredRun(Protocol):
     rankings: list[Ranking]
     metrics: dict[str, dict[str, float]]
     first_ranks: list[int | None]
+    per_question: list[dict[str, float]]
+    datasets: list[str]
 
     @property
     def label(self) -> str: ...
@@ -60,6 +62,20 @@ def write_trec(path: Path, run: ScoredRun, store: UnitStore, tag: str | None = N
             qid = qid.replace(" ", "_")
             for rank, (unit_id, score) in enumerate(zip(ids.tolist(), scores.tolist(), strict=True), 1):
                 fh.write(f"{qid} Q0 {trec_docid(store, unit_id)} {rank} {score:.6f} {tag}\n")
+    os.replace(tmp, path)
+
+
+def per_question_name(method: str, scenario: str) -> str:
+    """The per-question file of one run in a ``--out`` directory."""
+    return f"questions.{method}.{scenario}.jsonl"
+
+
+def write_per_question(path: Path, run: ScoredRun) -> None:
+    """One JSON object a judged question: ``{"id", "dataset", <metric>: value, ...}`` (``bench compare --paired``)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as fh:
+        for qid, dataset, values in zip(run.question_ids, run.datasets, run.per_question, strict=True):
+            fh.write(orjson.dumps({"id": qid, "dataset": dataset, **values}) + b"\n")
     os.replace(tmp, path)
 
 

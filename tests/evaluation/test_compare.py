@@ -91,70 +91,71 @@ def test_cli_compares_real_bench_outputs(tiny_corpus: Path, tiny_records: list[d
     assert "nowhere/metrics.json: not found" in capsys.readouterr().err
 
 
-PAIRED_ROWS = [{"id": "q1", "text": "a?", "dataset": "d1", "gold_source": "table", "gold": ["t1"]},
-               {"id": "q2", "text": "b?", "dataset": "d1", "gold_source": "text", "gold": ["p2"]},
-               {"id": "q3", "text": "c?", "dataset": "d2", "gold_source": "kb", "gold": ["k3"]}]
-
-
-def paired_dir(directory: Path, questions: Path, trec: dict[str, list[str]], **settings: object) -> Path:
+def paired_dir(directory: Path, runs: dict[str, list[dict]], **settings: object) -> Path:
+    """A --out directory with metrics.json and per-question files (name → rows)."""
     directory.mkdir(parents=True)
-    payload = {"protocol": "heteromix", "collapse": True, "questions": str(questions), "depth": 100, "limit": None,
-               "runs": [], **settings}
+    payload = {"protocol": "heteromix", "collapse": True, "questions": "q.jsonl", "depth": 100, "limit": None,
+               "scenarios": ["all"], "runs": [], **settings}
     (directory / "metrics.json").write_text(json.dumps(payload), encoding="utf-8")
-    for name, lines in trec.items():
-        (directory / name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    for name, rows in runs.items():
+        (directory / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return directory
 
 
-def test_paired_differences_per_dataset_with_record_ranks(tmp_path: Path) -> None:
-    from retriever.evaluation.compare import paired_markdown, record_of
+def q(qid: str, dataset: str, mrr: float, **more: float) -> dict:
+    return {"id": qid, "dataset": dataset, "mrr@100": mrr, **more}
 
-    assert (record_of("t1#3"), record_of("p2#w1"), record_of("fetaqa::7")) == ("t1", "p2", "fetaqa::7")
-    questions = write_questions(tmp_path / "q.jsonl", PAIRED_ROWS)
-    # a, dense: q1's rows collapse to one record at rank 1; q2's gold is record 2 (p9 and its window are one
-    # record); q3 missed: 1, 0.5, 0. a, bm25: q1 at 2, q2 at 1, q3 absent (0): 0.5, 1, 0. b, dense: all at 1.
-    a = paired_dir(tmp_path / "a", questions, {
-        "run.dense.all.trec": ["q1 Q0 t1#0 1 .9 x", "q1 Q0 t1#4 2 .8 x", "q2 Q0 p9 1 .9 x", "q2 Q0 p9#w1 2 .8 x",
-                               "q2 Q0 p2 3 .7 x", "q3 Q0 k9 1 .9 x"],
-        "run.bm25.all.trec": ["q1 Q0 p9 1 .9 x", "q1 Q0 t1#2 2 .8 x", "q2 Q0 p2 1 .9 x"]})
-    b = paired_dir(tmp_path / "b", questions, {
-        "run.dense.all.trec": ["q1 Q0 t1#0 1 .9 x", "q2 Q0 p2 1 .9 x", "q3 Q0 k3 1 .9 x"]})
-    lines = paired_markdown([a, b], ["A", "B"], None, ["dense", "bm25"]).splitlines()
+
+def test_paired_differences_per_dataset(tmp_path: Path) -> None:
+    from retriever.evaluation.compare import paired_markdown
+
+    a = paired_dir(tmp_path / "a", {
+        "questions.dense.all.jsonl": [q("q1", "d1", 1.0), q("q2", "d1", 0.5), q("q3", "d2", 0.0, **{"row_hit@10": 1})],
+        "questions.bm25.all.jsonl": [q("q1", "d1", 0.5), q("q2", "d1", 1.0), q("q3", "d2", 0.0, **{"row_hit@10": 0})]})
+    b = paired_dir(tmp_path / "b", {
+        "questions.dense.all.jsonl": [q("q1", "d1", 1.0), q("q2", "d1", 1.0), q("q3", "d2", 1.0)]})
+    lines = paired_markdown([a, b], ["A", "B"], ["mrr@100"], None, ["dense", "bm25"]).splitlines()
+    assert lines[0].startswith("all, mrr@100: A / dense minus each run")
     assert lines[2] == "| run | method | d1 | d2 | pooled |"
     assert lines[4].startswith("| A | bm25 | 0.750 − 0.750 = +0.000 ± 0.500 ")
     assert lines[5].startswith("| B | dense | 0.750 − 1.000 = -0.250 ± 0.250 ")
     assert "| 0.000 − 1.000 = -1.000 ± 0.000 [-1.000, -1.000] |" in lines[5]
-    assert lines[6:] == ["", "No run file for B / bm25."]
+    assert lines[6:] == ["", "No per-question file for B / bm25."]
+    # A metric only some questions have (row hits: table questions) pairs those questions alone.
+    text = paired_markdown([a], ["A"], ["row_hit@10"], ["all"], ["dense", "bm25"])
+    assert "| A | bm25 | – | 1.000 − 0.000 = +1.000 ± 0.000 [+1.000, +1.000] | 1.000 − 0.000" in text
+    assert "Unpaired" not in text
+    # A question one run judged and the other did not is left out, and counted.
+    c = paired_dir(tmp_path / "c", {"questions.dense.all.jsonl": [q("q1", "d1", 0.0), q("q2", "d1", 0.0)]})
+    text = paired_markdown([a, c], ["A", "C"], ["mrr@100"], None, ["dense"])
+    assert "Unpaired questions left out: C / dense: 2 paired of 3 and 2." in text
 
 
-def test_paired_refuses_what_it_cannot_judge(tmp_path: Path) -> None:
+def test_paired_refuses_what_does_not_pair(tmp_path: Path) -> None:
     from retriever.evaluation.compare import paired_markdown
 
-    questions = write_questions(tmp_path / "q.jsonl", PAIRED_ROWS)
-    other = write_questions(tmp_path / "other.jsonl", PAIRED_ROWS)
-    a = paired_dir(tmp_path / "a", questions, {"run.dense.all.trec": []})
-    with pytest.raises(InvalidInputError, match="not source-soft"):
-        paired_markdown([a], None, ["source-soft"], ["dense"])
-    with pytest.raises(InvalidInputError, match="different question files"):
-        paired_markdown([a, paired_dir(tmp_path / "b", other, {})], None, None, ["dense"])
-    with pytest.raises(InvalidInputError, match="ranked units"):
-        paired_markdown([paired_dir(tmp_path / "c", questions, {}, collapse=False)], None, None, ["dense"])
-    with pytest.raises(InvalidInputError, match=r"nothing to compare the first run with \(no run file for a / bm25"):
-        paired_markdown([a], ["a"], None, ["dense", "bm25"])
-    with pytest.raises(InvalidInputError, match=r"run\.bm25\.all\.trec: not found"):
-        paired_markdown([a], None, None, ["bm25", "dense"])
-    (a / "run.bm25.all.trec").write_text("zz Q0 r 1 .5 x\n", encoding="utf-8")
-    with pytest.raises(InvalidInputError, match="1 question ids are not in the question file"):
-        paired_markdown([a], None, None, ["dense", "bm25"])
-    (a / "run.bm25.all.trec").write_text("q1 r 1 .5\n", encoding="utf-8")
-    with pytest.raises(InvalidInputError, match=r"run\.bm25\.all\.trec:1: expected"):
-        paired_markdown([a], None, None, ["dense", "bm25"])
+    a = paired_dir(tmp_path / "a", {"questions.dense.all.jsonl": [q("q1", "d1", 1.0)]})
+    with pytest.raises(InvalidInputError, match="differ in 'questions'"):
+        paired_markdown([a, paired_dir(tmp_path / "b", {}, questions="other.jsonl")], None, ["mrr@100"], None, ["dense"])
+    with pytest.raises(InvalidInputError, match="differ in 'collapse'"):
+        paired_markdown([a, paired_dir(tmp_path / "c", {}, collapse=False)], None, ["mrr@100"], None, ["dense"])
+    with pytest.raises(InvalidInputError, match=r"nothing to set against a / dense \(no per-question file for a / bm25"):
+        paired_markdown([a], ["a"], ["mrr@100"], None, ["dense", "bm25"])
+    with pytest.raises(InvalidInputError, match=r"questions\.bm25\.all\.jsonl: not found .* run the benchmark again"):
+        paired_markdown([a], None, ["mrr@100"], None, ["bm25", "dense"])
+    (a / "questions.bm25.all.jsonl").write_text('{"id": "zz", "dataset": "d1", "mrr@100": 1}\n', encoding="utf-8")
+    with pytest.raises(InvalidInputError, match="no question of .* pairs with the reference"):
+        paired_markdown([a], None, ["mrr@100"], None, ["dense", "bm25"])
+    (a / "questions.bm25.all.jsonl").write_text('{"id": "q1"}\n', encoding="utf-8")
+    with pytest.raises(InvalidInputError, match=r"questions\.bm25\.all\.jsonl:1: expected an object"):
+        paired_markdown([a], None, ["mrr@100"], None, ["dense", "bm25"])
 
 
 def test_paired_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    questions = write_questions(tmp_path / "q.jsonl", PAIRED_ROWS)
-    a = paired_dir(tmp_path / "a", questions, {"run.dense.all.trec": ["q1 Q0 t1 1 .5 x"],
-                                               "run.bm25.all.trec": ["q1 Q0 nothing 1 .5 x"]})
-    assert main(["-q", "bench", "compare", str(a), "--methods", "dense,bm25", "--paired", "--bootstrap", "50"]) == 0
-    assert "(50 draws, seed 0)" in capsys.readouterr().out
+    a = paired_dir(tmp_path / "a", {"questions.dense.all.jsonl": [q("q1", "d1", 1.0), q("q2", "d1", 0.0)],
+                                    "questions.bm25.all.jsonl": [q("q1", "d1", 0.0), q("q2", "d1", 0.0)]})
+    assert main(["-q", "bench", "compare", str(a), "--methods", "dense,bm25", "--paired", "--bootstrap", "50",
+                 "--metrics", "mrr@100"]) == 0
+    out = capsys.readouterr().out
+    assert "50 draws, seed 0" in out and "| 0.500 − 0.000 = +0.500 ± 0.500 " in out
     assert main(["-q", "bench", "compare", str(a), "--paired", "--scenarios", "source-hard"]) == 1

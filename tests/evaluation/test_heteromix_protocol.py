@@ -200,8 +200,18 @@ def test_cli_bench_heteromix_bm25(tiny_corpus: Path, tiny_records: list[dict], t
     assert code == 0
     assert "| bm25 | source-hard |" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == [
-        "hit_at_k.png", "metrics.json", "results.md", "run.bm25.all.trec", "run.bm25.source-hard.trec",
+        "hit_at_k.png", "metrics.json", "questions.bm25.all.jsonl", "questions.bm25.source-hard.jsonl",
+        "questions.bm25.source-soft.jsonl", "results.md", "run.bm25.all.trec", "run.bm25.source-hard.trec",
         "run.bm25.source-soft.trec"]
+    # One line a judged question, with its dataset and the metrics that went into the means.
+    rows = [orjson.loads(line) for line in (out / "questions.bm25.source-hard.jsonl").read_bytes().splitlines()]
+    payload = orjson.loads((out / "metrics.json").read_bytes())
+    hard = next(r for r in payload["runs"] if r["scenario"] == "source-hard")
+    assert len(rows) == hard["metrics"]["pooled"]["n"] and {r["id"] for r in rows} <= {q["id"] for q in
+                                                                                     tiny_questions(tiny_records)}
+    assert sum(r["mrr@100"] for r in rows) / len(rows) == pytest.approx(hard["metrics"]["pooled"]["mrr@100"])
+    assert {r["dataset"] for r in rows} == set(hard["metrics"]) - {"pooled"}
+    assert main(["-q", "bench", "compare", str(out), "--paired", "--methods", "bm25", "--metrics", "mrr@100"]) == 1
     with pytest.raises(SystemExit):
         main(["bench", "heteromix", "--methods", "bm25,colbert"])
 
