@@ -508,6 +508,31 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    """What ``config`` changes against a run's saved ``config.json`` among the keys its fingerprint covers.
+
+    ``section.key: <run's value> in the run, <value> now``, one a key; ``[run]`` bookkeeping and
+    ``[router]`` are left out as the fingerprint leaves them, and so is a key added since the run was
+    started while it is at its default.
+    """
+    current = config.to_json()
+    out = []
+    for section in sorted(set(saved) | set(current)):
+        if section == "router":
+            continue
+        old, new = saved.get(section) or {}, current.get(section) or {}
+        for key in sorted(set(old) | set(new)):
+            if section == "run" and key not in ("stages", "seed", "precision"):
+                continue
+            if key not in old and (section, key) in ADDED_KEYS:
+                default = {f.name: f.default for f in dataclasses.fields(getattr(config, section))}[key]
+                if new.get(key) == default:
+                    continue
+            if old.get(key) != new.get(key):
+                out.append(f"{section}.{key}: {old.get(key)!r} in the run, {new.get(key)!r} now")
+    return out
+
+
 #: (section, key) pairs added after runs existed: left out of the fingerprint at their default.
 ADDED_KEYS = (("data", "lenient"), ("finetune", "grammar_phrasing_prob"), ("finetune", "miner_model"),
               ("data", "link_rows"), ("finetune", "consistency_weight"))

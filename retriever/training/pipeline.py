@@ -35,7 +35,14 @@ from retriever.linearize import LINEARIZER_VERSION
 from retriever.model_dir import model_checksum, resolve_model_dir
 from retriever.records import file_fingerprint, read_id_list
 from retriever.training.anchors import DataTextPair, read_pairs_file
-from retriever.training.config import DeviceChoice, FinetuneConfig, NegativeMiner, StageName, TrainConfig
+from retriever.training.config import (
+    DeviceChoice,
+    FinetuneConfig,
+    NegativeMiner,
+    StageName,
+    TrainConfig,
+    config_differences,
+)
 from retriever.training.data import TrainingData, load_training_data, tokenizer_budget
 from retriever.training.devcheck import DevSample, dev_record_ids, evaluate_sample, sample_dev
 from retriever.training.merge import MANIFEST_NAME, interpolate_models
@@ -255,8 +262,14 @@ def _prepare(out: Path, config: TrainConfig, resume: bool, overwrite: bool) -> d
             raise InvalidInputError(f"{out} is not empty and has no {RUN_STATE}; choose another output_dir")
         state: dict[str, Any] = json.loads(state_file.read_text(encoding="utf-8"))
         if state["config_fingerprint"] != config.fingerprint():
-            raise InvalidInputError(f"{out} was started with a different configuration (see {out}/config.json); "
-                                    "resume with the same file, or start a new output_dir")
+            try:
+                changes = config_differences(json.loads((out / "config.json").read_text(encoding="utf-8")), config)
+            except (OSError, ValueError):
+                changes = []
+            raise InvalidInputError(
+                f"{out} was started with a different configuration"
+                + (f" ({'; '.join(changes)})" if changes else f" (see {out}/config.json)")
+                + "; resume with the same file and the same --set overrides, or start a new output_dir")
         logger.info("resuming %s: completed stages %s", out, ", ".join(state["completed"]) or "none")
         return state
     out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -67,5 +68,26 @@ def test_resume_refuses_a_changed_config(tiny_data, tiny_st_model, tmp_path):
         train(config, should_stop=lambda step: True)
     changed = _raw(tiny_data, tiny_st_model, out)
     changed["finetune"]["lr"] = 5e-4
-    with pytest.raises(InvalidInputError, match="different configuration"):
+    with pytest.raises(InvalidInputError, match="different configuration") as err:
         train(config_from_dict(changed), resume=True)
+    # The message names what changed (a forgotten --set override shows up here), and only that.
+    assert re.search(r"\(finetune\.lr: [0-9.e-]+ in the run, 0\.0005 now\); resume with the same file and the "
+                     r"same --set overrides", str(err.value)), str(err.value)
+
+
+def test_config_differences_leave_out_bookkeeping_and_keys_added_at_their_default(tiny_data, tiny_st_model,
+                                                                                  tmp_path):
+    from retriever.training.config import config_differences
+
+    config = config_from_dict(_raw(tiny_data, tiny_st_model, tmp_path / "run"))
+    saved = json.loads(json.dumps(config.to_json()))
+    assert config_differences(saved, config) == []
+    saved["run"]["log_every"] = 999  # bookkeeping: not part of the fingerprint
+    saved["router"] = {"epochs": 99}
+    del saved["finetune"]["consistency_weight"]  # a run started before the key existed, now at its default
+    assert config_differences(saved, config) == []
+    saved["model"]["max_seq_length"] = 256
+    saved["run"]["seed"] = config.run.seed + 1
+    assert config_differences(saved, config) == [
+        f"model.max_seq_length: 256 in the run, {config.model.max_seq_length} now",
+        f"run.seed: {config.run.seed + 1} in the run, {config.run.seed} now"]
