@@ -21,7 +21,10 @@ Each phrasing is asked two ways, dense, no filter in the query:
 Reported per way, pooled and per dataset: MRR@100 and the share of the top 10 from the requested
 sources, for the canonical instruction, averaged over the phrasings, and **robustness** (the
 worst phrasing of each question, averaged over questions, as Promptriever's Robustness@10 takes
-the worst instruction per query). Writes ``benchmarks/results/phrasing_<name>.json``.
+the worst instruction per query), with how sure the question set makes them: the phrasings'
+mean with a bootstrap 95 % interval, and the gap canonical − phrasings with its paired standard
+error and interval (:func:`retriever.evaluation.compare.paired_difference`). Writes
+``benchmarks/results/phrasing_<name>.json``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import numpy as np
 
 from retriever.cli.index_commands import add_encoder_args, encoder_config, fraction
 from retriever.encoder import Encoder
+from retriever.evaluation.compare import paired_difference
 from retriever.evaluation.heteromix import HeteroConfig, Scenario, run_heteromix
 from retriever.evaluation.retrievers import EngineRetriever, QueryVectors, UnitRetriever
 from retriever.index import Index
@@ -78,16 +82,31 @@ class Phrased:
         return self.inner.rank(phrased, depth)
 
 
-def summarize(per_question: list[list[dict[str, float]]], datasets: list[str]) -> dict[str, Any]:
-    """``per_question[v][i]``: variant v's metrics for question i (v 0 canonical, then the phrasings)."""
-    def block(rows: list[int]) -> dict[str, float]:
-        out: dict[str, float] = {"questions": len(rows)}
+def summarize(per_question: list[list[dict[str, float]]], datasets: list[str], draws: int = 2000,
+              seed: int = 0) -> dict[str, Any]:
+    """``per_question[v][i]``: variant v's metrics for question i (v 0 canonical, then the phrasings).
+
+    Besides the means, how sure they are over these questions (``bench compare --paired``'s
+    statistics): ``<m>/phrasings_ci95`` for the phrasings' mean and ``<m>/gap`` (canonical minus the
+    question's phrasings mean) with its paired standard error and bootstrap 95 % interval.
+    """
+    rng = np.random.default_rng(seed)
+
+    def block(rows: list[int]) -> dict[str, Any]:
+        out: dict[str, Any] = {"questions": len(rows)}
         for m in METRICS:
             canon = [per_question[0][i].get(m, 0.0) for i in rows]
             phr = [[per_question[v][i].get(m, 0.0) for v in range(1, len(per_question))] for i in rows]
             out[f"{m}/canonical"] = round(statistics.fmean(canon), 4)
             out[f"{m}/phrasings_mean"] = round(statistics.fmean(x for p in phr for x in p), 4)
             out[f"{m}/robustness"] = round(statistics.fmean(min(p) for p in phr), 4)
+            per_question_mean = np.array([statistics.fmean(p) for p in phr])
+            mean = paired_difference(per_question_mean, np.zeros(len(rows)), draws, rng)  # the mean's own interval
+            out[f"{m}/phrasings_ci95"] = [round(mean.low, 4), round(mean.high, 4)]
+            gap = paired_difference(np.array(canon), per_question_mean, draws, rng)
+            out[f"{m}/gap"] = round(gap.diff, 4)
+            out[f"{m}/gap_se"] = round(gap.se, 4)
+            out[f"{m}/gap_ci95"] = [round(gap.low, 4), round(gap.high, 4)]
         return out
 
     result = {"pooled": block(list(range(len(datasets))))}
@@ -158,6 +177,11 @@ def main() -> None:
         for m in METRICS:
             for kind in ("canonical", "phrasings_mean", "robustness"):
                 print(f"| {m} {kind} | " + " | ".join(f"{table[d][f'{m}/{kind}']:.3f}" for d in datasets) + " |")
+            print(f"| {m} phrasings 95 % interval | " + " | ".join(
+                "[{:.3f}, {:.3f}]".format(*table[d][f"{m}/phrasings_ci95"]) for d in datasets) + " |")
+            print(f"| {m} gap canonical − phrasings [95 %] | " + " | ".join(
+                "{:+.3f} [{:+.3f}, {:+.3f}]".format(table[d][f"{m}/gap"], *table[d][f"{m}/gap_ci95"])
+                for d in datasets) + " |")
     print(f"\nwrote {out}")
 
 
