@@ -37,16 +37,26 @@ class SavedRun:
     metrics: dict[str, dict[str, float]]
 
 
-def load_saved_runs(directory: Path, label: str) -> list[SavedRun]:
-    """Read ``directory/metrics.json``; errors name the file and the missing field."""
-    path = directory if directory.suffix == ".json" and not directory.is_dir() else directory / METRICS_FILE
+def _metrics_path(directory: Path) -> Path:
+    """``directory/metrics.json``, or ``directory`` itself when it names that file."""
+    return directory if directory.suffix == ".json" and not directory.is_dir() else directory / METRICS_FILE
+
+
+def _read_metrics(directory: Path) -> tuple[Path, Any]:
+    """The path and parsed content of a saved benchmark's ``metrics.json``; errors name the file."""
+    path = _metrics_path(directory)
     try:
-        payload = orjson.loads(path.read_bytes())
+        return path, orjson.loads(path.read_bytes())
     except FileNotFoundError:
         raise InvalidInputError(f"{path}: not found (expected the --out directory of `retriever bench` "
                                 f"or its {METRICS_FILE})") from None
     except orjson.JSONDecodeError as exc:
         raise InvalidInputError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def load_saved_runs(directory: Path, label: str) -> list[SavedRun]:
+    """Read ``directory/metrics.json``; errors name the file and the missing field."""
+    path, payload = _read_metrics(directory)
     runs = payload.get("runs") if isinstance(payload, dict) else None
     if not isinstance(runs, list):
         raise InvalidInputError(f"{path}: field 'runs' is missing or not a list")
@@ -93,7 +103,6 @@ def compare_markdown(directories: Sequence[Path], labels: Sequence[str] | None, 
     return "\n\n".join(blocks)
 
 
-
 def read_per_question(path: Path) -> dict[str, dict[str, Any]]:
     """A run's per-question file (``questions.<method>.<scenario>.jsonl``): question id → its line."""
     out: dict[str, dict[str, Any]] = {}
@@ -137,13 +146,7 @@ def paired_difference(reference: np.ndarray, other: np.ndarray, draws: int,
 
 
 def _settings(directory: Path) -> dict[str, Any]:
-    path = directory if directory.suffix == ".json" and not directory.is_dir() else directory / METRICS_FILE
-    try:
-        payload = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise InvalidInputError(f"{path}: not found (expected the --out directory of `retriever bench`)") from None
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInputError(f"{path}: not valid JSON ({exc})") from exc
+    path, payload = _read_metrics(directory)
     if not isinstance(payload, dict):
         raise InvalidInputError(f"{path}: expected a JSON object")
     return payload
@@ -163,7 +166,7 @@ def paired_markdown(directories: Sequence[Path], labels: Sequence[str] | None, m
     if draws < 1:
         raise InvalidInputError(f"--bootstrap must be >= 1, got {draws}")
     names = list(labels) if labels else [str(d) for d in directories]
-    dirs = [d.parent if d.suffix == ".json" and not d.is_dir() else d for d in directories]
+    dirs = [_metrics_path(d).parent for d in directories]
     settings = [_settings(d) for d in directories]
     for key in ("questions", "depth", "collapse", "limit"):
         values = {str(s.get(key)) for s in settings}

@@ -8,6 +8,7 @@ are resolved against the current directory (run from the project root).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -491,43 +492,40 @@ class TrainConfig:
         return _jsonable(dataclasses.asdict(self))
 
     def fingerprint(self, exclude_run: bool = True) -> str:
-        """SHA-256 of the configuration (``[run]`` bookkeeping keys excluded by default).
+        """SHA-256 of :meth:`fingerprinted` (``[run]`` bookkeeping keys excluded by default)."""
+        data = self.fingerprinted(exclude_run=exclude_run)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    def fingerprinted(self, data: dict[str, Any] | None = None, exclude_run: bool = True) -> dict[str, Any]:
+        """The part of a configuration a run is bound to (this one's, or ``data``: a run's saved ``config.json``).
 
         ``[router]`` is left out: the router is trained after the stages and changes none of them,
-        so a run may be resumed with other router settings.
+        so a run may be resumed with other router settings. A key of :data:`ADDED_KEYS` at its
+        default (or absent: a run started before it existed) is left out, so older runs stay
+        resumable. With ``exclude_run``, ``[run]`` keeps only ``stages``, ``seed`` and ``precision``.
         """
-        data = self.to_json()
-        data.pop("router")
-        for section, key in ADDED_KEYS:  # at their default, keys added later leave older runs resumable
+        data = copy.deepcopy(data) if data is not None else self.to_json()
+        data.pop("router", None)
+        for section, key in ADDED_KEYS:
             default = {f.name: f.default for f in dataclasses.fields(getattr(self, section))}[key]
-            if data[section].get(key) == default:
-                data[section].pop(key)
-        if exclude_run:
-            data["run"] = {k: v for k, v in data["run"].items()
-                           if k in ("stages", "seed", "precision")}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+            if data.get(section, {}).get(key, default) == default:
+                data[section].pop(key, None)
+        if exclude_run and "run" in data:
+            data["run"] = {k: v for k, v in data["run"].items() if k in ("stages", "seed", "precision")}
+        return data
 
 
 def config_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
-    """What ``config`` changes against a run's saved ``config.json`` among the keys its fingerprint covers.
+    """What ``config`` changes against a run's saved ``config.json``, among the keys the fingerprint covers.
 
-    ``section.key: <run's value> in the run, <value> now``, one a key; ``[run]`` bookkeeping and
-    ``[router]`` are left out as the fingerprint leaves them, and so is a key added since the run was
-    started while it is at its default.
+    ``section.key: <run's value> in the run, <value> now``, one a key (:meth:`TrainConfig.fingerprinted`
+    of both).
     """
-    current = config.to_json()
+    old_all, new_all = config.fingerprinted(saved), config.fingerprinted()
     out = []
-    for section in sorted(set(saved) | set(current)):
-        if section == "router":
-            continue
-        old, new = saved.get(section) or {}, current.get(section) or {}
+    for section in sorted(set(old_all) | set(new_all)):
+        old, new = old_all.get(section) or {}, new_all.get(section) or {}
         for key in sorted(set(old) | set(new)):
-            if section == "run" and key not in ("stages", "seed", "precision"):
-                continue
-            if key not in old and (section, key) in ADDED_KEYS:
-                default = {f.name: f.default for f in dataclasses.fields(getattr(config, section))}[key]
-                if new.get(key) == default:
-                    continue
             if old.get(key) != new.get(key):
                 out.append(f"{section}.{key}: {old.get(key)!r} in the run, {new.get(key)!r} now")
     return out
