@@ -16,7 +16,10 @@ Each phrasing is asked two ways, dense, no filter in the query:
 - ``encoder-only``: the instruction only conditions the query encoder (the harness's
   ``source-soft``);
 - ``filter``: the server's default (``--resolve filter``): the model's source router reads the
-  instruction and filters when confident, else the encoder alone.
+  instruction and filters when confident; below its threshold the encoder decides, with the
+  sources read preferred (``--router-prior``, default :data:`retriever.router.ROUTER_PRIOR`);
+- ``filter-no-prior``: the same without the preference (``--router-prior 0``): the encoder alone
+  below the threshold.
 
 Reported per way, pooled and per dataset: MRR@100 and the share of the top 10 from the requested
 sources, for the canonical instruction, averaged over the phrasings, and **robustness** (the
@@ -127,6 +130,9 @@ def main() -> None:
     parser.add_argument("--router-thresholds", type=fraction, nargs="*", default=[], metavar="P",
                         help="also ask every phrasing with the router filtering at each of these confidences "
                         "(ways 'filter@P'; `--router-threshold` of search and serve)")
+    parser.add_argument("--router-priors", type=fraction, nargs="*", default=[], metavar="W",
+                        help="also ask every phrasing with the router preferring what it read below its threshold "
+                        "by W x confidence (ways 'prior@W'; `--router-prior` of search and serve)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -145,11 +151,13 @@ def main() -> None:
         "router_threshold": encoder.router.threshold if encoder.router is not None else None,
         "ways": {}, "examples": {}}
     vectors = QueryVectors()
-    ways: list[tuple[str, SourceResolution, float | None]] = [
-        ("encoder-only", SourceResolution.ENCODER_ONLY, None), ("filter", SourceResolution.FILTER, None),
-        *((f"filter@{p:g}", SourceResolution.FILTER, p) for p in args.router_thresholds)]
-    for way, resolution, threshold in ways:
-        searcher = Searcher(index, encoder, resolution, router_threshold=threshold)
+    ways: list[tuple[str, SourceResolution, float | None, float | None]] = [
+        ("encoder-only", SourceResolution.ENCODER_ONLY, None, None), ("filter", SourceResolution.FILTER, None, None),
+        ("filter-no-prior", SourceResolution.FILTER, None, 0.0),
+        *((f"filter@{p:g}", SourceResolution.FILTER, p, None) for p in args.router_thresholds),
+        *((f"prior@{w:g}", SourceResolution.FILTER, None, w) for w in args.router_priors)]
+    for way, resolution, threshold, prior in ways:
+        searcher = Searcher(index, encoder, resolution, router_threshold=threshold, router_prior=prior)
         dense = EngineRetriever(searcher, Mode.DENSE, vectors=vectors)
         variants: list[UnitRetriever] = [dense]
         variants += [Phrased(dense, j, args.seed, sources) for j in range(args.phrasings)]

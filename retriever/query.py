@@ -171,6 +171,9 @@ class PlannedQuery:
             follow-up resolved against the history); None otherwise.
         confidence: the source router's confidence in its reading of the instruction (whether or
             not it filtered); None when no router read it.
+        preferred: sources the router read below its threshold: dense scores of their units gain
+            ``bonus`` instead of a filter (empty: none).
+        bonus: what a preferred source's unit adds to its dense score.
     """
 
     query: Query
@@ -179,6 +182,8 @@ class PlannedQuery:
     resolved: bool
     searched: str | None = None
     confidence: float | None = None
+    preferred: tuple[Source, ...] = ()
+    bonus: float = 0.0
 
     @property
     def text(self) -> str:
@@ -221,6 +226,9 @@ class SearchResult:
         text: the text that was searched (the question, or the follow-up resolved against the history).
         sources_confidence: the source router's confidence in its reading of the instruction
             (``resolved`` is True only at or above its threshold); None when no router read it.
+        preferred_sources: below the threshold, the sources the router read, preferred instead of
+            filtered (empty: none); their hits' scores include ``preferred_bonus``.
+        preferred_bonus: what a preferred source's unit gained in its dense score.
     """
 
     hits: list[Hit]
@@ -230,3 +238,5 @@ class SearchResult:
     mode: Mode = Mode.DENSE
     text: str = ""
     sources_confidence: float | None = None
+    preferred_sources: tuple[Source, ...] = ()
+    preferred_bonus: float = 0.0

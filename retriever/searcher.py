@@ -60,7 +60,8 @@ class Searcher:
 
     def __init__(self, index: Index | None, encoder: Encoder | None = None,
                  resolution: SourceResolution = SourceResolution.FILTER, lexical: LexicalIndex | None = None,
-                 store: UnitStore | None = None, router_threshold: float | None = None) -> None:
+                 store: UnitStore | None = None, router_threshold: float | None = None,
+                 router_prior: float | None = None) -> None:
         if index is not None:
             if store is not None:
                 raise ValueError("give an index or a unit store, not both")
@@ -77,7 +78,7 @@ class Searcher:
             raise InvalidInputError(f"the lexical index covers other units than {where}; "
                                     "rebuild it with `retriever build-lexical`")
         self._index, self.encoder, self.lexical, self.resolution = index, encoder, lexical, resolution
-        self.resolver = SourceResolver.for_encoder(resolution, encoder, router_threshold)
+        self.resolver = SourceResolver.for_encoder(resolution, encoder, router_threshold, router_prior)
 
     @property
     def index(self) -> Index:
@@ -116,7 +117,7 @@ class Searcher:
         if instruction is None:
             instruction = self.encoder.default_instruction(sources) if self.encoder is not None else ""
         return PlannedQuery(query, instruction, sources, bool(resolution.sources), rewrite(query),
-                            resolution.confidence)
+                            resolution.confidence, resolution.preferred, resolution.bonus)
 
     # -- the whole path --------------------------------------------------------------------------
     def search(self, queries: Sequence[Query]) -> list[SearchResult]:
@@ -205,21 +206,42 @@ class Searcher:
                         store.text(i), s) for i, s in zip(ids.tolist(), scores.tolist(), strict=True)]
             instruction = p.instruction if p.query.mode.uses_vectors else ""
             results.append(SearchResult(hits, p.sources, p.resolved, instruction, p.query.mode, p.text,
-                                        p.confidence))
+                                        p.confidence, p.preferred, p.bonus))
         return results
 
     def _dense(self, planned: Sequence[PlannedQuery], vectors: np.ndarray, rows: list[int],
                depths: dict[int, int]) -> dict[int, Ranking]:
-        """Exact-filtered top-depth per query: one FAISS search per (filter, depth) group."""
-        out: dict[int, Ranking] = {}
-        groups: dict[tuple[tuple[str, ...], int], list[int]] = {}
+        """Exact-filtered top-depth per query: one FAISS search per (filter, depth) group.
+
+        A query with preferred sources (the router's reading below its threshold) is searched in
+        two parts, its preferred sources and the others, each to full depth, and merged with the
+        bonus added to the preferred part's scores: the exact top-depth of the boosted scores.
+        """
+        groups: dict[tuple[tuple[str, ...], int], list[tuple[int, float]]] = {}  # -> (row, bonus)
         for i in rows:
-            groups.setdefault((tuple(sorted(s.value for s in planned[i].sources)), depths[i]), []).append(i)
+            p = planned[i]
+            if p.preferred:
+                for part, bonus in ((p.preferred, p.bonus), (tuple(s for s in Source if s not in p.preferred), 0.0)):
+                    groups.setdefault((tuple(sorted(s.value for s in part)), depths[i]), []).append((i, bonus))
+            else:
+                groups.setdefault((tuple(sorted(s.value for s in p.sources)), depths[i]), []).append((i, 0.0))
+        parts: dict[int, list[Ranking]] = {}
         for (names, depth), group in groups.items():
-            scores, ids = self.index.shards.search(vectors[group], depth, list(names) if names else None)
-            for row, score_row, id_row in zip(group, scores, ids, strict=True):
+            scores, ids = self.index.shards.search(vectors[[row for row, _ in group]], depth,
+                                                   list(names) if names else None)
+            for (row, bonus), score_row, id_row in zip(group, scores, ids, strict=True):
                 keep = id_row >= 0  # shards with fewer than depth units pad with -1
-                out[row] = (id_row[keep].astype(np.int64), score_row[keep].astype(np.float32))
+                parts.setdefault(row, []).append((id_row[keep].astype(np.int64),
+                                                  (score_row[keep] + np.float32(bonus)).astype(np.float32)))
+        out: dict[int, Ranking] = {}
+        for row, found in parts.items():
+            if len(found) == 1:
+                out[row] = found[0]
+                continue
+            ids = np.concatenate([f[0] for f in found])
+            scores = np.concatenate([f[1] for f in found])
+            order = np.lexsort((ids, -scores))[:depths[row]]
+            out[row] = (ids[order], scores[order])
         return out
 
     def _bm25(self, planned: Sequence[PlannedQuery], rows: list[int], depths: dict[int, int]) -> dict[int, Ranking]:

@@ -15,6 +15,7 @@ from retriever.query import Query, SourceResolution
 from retriever.records import Source
 from retriever.router import (
     ROUTER_FILE,
+    ROUTER_PRIOR,
     ROUTER_SOURCES,
     NamePrototypes,
     SourceResolver,
@@ -166,6 +167,57 @@ def test_a_set_threshold_replaces_the_routers_own() -> None:
         SourceResolver(SourceResolution.FILTER, threshold=0.5)  # the rules would read it: nothing to set
     with pytest.raises(InvalidInputError, match="--resolve rules does not use the router"):
         SourceResolver(SourceResolution.RULES, router, embed, threshold=0.5)
+
+
+def test_below_the_threshold_the_reading_is_preferred_not_filtered() -> None:
+    router, embed = fake_router(threshold=0.9)
+    resolver = SourceResolver(SourceResolution.FILTER, router, embed)
+    assert resolver.prior == ROUTER_PRIOR > 0 and f"{ROUTER_PRIOR:g} x confidence" in resolver.describe()
+    unsure = resolver.resolve("maybe tables?")
+    assert unsure.sources == () and unsure.preferred == (Source.TABLE,)
+    assert unsure.confidence is not None and unsure.bonus == pytest.approx(ROUTER_PRIOR * unsure.confidence)
+    sure = resolver.resolve("tables or infoboxes")  # filtered, so nothing is merely preferred
+    assert sure.sources == (Source.TABLE, Source.INFOBOX) and sure.preferred == () and sure.bonus == 0.0
+    none = resolver.resolve("be concise")
+    assert none.preferred == () and none.bonus == 0.0
+    never_sure = SourceResolver(SourceResolution.MODEL, router, embed, threshold=1.0, prior=0.5)
+    negation = never_sure.resolve("anything but tables")
+    assert negation.sources == () and negation.preferred == ALL_BUT_TABLES  # the excluded source never gains
+    assert never_sure.resolve("every source").preferred == ()  # all four: nothing to prefer
+    off = SourceResolver(SourceResolution.MODEL, router, embed, prior=0.0)
+    assert off.resolve("maybe tables?").preferred == () and "no preference" in off.describe()
+    assert SourceResolver(SourceResolution.RULES, router, embed).prior == 0.0
+    assert SourceResolver(SourceResolution.FILTER, prior=0.0).prior == 0.0
+    with pytest.raises(InvalidInputError, match=r"--router-prior must be in \[0, 1\]"):
+        SourceResolver(SourceResolution.MODEL, router, embed, prior=1.5)
+    with pytest.raises(InvalidInputError, match="--resolve encoder-only does not use the router"):
+        SourceResolver(SourceResolution.ENCODER_ONLY, router, embed, prior=0.2)
+    with pytest.raises(InvalidInputError, match="no source router"):
+        SourceResolver(SourceResolution.FILTER, prior=0.2)
+
+
+def test_a_preferred_source_gains_the_bonus_in_an_exact_ranking(tiny_index, encoder,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    router, embed = fake_router(threshold=0.9)
+    monkeypatch.setattr(encoder, "router", router)
+    monkeypatch.setattr(encoder, "encode_documents", lambda texts, show_progress=False: embed(texts))
+    units = len(tiny_index.store)
+    plain = Searcher(tiny_index, encoder, SourceResolution.ENCODER_ONLY)
+    for prior, k in ((0.3, 7), (0.05, 25), (1.0, units)):
+        searcher = Searcher(tiny_index, encoder, router_prior=prior)
+        result = searcher.search([Query("when was he born?", instruction="maybe tables?", k=k)])[0]
+        assert result.sources == () and result.preferred_sources == (Source.TABLE,)
+        assert result.sources_confidence is not None
+        bonus = prior * result.sources_confidence
+        assert result.preferred_bonus == pytest.approx(bonus)
+        # every unit, scored without the router, then the bonus added to the table's: the same top k
+        everything = plain.search([Query("when was he born?", instruction="maybe tables?", k=units)])[0]
+        expected = sorted(((h.score + (bonus if h.source is Source.TABLE else 0.0), h.unit_id)
+                           for h in everything.hits), key=lambda s: (-s[0], s[1]))[:k]
+        assert [h.unit_id for h in result.hits] == [u for _, u in expected]
+        np.testing.assert_allclose([h.score for h in result.hits], [s for s, _ in expected], atol=1e-5)
+    table_share = [h.source is Source.TABLE for h in result.hits[:10]]
+    assert any(table_share) and any(h.source is not Source.TABLE for h in result.hits)
 
 
 def test_rules_mode_is_the_regexes_and_encoder_only_never_filters() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from retriever.cli.index_commands import (
     RESOLVE_HELP,
+    ROUTER_PRIOR_HELP,
     ROUTER_THRESHOLD_HELP,
     add_encoder_args,
     add_grouping_args,
@@ -108,6 +109,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=RESOLVE_HELP + " (default filter; RETRIEVER_RESOLUTION)")
     serve.add_argument("--router-threshold", type=fraction, default=None, metavar="P",
                        help=ROUTER_THRESHOLD_HELP + " (RETRIEVER_ROUTER_THRESHOLD)")
+    serve.add_argument("--router-prior", type=fraction, default=None, metavar="W",
+                       help=ROUTER_PRIOR_HELP + " (RETRIEVER_ROUTER_PRIOR)")
     serve.add_argument("--token-file", type=Path, default=None,
                        help="file holding the bearer token every call but health must carry (or "
                        "RETRIEVER_AUTH_TOKEN)")
@@ -220,7 +223,7 @@ def run_serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         "host": args.host, "port": args.port, "max_batch": args.max_batch, "max_batch_tokens": args.max_batch_tokens,
         "batch_wait_ms": args.batch_wait_ms,
-        "resolution": args.resolve, "router_threshold": args.router_threshold,
+        "resolution": args.resolve, "router_threshold": args.router_threshold, "router_prior": args.router_prior,
         "insecure": args.insecure, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
         "tls_client_ca": args.tls_client_ca,
         "grace_seconds": args.grace, "use_gpu": False if args.cpu_index else None,

@@ -108,6 +108,9 @@ class ServiceConfig:
         router_threshold: the source router filters at confidence >= this instead of the
             threshold saved with it (None: the router's own); lower filters more instructions,
             right and wrong (docs/SERVICE.md, "Resolution").
+        router_prior: below the threshold, the sources the router read gain this times its
+            confidence in their units' dense scores (None: the default,
+            :data:`retriever.router.ROUTER_PRIOR`; 0 turns the preference off).
         token: bearer token every call but health must carry; None disables auth.
         insecure: allow a non-loopback bind without a token.
         tls_cert, tls_key: PEM files; when both are set the port uses TLS.
@@ -140,6 +143,7 @@ class ServiceConfig:
     batch_wait_ms: float = 2.0
     resolution: SourceResolution = SourceResolution.FILTER
     router_threshold: float | None = None
+    router_prior: float | None = None
     token: str | None = None
     insecure: bool = False
     tls_cert: Path | None = None
@@ -169,6 +173,11 @@ class ServiceConfig:
                                                   or not 0.0 <= self.router_threshold <= 1.0):
             raise InvalidInputError(f"the router threshold (--router-threshold, RETRIEVER_ROUTER_THRESHOLD) must be a "
                                     f"number in [0, 1], got {self.router_threshold!r}")
+        if self.router_prior is not None and (isinstance(self.router_prior, bool)
+                                              or not isinstance(self.router_prior, (int, float))
+                                              or not 0.0 <= self.router_prior <= 1.0):
+            raise InvalidInputError(f"the router prior (--router-prior, RETRIEVER_ROUTER_PRIOR) must be a "
+                                    f"number in [0, 1], got {self.router_prior!r}")
         if not 0 <= self.port <= 65535:
             raise InvalidInputError(f"port must be in 0..65535, got {self.port}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
@@ -249,6 +258,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "RETRIEVER_BATCH_WAIT_MS": ("batch_wait_ms", float),
     "RETRIEVER_RESOLUTION": ("resolution", SourceResolution),
     "RETRIEVER_ROUTER_THRESHOLD": ("router_threshold", float),
+    "RETRIEVER_ROUTER_PRIOR": ("router_prior", float),
     "RETRIEVER_AUTH_TOKEN": ("token", str),
     "RETRIEVER_INSECURE": ("insecure", bool),
     "RETRIEVER_TLS_CERT": ("tls_cert", Path),

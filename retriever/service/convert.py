@@ -69,6 +69,8 @@ class RemoteResult:
         text: the text that was searched (the query, or the follow-up resolved against the history).
         sources_confidence: the source router's confidence in its reading of the instruction
             (None when no router read it).
+        preferred_sources, preferred_bonus: below the router's threshold, the sources it read,
+            preferred instead of filtered, and what their units gained in score.
     """
 
     hits: list[Hit]
@@ -82,10 +84,12 @@ class RemoteResult:
     mode: Mode = Mode.DENSE
     text: str = ""
     sources_confidence: float | None = None
+    preferred_sources: tuple[Source, ...] = ()
+    preferred_bonus: float = 0.0
 
     def as_search_result(self) -> SearchResult:
         return SearchResult(self.hits, self.sources, self.resolved, self.instruction, self.mode, self.text,
-                            self.sources_confidence)
+                            self.sources_confidence, self.preferred_sources, self.preferred_bonus)
 
 
 def _utf8_len(text: str) -> int:
@@ -247,6 +251,8 @@ def result_to_proto(result: SearchResult, with_text: bool, generation: Generatio
         server_seconds=seconds,
         mode=MODE_TO_PROTO[result.mode],
         resolved_query=result.text,
+        preferred_sources=[SOURCE_TO_PROTO[s] for s in result.preferred_sources],
+        preferred_bonus=result.preferred_bonus,
     )
     if result.sources_confidence is not None:
         response.sources_confidence = result.sources_confidence
@@ -299,4 +305,5 @@ def result_from_proto(response: pb.RetrieveResponse) -> RemoteResult:
                         response.instruction, response.index, response.generation, response.model,
                         response.server_seconds, PROTO_TO_MODE.get(response.mode, Mode.DENSE),
                         response.resolved_query,
-                        response.sources_confidence if response.HasField("sources_confidence") else None)
+                        response.sources_confidence if response.HasField("sources_confidence") else None,
+                        tuple(PROTO_TO_SOURCE[s] for s in response.preferred_sources), response.preferred_bonus)

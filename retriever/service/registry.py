@@ -114,9 +114,10 @@ class IndexRegistry:
 
     def __init__(self, encoder: Encoder, resolution: SourceResolution = SourceResolution.FILTER,
                  use_gpu: bool = True, params: Mapping[str, int] | None = None,
-                 canary_units: int | None = None, router_threshold: float | None = None) -> None:
+                 canary_units: int | None = None, router_threshold: float | None = None,
+                 router_prior: float | None = None) -> None:
         self.encoder, self.resolution, self.use_gpu, self.params = encoder, resolution, use_gpu, params
-        self.router_threshold = router_threshold
+        self.router_threshold, self.router_prior = router_threshold, router_prior
         self.canary_units = CANARY_UNITS if canary_units is None else canary_units
         self._current: dict[str, Generation] = {}
         self._default: str | None = None
@@ -176,7 +177,7 @@ class IndexRegistry:
                 raise CorruptIndexError(f"cannot read the index directory: {exc.strerror or exc}") from exc
             # checks the model and prompts match; serves bm25 and hybrid when the index has a lexical part
             searcher = Searcher(index, self.encoder, self.resolution, find_lexical(index),
-                                router_threshold=self.router_threshold)
+                                router_threshold=self.router_threshold, router_prior=self.router_prior)
             run_data_canary(index, self.encoder.encode_documents, self.canary_units)
             number = previous.number + 1 if previous else 1
             loaded = datetime.now(UTC).isoformat(timespec="seconds")

@@ -197,11 +197,13 @@ class RetrieverServer:
                         batcher.cost.seconds(1) * 1000, self.config.max_batch,
                         batcher.cost.seconds(self.config.max_batch) * 1000)
         # --resolve model needs a router; --router-threshold one that reads the instructions
-        resolver = SourceResolver.for_encoder(self.config.resolution, encoder, self.config.router_threshold)
+        resolver = SourceResolver.for_encoder(self.config.resolution, encoder, self.config.router_threshold,
+                                              self.config.router_prior)
         resolver.warm()
         logger.info("source resolution: %s", resolver.describe())
         registry = IndexRegistry(encoder, self.config.resolution, use_gpu=self.config.use_gpu,
-                                 canary_units=self.config.canary_units, router_threshold=self.config.router_threshold)
+                                 canary_units=self.config.canary_units, router_threshold=self.config.router_threshold,
+                                 router_prior=self.config.router_prior)
         if self.metrics is not None:
             self.metrics.attach(batcher, registry)
 

@@ -13,6 +13,7 @@ from retriever.client import RemoteError, RetrieverClient
 from retriever.index import Index, Manifest
 from retriever.instructions import general_instruction, source_instruction
 from retriever.records import Source
+from retriever.router import ROUTER_PRIOR
 from retriever.service.proto import retriever_pb2 as pb
 from tests.service.helpers import ADMIN, channel_to, copy_index, publishing, request, running_server, stub_for
 
@@ -75,9 +76,17 @@ def test_a_router_threshold_set_on_the_server_decides_what_filters(encoder, tiny
             channel_to(srv) as channel:
         response = stub_for(channel).Retrieve(request("when was he born", top_k=5,
                                                       instruction="retrieve evidence from tables and infoboxes"))
-    # read as before (the confidence is reported) but never sure enough at 1.0: the encoder alone decides
+    # read as before (the confidence is reported) but never sure enough at 1.0: no filter, the sources
+    # read are preferred instead (the default router prior times the confidence)
     assert not response.sources and not response.sources_resolved
     assert response.HasField("sources_confidence") and response.sources_confidence < 1.0
+    assert list(response.preferred_sources) == [pb.SOURCE_TABLE, pb.SOURCE_INFOBOX]
+    assert response.preferred_bonus == pytest.approx(ROUTER_PRIOR * response.sources_confidence, rel=1e-5)
+    with running_server(encoder, [("tiny", tiny_index_dir)], router_threshold=1.0, router_prior=0.0) as srv, \
+            channel_to(srv) as channel:
+        off = stub_for(channel).Retrieve(request("when was he born", top_k=5,
+                                                 instruction="retrieve evidence from tables and infoboxes"))
+    assert not off.sources and not off.preferred_sources and off.preferred_bonus == 0.0
 
 
 def test_rules_resolution_reports_no_confidence(encoder, tiny_index_dir):
@@ -101,6 +110,12 @@ def test_sources_confidence_round_trips() -> None:
         back = result_from_proto(message)
         assert back.sources_confidence == confidence and back.sources == (Source.TEXT, Source.KB) and back.resolved
         assert back.as_search_result().sources_confidence == confidence
+        assert back.preferred_sources == () and back.preferred_bonus == 0.0
+    preferring = SearchResult([], (), False, "maybe tables?", sources_confidence=0.625,
+                              preferred_sources=(Source.TABLE, Source.INFOBOX), preferred_bonus=0.125)
+    back = result_from_proto(pb.RetrieveResponse.FromString(
+        result_to_proto(preferring, False, generation, "m", 0.1).SerializeToString()))
+    assert back.as_search_result() == preferring
 
 
 def test_encoder_only_resolution_does_not_filter(encoder, tiny_index_dir):

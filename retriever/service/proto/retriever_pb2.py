@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'retriever/service/proto/retriever.proto\x12\x0cretriever.v1\"\x90\x03\n\x0fRetrieveRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x18\n\x0binstruction\x18\x02 \x01(\tH\x00\x88\x01\x01\x12%\n\x07sources\x18\x03 \x03(\x0e\x32\x14.retriever.v1.Source\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x1c\n\x0fscore_threshold\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\twith_text\x18\x06 \x01(\x08\x12\r\n\x05index\x18\x07 \x01(\t\x12&\n\x04mode\x18\x08 \x01(\x0e\x32\x18.retriever.v1.SearchMode\x12$\n\x06\x66usion\x18\t \x01(\x0b\x32\x14.retriever.v1.Fusion\x12\x17\n\x0fgroup_by_record\x18\n \x01(\x08\x12\x1b\n\x0emax_per_record\x18\x0b \x01(\rH\x02\x88\x01\x01\x12#\n\x07history\x18\x0c \x03(\x0b\x32\x12.retriever.v1.TurnB\x0e\n\x0c_instructionB\x12\n\x10_score_thresholdB\x11\n\x0f_max_per_record\"(\n\x04Turn\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\"\x9a\x01\n\x06\x46usion\x12\x12\n\x05rrf_k\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05\x64\x65pth\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x19\n\x0c\x64\x65nse_weight\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x18\n\x0b\x62m25_weight\x18\x04 \x01(\x01H\x03\x88\x01\x01\x42\x08\n\x06_rrf_kB\x08\n\x06_depthB\x0f\n\r_dense_weightB\x0e\n\x0c_bm25_weight\"\x89\x01\n\x03Hit\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12$\n\x06source\x18\x02 \x01(\x0e\x32\x14.retriever.v1.Source\x12\x0c\n\x04part\x18\x03 \x01(\x05\x12\r\n\x05score\x18\x04 \x01(\x02\x12\r\n\x05title\x18\x05 \x01(\t\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x0f\n\x07unit_id\x18\x07 \x01(\x03\"\xcb\x02\n\x10RetrieveResponse\x12\x1f\n\x04hits\x18\x01 \x03(\x0b\x32\x11.retriever.v1.Hit\x12%\n\x07sources\x18\x02 \x03(\x0e\x32\x14.retriever.v1.Source\x12\x18\n\x10sources_resolved\x18\x03 \x01(\x08\x12\x13\n\x0binstruction\x18\x04 \x01(\t\x12\r\n\x05index\x18\x05 \x01(\t\x12\x12\n\ngeneration\x18\x06 \x01(\x04\x12\r\n\x05model\x18\x07 \x01(\t\x12\x16\n\x0eserver_seconds\x18\x08 \x01(\x01\x12&\n\x04mode\x18\t \x01(\x0e\x32\x18.retriever.v1.SearchMode\x12\x1f\n\x12sources_confidence\x18\n \x01(\x02H\x00\x88\x01\x01\x12\x16\n\x0eresolved_query\x18\x0b \x01(\tB\x15\n\x13_sources_confidence\"G\n\x14RetrieveBatchRequest\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.retriever.v1.RetrieveRequest\"b\n\x15RetrieveBatchResponse\x12\x31\n\tresponses\x18\x01 \x03(\x0b\x32\x1e.retriever.v1.RetrieveResponse\x12\x16\n\x0eserver_seconds\x18\x02 \x01(\x01\"h\n\x15RetrieveStreamRequest\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.retriever.v1.RetrieveRequest\x12\x13\n\x06window\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\t\n\x07_window\"\\\n\x16RetrieveStreamResponse\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x30\n\x08response\x18\x02 \x01(\x0b\x32\x1e.retriever.v1.RetrieveResponse\"$\n\x13GetIndexInfoRequest\x12\r\n\x05index\x18\x01 \x01(\t\"S\n\x0bSourceCount\x12$\n\x06source\x18\x01 \x01(\x0e\x32\x14.retriever.v1.Source\x12\r\n\x05units\x18\x02 \x01(\x03\x12\x0f\n\x07records\x18\x03 \x01(\x03\"Q\n\tShardInfo\x12$\n\x06source\x18\x01 \x01(\x0e\x32\x14.retriever.v1.Source\x12\x0f\n\x07\x66\x61\x63tory\x18\x02 \x01(\t\x12\r\n\x05units\x18\x03 \x01(\x03\"\x87\x04\n\tIndexInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x12\n\nis_default\x18\x03 \x01(\x08\x12\x13\n\x0btotal_units\x18\x04 \x01(\x03\x12)\n\x06\x63ounts\x18\x05 \x03(\x0b\x32\x19.retriever.v1.SourceCount\x12\x12\n\nmodel_name\x18\x06 \x01(\t\x12\x16\n\x0emodel_checksum\x18\x07 \x01(\t\x12\x35\n\x07prompts\x18\x08 \x03(\x0b\x32$.retriever.v1.IndexInfo.PromptsEntry\x12\x0f\n\x07\x66\x61\x63tory\x18\t \x01(\t\x12\x0e\n\x06metric\x18\n \x01(\t\x12\x11\n\tdimension\x18\x0b \x01(\x05\x12\'\n\x06shards\x18\x0c \x03(\x0b\x32\x17.retriever.v1.ShardInfo\x12\x1a\n\x12linearizer_version\x18\r \x01(\t\x12\x12\n\nmax_tokens\x18\x0e \x01(\x05\x12\x1a\n\x12\x63orpus_fingerprint\x18\x0f \x01(\t\x12\x0f\n\x07\x63reated\x18\x10 \x01(\t\x12\x0e\n\x06loaded\x18\x11 \x01(\t\x12\'\n\x05modes\x18\x12 \x03(\x0e\x32\x18.retriever.v1.SearchMode\x1a.\n\x0cPromptsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\x14GetIndexInfoResponse\x12(\n\x07indexes\x18\x01 \x03(\x0b\x32\x17.retriever.v1.IndexInfo\x12\x15\n\rdefault_index\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\"2\n\x13PublishIndexRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"p\n\x14PublishIndexResponse\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.retriever.v1.IndexInfo\x12\x1b\n\x13previous_generation\x18\x02 \x01(\x04\x12\x14\n\x0cload_seconds\x18\x03 \x01(\x01*f\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSOURCE_TEXT\x10\x01\x12\x10\n\x0cSOURCE_TABLE\x10\x02\x12\r\n\tSOURCE_KB\x10\x03\x12\x12\n\x0eSOURCE_INFOBOX\x10\x04*n\n\nSearchMode\x12\x1b\n\x17SEARCH_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11SEARCH_MODE_DENSE\x10\x01\x12\x14\n\x10SEARCH_MODE_BM25\x10\x02\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x03\x32\xbd\x03\n\tRetriever\x12I\n\x08Retrieve\x12\x1d.retriever.v1.RetrieveRequest\x1a\x1e.retriever.v1.RetrieveResponse\x12X\n\rRetrieveBatch\x12\".retriever.v1.RetrieveBatchRequest\x1a#.retriever.v1.RetrieveBatchResponse\x12]\n\x0eRetrieveStream\x12#.retriever.v1.RetrieveStreamRequest\x1a$.retriever.v1.RetrieveStreamResponse0\x01\x12U\n\x0cGetIndexInfo\x12!.retriever.v1.GetIndexInfoRequest\x1a\".retriever.v1.GetIndexInfoResponse\x12U\n\x0cPublishIndex\x12!.retriever.v1.PublishIndexRequest\x1a\".retriever.v1.PublishIndexResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'retriever/service/proto/retriever.proto\x12\x0cretriever.v1\"\x90\x03\n\x0fRetrieveRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x18\n\x0binstruction\x18\x02 \x01(\tH\x00\x88\x01\x01\x12%\n\x07sources\x18\x03 \x03(\x0e\x32\x14.retriever.v1.Source\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x1c\n\x0fscore_threshold\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\twith_text\x18\x06 \x01(\x08\x12\r\n\x05index\x18\x07 \x01(\t\x12&\n\x04mode\x18\x08 \x01(\x0e\x32\x18.retriever.v1.SearchMode\x12$\n\x06\x66usion\x18\t \x01(\x0b\x32\x14.retriever.v1.Fusion\x12\x17\n\x0fgroup_by_record\x18\n \x01(\x08\x12\x1b\n\x0emax_per_record\x18\x0b \x01(\rH\x02\x88\x01\x01\x12#\n\x07history\x18\x0c \x03(\x0b\x32\x12.retriever.v1.TurnB\x0e\n\x0c_instructionB\x12\n\x10_score_thresholdB\x11\n\x0f_max_per_record\"(\n\x04Turn\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\"\x9a\x01\n\x06\x46usion\x12\x12\n\x05rrf_k\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05\x64\x65pth\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x19\n\x0c\x64\x65nse_weight\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x18\n\x0b\x62m25_weight\x18\x04 \x01(\x01H\x03\x88\x01\x01\x42\x08\n\x06_rrf_kB\x08\n\x06_depthB\x0f\n\r_dense_weightB\x0e\n\x0c_bm25_weight\"\x89\x01\n\x03Hit\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12$\n\x06source\x18\x02 \x01(\x0e\x32\x14.retriever.v1.Source\x12\x0c\n\x04part\x18\x03 \x01(\x05\x12\r\n\x05score\x18\x04 \x01(\x02\x12\r\n\x05title\x18\x05 \x01(\t\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x0f\n\x07unit_id\x18\x07 \x01(\x03\"\x95\x03\n\x10RetrieveResponse\x12\x1f\n\x04hits\x18\x01 \x03(\x0b\x32\x11.retriever.v1.Hit\x12%\n\x07sources\x18\x02 \x03(\x0e\x32\x14.retriever.v1.Source\x12\x18\n\x10sources_resolved\x18\x03 \x01(\x08\x12\x13\n\x0binstruction\x18\x04 \x01(\t\x12\r\n\x05index\x18\x05 \x01(\t\x12\x12\n\ngeneration\x18\x06 \x01(\x04\x12\r\n\x05model\x18\x07 \x01(\t\x12\x16\n\x0eserver_seconds\x18\x08 \x01(\x01\x12&\n\x04mode\x18\t \x01(\x0e\x32\x18.retriever.v1.SearchMode\x12\x1f\n\x12sources_confidence\x18\n \x01(\x02H\x00\x88\x01\x01\x12\x16\n\x0eresolved_query\x18\x0b \x01(\t\x12/\n\x11preferred_sources\x18\x0c \x03(\x0e\x32\x14.retriever.v1.Source\x12\x17\n\x0fpreferred_bonus\x18\r \x01(\x02\x42\x15\n\x13_sources_confidence\"G\n\x14RetrieveBatchRequest\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.retriever.v1.RetrieveRequest\"b\n\x15RetrieveBatchResponse\x12\x31\n\tresponses\x18\x01 \x03(\x0b\x32\x1e.retriever.v1.RetrieveResponse\x12\x16\n\x0eserver_seconds\x18\x02 \x01(\x01\"h\n\x15RetrieveStreamRequest\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.retriever.v1.RetrieveRequest\x12\x13\n\x06window\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\t\n\x07_window\"\\\n\x16RetrieveStreamResponse\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x30\n\x08response\x18\x02 \x01(\x0b\x32\x1e.retriever.v1.RetrieveResponse\"$\n\x13GetIndexInfoRequest\x12\r\n\x05index\x18\x01 \x01(\t\"S\n\x0bSourceCount\x12$\n\x06source\x18\x01 \x01(\x0e\x32\x14.retriever.v1.Source\x12\r\n\x05units\x18\x02 \x01(\x03\x12\x0f\n\x07records\x18\x03 \x01(\x03\"Q\n\tShardInfo\x12$\n\x06source\x18\x01 \x01(\x0e\x32\x14.retriever.v1.Source\x12\x0f\n\x07\x66\x61\x63tory\x18\x02 \x01(\t\x12\r\n\x05units\x18\x03 \x01(\x03\"\x87\x04\n\tIndexInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x12\n\nis_default\x18\x03 \x01(\x08\x12\x13\n\x0btotal_units\x18\x04 \x01(\x03\x12)\n\x06\x63ounts\x18\x05 \x03(\x0b\x32\x19.retriever.v1.SourceCount\x12\x12\n\nmodel_name\x18\x06 \x01(\t\x12\x16\n\x0emodel_checksum\x18\x07 \x01(\t\x12\x35\n\x07prompts\x18\x08 \x03(\x0b\x32$.retriever.v1.IndexInfo.PromptsEntry\x12\x0f\n\x07\x66\x61\x63tory\x18\t \x01(\t\x12\x0e\n\x06metric\x18\n \x01(\t\x12\x11\n\tdimension\x18\x0b \x01(\x05\x12\'\n\x06shards\x18\x0c \x03(\x0b\x32\x17.retriever.v1.ShardInfo\x12\x1a\n\x12linearizer_version\x18\r \x01(\t\x12\x12\n\nmax_tokens\x18\x0e \x01(\x05\x12\x1a\n\x12\x63orpus_fingerprint\x18\x0f \x01(\t\x12\x0f\n\x07\x63reated\x18\x10 \x01(\t\x12\x0e\n\x06loaded\x18\x11 \x01(\t\x12\'\n\x05modes\x18\x12 \x03(\x0e\x32\x18.retriever.v1.SearchMode\x1a.\n\x0cPromptsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\x14GetIndexInfoResponse\x12(\n\x07indexes\x18\x01 \x03(\x0b\x32\x17.retriever.v1.IndexInfo\x12\x15\n\rdefault_index\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\"2\n\x13PublishIndexRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"p\n\x14PublishIndexResponse\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.retriever.v1.IndexInfo\x12\x1b\n\x13previous_generation\x18\x02 \x01(\x04\x12\x14\n\x0cload_seconds\x18\x03 \x01(\x01*f\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSOURCE_TEXT\x10\x01\x12\x10\n\x0cSOURCE_TABLE\x10\x02\x12\r\n\tSOURCE_KB\x10\x03\x12\x12\n\x0eSOURCE_INFOBOX\x10\x04*n\n\nSearchMode\x12\x1b\n\x17SEARCH_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11SEARCH_MODE_DENSE\x10\x01\x12\x14\n\x10SEARCH_MODE_BM25\x10\x02\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x03\x32\xbd\x03\n\tRetriever\x12I\n\x08Retrieve\x12\x1d.retriever.v1.RetrieveRequest\x1a\x1e.retriever.v1.RetrieveResponse\x12X\n\rRetrieveBatch\x12\".retriever.v1.RetrieveBatchRequest\x1a#.retriever.v1.RetrieveBatchResponse\x12]\n\x0eRetrieveStream\x12#.retriever.v1.RetrieveStreamRequest\x1a$.retriever.v1.RetrieveStreamResponse0\x01\x12U\n\x0cGetIndexInfo\x12!.retriever.v1.GetIndexInfoRequest\x1a\".retriever.v1.GetIndexInfoResponse\x12U\n\x0cPublishIndex\x12!.retriever.v1.PublishIndexRequest\x1a\".retriever.v1.PublishIndexResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INDEXINFO_PROMPTSENTRY']._loaded_options = None
   _globals['_INDEXINFO_PROMPTSENTRY']._serialized_options = b'8\001'
-  _globals['_SOURCE']._serialized_start=2504
-  _globals['_SOURCE']._serialized_end=2606
-  _globals['_SEARCHMODE']._serialized_start=2608
-  _globals['_SEARCHMODE']._serialized_end=2718
+  _globals['_SOURCE']._serialized_start=2578
+  _globals['_SOURCE']._serialized_end=2680
+  _globals['_SEARCHMODE']._serialized_start=2682
+  _globals['_SEARCHMODE']._serialized_end=2792
   _globals['_RETRIEVEREQUEST']._serialized_start=58
   _globals['_RETRIEVEREQUEST']._serialized_end=458
   _globals['_TURN']._serialized_start=460
@@ -46,31 +46,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HIT']._serialized_start=660
   _globals['_HIT']._serialized_end=797
   _globals['_RETRIEVERESPONSE']._serialized_start=800
-  _globals['_RETRIEVERESPONSE']._serialized_end=1131
-  _globals['_RETRIEVEBATCHREQUEST']._serialized_start=1133
-  _globals['_RETRIEVEBATCHREQUEST']._serialized_end=1204
-  _globals['_RETRIEVEBATCHRESPONSE']._serialized_start=1206
-  _globals['_RETRIEVEBATCHRESPONSE']._serialized_end=1304
-  _globals['_RETRIEVESTREAMREQUEST']._serialized_start=1306
-  _globals['_RETRIEVESTREAMREQUEST']._serialized_end=1410
-  _globals['_RETRIEVESTREAMRESPONSE']._serialized_start=1412
-  _globals['_RETRIEVESTREAMRESPONSE']._serialized_end=1504
-  _globals['_GETINDEXINFOREQUEST']._serialized_start=1506
-  _globals['_GETINDEXINFOREQUEST']._serialized_end=1542
-  _globals['_SOURCECOUNT']._serialized_start=1544
-  _globals['_SOURCECOUNT']._serialized_end=1627
-  _globals['_SHARDINFO']._serialized_start=1629
-  _globals['_SHARDINFO']._serialized_end=1710
-  _globals['_INDEXINFO']._serialized_start=1713
-  _globals['_INDEXINFO']._serialized_end=2232
-  _globals['_INDEXINFO_PROMPTSENTRY']._serialized_start=2186
-  _globals['_INDEXINFO_PROMPTSENTRY']._serialized_end=2232
-  _globals['_GETINDEXINFORESPONSE']._serialized_start=2234
-  _globals['_GETINDEXINFORESPONSE']._serialized_end=2336
-  _globals['_PUBLISHINDEXREQUEST']._serialized_start=2338
-  _globals['_PUBLISHINDEXREQUEST']._serialized_end=2388
-  _globals['_PUBLISHINDEXRESPONSE']._serialized_start=2390
-  _globals['_PUBLISHINDEXRESPONSE']._serialized_end=2502
-  _globals['_RETRIEVER']._serialized_start=2721
-  _globals['_RETRIEVER']._serialized_end=3166
+  _globals['_RETRIEVERESPONSE']._serialized_end=1205
+  _globals['_RETRIEVEBATCHREQUEST']._serialized_start=1207
+  _globals['_RETRIEVEBATCHREQUEST']._serialized_end=1278
+  _globals['_RETRIEVEBATCHRESPONSE']._serialized_start=1280
+  _globals['_RETRIEVEBATCHRESPONSE']._serialized_end=1378
+  _globals['_RETRIEVESTREAMREQUEST']._serialized_start=1380
+  _globals['_RETRIEVESTREAMREQUEST']._serialized_end=1484
+  _globals['_RETRIEVESTREAMRESPONSE']._serialized_start=1486
+  _globals['_RETRIEVESTREAMRESPONSE']._serialized_end=1578
+  _globals['_GETINDEXINFOREQUEST']._serialized_start=1580
+  _globals['_GETINDEXINFOREQUEST']._serialized_end=1616
+  _globals['_SOURCECOUNT']._serialized_start=1618
+  _globals['_SOURCECOUNT']._serialized_end=1701
+  _globals['_SHARDINFO']._serialized_start=1703
+  _globals['_SHARDINFO']._serialized_end=1784
+  _globals['_INDEXINFO']._serialized_start=1787
+  _globals['_INDEXINFO']._serialized_end=2306
+  _globals['_INDEXINFO_PROMPTSENTRY']._serialized_start=2260
+  _globals['_INDEXINFO_PROMPTSENTRY']._serialized_end=2306
+  _globals['_GETINDEXINFORESPONSE']._serialized_start=2308
+  _globals['_GETINDEXINFORESPONSE']._serialized_end=2410
+  _globals['_PUBLISHINDEXREQUEST']._serialized_start=2412
+  _globals['_PUBLISHINDEXREQUEST']._serialized_end=2462
+  _globals['_PUBLISHINDEXRESPONSE']._serialized_start=2464
+  _globals['_PUBLISHINDEXRESPONSE']._serialized_end=2576
+  _globals['_RETRIEVER']._serialized_start=2795
+  _globals['_RETRIEVER']._serialized_end=3240
 # @@protoc_insertion_point(module_scope)

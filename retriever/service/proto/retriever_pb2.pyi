@@ -98,7 +98,7 @@ class Hit(_message.Message):
     def __init__(self, record_id: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., part: _Optional[int] = ..., score: _Optional[float] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., unit_id: _Optional[int] = ...) -> None: ...
 
 class RetrieveResponse(_message.Message):
-    __slots__ = ("hits", "sources", "sources_resolved", "instruction", "index", "generation", "model", "server_seconds", "mode", "sources_confidence", "resolved_query")
+    __slots__ = ("hits", "sources", "sources_resolved", "instruction", "index", "generation", "model", "server_seconds", "mode", "sources_confidence", "resolved_query", "preferred_sources", "preferred_bonus")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     SOURCES_RESOLVED_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,8 @@ class RetrieveResponse(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     SOURCES_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_QUERY_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_SOURCES_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_BONUS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     sources: _containers.RepeatedScalarFieldContainer[Source]
     sources_resolved: bool
@@ -121,7 +123,9 @@ class RetrieveResponse(_message.Message):
     mode: SearchMode
     sources_confidence: float
     resolved_query: str
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., sources: _Optional[_Iterable[_Union[Source, str]]] = ..., sources_resolved: _Optional[bool] = ..., instruction: _Optional[str] = ..., index: _Optional[str] = ..., generation: _Optional[int] = ..., model: _Optional[str] = ..., server_seconds: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., sources_confidence: _Optional[float] = ..., resolved_query: _Optional[str] = ...) -> None: ...
+    preferred_sources: _containers.RepeatedScalarFieldContainer[Source]
+    preferred_bonus: float
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., sources: _Optional[_Iterable[_Union[Source, str]]] = ..., sources_resolved: _Optional[bool] = ..., instruction: _Optional[str] = ..., index: _Optional[str] = ..., generation: _Optional[int] = ..., model: _Optional[str] = ..., server_seconds: _Optional[float] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., sources_confidence: _Optional[float] = ..., resolved_query: _Optional[str] = ..., preferred_sources: _Optional[_Iterable[_Union[Source, str]]] = ..., preferred_bonus: _Optional[float] = ...) -> None: ...
 
 class RetrieveBatchRequest(_message.Message):
     __slots__ = ("requests",)
