@@ -415,9 +415,10 @@ class RouterConfig:
     Attributes:
         enabled: train it (saved as ``model/router.safetensors``).
         threshold: the confidence at or above which the server filters on the router's reading;
-            below it, the encoder alone decides. 0.7: with the tuned router's defaults it filtered
-            the most dev phrasings right with at most 1 % wrong (``benchmarks/RESULTS.md``,
-            "Source router").
+            below it, the encoder decides, with the sources read preferred (the server's
+            ``--router-prior``, :data:`retriever.router.ROUTER_PRIOR`). 0.7: with the tuned
+            router's defaults it filtered the most dev phrasings right with at most 1 % wrong
+            (``benchmarks/RESULTS.md``, "Source router").
         kind: ``tuned`` (default): LoRA adapters on the model's first ``layers`` transformer
             layers (0: all) and a linear head tagging each token (a source name asked for or
             excluded, or neither), ``epochs`` passes (about 10 minutes on 2 CPU cores; on the
