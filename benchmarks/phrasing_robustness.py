@@ -26,7 +26,9 @@ sources, for the canonical instruction, averaged over the phrasings, and **robus
 worst phrasing of each question, averaged over questions, as Promptriever's Robustness@10 takes
 the worst instruction per query), with how sure the question set makes them: the phrasings'
 mean with a bootstrap 95 % interval, and the gap canonical − phrasings with its paired standard
-error and interval (:func:`retriever.evaluation.compare.paired_difference`). Writes
+error and interval (:func:`retriever.evaluation.compare.paired_difference`), and each way's
+phrasings mean against ``filter-no-prior``'s, paired over the questions (``<m>/vs_filter-no-prior``
+in the pooled block). Writes
 ``benchmarks/results/phrasing_<name>.json``.
 """
 
@@ -151,6 +153,8 @@ def main() -> None:
         "router_threshold": encoder.router.threshold if encoder.router is not None else None,
         "ways": {}, "examples": {}}
     vectors = QueryVectors()
+    phrasing_means: dict[str, dict[str, np.ndarray]] = {}  # way -> metric -> each question's phrasings mean
+    first_ids: list[str] = []
     ways: list[tuple[str, SourceResolution, float | None, float | None]] = [
         ("encoder-only", SourceResolution.ENCODER_ONLY, None, None), ("filter", SourceResolution.FILTER, None, None),
         ("filter-no-prior", SourceResolution.FILTER, None, 0.0),
@@ -164,14 +168,28 @@ def main() -> None:
         runs = run_heteromix(questions, index.store, variants, encoder.prompts, config)
         ids = runs[0].question_ids
         assert all(r.question_ids == ids for r in runs)
+        first_ids = first_ids or ids
+        assert ids == first_ids, "every way asks the same questions in the same order (paired below)"
         by_id = {q.id: q for q in questions}
         datasets = [by_id[i].dataset for i in ids]
         result["ways"][way] = summarize([r.per_question for r in runs], datasets)
+        phrasing_means[way] = {m: np.array([statistics.fmean(r.per_question[i].get(m, 0.0) for r in runs[1:])
+                                            for i in range(len(ids))]) for m in METRICS}
         if not result["examples"]:
             first = [v for v in variants if isinstance(v, Phrased)]
             result["examples"] = {by_id[i].text: [p.asked[by_id[i].text] for p in first] for i in ids[:5]}
         pooled = result["ways"][way]["pooled"]
         logging.info("%s: %s", way, pooled)
+    # every way against the previous default (the filter alone), paired over the questions
+    rng = np.random.default_rng(0)
+    base = phrasing_means["filter-no-prior"]
+    for way, means in phrasing_means.items():
+        if way == "filter-no-prior":
+            continue
+        for m in METRICS:
+            d = paired_difference(means[m], base[m], 2000, rng)
+            result["ways"][way]["pooled"][f"{m}/vs_filter-no-prior"] = {
+                "diff": round(d.diff, 4), "se": round(d.se, 4), "ci95": [round(d.low, 4), round(d.high, 4)]}
     result["seconds"] = round(time.perf_counter() - started, 1)
     out = ROOT / "benchmarks" / "results" / f"phrasing_{args.name or args.index.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +208,12 @@ def main() -> None:
             print(f"| {m} gap canonical − phrasings [95 %] | " + " | ".join(
                 "{:+.3f} [{:+.3f}, {:+.3f}]".format(table[d][f"{m}/gap"], *table[d][f"{m}/gap_ci95"])
                 for d in datasets) + " |")
+    print("\nphrasings' mean minus filter-no-prior's, paired over the questions [95 %]\n")
+    for way, table in result["ways"].items():
+        against = [table["pooled"].get(f"{m}/vs_filter-no-prior") for m in METRICS]
+        if all(against):
+            print(f"{way}: " + "; ".join("{} {:+.4f} [{:+.4f}, {:+.4f}]".format(m, a["diff"], *a["ci95"])
+                                         for m, a in zip(METRICS, against, strict=True)))
     print(f"\nwrote {out}")
 
 

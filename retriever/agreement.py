@@ -134,6 +134,12 @@ def check_encoding(manifest: Manifest, encoder: Encoder, where: str) -> None:
     why = ("no agreement check between them is recorded" if found is None else
            f"their agreement check failed (min cosine {found.min_cosine:.4f}, same top-{TOP_K} "
            f"{100 * found.same_top_k:.0f}%; needs >= {MIN_COSINE} and 100%)")
+    if label(documents) == label(queries):  # the same names: another export of the model
+        raise IncompatibleIndexError(
+            f"{where} was encoded with {label(documents)} export {str(documents.get('export_sha256'))[:12]} but the "
+            f"model's {label(queries)} export is now {str(queries.get('export_sha256'))[:12]} (the model was exported "
+            f"again since the index was built), and {why}; rebuild the index, or run `retriever check-agreement "
+            f"{where} --backend {queries['backend']} --precision {queries['precision']}`")
     raise IncompatibleIndexError(
         f"{where} was encoded with {label(documents)} but queries would be encoded with {label(queries)}, and {why}; "
         f"serve it with --backend {documents['backend']} --precision {documents['precision']}, rebuild the index "

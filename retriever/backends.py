@@ -191,6 +191,22 @@ def export_model(model_dir: Path, backend: Backend, quantize: bool = False,
     out_dir.mkdir(exist_ok=True)
     plain = out_dir / "model.onnx"
     tmp = out_dir / f".model.{os.getpid()}.onnx"
+    if backend is Backend.OPENVINO and quantize:
+        # quantize the float32 IR already exported, when it is intact: exporting it again would
+        # replace the export that indexes built with float32 or bfloat16 were encoded with
+        try:
+            current: ExportEntry | None = find_export(model_dir, backend, Precision.FLOAT32)
+        except ModelError:
+            current = None
+        if current is not None:
+            target = out_dir / "openvino_model_qint8_quantized.xml"
+            _quantize_openvino(model_dir, model_dir / current.file, target)
+            entry = _entry(model_dir, backend, Precision.INT8, None, target, [target, target.with_suffix(".bin")],
+                           started)
+            _record_export(model_dir, entry)
+            logger.info("quantized %s's float32 export (%s) to %s in %.1fs", model_dir, current.file, entry.file,
+                        entry.seconds)
+            return entry
     try:
         _torch_onnx_export(model_dir, tmp)
         precision = Precision.FLOAT32
@@ -333,8 +349,15 @@ def _quantize_openvino(model_dir: Path, source: Path, target: Path) -> None:
 def _to_openvino(source: Path, target: Path) -> None:
     import openvino as ov
 
+    model = ov.convert_model(str(source))
+    # convert_model records the ONNX file it read (a temporary name with the process id) in the IR;
+    # left in, every export of the same weights would get another SHA-256, and the indexes built
+    # with the previous one would be refused as encoded by another export.
+    info = model.get_rt_info()
+    if "conversion_parameters" in info.keys():
+        del info["conversion_parameters"]
     # float32 weights as exported (save_model would halve them to float16 by default).
-    ov.save_model(ov.convert_model(str(source)), str(target), compress_to_fp16=False)
+    ov.save_model(model, str(target), compress_to_fp16=False)
 
 
 # -- run time --------------------------------------------------------------------------------------

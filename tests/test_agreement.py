@@ -45,6 +45,15 @@ def test_another_encoding_is_refused_naming_both_until_a_passed_check_is_recorde
         check_encoding(manifest, other, "idx")
 
 
+def test_another_export_of_the_same_encoding_is_named_as_such(tmp_path: Path) -> None:
+    manifest = SimpleNamespace(encoding=INT8)
+    again = SimpleNamespace(encoding={**INT8, "export_sha256": "b" * 64}, model_dir=tmp_path)
+    with pytest.raises(IncompatibleIndexError, match=r"encoded with onnx/int8 export aaaaaaaaaaaa but the model's "
+                                                     r"onnx/int8 export is now bbbbbbbbbbbb \(the model was exported "
+                                                     r"again since the index was built\)"):
+        check_encoding(manifest, again, "idx")
+
+
 def test_a_searcher_refuses_an_index_encoded_another_way(tiny_index_dir: Path, encoder, tmp_path: Path) -> None:
     other = Path(shutil.copytree(tiny_index_dir, tmp_path / "onnx-encoded"))
     edit_manifest(other, lambda d: d.update(encoding=INT8))

@@ -248,6 +248,39 @@ def test_openvino_bfloat16_runs_the_float32_export_at_bf16(tmp_path: Path, encod
     vectors = bf16.encode_documents(texts)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)  # renormalised in float32
     assert np.sum(vectors * encoder.encode_documents(texts), axis=1).min() > 0.99
+    # the IR does not name the temporary ONNX file it was converted from (a process id): exports of
+    # the same weights in two processes are the same bytes, so indexes built with the first stay valid
+    ir = (model / entry.file).read_text()
+    assert "conversion_parameters" not in ir and ".model." not in ir
+
+
+def test_openvino_int8_quantizes_the_float32_export_in_place_of_exporting_again(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'retriever[openvino]')")
+    import shutil
+
+    from retriever import backends
+    from retriever.backends import Backend, export_model, read_exports
+    from retriever.bundled import bundled_model_dir
+
+    model = Path(shutil.copytree(bundled_model_dir(), tmp_path / "model"))
+    float32 = export_model(model, Backend.OPENVINO)
+    quantized_from: list[Path] = []
+
+    def fake_quantize(model_dir: Path, source: Path, target: Path) -> None:  # NNCF's part is tested below
+        quantized_from.append(source)
+        shutil.copy(source, target)
+        shutil.copy(source.with_suffix(".bin"), target.with_suffix(".bin"))
+
+    def no_export(*args, **kwargs) -> None:
+        raise AssertionError("the float32 export was made again")
+
+    monkeypatch.setattr(backends, "_quantize_openvino", fake_quantize)
+    monkeypatch.setattr(backends, "_torch_onnx_export", no_export)
+    entry = export_model(model, Backend.OPENVINO, quantize=True)
+    assert (entry.precision, entry.file) == ("int8", "openvino/openvino_model_qint8_quantized.xml")
+    assert quantized_from == [model / float32.file]
+    assert [e for e in read_exports(model) if e.precision == "float32"] == [float32]  # left exactly as it was
 
 
 def test_openvino_int8_export_is_quantized_calibrated_and_close_to_torch(tmp_path: Path, encoder) -> None:
