@@ -138,8 +138,8 @@ def check_encoding(manifest: Manifest, encoder: Encoder, where: str) -> None:
         raise IncompatibleIndexError(
             f"{where} was encoded with {label(documents)} export {str(documents.get('export_sha256'))[:12]} but the "
             f"model's {label(queries)} export is now {str(queries.get('export_sha256'))[:12]} (the model was exported "
-            f"again since the index was built), and {why}; rebuild the index, or run `retriever check-agreement "
-            f"{where} --backend {queries['backend']} --precision {queries['precision']}`")
+            f"again since the index was built, with another version of the exporter or other weights), and {why}; "
+            f"rebuild the index with the current export")
     raise IncompatibleIndexError(
         f"{where} was encoded with {label(documents)} but queries would be encoded with {label(queries)}, and {why}; "
         f"serve it with --backend {documents['backend']} --precision {documents['precision']}, rebuild the index "

@@ -50,7 +50,7 @@ def test_another_export_of_the_same_encoding_is_named_as_such(tmp_path: Path) ->
     again = SimpleNamespace(encoding={**INT8, "export_sha256": "b" * 64}, model_dir=tmp_path)
     with pytest.raises(IncompatibleIndexError, match=r"encoded with onnx/int8 export aaaaaaaaaaaa but the model's "
                                                      r"onnx/int8 export is now bbbbbbbbbbbb \(the model was exported "
-                                                     r"again since the index was built\)"):
+                                                     r"again since the index was built.*rebuild the index"):
         check_encoding(manifest, again, "idx")
 
 
@@ -71,3 +71,25 @@ def test_an_encoder_agrees_with_itself_and_the_check_is_recorded(encoder, tmp_pa
     assert record.passed and record.min_cosine >= 0.9999 and record.same_top_k == 1.0
     assert (record.canary_docs, record.canary_queries) == (24, 8)
     assert recorded(tmp_path, encoder.encoding, encoder.encoding) == record
+
+
+def test_check_agreement_refuses_an_index_whose_export_is_gone(tiny_index_dir: Path, tmp_path: Path, monkeypatch,
+                                                               capsys) -> None:
+    from retriever.cli import index_commands
+    from retriever.cli.main import main
+
+    index = Path(shutil.copytree(tiny_index_dir, tmp_path / "idx"))
+    edit_manifest(index, lambda m: m.update(encoding={**INT8}))  # encoded with export aaaa...
+
+    class ExportedAgain:  # the model directory now holds another onnx/int8 export
+        def __init__(self, config) -> None:
+            self.encoding = {**INT8, "export_sha256": "b" * 64}
+
+    monkeypatch.setattr(index_commands, "Encoder", ExportedAgain)
+    monkeypatch.setattr(agreement, "check_agreement",
+                        lambda *a: pytest.fail("a check of the new export against itself is no check"))
+    assert main(["-q", "check-agreement", str(index), "--backend", "onnx", "--precision", "int8"]) == 1
+    err = capsys.readouterr().err
+    assert "encoded with onnx/int8 export aaaaaaaaaaaa, which the model directory no longer holds" in err
+    assert "export is now bbbbbbbbbbbb" in err and "rebuild the index" in err
+    assert not (index.parent / "agreement.json").exists()

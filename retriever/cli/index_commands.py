@@ -433,7 +433,15 @@ def run_check_agreement(args: argparse.Namespace) -> int:
     queries = encoder_config(args, model_for_index(manifest, args.model))
     documents = replace(queries, backend=Backend(manifest.encoding["backend"]),
                         precision=Precision(manifest.encoding["precision"]))
-    record = check_agreement(Encoder(documents), Encoder(queries))
+    documents_encoder = Encoder(documents)
+    if documents_encoder.encoding != manifest.encoding:  # the export the index was encoded with is gone
+        raise InvalidInputError(
+            f"{args.index} was encoded with {label(manifest.encoding)} export "
+            f"{str(manifest.encoding.get('export_sha256'))[:12]}, which the model directory no longer holds (its "
+            f"{label(manifest.encoding)} export is now {str(documents_encoder.encoding.get('export_sha256'))[:12]}): "
+            "nothing can encode the canary the way the index's documents were, so nothing can be checked; rebuild "
+            "the index with the current export")
+    record = check_agreement(documents_encoder, Encoder(queries))
     print(f"documents {label(record.documents)}, queries {label(record.queries)}: min cosine {record.min_cosine:.5f} "
           f"(needs >= {MIN_COSINE}), mean {record.mean_cosine:.5f}; same top-{TOP_K} for "
           f"{100 * record.same_top_k:.1f}% of {record.canary_queries} questions (needs 100%): "
