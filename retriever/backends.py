@@ -145,6 +145,14 @@ def find_export(model_dir: Path, backend: Backend, precision: Precision) -> Expo
     return entry
 
 
+def _intact_export(model_dir: Path, backend: Backend, precision: Precision) -> ExportEntry | None:
+    """:func:`find_export`, or None where there is no such export or its files changed."""
+    try:
+        return find_export(model_dir, backend, precision)
+    except ModelError:
+        return None
+
+
 def _record_export(model_dir: Path, entry: ExportEntry) -> None:
     from retriever.index.files import write_json_atomic
 
@@ -191,36 +199,29 @@ def export_model(model_dir: Path, backend: Backend, quantize: bool = False,
     out_dir.mkdir(exist_ok=True)
     plain = out_dir / "model.onnx"
     tmp = out_dir / f".model.{os.getpid()}.onnx"
-    if backend is Backend.OPENVINO and quantize:
-        # quantize the float32 IR already exported, when it is intact: exporting it again would
-        # replace the export that indexes built with float32 or bfloat16 were encoded with
-        try:
-            current: ExportEntry | None = find_export(model_dir, backend, Precision.FLOAT32)
-        except ModelError:
-            current = None
-        if current is not None:
-            target = out_dir / "openvino_model_qint8_quantized.xml"
-            _quantize_openvino(model_dir, model_dir / current.file, target)
-            entry = _entry(model_dir, backend, Precision.INT8, None, target, [target, target.with_suffix(".bin")],
-                           started)
-            _record_export(model_dir, entry)
-            logger.info("quantized %s's float32 export (%s) to %s in %.1fs", model_dir, current.file, entry.file,
-                        entry.seconds)
-            return entry
     try:
-        _torch_onnx_export(model_dir, tmp)
         precision = Precision.FLOAT32
         if backend is Backend.OPENVINO:
             target = out_dir / "openvino_model.xml"
-            _to_openvino(tmp, target)
-            if quantize:  # the float32 IR first (kept: it is the float32 and bfloat16 export too)
-                _record_export(model_dir, _entry(model_dir, backend, Precision.FLOAT32, None, target,
-                                                 [target, target.with_suffix(".bin")], started))
+            # int8 quantizes the float32 IR (also the float32 and bfloat16 export): the one already
+            # recorded when it is intact, since exporting it again would replace the export that
+            # float32 and bfloat16 indexes were encoded with; else a new one, recorded first
+            float32 = _intact_export(model_dir, backend, Precision.FLOAT32) if quantize else None
+            if float32 is None:
+                _torch_onnx_export(model_dir, tmp)
+                _to_openvino(tmp, target)
+                if quantize:
+                    _record_export(model_dir, _entry(model_dir, backend, Precision.FLOAT32, None, target,
+                                                     [target, target.with_suffix(".bin")], started))
+            else:
+                target = model_dir / float32.file
+            if quantize:
                 source, target = target, out_dir / "openvino_model_qint8_quantized.xml"
                 _quantize_openvino(model_dir, source, target)
                 precision = Precision.INT8
             files = [target, target.with_suffix(".bin")]
         else:
+            _torch_onnx_export(model_dir, tmp)
             target = plain
             if optimize is not None:
                 target = out_dir / f"model_{optimize.value}.onnx"

@@ -231,8 +231,9 @@ class Searcher:
                                                    list(names) if names else None)
             for (row, bonus), score_row, id_row in zip(group, scores, ids, strict=True):
                 keep = id_row >= 0  # shards with fewer than depth units pad with -1
+                scores = score_row[keep].astype(np.float32)
                 parts.setdefault(row, []).append((id_row[keep].astype(np.int64),
-                                                  (score_row[keep] + np.float32(bonus)).astype(np.float32)))
+                                                  scores + np.float32(bonus) if bonus else scores))
         out: dict[int, Ranking] = {}
         for row, found in parts.items():
             if len(found) == 1:

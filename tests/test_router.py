@@ -216,8 +216,6 @@ def test_a_preferred_source_gains_the_bonus_in_an_exact_ranking(tiny_index, enco
                            for h in everything.hits), key=lambda s: (-s[0], s[1]))[:k]
         assert [h.unit_id for h in result.hits] == [u for _, u in expected]
         np.testing.assert_allclose([h.score for h in result.hits], [s for s, _ in expected], atol=1e-5)
-    table_share = [h.source is Source.TABLE for h in result.hits[:10]]
-    assert any(table_share) and any(h.source is not Source.TABLE for h in result.hits)
 
 
 def test_rules_mode_is_the_regexes_and_encoder_only_never_filters() -> None:

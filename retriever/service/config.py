@@ -168,16 +168,11 @@ class ServiceConfig:
                 and self.latency_budget_ms > 0):
             raise InvalidInputError(f"the latency budget must be 'auto', 'off' or a number of milliseconds > 0, "
                                     f"got {self.latency_budget_ms!r}")
-        if self.router_threshold is not None and (isinstance(self.router_threshold, bool)
-                                                  or not isinstance(self.router_threshold, (int, float))
-                                                  or not 0.0 <= self.router_threshold <= 1.0):
-            raise InvalidInputError(f"the router threshold (--router-threshold, RETRIEVER_ROUTER_THRESHOLD) must be a "
-                                    f"number in [0, 1], got {self.router_threshold!r}")
-        if self.router_prior is not None and (isinstance(self.router_prior, bool)
-                                              or not isinstance(self.router_prior, (int, float))
-                                              or not 0.0 <= self.router_prior <= 1.0):
-            raise InvalidInputError(f"the router prior (--router-prior, RETRIEVER_ROUTER_PRIOR) must be a "
-                                    f"number in [0, 1], got {self.router_prior!r}")
+        for what, value in (("threshold", self.router_threshold), ("prior", self.router_prior)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0.0 <= value <= 1.0):
+                raise InvalidInputError(f"the router {what} (--router-{what}, RETRIEVER_ROUTER_{what.upper()}) must "
+                                        f"be a number in [0, 1], got {value!r}")
         if not 0 <= self.port <= 65535:
             raise InvalidInputError(f"port must be in 0..65535, got {self.port}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:

@@ -101,6 +101,9 @@ def test_environment_variables_and_flags():
     assert build_config({}, {"RETRIEVER_ROUTER_THRESHOLD": "0.6"}).router_threshold == 0.6
     with pytest.raises(InvalidInputError, match="RETRIEVER_ROUTER_THRESHOLD"):
         build_config({}, {"RETRIEVER_ROUTER_THRESHOLD": "1.5"})
+    assert config.router_prior is None and build_config({}, {"RETRIEVER_ROUTER_PRIOR": "0"}).router_prior == 0.0
+    with pytest.raises(InvalidInputError, match=r"router prior \(--router-prior, RETRIEVER_ROUTER_PRIOR\) must be"):
+        build_config({}, {"RETRIEVER_ROUTER_PRIOR": "-0.1"})
 
 
 def test_limits_from_config_are_enforced(encoder, tiny_index_dir):
