@@ -291,7 +291,9 @@ class Encoder:
     def _encode(self, texts: list[str], show_progress: bool) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        # sentence-transformers sorts by length inside encode(), so batches are padded little.
+        # sentence-transformers sorts by length inside encode(), so batches are padded little. A bar
+        # for one batch tells nothing (a server's start would print one per canary batch).
+        show_progress = show_progress and len(texts) > self.config.batch_size
         with self._lock:
             vectors = self.model.encode(
                 texts, batch_size=self.config.batch_size, show_progress_bar=show_progress,

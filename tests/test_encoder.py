@@ -131,6 +131,17 @@ def test_weights_progress_bar_follows_show_progress(monkeypatch, show_progress: 
     assert hf_logging.is_progress_bar_enabled()  # the process-wide switch is put back
 
 
+def test_a_progress_bar_only_when_the_texts_span_several_batches(monkeypatch, capfd, encoder) -> None:
+    """One batch gets no bar: a server's canary encodes a batch per shard and printed a bar for each."""
+    from dataclasses import replace
+
+    monkeypatch.setattr(encoder, "config", replace(encoder.config, batch_size=2, show_progress=True))
+    encoder.encode_documents(["one", "two"])
+    assert "Batches" not in capfd.readouterr().err
+    encoder.encode_documents(["one", "two", "three"])
+    assert "Batches" in capfd.readouterr().err
+
+
 # -- backends (retriever.backends) ---------------------------------------------------------------
 def test_a_precision_the_backend_cannot_run_is_refused() -> None:
     from retriever.backends import Backend, Precision
