@@ -215,6 +215,9 @@ def test_search_checks_fail_fast(tmp_path: Path, tiny_index_dir: Path, capsys, n
     err = fails_fast(["-q", "search", index, "q", "--model", str(tmp_path)], capsys)
     assert "no *.safetensors weights found" in err
     assert "--top-k: must be >= 1, got 0" in fails_fast(["search", index, "q", "-k", "0"], capsys, code=2)
+    for argv in (["search", index, "q"], ["query", "q"]):  # one message, with the valid names, for both
+        err = fails_fast([*argv, "--source", "tables"], capsys, code=2)
+        assert "--source: unknown source 'tables'; expected one of: text, table, kb, infobox" in err
 
 
 def test_bm25_search_never_loads_the_dense_model(tmp_path: Path, tiny_index_dir: Path, capsys, no_model) -> None:

@@ -9,9 +9,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from retriever.cli.index_commands import add_encoder_args, encoder_config
+from retriever.cli.index_commands import add_encoder_args, encoder_config, source_name
 from retriever.errors import InvalidInputError
-from retriever.records import Source
 from retriever.service.config import check_name
 
 if TYPE_CHECKING:
@@ -101,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cm.add_argument("--questions", type=Path, default=compmix / "dev_set.json", help="CompMix question set")
     cm.add_argument("--methods", type=enum_list(Method), default=(Method.BM25,),
                     help="comma-separated: bm25, dense, hybrid (default bm25)")
-    cm.add_argument("--fixed-source", type=Source.parse, default=None, metavar="SOURCE",
+    cm.add_argument("--fixed-source", type=source_name, default=None, metavar="SOURCE",
                     help="scenario 2: ask every question for this source (kb, text, table, infobox) instead of its "
                     "answer_src (UniHGKR's single-source runs)")
     cm.add_argument("--only-answerable", action="store_true",

@@ -39,6 +39,14 @@ def at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def source_name(value: str) -> Source:
+    """An argparse type: a source name, case-insensitive; the error lists the valid ones."""
+    try:
+        return Source.parse(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def fraction(value: str) -> float:
     """An argparse type: a number in [0, 1]."""
     try:
@@ -163,7 +171,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="free-text instruction for the query encoder, e.g. 'retrieve evidence from table "
                         "sources' (default: a model trained with instructions gets its saved prompt, others the "
                         "bare question; '' for none)")
-    search.add_argument("--source", action="append", type=Source.parse, default=[], metavar="SOURCE",
+    search.add_argument("--source", action="append", type=source_name, default=[], metavar="SOURCE",
                         help="filter exactly to this source type (text, table, kb, infobox); repeatable")
     search.add_argument("--resolve", type=SourceResolution, choices=list(SourceResolution),
                         default=SourceResolution.FILTER, help=RESOLVE_HELP + " (default filter)")

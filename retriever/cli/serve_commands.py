@@ -22,12 +22,12 @@ from retriever.cli.index_commands import (
     fraction,
     model_for_index,
     print_result,
+    source_name,
 )
 from retriever.errors import InvalidInputError, RetrieverError
 from retriever.index import Manifest
 from retriever.model_dir import check_model_dir
 from retriever.query import FusionConfig, Mode, SourceResolution
-from retriever.records import Source
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     query.add_argument("--instruction", default=None,
                        help="free-text instruction for the query encoder (default: a model trained with instructions "
                        "gets its saved prompt, others the bare question; '' for none)")
-    query.add_argument("--source", action="append", type=Source.parse, default=[], metavar="SOURCE",
+    query.add_argument("--source", action="append", type=source_name, default=[], metavar="SOURCE",
                        help="filter exactly to this source type (text, table, kb, infobox); repeatable")
     query.add_argument("-k", "--top-k", type=at_least(1), default=10, help="number of hits (default 10)")
     query.add_argument("--score-threshold", type=float, default=None, help="drop hits scoring below this")
