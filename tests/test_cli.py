@@ -220,6 +220,15 @@ def test_search_checks_fail_fast(tmp_path: Path, tiny_index_dir: Path, capsys, n
         assert "--source: unknown source 'tables'; expected one of: text, table, kb, infobox" in err
 
 
+def test_a_query_to_an_address_where_no_server_answers_says_so(capsys) -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    for argv in (["query", "q"], ["publish", "sample", "/nowhere"]):
+        err = fails_fast([*argv, "--server", address, "--timeout", "3"], capsys)
+        assert f"no server answers at {address} (start one with `retriever serve`" in err
+
+
 def test_bm25_search_never_loads_the_dense_model(tmp_path: Path, tiny_index_dir: Path, capsys, no_model) -> None:
     lexical = tmp_path / "lexical"
     assert main(["-q", "build-lexical", str(tiny_index_dir), "--out", str(lexical)]) == 0

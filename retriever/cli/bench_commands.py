@@ -208,9 +208,9 @@ def run_heteromix(args: argparse.Namespace) -> int:
     if server is None:
         report = run_heteromix_bench(config)
     else:
-        from retriever.cli.serve_commands import make_client
+        from retriever.cli.serve_commands import connected
 
-        with make_client(args) as client:
+        with connected(args) as client:
             report = run_heteromix_bench(config, client=client)
     print(report.markdown)
     print()

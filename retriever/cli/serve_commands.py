@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -308,16 +310,27 @@ def _force_exit() -> None:
     os._exit(0)
 
 
-def make_client(args: argparse.Namespace) -> Any:
-    from retriever.client import RetrieverClient
+@contextlib.contextmanager
+def connected(args: argparse.Namespace) -> Iterator[Any]:
+    """A client of ``--server``; when nothing answers there, the error says so and what to do."""
+    import grpc
 
-    return RetrieverClient(args.server, token=read_token(args.token_file, args.token_env), timeout=args.timeout,
-                           root_certificates=args.tls_ca, client_certificate=args.tls_cert,
-                           client_key=args.tls_key)
+    from retriever.client import RemoteError, RetrieverClient
+
+    try:
+        with RetrieverClient(args.server, token=read_token(args.token_file, args.token_env), timeout=args.timeout,
+                             root_certificates=args.tls_ca, client_certificate=args.tls_cert,
+                             client_key=args.tls_key) as client:
+            yield client
+    except RemoteError as exc:
+        if exc.code is grpc.StatusCode.UNAVAILABLE and "failed to connect" in exc.details.lower():
+            raise RemoteError(exc.code, f"no server answers at {args.server} (start one with `retriever serve`, "
+                                        f"or pass --server HOST:PORT); {exc.details}") from None
+        raise
 
 
 def run_query(args: argparse.Namespace) -> int:
-    with make_client(args) as client:
+    with connected(args) as client:
         result = client.retrieve(args.query, instruction=args.instruction, sources=args.source, top_k=args.top_k,
                                  score_threshold=args.score_threshold, with_text=True, index=args.index,
                                  mode=args.mode, fusion=FusionConfig(rrf_k=args.rrf_k, depth=args.fusion_depth),
@@ -332,7 +345,7 @@ def run_query(args: argparse.Namespace) -> int:
 def run_publish(args: argparse.Namespace) -> int:
     local = Path(args.dir)
     path = str(local.resolve()) if local.exists() else args.dir
-    with make_client(args) as client:
+    with connected(args) as client:
         published = client.publish(args.name, path)
     print(f"{published.name}: generation {published.generation} now serving ({published.total_units} units, "
           f"loaded in {published.load_seconds:.2f}s; previous generation {published.previous_generation or 'none'})")
