@@ -206,6 +206,10 @@ def test_build_index_argument_checks_fail_fast(tmp_path: Path, tiny_corpus: Path
 def test_search_checks_fail_fast(tmp_path: Path, tiny_index_dir: Path, capsys, no_model) -> None:
     index = str(tiny_index_dir)
     assert "no manifest.json" in fails_fast(["-q", "search", str(tmp_path / "absent"), "q"], capsys)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("{}\n")
+    err = fails_fast(["-q", "search", str(corpus), "q"], capsys)
+    assert "corpus.jsonl: a file, not an index directory (build an index from a corpus with `retriever build-index" in err
     for mode in ("bm25", "hybrid"):
         err = fails_fast(["-q", "search", index, "q", "--mode", mode, "--lexical", str(tmp_path / "nolex")], capsys)
         assert "nolex: no lexical.json (build it with `retriever build-lexical`)" in err

@@ -107,6 +107,9 @@ class Manifest:
     @classmethod
     def read(cls, directory: Path) -> Manifest:
         path = directory / MANIFEST_NAME
+        if directory.is_file():  # most often a corpus given where its index was meant
+            raise CorruptIndexError(f"{directory}: a file, not an index directory (build an index from a corpus "
+                                    "with `retriever build-index CORPUS --out DIR`, then pass DIR)")
         if not path.is_file():
             raise CorruptIndexError(f"{directory}: no {MANIFEST_NAME} (not an index directory, or a build "
                                     "that did not finish)")
