@@ -8,7 +8,12 @@
             print(hit.score, hit.record_id, hit.title)
 
 Errors come back as :class:`RemoteError` (a :class:`~retriever.errors.RetrieverError`) carrying
-the gRPC status code and the server's message.
+the gRPC status code and the server's message. :class:`AsyncRetrieverClient` is the same client for
+asyncio applications (``grpc.aio``): the same methods, awaited, and ``retrieve_stream`` an async
+iterator::
+
+    async with AsyncRetrieverClient("127.0.0.1:50051") as client:
+        result = await client.retrieve("who founded the company?", sources=["table"], top_k=5)
 
 Importing this module loads grpc, protobuf, the generated stubs and the query types only: no
 torch, FAISS, NumPy or model code, and it sets no environment variables
@@ -17,8 +22,9 @@ torch, FAISS, NumPy or model code, and it sets no environment variables
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -34,10 +40,12 @@ from retriever.service.convert import RemoteResult
 from retriever.service.proto import retriever_pb2 as pb
 from retriever.service.proto import retriever_pb2_grpc
 
-__all__ = ["FusionConfig", "Mode", "PublishedIndex", "Query", "RemoteError", "RemoteResult", "RetrieverClient",
-           "Turn"]
+__all__ = ["AsyncRetrieverClient", "FusionConfig", "Mode", "PublishedIndex", "Query", "RemoteError", "RemoteResult",
+           "RetrieverClient", "Turn"]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+#: How often ``wait_until_ready`` asks a loading server again.
+READY_POLL_SECONDS = 0.5
 
 
 class RemoteError(RetrieverError):
@@ -97,6 +105,62 @@ def retry_service_config(retries: int, initial_backoff_s: float = 0.05, max_back
     }]})
 
 
+def _connect(channels: Any, address: str, max_message_bytes: int, retries: int,
+             root_certificates: bytes | Path | None, client_certificate: bytes | Path | None,
+             client_key: bytes | Path | None) -> Any:
+    """A channel to ``address`` from ``channels`` (``grpc``, or ``grpc.aio`` for the asyncio client):
+    TLS when ``root_certificates`` are given, the retry policy when ``retries``."""
+    if retries < 0:
+        raise ValueError("retries must be >= 0")
+    options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", max_message_bytes),
+                                      ("grpc.max_send_message_length", max_message_bytes)]
+    if retries:
+        options += [("grpc.enable_retries", 1), ("grpc.service_config", retry_service_config(retries))]
+    if root_certificates is None:
+        return channels.insecure_channel(address, options=options)
+    credentials = grpc.ssl_channel_credentials(_pem(root_certificates), _pem(client_key), _pem(client_certificate))
+    return channels.secure_channel(address, credentials, options=options)
+
+
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def _retrieve_request(query: str, instruction: str | None, sources: Iterable[Source | str], top_k: int,
+                      score_threshold: float | None, with_text: bool, index: str, mode: Mode | str,
+                      fusion: FusionConfig | None, group_by_record: bool, max_per_record: int,
+                      history: Iterable[Turn | str | tuple[str, str]]) -> pb.RetrieveRequest:
+    return convert.retrieve_request(
+        Query(query, instruction, _sources(sources), top_k, score_threshold, Mode(mode), fusion or FusionConfig(),
+              group_by_record, max_per_record, _turns(history)),
+        with_text, index)
+
+
+def _stream_request(queries: Sequence[Query], with_text: bool, index: str,
+                    window: int | None) -> pb.RetrieveStreamRequest:
+    request = pb.RetrieveStreamRequest(requests=[convert.retrieve_request(q, with_text, index) for q in queries])
+    if window is not None:
+        request.window = window
+    return request
+
+
+def _stream_result(message: pb.RetrieveStreamResponse, expected: int) -> RemoteResult:
+    """A stream's answer, checked to come at its position."""
+    if message.position != expected:
+        raise RemoteError(grpc.StatusCode.INTERNAL, f"the server answered position {message.position} "
+                          f"where {expected} was due")
+    return convert.result_from_proto(message.response)
+
+
+def _published(response: pb.PublishIndexResponse) -> PublishedIndex:
+    return PublishedIndex(response.info.name, response.info.generation, response.previous_generation,
+                          response.info.total_units, response.load_seconds)
+
+
+def _not_connected(address: str, seconds: float) -> RemoteError:
+    return RemoteError(grpc.StatusCode.UNAVAILABLE, f"cannot connect to {address} within {seconds:g} s")
+
+
 class RetrieverClient:
     """A channel to one server; thread-safe, reuse it for many calls.
 
@@ -119,21 +183,11 @@ class RetrieverClient:
                  root_certificates: bytes | Path | None = None, client_certificate: bytes | Path | None = None,
                  client_key: bytes | Path | None = None, max_message_bytes: int = 64 * 1024 * 1024,
                  retries: int = 3) -> None:
-        if retries < 0:
-            raise ValueError("retries must be >= 0")
-        options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", max_message_bytes),
-                                          ("grpc.max_send_message_length", max_message_bytes)]
-        if retries:
-            options += [("grpc.enable_retries", 1), ("grpc.service_config", retry_service_config(retries))]
-        if root_certificates is not None:
-            credentials = grpc.ssl_channel_credentials(_pem(root_certificates), _pem(client_key),
-                                                       _pem(client_certificate))
-            self.channel = grpc.secure_channel(address, credentials, options=options)
-        else:
-            self.channel = grpc.insecure_channel(address, options=options)
+        self.channel = _connect(grpc, address, max_message_bytes, retries, root_certificates, client_certificate,
+                                client_key)
         self.stub = retriever_pb2_grpc.RetrieverStub(self.channel)
         self.address, self.timeout = address, timeout
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = _metadata(token)
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
@@ -160,10 +214,8 @@ class RetrieverClient:
         Raises:
             RemoteError: the server refused or failed the call.
         """
-        request = convert.retrieve_request(
-            Query(query, instruction, _sources(sources), top_k, score_threshold, Mode(mode), fusion or FusionConfig(),
-                  group_by_record, max_per_record, _turns(history)),
-            with_text, index)
+        request = _retrieve_request(query, instruction, sources, top_k, score_threshold, with_text, index, mode,
+                                    fusion, group_by_record, max_per_record, history)
         return convert.result_from_proto(self._call(self.stub.Retrieve, request, timeout))
 
     def retrieve_batch(self, queries: Sequence[Query], *, with_text: bool = False, index: str = "",
@@ -190,18 +242,10 @@ class RetrieverClient:
                 position, before any answer) or ended it (DEADLINE_EXCEEDED, CANCELLED, ...) after
                 the results already yielded.
         """
-        request = pb.RetrieveStreamRequest(requests=[convert.retrieve_request(q, with_text, index) for q in queries])
-        if window is not None:
-            request.window = window
-        call = self._call(self.stub.RetrieveStream, request, timeout)
-        expected = 0
+        call = self._call(self.stub.RetrieveStream, _stream_request(queries, with_text, index, window), timeout)
         try:
-            for message in call:
-                if message.position != expected:
-                    raise RemoteError(grpc.StatusCode.INTERNAL, f"the server answered position {message.position} "
-                                      f"where {expected} was due")
-                expected += 1
-                yield convert.result_from_proto(message.response)
+            for expected, message in enumerate(call):
+                yield _stream_result(message, expected)
         except grpc.RpcError as exc:
             raise _remote_error(exc) from None
         finally:
@@ -228,21 +272,19 @@ class RetrieverClient:
         try:
             grpc.channel_ready_future(self.channel).result(timeout=min(connect_seconds, timeout))
         except grpc.FutureTimeoutError:
-            raise RemoteError(grpc.StatusCode.UNAVAILABLE,
-                              f"cannot connect to {self.address} within {min(connect_seconds, timeout):g} s") from None
+            raise _not_connected(self.address, min(connect_seconds, timeout)) from None
         while True:
             try:
                 return self.index_info(index, timeout=max(1.0, min(10.0, deadline - time.monotonic())))
             except RemoteError as exc:
-                if exc.code is not grpc.StatusCode.UNAVAILABLE or time.monotonic() + 0.5 > deadline:
+                if exc.code is not grpc.StatusCode.UNAVAILABLE or time.monotonic() + READY_POLL_SECONDS > deadline:
                     raise
-            time.sleep(0.5)
+            time.sleep(READY_POLL_SECONDS)
 
     def publish(self, index: str, path: str | Path, timeout: float | None = 600.0) -> PublishedIndex:
         """Ask the server to load the directory ``path`` (on the server) as the new generation of ``index``."""
-        response = self._call(self.stub.PublishIndex, pb.PublishIndexRequest(index=index, path=str(path)), timeout)
-        return PublishedIndex(response.info.name, response.info.generation, response.previous_generation,
-                              response.info.total_units, response.load_seconds)
+        return _published(self._call(self.stub.PublishIndex, pb.PublishIndexRequest(index=index, path=str(path)),
+                                     timeout))
 
     def close(self) -> None:
         self.channel.close()
@@ -253,3 +295,96 @@ class RetrieverClient:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+class AsyncRetrieverClient:
+    """:class:`RetrieverClient` for asyncio applications, on ``grpc.aio``: the same arguments and
+    methods, each awaited, and :meth:`retrieve_stream` an async iterator. Create and use it inside
+    one running event loop (``async with AsyncRetrieverClient(...) as client``); concurrent calls
+    from many tasks share its one channel."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, token: str | None = None, timeout: float | None = 30.0,
+                 root_certificates: bytes | Path | None = None, client_certificate: bytes | Path | None = None,
+                 client_key: bytes | Path | None = None, max_message_bytes: int = 64 * 1024 * 1024,
+                 retries: int = 3) -> None:
+        self.channel = _connect(grpc.aio, address, max_message_bytes, retries, root_certificates, client_certificate,
+                                client_key)
+        self.stub = retriever_pb2_grpc.RetrieverStub(self.channel)
+        self.address, self.timeout = address, timeout
+        self._metadata = _metadata(token)
+
+    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return await method(request, timeout=self.timeout if timeout is None else timeout,
+                                metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise _remote_error(exc) from None
+
+    async def retrieve(self, query: str, *, instruction: str | None = None, sources: Iterable[Source | str] = (),
+                       top_k: int = 10, score_threshold: float | None = None, with_text: bool = False,
+                       index: str = "", mode: Mode | str = Mode.DENSE, fusion: FusionConfig | None = None,
+                       group_by_record: bool = False, max_per_record: int = 1,
+                       history: Iterable[Turn | str | tuple[str, str]] = (),
+                       timeout: float | None = None) -> RemoteResult:
+        """:meth:`RetrieverClient.retrieve`, awaited."""
+        request = _retrieve_request(query, instruction, sources, top_k, score_threshold, with_text, index, mode,
+                                    fusion, group_by_record, max_per_record, history)
+        return convert.result_from_proto(await self._call(self.stub.Retrieve, request, timeout))
+
+    async def retrieve_batch(self, queries: Sequence[Query], *, with_text: bool = False, index: str = "",
+                             timeout: float | None = None) -> list[RemoteResult]:
+        """:meth:`RetrieverClient.retrieve_batch`, awaited."""
+        request = pb.RetrieveBatchRequest(requests=[convert.retrieve_request(q, with_text, index) for q in queries])
+        response = await self._call(self.stub.RetrieveBatch, request, timeout)
+        return [convert.result_from_proto(r) for r in response.responses]
+
+    async def retrieve_stream(self, queries: Sequence[Query], *, with_text: bool = False, index: str = "",
+                              window: int | None = None, timeout: float | None = None) -> AsyncIterator[RemoteResult]:
+        """:meth:`RetrieverClient.retrieve_stream` as an async iterator: ``async for result in ...``;
+        leaving the loop early cancels the call."""
+        call = self.stub.RetrieveStream(_stream_request(queries, with_text, index, window),
+                                        timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
+        expected = 0
+        try:
+            async for message in call:
+                yield _stream_result(message, expected)
+                expected += 1
+        except grpc.RpcError as exc:
+            raise _remote_error(exc) from None
+        finally:
+            call.cancel()  # a no-op once the stream has ended
+
+    async def index_info(self, index: str = "", timeout: float | None = None) -> pb.GetIndexInfoResponse:
+        """:meth:`RetrieverClient.index_info`, awaited."""
+        return await self._call(self.stub.GetIndexInfo, pb.GetIndexInfoRequest(index=index), timeout)
+
+    async def wait_until_ready(self, timeout: float = 120.0, index: str = "",
+                               connect_seconds: float = 10.0) -> pb.GetIndexInfoResponse:
+        """:meth:`RetrieverClient.wait_until_ready`, awaited (the waits are ``asyncio.sleep``)."""
+        deadline = time.monotonic() + timeout
+        try:
+            await asyncio.wait_for(self.channel.channel_ready(), min(connect_seconds, timeout))
+        except TimeoutError:
+            raise _not_connected(self.address, min(connect_seconds, timeout)) from None
+        while True:
+            try:
+                return await self.index_info(index, timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+            except RemoteError as exc:
+                if exc.code is not grpc.StatusCode.UNAVAILABLE or time.monotonic() + READY_POLL_SECONDS > deadline:
+                    raise
+            await asyncio.sleep(READY_POLL_SECONDS)
+
+    async def publish(self, index: str, path: str | Path, timeout: float | None = 600.0) -> PublishedIndex:
+        """:meth:`RetrieverClient.publish`, awaited."""
+        return _published(await self._call(self.stub.PublishIndex,
+                                           pb.PublishIndexRequest(index=index, path=str(path)), timeout))
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncRetrieverClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from retriever.client import RemoteError, RetrieverClient
+from retriever.client import AsyncRetrieverClient, RemoteError, RetrieverClient
 from retriever.errors import InvalidInputError
 from retriever.service.config import ServiceConfig, build_config
 from retriever.service.proto import retriever_pb2 as pb
@@ -165,6 +166,13 @@ def test_mutual_tls_requires_a_client_certificate(encoder, tiny_index_dir, tmp_p
         with RetrieverClient(address, root_certificates=ca[1], client_certificate=client_cert,
                              client_key=client_key) as client:
             assert client.retrieve("music of the band", top_k=1).hits
+
+        async def asynchronously() -> int:  # the asyncio client connects the same way
+            async with AsyncRetrieverClient(address, root_certificates=ca[1], client_certificate=client_cert,
+                                            client_key=client_key) as client:
+                return len((await client.retrieve("music of the band", top_k=1)).hits)
+
+        assert asyncio.run(asynchronously()) == 1
         with RetrieverClient(address, root_certificates=ca[1], timeout=5) as anonymous, \
                 pytest.raises(RemoteError) as err:
             anonymous.retrieve("music of the band")

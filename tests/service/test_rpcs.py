@@ -205,6 +205,64 @@ def test_client_wraps_every_rpc(server, tiny_index_dir, tmp_path):
         assert err.value.code is grpc.StatusCode.PERMISSION_DENIED and "admin token" in err.value.details
 
 
+def test_the_async_client_answers_as_the_sync_one(server, tmp_path):
+    import asyncio
+    import socket
+
+    from retriever.client import AsyncRetrieverClient
+    from retriever.query import Query
+
+    address = f"127.0.0.1:{server.port}"
+    queries = [Query("spouse of the senator", sources=(Source.INFOBOX,), k=3), Query("b", sources=(Source.KB,), k=2)]
+    with RetrieverClient(address, timeout=30) as client:
+        one = client.retrieve("spouse of the senator", sources=["infobox"], top_k=3, with_text=True)
+        batch = client.retrieve_batch(queries)
+
+    def ids(results):
+        return [[h.unit_id for h in r.hits] for r in results]
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{sock.getsockname()[1]}"
+
+    async def run() -> None:
+        async with AsyncRetrieverClient(address, timeout=30) as client:
+            info = await client.wait_until_ready(timeout=10)
+            assert info.indexes[0].name == "tiny"
+            many = await asyncio.gather(*(client.retrieve("spouse of the senator", sources=["infobox"], top_k=3,
+                                                          with_text=True) for _ in range(4)))
+            assert ids(many) == ids([one] * 4) and many[0].hits[0].text == one.hits[0].text
+            assert ids(await client.retrieve_batch(queries)) == ids(batch)
+            assert ids([r async for r in client.retrieve_stream(queries)]) == ids(batch)
+            async for first in client.retrieve_stream(queries * 16, window=1):  # leaving early cancels the call
+                assert ids([first]) == ids(batch[:1])
+                break
+            with pytest.raises(RemoteError) as err:
+                await client.retrieve("   ")
+            assert err.value.code is grpc.StatusCode.INVALID_ARGUMENT and "query" in err.value.details
+            with pytest.raises(RemoteError) as err:
+                await client.publish("tiny", tmp_path / "missing")
+            assert err.value.code is grpc.StatusCode.PERMISSION_DENIED
+        async with AsyncRetrieverClient(closed, retries=0) as client:
+            with pytest.raises(RemoteError) as err:
+                await client.wait_until_ready(timeout=60, connect_seconds=1)
+            assert err.value.code is grpc.StatusCode.UNAVAILABLE and "cannot connect" in err.value.details
+
+    asyncio.run(run())
+
+
+def test_the_async_example_in_the_service_docs_runs(server, capsys):
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "SERVICE.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "AsyncRetrieverClient(" in b]
+    assert len(blocks) == 1 and "127.0.0.1:50051" in blocks[0]
+    exec(blocks[0].replace("127.0.0.1:50051", f"127.0.0.1:{server.port}"), {})  # the docs' own code
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("?")[0] for line in lines] == ["When did the M864 projectile enter service", "Who founded the club"]
+    assert all(line.count("'") == 6 for line in lines)  # three record ids each
+
+
 def test_group_by_record_over_grpc_returns_k_distinct_records(stub, server):
     plain = stub.Retrieve(request("how many goals did he score in the season", top_k=10, sources=[pb.SOURCE_TABLE]))
     assert len({h.record_id for h in plain.hits}) < 10  # rows of one table crowd the plain top-10
