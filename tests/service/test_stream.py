@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -11,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
-from retriever.client import RemoteError, RetrieverClient
+from retriever.client import AsyncRetrieverClient, RemoteError, RetrieverClient
 from retriever.query import Query
 from retriever.records import Source
 from retriever.service.config import Limits
@@ -143,21 +144,43 @@ def test_a_slow_reader_keeps_the_server_within_the_window(gated_server, gated):
     assert encoded(gated) - before == total
 
 
-def test_cancelling_mid_stream_stops_encoding(gated_server, gated, caplog):
+async def _three_then_leave(address: str, queries: list[Query], window: int, caplog) -> list[Any]:
+    """The asyncio client: leave ``async for`` after three answers, and wait (channel still open) for
+    the server to log the call's end: the generator's finalization must cancel it."""
+    got = []
+    async with AsyncRetrieverClient(address) as client:
+        async for result in client.retrieve_stream(queries, with_text=True, window=window):
+            got.append(result)
+            if len(got) == 3:
+                break
+        for _ in range(200):
+            if request_lines(caplog):
+                break
+            await asyncio.sleep(0.05)
+    return got
+
+
+@pytest.mark.parametrize("client_kind", ["sync", "asyncio"])
+def test_cancelling_mid_stream_stops_encoding(gated_server, gated, caplog, client_kind):
     caplog.set_level(logging.INFO, logger="retriever.requests")
     caplog.clear()
     total, window = 60, 2
     before = encoded(gated)
-    with RetrieverClient(f"127.0.0.1:{gated_server.port}") as client:
-        stream = client.retrieve_stream([Query(f"question {i} about music", k=100) for i in range(total)],
-                                        with_text=True, window=window)
-        got = [next(stream) for _ in range(3)]
-        stream.close()  # cancels the call
-        wait_until(lambda: request_lines(caplog))
-        wait_until(lambda: gated_server.batcher.stats.in_flight == 0)
-        done = encoded(gated) - before
-        time.sleep(0.5)
-        assert encoded(gated) - before == done < total
+    queries = [Query(f"question {i} about music", k=100) for i in range(total)]
+    address = f"127.0.0.1:{gated_server.port}"
+    if client_kind == "asyncio":
+        got = asyncio.run(_three_then_leave(address, queries, window, caplog))
+        assert request_lines(caplog), "leaving the async for did not end the call"
+    else:
+        with RetrieverClient(address) as client:
+            stream = client.retrieve_stream(queries, with_text=True, window=window)
+            got = [next(stream) for _ in range(3)]
+            stream.close()  # cancels the call
+            wait_until(lambda: request_lines(caplog))
+    wait_until(lambda: gated_server.batcher.stats.in_flight == 0)
+    done = encoded(gated) - before
+    time.sleep(0.5)
+    assert encoded(gated) - before == done < total
     assert len(got) == 3
     (line,) = request_lines(caplog)
     assert line["method"] == "RetrieveStream" and line["code"] == "CANCELLED"
