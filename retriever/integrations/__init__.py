@@ -1,0 +1,1 @@
+"""Adapters that put a running retriever server behind other frameworks' interfaces (optional extras)."""
