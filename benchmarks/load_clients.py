@@ -11,6 +11,7 @@ either, as clients on other machines would not.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import statistics
@@ -176,6 +177,58 @@ def drive(address: str, queries: Sequence[str], k: int, clients: int, duration: 
     else:
         out["rejected"] = 0
     return out
+
+
+def one_client(address: str, queries: Sequence[str], k: int, concurrency: int, duration: float,
+               kind: str) -> dict[str, Any]:
+    """``concurrency`` callers sharing ONE client for ``duration`` seconds, as an application would:
+    ``kind`` "threads" (threads of this process on one ``RetrieverClient``) or "asyncio" (tasks of
+    one event loop on one ``AsyncRetrieverClient``). Retries off, so a refusal counts as an error."""
+    from retriever.client import AsyncRetrieverClient, RemoteError, RetrieverClient
+
+    latencies: list[float] = []
+    errors = [0]
+    if kind == "threads":
+        with RetrieverClient(address, retries=0, timeout=60) as client:
+            stop_at = time.monotonic() + duration
+
+            def caller(n: int) -> None:
+                i = n * 7919
+                while time.monotonic() < stop_at:
+                    t = time.perf_counter()
+                    try:
+                        client.retrieve(queries[i % len(queries)], top_k=k)
+                        latencies.append(time.perf_counter() - t)
+                    except RemoteError:
+                        errors[0] += 1
+                    i += 1
+
+            seconds = run_clients(caller, concurrency)
+        return summary(latencies, seconds, errors[0])
+
+    async def run() -> float:
+        async with AsyncRetrieverClient(address, retries=0, timeout=60) as client:
+            stop_at = time.monotonic() + duration
+
+            async def caller(n: int) -> None:
+                i = n * 7919
+                while time.monotonic() < stop_at:
+                    t = time.perf_counter()
+                    try:
+                        await client.retrieve(queries[i % len(queries)], top_k=k)
+                        latencies.append(time.perf_counter() - t)
+                    except RemoteError:
+                        errors[0] += 1
+                    i += 1
+
+            started = time.perf_counter()
+            await asyncio.gather(*(caller(n) for n in range(concurrency)))
+            return time.perf_counter() - started
+
+    if kind != "asyncio":
+        raise ValueError(f"unknown client kind {kind!r}")
+    seconds = asyncio.run(run())
+    return summary(latencies, seconds, errors[0])
 
 
 def _worker() -> None:

@@ -22,6 +22,9 @@ In one run, on the same queries:
   * stream (only with ``--modes ...,stream``): the ``--limit`` queries once each through one client,
     Retrieve one by one, RetrieveBatch in chunks of ``--max-batch``, and one RetrieveStream; wall
     seconds and QPS of each, and whether they return the same unit ids;
+  * client-kinds (only with ``--modes ...,client-kinds``): the batched server driven at each level
+    by that many callers sharing one client, as an application holds one: threads on one
+    ``RetrieverClient``, then tasks of one event loop on one ``AsyncRetrieverClient``, side by side;
   * overload (RELIABILITY C): a batched server capped at ``--overload-cap`` concurrent calls,
     one client and then twice the cap: the accepted calls' p99 against the single-client p99,
     and how fast the excess comes back RESOURCE_EXHAUSTED; with the latency budget on (auto)
@@ -74,7 +77,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "heteromix"
 sys.path.insert(0, str(ROOT))
 
-from load_clients import ClientProcesses, drive, run_clients, summary  # noqa: E402
+from load_clients import ClientProcesses, drive, one_client, run_clients, summary  # noqa: E402
 
 from retriever.encoder import Encoder, EncoderConfig  # noqa: E402
 from retriever.index import Index  # noqa: E402
@@ -456,7 +459,7 @@ def main() -> None:
                              "(comma-separated: auto, off or milliseconds)")
     parser.add_argument("--modes", default="in-process,batched,unbatched,overload",
                         help="which parts to run, comma-separated: in-process, batched, unbatched, hybrid, "
-                        "overload, correctness, stream (ratios need the first three)")
+                        "overload, correctness, stream, client-kinds (ratios need the first three)")
     parser.add_argument("--serve-flags", default="",
                         help="flags added to every server this run starts (one string, e.g. '--refusal-hold-ms 38')")
     parser.add_argument("--backend-index", type=Path, default=None,
@@ -495,7 +498,8 @@ def main() -> None:
         "server_cpus": args.server_cpus, "client_cpus": args.client_cpus, "serve_flags": args.serve_flags,
     }
     modes = {m.strip() for m in args.modes.split(",") if m.strip()}
-    unknown = modes - {"in-process", "batched", "unbatched", "hybrid", "backend", "overload", "correctness", "stream"}
+    unknown = modes - {"in-process", "batched", "unbatched", "hybrid", "backend", "overload", "correctness", "stream",
+                       "client-kinds"}
     if unknown:
         raise SystemExit(f"unknown --modes {sorted(unknown)}")
     if "hybrid" in modes and not (args.index / "lexical").is_dir():
@@ -548,6 +552,26 @@ def client_cpu_seconds(pool: ClientProcesses | None) -> float:
     return sum(process_cpu_seconds(pid) for pid in pool.pids)
 
 
+def client_kinds(args: argparse.Namespace, levels: list[int], queries: list[str]) -> dict[str, Any]:
+    """The batched server driven through one shared client per level: threads on a RetrieverClient,
+    then asyncio tasks on an AsyncRetrieverClient (one after the other on the same server)."""
+    server = ServerProcess(args.index, args.max_batch, max(levels) + 8,
+                           extra=["--latency-budget-ms", args.latency_budget_ms, *shlex.split(args.serve_flags)],
+                           cpus=args.server_cpus)
+    out: dict[str, Any] = {"max_batch": args.max_batch}
+    try:
+        one_client(server.address, queries, args.top_k, 1, min(2.0, args.duration), "threads")  # warm-up
+        for clients in levels:
+            out[str(clients)] = {}
+            for kind in ("threads", "asyncio"):
+                print(f"client kinds: {clients} callers on one {kind} client...", file=sys.stderr)
+                out[str(clients)][kind] = one_client(server.address, queries, args.top_k, clients, args.duration,
+                                                     kind)
+    finally:
+        server.stop()
+    return out
+
+
 def served(args: argparse.Namespace, result: dict[str, Any], modes: set[str], levels: list[int], queries: list[str],
            pool: ClientProcesses | None) -> None:
     """The modes that drive a server process, into ``result``."""
@@ -581,6 +605,8 @@ def served(args: argparse.Namespace, result: dict[str, Any], modes: set[str], le
                 result[key][str(clients)] = level
         finally:
             server.stop()
+    if "client-kinds" in modes:
+        result["client_kinds"] = client_kinds(args, levels, queries)
     if args.overload_cap and "overload" in modes:
         print(f"overload: cap {args.overload_cap}, {2 * args.overload_cap} clients...", file=sys.stderr)
         result["overload"] = overload(args.index, queries, args.top_k, args.max_batch, args.overload_cap,
