@@ -43,6 +43,7 @@ from load_clients import ClientProcesses, drive  # noqa: E402
 
 from retriever.machine import cpu_flags  # noqa: E402
 from retriever.service.config import Limits  # noqa: E402
+from retriever.service.server import SPARE_THREADS  # noqa: E402
 from retriever.service.servicer import SERVICE_NAME  # noqa: E402
 
 KINDS = ("grpc-sync", "grpc-aio", "retriever")
@@ -85,12 +86,11 @@ def _serve(kind: str, port: int, hold_ms: int) -> None:
 
         asyncio.run(main())
         return
+    # the pool and grpcio's cap as `retriever serve` sizes them (server.py)
+    workers = 2 * Limits().max_concurrent_calls + SPARE_THREADS
     if kind == "retriever":
-        from retriever.service.server import SPARE_THREADS
         from retriever.service.servicer import generic_handler
-        limits = Limits(refusal_hold_ms=hold_ms)
         handler = generic_handler(_servicer(hold_ms))
-        workers = 2 * limits.max_concurrent_calls + SPARE_THREADS
     else:
         def refuse(data: bytes, context: grpc.ServicerContext) -> bytes:
             time.sleep(hold)
@@ -99,7 +99,6 @@ def _serve(kind: str, port: int, hold_ms: int) -> None:
 
         handler = grpc.method_handlers_generic_handler(
             SERVICE_NAME, {"Retrieve": grpc.unary_unary_rpc_method_handler(refuse)})
-        workers = 2 * Limits().max_concurrent_calls + 4
     server = grpc.server(ThreadPoolExecutor(max_workers=workers), handlers=[handler],
                          maximum_concurrent_rpcs=workers)
     server.add_insecure_port(address)

@@ -136,9 +136,14 @@ def _retrieve_request(query: str, instruction: str | None, sources: Iterable[Sou
         with_text, index)
 
 
+def _requests(queries: Sequence[Query], with_text: bool, index: str) -> list[pb.RetrieveRequest]:
+    """The requests of a RetrieveBatch or RetrieveStream call."""
+    return [convert.retrieve_request(q, with_text, index) for q in queries]
+
+
 def _stream_request(queries: Sequence[Query], with_text: bool, index: str,
                     window: int | None) -> pb.RetrieveStreamRequest:
-    request = pb.RetrieveStreamRequest(requests=[convert.retrieve_request(q, with_text, index) for q in queries])
+    request = pb.RetrieveStreamRequest(requests=_requests(queries, with_text, index))
     if window is not None:
         request.window = window
     return request
@@ -224,7 +229,7 @@ class RetrieverClient:
 
         Each query carries its own ``k`` and ``score_threshold``.
         """
-        request = pb.RetrieveBatchRequest(requests=[convert.retrieve_request(q, with_text, index) for q in queries])
+        request = pb.RetrieveBatchRequest(requests=_requests(queries, with_text, index))
         response = self._call(self.stub.RetrieveBatch, request, timeout)
         return [convert.result_from_proto(r) for r in response.responses]
 
@@ -334,7 +339,7 @@ class AsyncRetrieverClient:
     async def retrieve_batch(self, queries: Sequence[Query], *, with_text: bool = False, index: str = "",
                              timeout: float | None = None) -> list[RemoteResult]:
         """:meth:`RetrieverClient.retrieve_batch`, awaited."""
-        request = pb.RetrieveBatchRequest(requests=[convert.retrieve_request(q, with_text, index) for q in queries])
+        request = pb.RetrieveBatchRequest(requests=_requests(queries, with_text, index))
         response = await self._call(self.stub.RetrieveBatch, request, timeout)
         return [convert.result_from_proto(r) for r in response.responses]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,20 @@ from retriever.service.server import RetrieverServer
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 #: Call metadata carrying the admin token that :func:`publishing` servers expect on PublishIndex.
 ADMIN = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+
+
+def python_block(doc: str, marker: str) -> str:
+    """The one ```python block of ``doc`` (a path from the repository root) that contains ``marker``."""
+    text = (Path(__file__).resolve().parents[2] / doc).read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if marker in b]
+    assert len(blocks) == 1, f"{doc} should have one python block with {marker!r}, found {len(blocks)}"
+    return blocks[0]
+
+
+def run_example(block: str, port: int) -> None:
+    """Run a documented example as written, against the server on ``port`` instead of 50051."""
+    assert "127.0.0.1:50051" in block, "a documented example should talk to the default address"
+    exec(block.replace("127.0.0.1:50051", f"127.0.0.1:{port}"), {})  # the docs' own code
 
 
 def publishing(root: Path) -> dict[str, Any]:

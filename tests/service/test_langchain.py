@@ -11,6 +11,7 @@ pytest.importorskip("langchain_core")
 
 from retriever.client import RemoteError, RetrieverClient
 from retriever.integrations.langchain import ServerRetriever
+from tests.service.helpers import python_block, run_example
 
 
 def test_invoke_and_ainvoke_return_the_servers_hits_as_documents(server):
@@ -58,13 +59,7 @@ def test_the_request_fields_reach_the_server(server):
 
 
 def test_the_example_in_the_service_docs_runs(server, capsys):
-    import re
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[2] / "docs" / "SERVICE.md").read_text(encoding="utf-8")
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "ServerRetriever(" in b]
-    assert len(blocks) == 1 and "127.0.0.1:50051" in blocks[0]
-    exec(blocks[0].replace("127.0.0.1:50051", f"127.0.0.1:{server.port}"), {})  # the docs' own code
+    run_example(python_block("docs/SERVICE.md", "ServerRetriever("), server.port)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 5 and all("#" in line.split()[1] for line in lines)
     scores = [float(line.split()[0]) for line in lines]

@@ -18,16 +18,9 @@ import pytest
 
 from retriever.cli.main import main
 from retriever.sample import ensure_sample_index, sample_questions
-from tests.service.helpers import running_server
+from tests.service.helpers import python_block, run_example, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def readme_client_block() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "RetrieverClient(" in b]
-    assert len(blocks) == 1, "README.md should have one python block with the client example"
-    return blocks[0]
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +34,15 @@ def sample_cache(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Iter
 
 
 def test_readme_client_example_finds_its_gold_in_the_top_3(sample_cache: Path, encoder: Any) -> None:
-    block = readme_client_block()
+    block = python_block("README.md", "RetrieverClient(")
     asked = re.search(r'client\.retrieve\(\s*"([^"]+)"', block)
     assert asked, "the README's client example should ask a literal question"
     question = {q.text: q for q in sample_questions()}.get(asked.group(1))
     assert question is not None, f"the README asks {asked.group(1)!r}, which is not a sample question"
     with running_server(encoder, [("sample", ensure_sample_index(encoder))]) as server:
-        assert "127.0.0.1:50051" in block
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            exec(block.replace("127.0.0.1:50051", f"127.0.0.1:{server.port}"), {})  # the README's own code
+            run_example(block, server.port)
     ranks = [int(line.split()[0]) for line in out.getvalue().splitlines()
              if any(gold in line.split() for gold in question.gold)]
     assert ranks and min(ranks) <= 3, out.getvalue()

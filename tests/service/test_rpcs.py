@@ -15,7 +15,17 @@ from retriever.instructions import general_instruction, source_instruction
 from retriever.records import Source
 from retriever.router import ROUTER_PRIOR
 from retriever.service.proto import retriever_pb2 as pb
-from tests.service.helpers import ADMIN, channel_to, copy_index, publishing, request, running_server, stub_for
+from tests.service.helpers import (
+    ADMIN,
+    channel_to,
+    copy_index,
+    publishing,
+    python_block,
+    request,
+    run_example,
+    running_server,
+    stub_for,
+)
 
 
 def test_retrieve_returns_sorted_hits_with_generation_and_model(stub, server):
@@ -252,12 +262,7 @@ def test_the_async_client_answers_as_the_sync_one(server, tmp_path):
 
 
 def test_the_async_example_in_the_service_docs_runs(server, capsys):
-    import re
-
-    text = (Path(__file__).resolve().parents[2] / "docs" / "SERVICE.md").read_text(encoding="utf-8")
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "AsyncRetrieverClient(" in b]
-    assert len(blocks) == 1 and "127.0.0.1:50051" in blocks[0]
-    exec(blocks[0].replace("127.0.0.1:50051", f"127.0.0.1:{server.port}"), {})  # the docs' own code
+    run_example(python_block("docs/SERVICE.md", "AsyncRetrieverClient("), server.port)
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("?")[0] for line in lines] == ["When did the M864 projectile enter service", "Who founded the club"]
     assert all(line.count("'") == 6 for line in lines)  # three record ids each
